@@ -1,0 +1,25 @@
+"""regionguard: enforce a Zoom data-center region policy on the client side.
+
+Public API::
+
+    engine = regionguard.Engine.from_policy_file("config/policy.yaml")
+    d = engine.decide(client="10.0.0.5", host="zoomam104zc.zoom.us",
+                      address="159.124.47.249", port=8801, transport="udp")
+    d.action, d.region, d.rule, d.location.evidence
+"""
+
+from .decision import Action, Decision, Engine
+from .errors import ConfigError, PolicyError, Problem, RegionguardError
+from .evidence import Evidence, Location
+from .locator import Locator
+from .policy import Policy, Rules, allowed_regions, load_policy, parse_policy
+from .regions import Catalogue, Region, load_catalogue
+from .zoom import Classification, ZoomCatalogue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action", "Catalogue", "Classification", "ConfigError", "Decision", "Engine", "Evidence",
+    "Locator", "Location", "Policy", "PolicyError", "Problem", "Region", "RegionguardError",
+    "Rules", "ZoomCatalogue", "allowed_regions", "load_catalogue", "load_policy", "parse_policy",
+]

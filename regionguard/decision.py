@@ -1,0 +1,226 @@
+"""The decision engine: one pure function from a connection to a Decision.
+
+Design rules (the invariants every front end — proxy addon, DNS filter, replay — relies on):
+
+1. `Engine.decide()` is pure: the same policy, data and arguments give the same Decision. It does
+   no I/O (no DNS, no sockets); names are resolved by the caller, which passes the address.
+   Memoised locator lookups are its only state, so it is safe to call from many threads.
+2. Non-Zoom destinations are not regionguard's business: action PASS, nothing else consulted.
+3. Fail closed: a Zoom endpoint whose region no trusted source proves gets the policy's
+   `actions.unknown` (block by default). An exception inside a front end must also block Zoom
+   traffic (front ends wrap `decide`; see `Engine.decide_safely`).
+4. Zoom's hard rules come first and cannot be relaxed by exemptions: a China tunnel server is
+   always blocked; clients outside China never reach CN.
+5. The address decides, not the name: a hostname only adds weak evidence, so an SNI naming an
+   allowed host cannot carry a connection to an address in a disallowed region.
+6. Every Decision names the rule that decided and carries the evidence, so it can be explained
+   and audited without recomputation.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from .evidence import Location
+from .hostnames import normalise_host
+from .locator import Locator
+from .policy import CHINA, Policy, Rules, load_policy
+from .zoom import Classification, ZoomCatalogue
+
+log = logging.getLogger(__name__)
+
+
+class Action(StrEnum):
+    ALLOW = "allow"
+    BLOCK = "block"
+    REROUTE = "reroute"
+    MONITOR = "monitor"   # let through, record what would have happened
+    PASS = "pass"         # not Zoom: untouched
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    rule: str
+    reason: str
+    zoom: bool
+    service: str | None = None
+    region: str | None = None
+    country: str | None = None
+    group: str | None = None
+    would: Action | None = None          # for MONITOR: what enforcement would have done
+    host: str | None = None
+    address: str | None = None
+    port: int | None = None
+    transport: str = "tcp"
+    client: str | None = None
+    policy_version: str = ""
+    location: Location | None = field(default=None, compare=False)
+    zoom_why: str = ""
+
+    @property
+    def blocks(self) -> bool:
+        return self.action in (Action.BLOCK, Action.REROUTE)
+
+    @property
+    def evidence_source(self) -> str | None:
+        loc = self.location
+        return loc.chosen.source if loc is not None and loc.chosen is not None else None
+
+    def to_dict(self) -> dict:
+        loc = self.location
+        chosen = loc.chosen if loc is not None else None
+        return {
+            "action": str(self.action),
+            "rule": self.rule,
+            "reason": self.reason,
+            "would": str(self.would) if self.would else None,
+            "zoom": self.zoom,
+            "zoom_why": self.zoom_why,
+            "service": self.service,
+            "region": self.region,
+            "country": self.country,
+            "group": self.group,
+            "host": self.host,
+            "address": self.address,
+            "port": self.port,
+            "transport": self.transport,
+            "client": self.client,
+            "policy_version": self.policy_version,
+            "evidence_source": chosen.source if chosen else None,
+            "evidence_dataset": chosen.dataset if chosen else None,
+            "evidence_date": chosen.date if chosen else None,
+            "evidence_matched": chosen.matched if chosen else None,
+            "conflict": loc.conflict if loc is not None else False,
+        }
+
+
+class Engine:
+    """A policy, the locator over its evidence, and Zoom's catalogue: everything `decide` needs."""
+
+    def __init__(self, policy: Policy, locator: Locator | None = None,
+                 zoom: ZoomCatalogue | None = None) -> None:
+        self.policy = policy
+        self.zoom = zoom or ZoomCatalogue.load()
+        self.locator = locator or Locator.for_policy(policy, self.zoom)
+
+    @classmethod
+    def from_policy_file(cls, path: str | Path) -> Engine:
+        return cls(load_policy(path))
+
+    # --- the decision ----------------------------------------------------------------------
+
+    def decide(self, client: str | None, host: str | None, address: str | None, port: int,
+               transport: str = "tcp") -> Decision:
+        """Decide one connection (or request). `host` is the hostname or SNI, if any."""
+        host = normalise_host(host) if host else None
+        if host and host == address:
+            host = None
+        location = self.locator.locate(address, host)
+        cls = self.zoom.classify(host, address, port, transport, location.zoom)
+        base = dict(host=host, address=address, port=port, transport=transport, client=client,
+                    policy_version=self.policy.version_id, zoom_why=cls.why)
+        if not cls.zoom:
+            return Decision(Action.PASS, "not-zoom", cls.why, False, **base)
+        rules = self.policy.rules_for(client)
+        return self._decide_zoom(rules, cls, location, base)
+
+    def _decide_zoom(self, rules: Rules, cls: Classification, loc: Location, base: dict) -> Decision:
+        def make(action: Action, rule: str, reason: str, would: Action | None = None) -> Decision:
+            return Decision(action, rule, reason, True, cls.service, loc.region, loc.country,
+                            rules.name, would, location=loc, **base)
+
+        region = loc.region
+        where = loc.summary()
+        if region == CHINA and cls.service == "tunnel":
+            return make(Action.BLOCK, "cn-tunnel-removed",
+                        f"Zoom removed its HTTPS tunnel servers in mainland China; {where}")
+        if region == CHINA and rules.location == "outside-china":
+            return self._disallowed(rules, make, "outside-china-never-cn",
+                                    f"clients outside China are never routed to China; {where}")
+        if cls.service in rules.exempt_services:
+            return make(Action.ALLOW, "exempt-service",
+                        f"service {cls.service} is exempt in this policy; {where}")
+        if not loc.known:
+            reason = f"region of this Zoom endpoint is unknown ({where})"
+            if rules.unknown_action == "allow":
+                return make(Action.ALLOW, "unknown-region", reason)
+            if rules.unknown_action == "monitor":
+                return make(Action.MONITOR, "unknown-region", reason, would=Action.BLOCK)
+            return make(Action.BLOCK, "unknown-region", reason)
+        if loc.conflict and self.policy.evidence.conflicts == "strict":
+            bad = sorted(r or "no-region" for r in {e.region for e in loc.evidence
+                                                   if e.places and e.confidence
+                                                   >= self.policy.evidence.min_confidence}
+                         if r not in rules.allowed)
+            if bad:
+                return make(Action.BLOCK, "conflict-strict",
+                            f"sources disagree and some place it in {', '.join(bad)}, "
+                            f"which is not allowed (evidence.conflicts: strict); {where}")
+        if region is not None and region in rules.allowed:
+            return make(Action.ALLOW, "region-allowed", f"{region} is allowed; {where}")
+        if region is None:
+            return self._disallowed(rules, make, "no-zoom-region",
+                                    f"located in {loc.country}, where Zoom has no data-center "
+                                    f"region; {where}")
+        return self._disallowed(rules, make, "region-disallowed",
+                                f"{region} is not in the allowed set "
+                                f"({', '.join(sorted(rules.allowed))}); {where}")
+
+    @staticmethod
+    def _disallowed(rules: Rules, make, rule: str, reason: str) -> Decision:
+        if rules.disallowed_action == "monitor":
+            return make(Action.MONITOR, rule, reason, would=Action.BLOCK)
+        if rules.disallowed_action == "reroute":
+            return make(Action.REROUTE, rule, reason)
+        return make(Action.BLOCK, rule, reason)
+
+    def decide_safely(self, client: str | None, host: str | None, address: str | None, port: int,
+                      transport: str = "tcp") -> Decision:
+        """`decide`, but an internal error blocks Zoom endpoints instead of propagating."""
+        try:
+            return self.decide(client, host, address, port, transport)
+        except Exception as e:  # noqa: BLE001 - fail closed, and say why
+            log.exception("regionguard: decision failed for %s %s", host, address)
+            zoom = self.zoom.is_zoom_host(host) or self.zoom.range_of(address) is not None
+            if not zoom:
+                return Decision(Action.PASS, "not-zoom", "not a Zoom domain or range", False,
+                                host=host, address=address, port=port, transport=transport,
+                                client=client, policy_version=self.policy.version_id)
+            return Decision(Action.BLOCK, "internal-error", f"decision failed ({e!r}): fail closed",
+                            True, host=host, address=address, port=port, transport=transport,
+                            client=client, policy_version=self.policy.version_id)
+
+    # --- helpers for front ends -------------------------------------------------------------
+
+    def choose(self, client: str | None, host: str | None, addresses: Sequence[str], port: int,
+               transport: str = "tcp") -> tuple[str | None, list[Decision]]:
+        """Decide every candidate address of a name; return the first one that may be used
+        (allowed, monitored or pass) and all decisions, in order. None when none may."""
+        decisions = [self.decide_safely(client, host, a, port, transport) for a in addresses]
+        for a, d in zip(addresses, decisions, strict=True):
+            if not d.blocks:
+                return a, decisions
+        return None, decisions
+
+    def reroute_target(self, host: str | None) -> str | None:
+        """The alternative the policy names for this host (`reroute:` entries), if any."""
+        if not host:
+            return None
+        host = normalise_host(host)
+        for r in self.policy.reroute:
+            if host == r.match or fnmatch.fnmatchcase(host, r.match):
+                return r.to
+        return None
+
+    def is_zoom(self, host: str | None = None, address: str | None = None) -> bool:
+        return self.zoom.is_zoom_host(host) or self.zoom.range_of(address) is not None
+
+
+def decisions_block(decisions: Iterable[Decision]) -> bool:
+    return any(d.blocks for d in decisions)

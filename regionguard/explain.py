@@ -1,0 +1,234 @@
+"""`regionguard explain`, `validate` and `regions`: the core's commands for people and scripts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import (
+    EXIT_BLOCKED,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RESOLVE,
+    add_policy_argument,
+    policy_path,
+    print_json,
+)
+from .decision import Action, Decision, Engine
+from .errors import ConfigError
+from .policy import ResolverSettings, load_policy, parse_hostport
+from .regions import load_catalogue
+from .resolve import NameResolver, ResolveError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="where is this Zoom endpoint, how do we know, what is decided",
+                       description="Explain the region, evidence and decision for addresses or "
+                       "hostnames. Addresses work offline; hostnames are resolved with the "
+                       "policy's resolver (or --nameserver).")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="IPv4/IPv6 address or hostname")
+    add_policy_argument(p)
+    p.add_argument("--client", metavar="IP", help="client address (selects the policy group)")
+    p.add_argument("--port", type=int, default=443, help="destination port (default 443)")
+    p.add_argument("--transport", choices=("tcp", "udp"), default="tcp")
+    p.add_argument("--host", metavar="NAME", help="hostname/SNI to pair with address targets")
+    p.add_argument("--nameserver", action="append", metavar="HOST:PORT",
+                   help="resolve with this server instead of the policy's (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON object per target per line")
+    p.set_defaults(func=cmd_explain)
+
+    v = sub.add_parser("validate", help="check a policy file; exit 0 if valid, 2 if not")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("regions", help="list Zoom's regions, groups and aliases")
+    r.add_argument("--json", action="store_true")
+    add_policy_argument(r)
+    r.set_defaults(func=cmd_regions)
+
+
+# --- explain ----------------------------------------------------------------------------------
+
+
+def _resolver_settings(engine: Engine, nameservers: list[str] | None) -> ResolverSettings:
+    settings = engine.policy.resolver
+    if not nameservers:
+        return settings
+    parsed = []
+    for ns in nameservers:
+        hp = parse_hostport(ns, 53)
+        if hp is None:
+            raise SystemExit(f"regionguard explain: --nameserver {ns!r} is not HOST:PORT")
+        parsed.append(hp)
+    return ResolverSettings(tuple(parsed), settings.hosts, settings.timeout)
+
+
+def _target_action(decisions: list[Decision]) -> Decision | None:
+    """The decision for a whole target: its first usable address, else its first decision."""
+    for d in decisions:
+        if not d.blocks:
+            return d
+    return decisions[0] if decisions else None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    engine = Engine(load_policy(policy_path(args)))
+    resolver = NameResolver(_resolver_settings(engine, args.nameserver))
+    status = EXIT_OK
+    for target in args.targets:
+        try:
+            answer = resolver.resolve(target)
+        except ResolveError as e:
+            status = max(status, EXIT_RESOLVE)
+            if args.json:
+                print_json({"target": target, "error": str(e), "addresses": [], "decision": None})
+            else:
+                print(f"{target}: cannot resolve: {e}", file=sys.stderr)
+            continue
+        host = args.host if answer.source == "literal" else answer.name
+        decisions = [engine.decide(args.client, host, a, args.port, args.transport)
+                     for a in answer.addresses]
+        overall = _target_action(decisions)
+        if overall is not None and overall.blocks:
+            status = max(status, EXIT_BLOCKED) if status != EXIT_RESOLVE else status
+        if args.json:
+            print_json(_as_json(target, answer.source, decisions, overall, engine))
+        else:
+            _print_text(target, answer.source, decisions, overall, engine)
+    return status
+
+
+def _as_json(target: str, how: str, decisions: list[Decision], overall: Decision | None,
+             engine: Engine) -> dict:
+    addresses = []
+    for d in decisions:
+        loc = d.location
+        addresses.append({
+            "ip": d.address,
+            "region": d.region,
+            "country": d.country,
+            "zoom": d.zoom,
+            "zoom_why": d.zoom_why,
+            "service": d.service,
+            "conflict": loc.conflict if loc else False,
+            "chosen_source": loc.chosen.source if loc and loc.chosen else None,
+            "evidence": [e.to_dict() | {"accepted": e.confidence
+                                        >= engine.policy.evidence.min_confidence}
+                         for e in (loc.evidence if loc else ())],
+            "decision": d.to_dict(),
+        })
+    return {
+        "target": target,
+        "resolved_by": how,
+        "policy": engine.policy.path,
+        "policy_version": engine.policy.version_id,
+        "addresses": addresses,
+        "decision": None if overall is None else {
+            "action": str(overall.action), "rule": overall.rule, "reason": overall.reason,
+            "address": overall.address,
+        },
+    }
+
+
+_MARK = {Action.ALLOW: "ALLOW", Action.BLOCK: "BLOCK", Action.REROUTE: "REROUTE",
+         Action.MONITOR: "MONITOR", Action.PASS: "PASS"}
+
+
+def _print_text(target: str, how: str, decisions: list[Decision], overall: Decision | None,
+                engine: Engine) -> None:
+    out = sys.stdout
+    minimum = engine.policy.evidence.min_confidence
+    head = f"{target}"
+    if overall is not None:
+        head += f"  →  {_MARK[overall.action]} ({overall.rule})"
+    out.write(head + "\n")
+    for d in decisions:
+        place = d.region or (f"no Zoom region (country {d.country})" if d.country else "unknown")
+        line = f"  {d.address:<39} region {place:<12}"
+        if d.zoom:
+            line += f" service {d.service:<8} group {d.group}"
+        out.write(f"{line}  {_MARK[d.action]} [{d.rule}]" +
+                  (f" would {d.would}" if d.would else "") + "\n")
+        out.write(f"      zoom: {'yes' if d.zoom else 'no'} — {d.zoom_why}\n")
+        loc = d.location
+        if loc is not None and loc.evidence:
+            out.write("      evidence, in precedence order (* decided, ~ below min_confidence):\n")
+            for e in loc.evidence:
+                mark = "*" if e is loc.chosen else ("~" if e.confidence < minimum else " ")
+                region = e.region or "-"
+                country = e.country or "-"
+                out.write(f"      {mark} {e.source:<9} {region:<3} {country:<3} "
+                          f"conf {e.confidence:.2f}  {e.matched:<22} {e.dataset}"
+                          f"{' ' + e.date if e.date else ''}"
+                          f"{'  (' + e.note + ')' if e.note else ''}\n")
+            if loc.conflict:
+                out.write(f"      CONFLICT: trusted sources disagree: {loc.summary()}\n")
+        elif d.zoom:
+            out.write("      evidence: none — no source knows this address\n")
+        out.write(f"      why: {d.reason}\n")
+    out.write("\n")
+
+
+# --- validate ---------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for f in args.files:
+        try:
+            policy = load_policy(f)
+        except ConfigError as e:
+            print(f"{f}: INVALID\n{e}", file=sys.stderr)
+            status = EXIT_CONFIG
+            continue
+        for w in policy.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        r = policy.rules
+        print(f"{f}: OK (policy {policy.version_id}; {policy.account_type} account, default "
+              f"region {policy.default_region}; allowed {' '.join(sorted(r.allowed))}; "
+              f"{len(policy.groups)} group(s))")
+        for g in policy.groups:
+            print(f"  group {g.name} ({', '.join(g.clients)}): {g.location}, allowed "
+                  f"{' '.join(sorted(g.allowed))}")
+        print(f"  CRC regions enabled: {' '.join(sorted(policy.enabled_crc_regions()))}; "
+              f"dial-in countries enabled: {' '.join(sorted(policy.enabled_dialin_countries()))}")
+    return status
+
+
+# --- regions ------------------------------------------------------------------------------------
+
+
+def cmd_regions(args: argparse.Namespace) -> int:
+    cat = load_catalogue()
+    allowed = None
+    if args.policy:
+        try:
+            allowed = load_policy(args.policy).rules.allowed
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return EXIT_CONFIG
+    if args.json:
+        print_json({
+            "regions": [{"code": r.code, "name": r.name, "countries": list(r.countries),
+                         "dialin_countries": list(r.dialin_countries),
+                         **({"allowed": r.code in allowed} if allowed is not None else {})}
+                        for r in cat.regions.values()],
+            "groups": {k: list(v) for k, v in cat.groups.items()},
+            "aliases": cat.aliases,
+        })
+        return EXIT_OK
+    print("Zoom data-center regions (API codes):")
+    for r in cat.regions.values():
+        state = "" if allowed is None else ("  allowed" if r.code in allowed else "  not allowed")
+        print(f"  {r.code}  {r.name:<15} data centers in {', '.join(r.countries)}{state}")
+    print("Groups:")
+    for name, codes in cat.groups.items():
+        print(f"  {name:<16} {' '.join(codes)}")
+    print("Aliases:")
+    for a, t in cat.aliases.items():
+        print(f"  {a:<16} → {t}")
+    print("A country not listed above has no Zoom data center and belongs to no region.")
+    return EXIT_OK
+
+
+__all__ = ["register", "EXIT_CONFIG"]

@@ -1,0 +1,196 @@
+"""The locator: address (IPv4/IPv6) and optional hostname → Location, from layered evidence.
+
+Design rules:
+- Every source answers independently; the locator never invents an answer. An address that no
+  trusted source places is *unknown* (region None, chosen None), never a guess.
+- Precedence is the policy's `evidence.precedence` order; a source left out of it is off.
+  Answers below `evidence.min_confidence` are reported but never decide and never conflict.
+- A conflict is two trusted answers that disagree on the Zoom region. The Location says so;
+  what to do about it is the decision engine's business.
+- All static sources are merged once into one PrefixTable whose values are tuples of Evidence
+  already in precedence order, so an uncached lookup is one bisect plus the per-address sources.
+- Lookups are memoised (bounded); a Locator is immutable and safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from ._paths import data_dir
+from .errors import Problem
+from .evidence import Evidence, Location
+from .hostnames import normalise_host
+from .policy import SOURCES, EvidenceSettings, Policy
+from .prefixes import PrefixTable, address_key, merge
+from .regions import Catalogue
+from .sources import (
+    AwsSource,
+    CloudLocations,
+    CountryFallbackSource,
+    GeofeedSource,
+    GeoIPSource,
+    HostnameSource,
+    OracleSource,
+    OverrideSource,
+    StaticSource,
+    ZoomDataCenterSource,
+)
+from .zoom import ZoomCatalogue
+
+log = logging.getLogger(__name__)
+
+
+class AddressSource(Protocol):
+    name: str
+
+    def lookup(self, address: str) -> Evidence | None: ...
+
+
+class HostSource(Protocol):
+    name: str
+
+    def lookup_host(self, host: str) -> Evidence | None: ...
+
+
+class Locator:
+    def __init__(self, static: Sequence[StaticSource], per_address: Sequence[AddressSource],
+                 per_host: Sequence[HostSource], settings: EvidenceSettings | None = None,
+                 memo_size: int = 200_000, problems: Sequence[Problem] = ()) -> None:
+        settings = settings or EvidenceSettings()
+        rank = {name: i for i, name in enumerate(settings.precedence)}
+        self._rank = rank
+        self.settings = settings
+        self.problems = tuple(problems)
+        self.static = sorted((s for s in static if s.name in rank), key=lambda s: rank[s.name])
+        self.per_address = [s for s in per_address if s.name in rank]
+        self.per_host = [s for s in per_host if s.name in rank]
+        self._table: PrefixTable[tuple[Evidence, ...]] = merge([s.table for s in self.static])
+        # Per-address sources that rank after every static one can be appended without a sort.
+        last_static = max((rank[s.name] for s in self.static), default=-1)
+        self._needs_sort = any(rank[s.name] < last_static for s in self.per_address)
+        self._min_confidence = settings.min_confidence
+        self._memo: dict[object, Location] = {}
+        self._memo_size = memo_size
+
+    # --- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def for_policy(cls, policy: Policy, zoom: ZoomCatalogue | None = None,
+                   data: Path | None = None) -> Locator:
+        """Every source the policy asks for, over the bundled data in `data` (config/data)."""
+        data = data or data_dir()
+        catalogue: Catalogue = policy.catalogue
+        zoom = zoom or ZoomCatalogue.load()
+        wanted = set(policy.evidence.precedence)
+        static: list[StaticSource] = []
+        per_address: list[AddressSource] = []
+        per_host: list[HostSource] = []
+        problems: list[Problem] = list(policy.warnings)
+
+        overrides = OverrideSource(policy.overrides, f"overrides in {Path(policy.path).name}")
+        static.append(overrides)
+        if overrides.has_host_rules:
+            per_host.append(overrides)
+        if policy.data.datacenters and "zoom-dc" in wanted:
+            static.append(ZoomDataCenterSource(data / "zoom-datacenters.csv"))
+        if policy.data.cloud and "cloud" in wanted:
+            locations = CloudLocations(data / "cloud-regions.csv")
+            static.append(AwsSource(data / "aws-ip-ranges.json", locations, catalogue))
+            static.append(OracleSource(data / "oracle-public_ip_ranges.json", locations, catalogue))
+        if "geofeed" in wanted:
+            for path in policy.data.geofeeds:
+                feed = GeofeedSource(path, catalogue)
+                problems.extend(feed.problems)
+                static.append(feed)
+        if "geoip" in wanted:
+            for path in policy.data.geoip:
+                try:
+                    per_address.append(GeoIPSource(path, catalogue))
+                except Exception as e:  # a damaged database must not stop the service
+                    problems.append(Problem(str(path), "data.geoip", f"cannot open: {e}",
+                                            "point data.geoip at a MaxMind-format .mmdb file"))
+        if "hostname" in wanted:
+            per_host.append(HostnameSource(data / "site-codes.csv", zoom.domain_regions,
+                                           zoom.domains, catalogue))
+        if "fallback" in wanted:
+            try:
+                per_address.append(CountryFallbackSource(catalogue))
+            except ImportError as e:
+                problems.append(Problem("iptocc", "evidence.precedence",
+                                        f"offline country fallback unavailable: {e}",
+                                        "pip install iptocc"))
+        for p in problems:
+            log.warning("%s", p)
+        return cls(static, per_address, per_host, policy.evidence, problems=problems)
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def locate(self, address: str | None, host: str | None = None) -> Location:
+        """Where is this endpoint? Memoised. A malformed address is simply unknown."""
+        key = address if host is None else (address, host)
+        loc = self._memo.get(key)
+        if loc is None:
+            loc = self._locate(address, host)
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()  # crude bound; lookups are cheap to redo
+            self._memo[key] = loc
+        return loc
+
+    def _locate(self, address: str | None, host: str | None) -> Location:
+        evidence: list[Evidence] = []
+        if address is not None:
+            try:
+                key = address_key(address)
+            except ValueError:
+                key = None
+            if key is not None:
+                static = self._table.get_key(key)
+                if static:
+                    evidence.extend(static)
+                for source in self.per_address:
+                    ev = source.lookup(address)
+                    if ev is not None:
+                        evidence.append(ev)
+        sort = self._needs_sort
+        if host:
+            host = normalise_host(host)
+            for source in self.per_host:
+                ev = source.lookup_host(host)
+                if ev is not None:
+                    evidence.append(ev)
+                    sort = True
+        if sort and len(evidence) > 1:
+            rank = self._rank
+            evidence.sort(key=lambda e: rank[e.source])  # stable: address overrides stay first
+        chosen = None
+        regions = set()
+        zoom = None
+        minimum = self._min_confidence
+        for ev in evidence:
+            if zoom is None and ev.zoom is not None:
+                zoom = ev.zoom
+            if ev.confidence >= minimum and (ev.region is not None or ev.country is not None):
+                if chosen is None:
+                    chosen = ev
+                regions.add(ev.region)
+        if chosen is None:
+            return Location(address, host, None, None, None, tuple(evidence), False, zoom)
+        return Location(address, host, chosen.region, chosen.country, chosen, tuple(evidence),
+                        len(regions) > 1, zoom)
+
+    def clear_memo(self) -> None:
+        self._memo.clear()
+
+    def describe(self) -> list[str]:
+        """One line per active source, in precedence order, for `explain` and logs."""
+        lines = [s.describe() for s in self.static]
+        lines += [f"{s.name}: per address ({getattr(s, 'dataset', '') or getattr(s, 'path', '')})"
+                  for s in self.per_address]
+        lines += [f"{s.name}: per hostname" for s in self.per_host]
+        return lines
+
+
+__all__ = ["Locator", "SOURCES"]

@@ -1,0 +1,607 @@
+"""The region policy: its YAML format, Zoom's rules, and every check with an error people can act on.
+
+Zoom's rules, enforced here at load time (and relied on by the decision engine):
+- the account's default region is always allowed; opting it out is an error;
+- a free account is fixed to its default region: opt lists on it are an error;
+- clients outside China never reach CN: CN in their allowed set is an error; clients in China
+  reach CN only when CN is opted in;
+- one allowed set per client group governs meeting servers, CRC endpoints and dial-in countries.
+
+`load_policy()` returns an immutable Policy or raises PolicyError listing every problem, each with
+file, line, field, bad value and fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import PolicyError, Problem
+from .prefixes import PrefixTable, is_address
+from .regions import Catalogue, load_catalogue
+
+LOCATIONS = ("outside-china", "china")
+ACCOUNT_TYPES = ("paid", "free")
+DISALLOWED_ACTIONS = ("block", "reroute", "monitor")
+UNKNOWN_ACTIONS = ("block", "allow", "monitor")
+CONFLICT_MODES = ("precedence", "strict")
+SOURCES = ("override", "zoom-dc", "cloud", "geofeed", "geoip", "hostname", "fallback")
+SERVICES = ("web", "meeting", "tunnel", "crc", "cdn", "phone")
+BLOCK_ANSWERS = ("nxdomain", "nodata", "refused", "zero")
+CHINA = "CN"
+
+_TOP_KEYS = ("version", "name", "description", "account", "regions", "client", "actions",
+             "overrides", "groups", "evidence", "data", "resolver", "reroute", "dns")
+_KEYS = {
+    "account": ("type", "default_region"),
+    "regions": ("opt_in", "opt_out"),
+    "client": ("location",),
+    "actions": ("disallowed", "unknown", "exempt_services"),
+    "override": ("match", "region", "country", "zoom", "note"),
+    "group": ("name", "clients", "client", "regions", "actions"),
+    "evidence": ("precedence", "conflicts", "min_confidence"),
+    "data": ("geoip", "geofeeds", "datacenters", "cloud"),
+    "resolver": ("nameservers", "hosts", "timeout"),
+    "reroute": ("match", "to"),
+    "dns": ("block_answer", "strip_ech", "max_ttl"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    match: str                 # a CIDR prefix, an address, or a hostname glob
+    is_network: bool
+    region: str | None
+    country: str | None
+    zoom: bool | None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The effective rules for one set of clients (the policy's top level, or a group)."""
+
+    name: str
+    location: str
+    allowed: frozenset[str]
+    disallowed_action: str
+    unknown_action: str
+    exempt_services: frozenset[str]
+    clients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceSettings:
+    precedence: tuple[str, ...] = SOURCES
+    conflicts: str = "precedence"
+    min_confidence: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class DataSettings:
+    geoip: tuple[Path, ...] = ()
+    geofeeds: tuple[Path, ...] = ()
+    datacenters: bool = True
+    cloud: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverSettings:
+    nameservers: tuple[tuple[str, int], ...] = ()   # empty: the system's resolver
+    hosts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    timeout: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    block_answer: str = "nxdomain"
+    strip_ech: bool = False
+    max_ttl: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Reroute:
+    match: str
+    to: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    path: str
+    version_id: str               # content hash: which policy decided, in every audit line
+    account_type: str
+    default_region: str
+    rules: Rules
+    groups: tuple[Rules, ...]
+    overrides: tuple[Override, ...]
+    evidence: EvidenceSettings
+    data: DataSettings
+    resolver: ResolverSettings
+    reroute: tuple[Reroute, ...]
+    dns: DnsSettings
+    catalogue: Catalogue
+    warnings: tuple[Problem, ...] = ()
+    _group_table: PrefixTable[Rules] = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def rules_for(self, client: str | None) -> Rules:
+        """The rules of the first group whose `clients` hold this address, else the top level."""
+        if client and self.groups:
+            try:
+                found = self._group_table.get(client)
+            except ValueError:
+                found = None
+            if found is not None:
+                return found
+        return self.rules
+
+    def enabled_crc_regions(self, client: str | None = None) -> frozenset[str]:
+        """Regions whose Conference Room Connectors may join (the same allowed set)."""
+        return self.rules_for(client).allowed
+
+    def enabled_dialin_countries(self, client: str | None = None) -> frozenset[str]:
+        """Countries whose dial-in numbers stay enabled: those of the allowed regions."""
+        return self.catalogue.dialin_countries(self.rules_for(client).allowed)
+
+
+def allowed_regions(catalogue: Catalogue, account_type: str, default_region: str,
+                    opt_in: Iterable[str] | None, opt_out: Iterable[str] | None) -> frozenset[str]:
+    """Zoom's allowed set, before the China check (which is an error, not a silent drop).
+
+    - free: the default region only;
+    - paid, no lists: every region but China (Zoom's default), plus the default region;
+    - opt_in: those, plus the default region;
+    - opt_out: every region but those and China, plus the default region;
+    - both: (every region but China and opt_out) plus opt_in plus the default region.
+    """
+    if account_type == "free":
+        return frozenset({default_region})
+    everything_but_china = catalogue.codes - {CHINA}
+    if opt_in is None and opt_out is None:
+        return everything_but_china | {default_region}
+    allowed = set(everything_but_china - set(opt_out)) if opt_out is not None else set()
+    allowed |= set(opt_in or ())
+    allowed.add(default_region)
+    return frozenset(allowed)
+
+
+def load_policy(path: str | Path, catalogue: Catalogue | None = None) -> Policy:
+    """Read, check and build a policy. Raises PolicyError with every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError([Problem(str(path), "", "file not found",
+                                   "give the path of a policy YAML file (see config/policy.yaml)")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError([Problem(str(path), "", f"cannot read: {e}", "check the file")]) from None
+    return parse_policy(text, str(path), catalogue)
+
+
+def parse_policy(text: str, filename: str = "<policy>", catalogue: Catalogue | None = None) -> Policy:
+    catalogue = catalogue or load_catalogue()
+    try:
+        raw = yaml.safe_load(text)
+        lines = _line_map(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(e, "problem", None) or str(e)
+        raise PolicyError([Problem(filename, "", f"not valid YAML: {problem}",
+                                   "fix the YAML syntax at that line (indentation, quotes, colons)",
+                                   line)]) from None
+    checker = _Checker(filename, lines, catalogue, Path(filename).parent)
+    policy = checker.build(raw, text)
+    if checker.problems:
+        raise PolicyError(checker.problems)
+    return policy
+
+
+# --- internals -------------------------------------------------------------------------------------
+
+
+def _line_map(node: yaml.Node | None) -> dict[tuple, int]:
+    """YAML path (keys and indices) → 1-based line, for error messages. Also flags duplicates."""
+    lines: dict[tuple, int] = {}
+
+    def walk(n: yaml.Node, path: tuple) -> None:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = k.value
+                if path + (key,) in lines:
+                    lines[("__duplicate__",) + path + (key,)] = k.start_mark.line + 1
+                lines[path + (key,)] = k.start_mark.line + 1
+                walk(v, path + (key,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                walk(v, path + (i,))
+
+    if node is not None:
+        walk(node, ())
+    return lines
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+class _Checker:
+    def __init__(self, filename: str, lines: dict[tuple, int], catalogue: Catalogue, base: Path) -> None:
+        self.filename = filename
+        self.lines = lines
+        self.catalogue = catalogue
+        self.base = base
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    # reporting
+    def line(self, path: tuple) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+    def error(self, path: tuple, message: str, fix: str) -> None:
+        self.problems.append(Problem(self.filename, _dotted(path), message, fix, self.line(path)))
+
+    def warn(self, path: tuple, message: str, fix: str) -> None:
+        self.warnings.append(Problem(self.filename, _dotted(path), message, fix, self.line(path)))
+
+    # shape helpers
+    def mapping(self, value: Any, path: tuple, keys: Iterable[str]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(path, f"expected a mapping, got {value!r}",
+                       f"write `{_dotted(path)}:` followed by indented `key: value` lines")
+            return {}
+        keys = tuple(keys)
+        for k in value:
+            if k not in keys:
+                close = difflib.get_close_matches(str(k), keys, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(keys)}"
+                self.error(path + (k,), f"unknown key {k!r}", f"remove it or rename it ({hint})")
+        return value
+
+    def sequence(self, value: Any, path: tuple) -> list:
+        if value is None:
+            return []
+        if isinstance(value, (str, int, float)):
+            return [value]
+        if not isinstance(value, list):
+            self.error(path, f"expected a list, got {value!r}", "write a YAML list: [A, B]")
+            return []
+        return value
+
+    def choice(self, value: Any, path: tuple, choices: tuple[str, ...], default: str) -> str:
+        if value is None:
+            return default
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            fix = f"use one of: {', '.join(choices)}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            self.error(path, f"{value!r} is not a valid value", fix)
+            return default
+        return value
+
+    def region_names(self, values: list, path: tuple) -> set[str]:
+        out: set[str] = set()
+        for i, name in enumerate(values):
+            codes = self.catalogue.expand(str(name))
+            if codes is None:
+                close = self.catalogue.suggest(str(name))
+                fix = ((f"did you mean {' or '.join(map(repr, close))}? " if close else "")
+                       + "use a region code (" + " ".join(sorted(self.catalogue.codes))
+                       + ") or a group (" + ", ".join(self.catalogue.groups)
+                       + "); `regionguard regions` lists them")
+                self.error(path + (i,), f"unknown region or group {name!r}", fix)
+            else:
+                out |= codes
+        return out
+
+    def one_region(self, value: Any, path: tuple) -> str | None:
+        code = self.catalogue.region_code(str(value))
+        if code is None:
+            expanded = self.catalogue.expand(str(value))
+            if expanded:
+                self.error(path, f"{value!r} is a group of regions ({', '.join(sorted(expanded))}), "
+                           "but a single region is needed", f"pick one of {', '.join(sorted(expanded))}")
+            else:
+                close = self.catalogue.suggest(str(value))
+                self.error(path, f"unknown region {value!r}",
+                           (f"did you mean {' or '.join(map(repr, close))}? " if close else "")
+                           + "use one of " + " ".join(sorted(self.catalogue.codes)))
+        return code
+
+    # the policy
+    def build(self, raw: Any, text: str) -> Policy:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.error((), "the policy must be a YAML mapping", "start from config/policy.yaml")
+            raw = {}
+        top = self.mapping(raw, (), _TOP_KEYS)
+        version = top.get("version")
+        if version != 1:
+            self.error(("version",), f"unsupported version {version!r}" if version is not None
+                       else "missing", "write `version: 1` at the top")
+
+        account = self.mapping(top.get("account"), ("account",), _KEYS["account"])
+        account_type = self.choice(account.get("type"), ("account", "type"), ACCOUNT_TYPES, "paid")
+        default_region = "US"
+        if account.get("default_region") is None:
+            self.error(("account", "default_region"), "missing",
+                       "name the region the Zoom account was created in, e.g. `default_region: US`")
+        else:
+            default_region = self.one_region(account["default_region"],
+                                             ("account", "default_region")) or "US"
+
+        base = self.rules(top, (), "default", account_type, default_region, None)
+        groups = []
+        names = set()
+        for i, g in enumerate(self.sequence(top.get("groups"), ("groups",))):
+            gpath = ("groups", i)
+            g = self.mapping(g, gpath, _KEYS["group"])
+            name = str(g.get("name") or f"group-{i + 1}")
+            if not g.get("name"):
+                self.error(gpath + ("name",), "missing", "give every group a unique `name`")
+            elif name in names or name == "default":
+                self.error(gpath + ("name",), f"duplicate group name {name!r}", "use a unique name")
+            names.add(name)
+            clients = []
+            for j, c in enumerate(self.sequence(g.get("clients"), gpath + ("clients",))):
+                try:
+                    clients.append(str(ipaddress.ip_network(str(c), strict=False)))
+                except ValueError:
+                    self.error(gpath + ("clients", j), f"{c!r} is not an address or CIDR prefix",
+                               "write client networks like 10.20.0.0/16 or 2001:db8::/32")
+            if not clients and "clients" not in g:
+                self.error(gpath + ("clients",), "missing",
+                           "list the client networks this group applies to, e.g. [10.20.0.0/16]")
+            groups.append(self.rules(g, gpath, name, account_type, default_region, top,
+                                     tuple(clients)))
+
+        overrides = tuple(self.overrides(top.get("overrides")))
+        evidence = self.evidence(top.get("evidence"))
+        data = self.data(top.get("data"))
+        resolver = self.resolver(top.get("resolver"))
+        reroute = tuple(self.reroutes(top.get("reroute")))
+        dns = self.dns(top.get("dns"))
+
+        table: PrefixTable[Rules] = PrefixTable.from_prefixes(
+            # first match wins: add in reverse so earlier groups are added last and win ties
+            [(c, g) for g in reversed(groups) for c in g.clients]
+        )
+        return Policy(
+            path=self.filename,
+            version_id=hashlib.sha256(text.encode()).hexdigest()[:12],
+            account_type=account_type,
+            default_region=default_region,
+            rules=base,
+            groups=tuple(groups),
+            overrides=overrides,
+            evidence=evidence,
+            data=data,
+            resolver=resolver,
+            reroute=reroute,
+            dns=dns,
+            catalogue=self.catalogue,
+            warnings=tuple(self.warnings),
+            _group_table=table,
+        )
+
+    def rules(self, section: dict, path: tuple, name: str, account_type: str, default_region: str,
+              parent: dict | None, clients: tuple[str, ...] = ()) -> Rules:
+        inherit = parent or {}
+        client = self.mapping(section.get("client"), path + ("client",), _KEYS["client"])
+        parent_client = inherit.get("client") if isinstance(inherit.get("client"), dict) else {}
+        location = self.choice(client.get("location", parent_client.get("location")),
+                               path + ("client", "location"), LOCATIONS, "outside-china")
+
+        regions_path = path + ("regions",) if "regions" in section or parent is None else ("regions",)
+        regions_raw = section.get("regions") if "regions" in section else inherit.get("regions")
+        regions = self.mapping(regions_raw, regions_path, _KEYS["regions"])
+        opt_in = opt_out = None
+        if "opt_in" in regions:
+            opt_in = self.region_names(self.sequence(regions["opt_in"], regions_path + ("opt_in",)),
+                                       regions_path + ("opt_in",))
+        if "opt_out" in regions:
+            opt_out = self.region_names(self.sequence(regions["opt_out"], regions_path + ("opt_out",)),
+                                        regions_path + ("opt_out",))
+
+        if account_type == "free" and (opt_in is not None or opt_out is not None):
+            self.error(regions_path, "a free account is fixed to its default region "
+                       f"({default_region}); regions cannot be opted in or out",
+                       "remove `regions:` (or set account.type: paid if the account is paid)")
+        if opt_out and default_region in opt_out:
+            self.error(regions_path + ("opt_out",), f"{default_region!r} is the account's default "
+                       "region, which is always on and cannot be opted out",
+                       f"remove {default_region} (or the group containing it) from opt_out")
+        if opt_in is not None and opt_out is not None and opt_in & opt_out:
+            both = ", ".join(sorted(opt_in & opt_out))
+            self.error(regions_path, f"{both} both opted in and out", "list each region once")
+        allowed = allowed_regions(self.catalogue, account_type, default_region, opt_in, opt_out)
+
+        if location == "outside-china" and CHINA in allowed:
+            in_opt_in = opt_in and CHINA in opt_in
+            where = regions_path + ("opt_in",) if in_opt_in else ("account", "default_region")
+            who = "the top level" if name == "default" else f"group {name!r}"
+            self.error(where, "clients outside China are never routed to China (CN), "
+                       f"but CN is allowed for {who}",
+                       "remove CN (or China) from opt_in, or set `client: {location: china}` "
+                       "for clients based in China (in a group, for a China office)")
+
+        actions = self.mapping(section.get("actions"), path + ("actions",), _KEYS["actions"])
+        parent_actions = inherit.get("actions") if isinstance(inherit.get("actions"), dict) else {}
+        disallowed = self.choice(actions.get("disallowed", parent_actions.get("disallowed")),
+                                 path + ("actions", "disallowed"), DISALLOWED_ACTIONS, "block")
+        unknown = self.choice(actions.get("unknown", parent_actions.get("unknown")),
+                              path + ("actions", "unknown"), UNKNOWN_ACTIONS, "block")
+        exempt_raw = actions.get("exempt_services", parent_actions.get("exempt_services"))
+        exempt = set()
+        for i, s in enumerate(self.sequence(exempt_raw, path + ("actions", "exempt_services"))):
+            exempt.add(self.choice(s, path + ("actions", "exempt_services", i), SERVICES, "web"))
+        return Rules(name, location, allowed, disallowed, unknown, frozenset(exempt), clients)
+
+    def overrides(self, raw: Any) -> Iterable[Override]:
+        for i, o in enumerate(self.sequence(raw, ("overrides",))):
+            path = ("overrides", i)
+            o = self.mapping(o, path, _KEYS["override"])
+            match = str(o.get("match") or "").strip()
+            if not match:
+                self.error(path + ("match",), "missing",
+                           "give an address, a CIDR prefix or a hostname pattern such as *.lab.example")
+                continue
+            is_network = False
+            try:
+                ipaddress.ip_network(match, strict=True)
+                is_network = True
+            except ValueError as e:
+                if "/" in match or is_address(match.split("/")[0]):
+                    self.error(path + ("match",), f"{match!r} is not a valid CIDR prefix ({e})",
+                               "clear the host bits, e.g. 203.0.113.0/24")
+                    continue
+            region = None
+            if o.get("region") not in (None, "none", "None"):
+                region = self.one_region(o["region"], path + ("region",))
+            country = str(o["country"]).upper() if o.get("country") else None
+            if country is None and region:
+                countries = self.catalogue.regions[region].countries
+                country = countries[0] if countries else None
+            if region is None and country is None and o.get("zoom") is None:
+                self.error(path, "says nothing", "give a `region`, a `country` or `zoom: true/false`")
+            zoom = o.get("zoom")
+            if zoom is not None and not isinstance(zoom, bool):
+                self.error(path + ("zoom",), f"{zoom!r} is not true or false", "write zoom: true")
+                zoom = None
+            yield Override(match, is_network, region, country, zoom, str(o.get("note") or ""))
+
+    def evidence(self, raw: Any) -> EvidenceSettings:
+        ev = self.mapping(raw, ("evidence",), _KEYS["evidence"])
+        precedence = SOURCES
+        if "precedence" in ev:
+            items = [str(s) for s in self.sequence(ev["precedence"], ("evidence", "precedence"))]
+            for i, s in enumerate(items):
+                self.choice(s, ("evidence", "precedence", i), SOURCES, s)
+            precedence = tuple(dict.fromkeys(s for s in items if s in SOURCES))
+        conflicts = self.choice(ev.get("conflicts"), ("evidence", "conflicts"), CONFLICT_MODES,
+                                "precedence")
+        min_conf = ev.get("min_confidence", 0.5)
+        if not isinstance(min_conf, (int, float)) or not 0 <= min_conf <= 1:
+            self.error(("evidence", "min_confidence"), f"{min_conf!r} is not a number from 0 to 1",
+                       "write e.g. min_confidence: 0.5")
+            min_conf = 0.5
+        return EvidenceSettings(precedence, conflicts, float(min_conf))
+
+    def path_list(self, raw: Any, path: tuple, what: str) -> tuple[Path, ...]:
+        out = []
+        for i, p in enumerate(self.sequence(raw, path)):
+            full = (self.base / str(p)).resolve() if not Path(str(p)).is_absolute() else Path(str(p))
+            if not full.is_file():
+                self.warn(path + (i,), f"{what} {str(full)!r} not found: that source is off, and "
+                          "addresses only it could place stay unknown (blocked by default)",
+                          f"fix the path (relative paths are from {self.base}) or remove it")
+                continue
+            out.append(full)
+        return tuple(out)
+
+    def data(self, raw: Any) -> DataSettings:
+        d = self.mapping(raw, ("data",), _KEYS["data"])
+        flags = {}
+        for key in ("datacenters", "cloud"):
+            value = d.get(key, True)
+            if not isinstance(value, bool):
+                self.error(("data", key), f"{value!r} is not true or false", f"write {key}: true")
+                value = True
+            flags[key] = value
+        return DataSettings(self.path_list(d.get("geoip"), ("data", "geoip"), "GeoIP database"),
+                            self.path_list(d.get("geofeeds"), ("data", "geofeeds"), "geofeed"),
+                            **flags)
+
+    def resolver(self, raw: Any) -> ResolverSettings:
+        r = self.mapping(raw, ("resolver",), _KEYS["resolver"])
+        servers = []
+        for i, ns in enumerate(self.sequence(r.get("nameservers"), ("resolver", "nameservers"))):
+            parsed = parse_hostport(str(ns), 53)
+            if parsed is None:
+                self.error(("resolver", "nameservers", i), f"{ns!r} is not HOST:PORT",
+                           "write an address with an optional port: 127.0.0.1:5353 or [::1]:53")
+            else:
+                servers.append(parsed)
+        hosts: dict[str, tuple[str, ...]] = {}
+        raw_hosts = r.get("hosts") or {}
+        if not isinstance(raw_hosts, dict):
+            self.error(("resolver", "hosts"), "expected a mapping of name: address",
+                       'write hosts: {"de.zoom.us": "127.0.1.1"}')
+            raw_hosts = {}
+        for name, addrs in raw_hosts.items():
+            good = []
+            for a in self.sequence(addrs, ("resolver", "hosts", name)):
+                if is_address(str(a)):
+                    good.append(str(a))
+                else:
+                    self.error(("resolver", "hosts", name), f"{a!r} is not an IP address",
+                               "map each name to an address or a list of addresses")
+            hosts[str(name).lower().rstrip(".")] = tuple(good)
+        timeout = r.get("timeout", 3.0)
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            self.error(("resolver", "timeout"), f"{timeout!r} is not a positive number of seconds",
+                       "write e.g. timeout: 3")
+            timeout = 3.0
+        return ResolverSettings(tuple(servers), hosts, float(timeout))
+
+    def reroutes(self, raw: Any) -> Iterable[Reroute]:
+        for i, r in enumerate(self.sequence(raw, ("reroute",))):
+            r = self.mapping(r, ("reroute", i), _KEYS["reroute"])
+            if not r.get("match") or not r.get("to"):
+                self.error(("reroute", i), "needs both `match` and `to`",
+                           'write {match: "*.zoom.us", to: us01.zoom.us}')
+                continue
+            yield Reroute(str(r["match"]).lower().rstrip("."), str(r["to"]).lower().rstrip("."))
+
+    def dns(self, raw: Any) -> DnsSettings:
+        d = self.mapping(raw, ("dns",), _KEYS["dns"])
+        answer = self.choice(d.get("block_answer"), ("dns", "block_answer"), BLOCK_ANSWERS, "nxdomain")
+        strip = d.get("strip_ech", False)
+        if not isinstance(strip, bool):
+            self.error(("dns", "strip_ech"), f"{strip!r} is not true or false", "write strip_ech: true")
+            strip = False
+        max_ttl = d.get("max_ttl", 86400)
+        if not isinstance(max_ttl, int) or max_ttl < 0:
+            self.error(("dns", "max_ttl"), f"{max_ttl!r} is not a whole number of seconds",
+                       "write e.g. max_ttl: 3600")
+            max_ttl = 86400
+        return DnsSettings(answer, strip, max_ttl)
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int] | None:
+    """'127.0.0.1:53', '[::1]:5353', '::1', 'localhost' → (host, port); None if malformed."""
+    text = text.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                return None
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, p = text.split(":")
+        if not p.isdigit():
+            return None
+        port = int(p)
+    if not host or not 0 < port < 65536:
+        return None
+    return host, port

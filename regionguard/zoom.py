@@ -1,0 +1,130 @@
+"""Is a destination Zoom's, and which Zoom service is it?
+
+By name: Zoom's domains and their subdomains (case and trailing dot normalised). By address:
+Zoom's published IPv4/IPv6 ranges. The service follows from port, transport and name:
+web/API, meeting media, tunnel (TCP 443 to a meeting server), CRC, CDN, phone. Domains, ports
+and name patterns are data (config/zoom.yaml, config/data/zoom-ranges.csv).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+
+from ._paths import config_dir
+from .hostnames import DomainSet, normalise_host
+from .prefixes import PrefixTable, address_key
+
+
+class ZoomRange(NamedTuple):
+    prefix: str
+    service: str   # zoom | phone | cdn
+    source: str
+    date: str
+
+
+class Classification(NamedTuple):
+    zoom: bool
+    service: str | None
+    why: str                 # how we know it is (or is not) Zoom's
+    range: ZoomRange | None
+
+
+def _port_ranges(specs: list) -> tuple[tuple[int, int], ...]:
+    out = []
+    for spec in specs:
+        lo, _, hi = str(spec).partition("-")
+        out.append((int(lo), int(hi or lo)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ZoomCatalogue:
+    domains: DomainSet
+    domain_regions: dict[str, dict]
+    ports: dict[tuple[str, str], tuple[tuple[int, int], ...]]   # (service, transport) → ranges
+    meeting_server_names: tuple[re.Pattern, ...]
+    crc_domains: DomainSet
+    ranges: PrefixTable[ZoomRange]
+    ranges_source: str
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> ZoomCatalogue:
+        return _load(str(directory or config_dir()))
+
+    def is_zoom_host(self, host: str | None) -> bool:
+        return bool(host) and host in self.domains
+
+    def range_of(self, address: str | None) -> ZoomRange | None:
+        if not address:
+            return None
+        try:
+            return self.ranges.get_key(address_key(address))
+        except ValueError:
+            return None
+
+    def classify(self, host: str | None, address: str | None, port: int, transport: str = "tcp",
+                 zoom_override: bool | None = None) -> Classification:
+        host = normalise_host(host) if host else None
+        rng = self.range_of(address)
+        domain = self.domains.match(host) if host else None
+        if zoom_override is False:
+            return Classification(False, None, "override: not Zoom", rng)
+        if domain:
+            why = f"domain {domain}"
+        elif rng is not None:
+            why = f"address in Zoom range {rng.prefix} ({rng.source})"
+        elif zoom_override:
+            why = "override: zoom: true"
+        else:
+            return Classification(False, None, "not a Zoom domain or range", None)
+        return Classification(True, self._service(host, rng, port, transport), why, rng)
+
+    def _service(self, host: str | None, rng: ZoomRange | None, port: int, transport: str) -> str:
+        if host and host in self.crc_domains:
+            return "crc"
+        for (service, proto), ranges in self.ports.items():
+            if proto == transport and any(lo <= port <= hi for lo, hi in ranges):
+                return service
+        if rng is not None and rng.service in ("phone", "cdn"):
+            return rng.service
+        if transport == "tcp" and port == 443:
+            if host and any(p.search(host) for p in self.meeting_server_names):
+                return "tunnel"
+            if host is None and rng is not None:
+                return "tunnel"   # an unnamed TCP 443 connection straight to a Zoom server
+        if port in (80, 443):
+            return "web"
+        return "meeting"
+
+
+@cache
+def _load(directory: str) -> ZoomCatalogue:
+    base = Path(directory)
+    with open(base / "zoom.yaml", encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    ports = {}
+    for service, by_proto in (raw.get("ports") or {}).items():
+        for proto, specs in by_proto.items():
+            ports[(service, proto)] = _port_ranges(specs)
+    ranges_path = base / "data" / "zoom-ranges.csv"
+    items = []
+    with open(ranges_path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            items.append((row["prefix"], ZoomRange(row["prefix"], row["service"], row["source"],
+                                                   row["date"])))
+    return ZoomCatalogue(
+        domains=DomainSet(raw.get("domains") or ()),
+        domain_regions={normalise_host(k): v for k, v in (raw.get("domain_regions") or {}).items()},
+        ports=ports,
+        meeting_server_names=tuple(re.compile(p) for p in raw.get("meeting_server_names") or ()),
+        crc_domains=DomainSet(raw.get("crc_domains") or ()),
+        ranges=PrefixTable.from_prefixes(items),
+        ranges_source=ranges_path.name,
+    )

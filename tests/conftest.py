@@ -1,0 +1,26 @@
+"""Shared fixtures: the project root, the venv's executables, and policy files written per test."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def write_policy(tmp_path):
+    """Write a policy YAML (dedented) into tmp_path and return its path."""
+    counter = iter(range(1000))
+
+    def write(text: str, name: str | None = None) -> Path:
+        path = tmp_path / (name or f"policy{next(counter)}.yaml")
+        path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+        return path
+
+    return write
