@@ -103,7 +103,7 @@ AWS_REGIONS = {
     "eu-central-2": ("CH", "Zurich", ""),
     "eu-north-1": ("SE", "Stockholm", ""),
     "eu-south-1": ("IT", "Milan", ""),
-    "eu-south-2": ("ES", "Aragon", "Europe (Spain)"),
+    "eu-south-2": ("ES", "Aragón", "Europe (Spain)"),
     "eu-west-1": ("IE", "Dublin", ""),
     "eu-west-2": ("GB", "London", ""),
     "eu-west-3": ("FR", "Paris", ""),
@@ -112,8 +112,8 @@ AWS_REGIONS = {
     "me-central-1": ("AE", "UAE", ""),
     "me-central-2": ("SA", "Saudi Arabia", ""),
     "me-south-1": ("BH", "Bahrain", ""),
-    "mx-central-1": ("MX", "Queretaro", "Mexico (Central)"),
-    "sa-east-1": ("BR", "Sao Paulo", ""),
+    "mx-central-1": ("MX", "Querétaro", "Mexico (Central)"),
+    "sa-east-1": ("BR", "São Paulo", ""),
     "us-east-1": ("US", "N. Virginia", ""),
     "us-east-2": ("US", "Ohio", ""),
     "us-west-1": ("US", "N. California", ""),
@@ -140,8 +140,8 @@ AWS_METRO_CODES = {
     "jan": ("US", "Jackson MS", "UNCERTAIN: city inferred from code 'jan' (Jackson, Mississippi airport code)"),
     "foe": ("US", "", "UNCERTAIN: code 'foe' not identified; US assumed (us-east-1 Wavelength zones are Verizon US)"),
     # Americas outside the US
-    "qro": ("MX", "Queretaro", ""), "bue": ("AR", "Buenos Aires", ""), "lim": ("PE", "Lima", ""),
-    "scl": ("CL", "Santiago", ""), "bog": ("CO", "Bogota", ""), "yto": ("CA", "Toronto", ""),
+    "qro": ("MX", "Querétaro", ""), "bue": ("AR", "Buenos Aires", ""), "lim": ("PE", "Lima", ""),
+    "scl": ("CL", "Santiago", ""), "bog": ("CO", "Bogotá", ""), "yto": ("CA", "Toronto", ""),
     "yvr": ("CA", "Vancouver", ""),
     # Asia Pacific
     "del": ("IN", "Delhi", ""), "ccu": ("IN", "Kolkata", ""), "tpe": ("TW", "Taipei", ""),
@@ -189,11 +189,11 @@ OCI_REGIONS = {
     "me-jeddah-1": ("SA", "Jeddah", ""),
     "me-riyadh-1": ("SA", "Riyadh", ""),
     "mx-monterrey-1": ("MX", "Monterrey", ""),
-    "mx-queretaro-1": ("MX", "Queretaro", ""),
-    "sa-bogota-1": ("CO", "Bogota", ""),
+    "mx-queretaro-1": ("MX", "Querétaro", ""),
+    "sa-bogota-1": ("CO", "Bogotá", ""),
     "sa-santiago-1": ("CL", "Santiago", ""),
-    "sa-saopaulo-1": ("BR", "Sao Paulo", ""),
-    "sa-valparaiso-1": ("CL", "Valparaiso", ""),
+    "sa-saopaulo-1": ("BR", "São Paulo", ""),
+    "sa-valparaiso-1": ("CL", "Valparaíso", ""),
     "sa-vinhedo-1": ("BR", "Vinhedo", ""),
     "uk-cardiff-1": ("GB", "Cardiff", "UK West (Newport)"),
     "uk-london-1": ("GB", "London", ""),
@@ -260,7 +260,7 @@ SITE_CODES = [
     ("nrt", "subdomain", "JP", "Tokyo", "0.5", "seen in hostnames, not confirmed by Zoom"),
     ("sin", "subdomain", "SG", "Singapore", "0.5", "seen in hostnames, not confirmed by Zoom"),
     ("syd", "subdomain", "AU", "Sydney", "0.5", "seen in hostnames, not confirmed by Zoom"),
-    ("gru", "subdomain", "BR", "Sao Paulo", "0.5", "seen in hostnames, not confirmed by Zoom"),
+    ("gru", "subdomain", "BR", "São Paulo", "0.5", "seen in hostnames, not confirmed by Zoom"),
     ("bom", "subdomain", "IN", "Mumbai", "0.5", "seen in hostnames, not confirmed by Zoom"),
     ("am", "zc", "NL", "Amsterdam", "0.5", "zone-controller prefix as in zoomam104zc.zoom.us; seen in hostnames, not confirmed by Zoom"),
     ("sj", "zc", "US", "San Jose", "0.4", "inferred by analogy with 'am' (zoom<code>NNNzc.zoom.us) and subdomain sjc; not observed in the shared data"),
@@ -459,10 +459,13 @@ def build_ranges(zoom_txt: list, zoom_txt_src: str, zoom_txt_date: str,
 
 
 def compute_cloud_mapping(union: list[tuple], aws_idx: PrefixIndex, oci_idx: PrefixIndex) -> list[dict]:
-    """Each non-host CIDR of the Zoom union that lies inside an AWS or OCI prefix."""
+    """Each non-/32 IPv4 CIDR of the Zoom union that lies inside an AWS or OCI prefix.
+
+    Same method as the shared zoom_cloud_ranges_region_mapping_DERIVED.csv (IPv4 only;
+    the only IPv6 hit, 2600:9000:2600::/48, is global CloudFront and carries no region)."""
     out = {}
     for n, _src, _svc in union:
-        if n.prefixlen == n.max_prefixlen:
+        if n.version != 4 or n.prefixlen == n.max_prefixlen:
             continue
         hit = None
         cov = aws_idx.covering(n)
