@@ -108,6 +108,9 @@ class Engine:
         self.policy = policy
         self.zoom = zoom or ZoomCatalogue.load()
         self.locator = locator or Locator.for_policy(policy, self.zoom)
+        self._memo: dict[tuple, Decision] = {}
+        self._memo_get = self._memo.get
+        self._memo_size = 50_000
 
     @classmethod
     def from_policy_file(cls, path: str | Path) -> Engine:
@@ -117,7 +120,20 @@ class Engine:
 
     def decide(self, client: str | None, host: str | None, address: str | None, port: int,
                transport: str = "tcp") -> Decision:
-        """Decide one connection (or request). `host` is the hostname or SNI, if any."""
+        """Decide one connection (or request). `host` is the hostname or SNI, if any.
+
+        Memoised on all five arguments (bounded): the answer depends on nothing else."""
+        key = (client, host, address, port, transport)
+        decision = self._memo_get(key)
+        if decision is None:
+            decision = self._decide(client, host, address, port, transport)
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()
+            self._memo[key] = decision
+        return decision
+
+    def _decide(self, client: str | None, host: str | None, address: str | None, port: int,
+                transport: str) -> Decision:
         host = normalise_host(host) if host else None
         if host and host == address:
             host = None

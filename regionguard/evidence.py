@@ -51,10 +51,10 @@ class Evidence(NamedTuple):
 
 
 class Location(NamedTuple):
-    """The locator's conclusion for one address (and hostname, if any)."""
+    """The locator's conclusion for one address (and hostname, if any).
 
-    address: str | None
-    host: str | None
+    It does not repeat the address: addresses with the same answers share one Location."""
+
     region: str | None        # the accepted region, or None (unknown, or a country with none)
     country: str | None
     chosen: Evidence | None   # the answer that decided; None = region unknown

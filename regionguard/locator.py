@@ -15,16 +15,18 @@ Design rules:
 from __future__ import annotations
 
 import logging
+import socket
+from bisect import bisect_right as _bisect_right
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ._paths import data_dir
 from .errors import Problem
 from .evidence import Evidence, Location
 from .hostnames import normalise_host
 from .policy import SOURCES, EvidenceSettings, Policy
-from .prefixes import PrefixTable, address_key, merge
+from .prefixes import merge
 from .regions import Catalogue
 from .sources import (
     AwsSource,
@@ -42,6 +44,12 @@ from .zoom import ZoomCatalogue
 
 log = logging.getLogger(__name__)
 
+_V4_BASE = 0xFFFF_0000_0000  # as in prefixes.address_key, inlined on the hot path
+_inet_pton = socket.inet_pton
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+_from_bytes = int.from_bytes
+
 
 class AddressSource(Protocol):
     name: str
@@ -53,6 +61,25 @@ class HostSource(Protocol):
     name: str
 
     def lookup_host(self, host: str) -> Evidence | None: ...
+
+
+class _Static(NamedTuple):
+    """The merged static answers for one interval, already concluded."""
+
+    evidence: tuple[Evidence, ...]
+    chosen: Evidence | None
+    regions: frozenset[str | None]
+    zoom: bool | None
+    location: Location
+
+
+def _location(evidence: tuple[Evidence, ...], chosen: Evidence | None, regions, zoom) -> Location:
+    if chosen is None:
+        return Location(None, None, None, evidence, False, zoom)
+    return Location(chosen.region, chosen.country, chosen, evidence, len(regions) > 1, zoom)
+
+
+_NOTHING = _Static((), None, frozenset(), None, Location(None, None, None, (), False, None))
 
 
 class Locator:
@@ -67,12 +94,22 @@ class Locator:
         self.static = sorted((s for s in static if s.name in rank), key=lambda s: rank[s.name])
         self.per_address = [s for s in per_address if s.name in rank]
         self.per_host = [s for s in per_host if s.name in rank]
-        self._table: PrefixTable[tuple[Evidence, ...]] = merge([s.table for s in self.static])
+        self._min_confidence = settings.min_confidence
+        merged = merge([s.table for s in self.static])
+        resolved: dict[int, _Static] = {}
+        self._starts, self._ends, values = merged.arrays()
+        self._values = [resolved.get(id(v)) or resolved.setdefault(id(v), self._resolve_static(v))
+                        for v in values]
         # Per-address sources that rank after every static one can be appended without a sort.
         last_static = max((rank[s.name] for s in self.static), default=-1)
         self._needs_sort = any(rank[s.name] < last_static for s in self.per_address)
-        self._min_confidence = settings.min_confidence
         self._memo: dict[object, Location] = {}
+        # interval index → id(answer) → Location. Only used when the one per-address source
+        # interns its answers (they live as long as the source, so id() is a sound key); the
+        # size is bounded by intervals × distinct answers.
+        self._shared: dict[int, dict[int, Location]] = {}
+        single = self.per_address[0] if len(self.per_address) == 1 else None
+        self._single = single.lookup if single is not None and getattr(single, "interned", False) else None
         self._memo_size = memo_size
 
     # --- construction ---------------------------------------------------------------------
@@ -131,42 +168,23 @@ class Locator:
     def locate(self, address: str | None, host: str | None = None) -> Location:
         """Where is this endpoint? Memoised. A malformed address is simply unknown."""
         key = address if host is None else (address, host)
-        loc = self._memo.get(key)
-        if loc is None:
-            loc = self._locate(address, host)
-            if len(self._memo) >= self._memo_size:
-                self._memo.clear()  # crude bound; lookups are cheap to redo
-            self._memo[key] = loc
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        loc = self._locate(address, host)
+        if len(self._memo) >= self._memo_size:
+            self._memo.clear()  # crude bound; lookups are cheap to redo
+        self._memo[key] = loc
         return loc
 
-    def _locate(self, address: str | None, host: str | None) -> Location:
-        evidence: list[Evidence] = []
-        if address is not None:
-            try:
-                key = address_key(address)
-            except ValueError:
-                key = None
-            if key is not None:
-                static = self._table.get_key(key)
-                if static:
-                    evidence.extend(static)
-                for source in self.per_address:
-                    ev = source.lookup(address)
-                    if ev is not None:
-                        evidence.append(ev)
-        sort = self._needs_sort
-        if host:
-            host = normalise_host(host)
-            for source in self.per_host:
-                ev = source.lookup_host(host)
-                if ev is not None:
-                    evidence.append(ev)
-                    sort = True
-        if sort and len(evidence) > 1:
-            rank = self._rank
-            evidence.sort(key=lambda e: rank[e.source])  # stable: address overrides stay first
+    def _resolve_static(self, evidence: tuple[Evidence, ...]) -> _Static:
+        chosen, regions, zoom = self._conclude(evidence)
+        return _Static(evidence, chosen, frozenset(regions), zoom, _location(evidence, chosen, regions, zoom))
+
+    def _conclude(self, evidence) -> tuple[Evidence | None, set, bool | None]:
         chosen = None
-        regions = set()
+        regions: set[str | None] = set()
         zoom = None
         minimum = self._min_confidence
         for ev in evidence:
@@ -176,13 +194,83 @@ class Locator:
                 if chosen is None:
                     chosen = ev
                 regions.add(ev.region)
+        return chosen, regions, zoom
+
+    def _locate(self, address: str | None, host: str | None) -> Location:
+        static = _NOTHING
+        extra: list[Evidence] = []
+        if address is not None:
+            try:
+                if ":" in address:
+                    key = _from_bytes(_inet_pton(_AF_INET6, address.partition("%")[0]), "big")
+                else:
+                    key = _V4_BASE | _from_bytes(_inet_pton(_AF_INET, address), "big")
+            except (OSError, TypeError):
+                key = None
+            if key is not None:
+                i = _bisect_right(self._starts, key) - 1
+                if i >= 0 and key <= self._ends[i]:
+                    static = self._values[i]
+                else:
+                    i = -1
+                if self._single is not None and not host:
+                    # The usual configuration: one per-address source whose answers are
+                    # interned objects. Addresses in the same interval with the same answer
+                    # share one Location, so this path allocates nothing once warm.
+                    answer = self._single(address)
+                    by_answer = self._shared.get(i)
+                    if by_answer is None:
+                        by_answer = self._shared[i] = {}
+                    loc = by_answer.get(id(answer))
+                    if loc is None:
+                        loc = self._combine(static, [] if answer is None else [answer],
+                                            self._needs_sort)
+                        by_answer[id(answer)] = loc
+                    return loc
+                for source in self.per_address:
+                    ev = source.lookup(address)
+                    if ev is not None:
+                        extra.append(ev)
+        sort = self._needs_sort
+        if host:
+            host = normalise_host(host)
+            for source in self.per_host:
+                ev = source.lookup_host(host)
+                if ev is not None:
+                    extra.append(ev)
+                    sort = True
+        return self._combine(static, extra, sort)
+
+    def _combine(self, static: _Static, extra: list[Evidence], sort: bool) -> Location:
+        if not extra:
+            return static.location
+        if sort:
+            rank = self._rank
+            evidence = sorted(static.evidence + tuple(extra), key=lambda e: rank[e.source])
+            chosen, regions, zoom = self._conclude(evidence)
+            conflict = len(regions) > 1
+            evidence = tuple(evidence)
+        else:
+            # Fast path: every extra answer ranks below the static ones (the default order).
+            chosen, regions, zoom = static.chosen, static.regions, static.zoom
+            conflict = len(regions) > 1
+            minimum = self._min_confidence
+            for ev in extra:
+                if zoom is None and ev.zoom is not None:
+                    zoom = ev.zoom
+                if ev.confidence >= minimum and (ev.region is not None or ev.country is not None):
+                    if chosen is None:
+                        chosen, regions = ev, frozenset((ev.region,))
+                    elif ev.region not in regions:
+                        conflict = True
+            evidence = static.evidence + tuple(extra)
         if chosen is None:
-            return Location(address, host, None, None, None, tuple(evidence), False, zoom)
-        return Location(address, host, chosen.region, chosen.country, chosen, tuple(evidence),
-                        len(regions) > 1, zoom)
+            return Location(None, None, None, evidence, False, zoom)
+        return Location(chosen.region, chosen.country, chosen, evidence, conflict, zoom)
 
     def clear_memo(self) -> None:
         self._memo.clear()
+        self._shared.clear()
 
     def describe(self) -> list[str]:
         """One line per active source, in precedence order, for `explain` and logs."""

@@ -71,6 +71,10 @@ class PrefixTable[V]:
         table._starts, table._ends, table._values = starts, ends, values
         return table
 
+    def arrays(self) -> tuple[list[int], list[int], list[V]]:
+        """The flattened (starts, ends, values) lists, for callers that inline the lookup."""
+        return self._starts, self._ends, self._values
+
     def __len__(self) -> int:
         return len(self._starts)
 

@@ -159,7 +159,7 @@ class AwsSource(StaticSource):
         for prefix, (nbg, region, services) in per_prefix.items():
             if nbg == "GLOBAL":
                 country, place = None, "GLOBAL"
-                note = "anycast/global prefix: no region"
+                note = "anycast prefix (network_border_group GLOBAL): no region"
             else:
                 country, place = self._locations.country("aws", nbg)
                 note = f"network_border_group {place}" + (f", region {region}" if region != nbg else "")
@@ -295,6 +295,7 @@ class CountryFallbackSource:
     where it is: low confidence, below the default acceptance threshold."""
 
     name = "fallback"
+    interned = True  # equal answers are one object, kept for the source's lifetime
 
     def __init__(self, catalogue: Catalogue, confidence: float = 0.3) -> None:
         from importlib.metadata import version

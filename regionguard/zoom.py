@@ -54,6 +54,15 @@ class ZoomCatalogue:
     ranges: PrefixTable[ZoomRange]
     ranges_source: str
 
+    def __post_init__(self) -> None:
+        # (transport, port) → service, expanded once: port lists are short ranges.
+        table = {}
+        for (service, proto), ranges in reversed(list(self.ports.items())):
+            for lo, hi in ranges:
+                for port in range(lo, hi + 1):
+                    table[(proto, port)] = service
+        object.__setattr__(self, "_port_services", table)
+
     @classmethod
     def load(cls, directory: Path | None = None) -> ZoomCatalogue:
         return _load(str(directory or config_dir()))
@@ -89,9 +98,9 @@ class ZoomCatalogue:
     def _service(self, host: str | None, rng: ZoomRange | None, port: int, transport: str) -> str:
         if host and host in self.crc_domains:
             return "crc"
-        for (service, proto), ranges in self.ports.items():
-            if proto == transport and any(lo <= port <= hi for lo, hi in ranges):
-                return service
+        service = self._port_services.get((transport, port))
+        if service is not None:
+            return service
         if rng is not None and rng.service in ("phone", "cdn"):
             return rng.service
         if transport == "tcp" and port == 443:
