@@ -25,32 +25,12 @@ log = logging.getLogger(__name__)
 def audit_record(decision: Decision, *, mode: str = "", front_end: str = "", **extra: Any) -> dict:
     """The audit line for a decision: time, client, mode, transport, host/SNI, address, port,
     service, region, evidence source and dataset date, action, rule, policy version."""
-    loc = decision.location
-    chosen = loc.chosen if loc is not None else None
+    now = time.time()
     record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
         "front_end": front_end,
-        "client": decision.client,
-        "group": decision.group,
         "mode": mode,
-        "transport": decision.transport,
-        "host": decision.host,
-        "address": decision.address,
-        "port": decision.port,
-        "zoom": decision.zoom,
-        "service": decision.service,
-        "region": decision.region,
-        "country": decision.country,
-        "evidence_source": chosen.source if chosen else None,
-        "evidence_dataset": chosen.dataset if chosen else None,
-        "evidence_date": chosen.date if chosen else None,
-        "evidence_matched": chosen.matched if chosen else None,
-        "conflict": loc.conflict if loc is not None else False,
-        "action": str(decision.action),
-        "would": str(decision.would) if decision.would else None,
-        "rule": decision.rule,
-        "reason": decision.reason,
-        "policy_version": decision.policy_version,
+        **decision.to_dict(),
     }
     record.update(extra)
     return record

@@ -15,7 +15,8 @@ from .cli import (
     print_json,
 )
 from .decision import Action, Decision, Engine
-from .errors import ConfigError
+from .errors import ConfigError, Problem
+from .locator import Locator
 from .policy import ResolverSettings, load_policy, parse_hostport
 from .regions import load_catalogue
 from .resolve import NameResolver, ResolveError
@@ -181,7 +182,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"{f}: INVALID\n{e}", file=sys.stderr)
             status = EXIT_CONFIG
             continue
-        for w in policy.warnings:
+        try:
+            problems = Locator.for_policy(policy).problems  # also reads geofeeds and databases
+        except OSError as e:
+            problems = (Problem(f, "data", f"bundled data unreadable: {e}", "reinstall regionguard"),)
+        for w in problems:
             print(f"warning: {w}", file=sys.stderr)
         r = policy.rules
         print(f"{f}: OK (policy {policy.version_id}; {policy.account_type} account, default "

@@ -244,29 +244,12 @@ class Locator:
     def _combine(self, static: _Static, extra: list[Evidence], sort: bool) -> Location:
         if not extra:
             return static.location
+        evidence = static.evidence + tuple(extra)
         if sort:
             rank = self._rank
-            evidence = sorted(static.evidence + tuple(extra), key=lambda e: rank[e.source])
-            chosen, regions, zoom = self._conclude(evidence)
-            conflict = len(regions) > 1
-            evidence = tuple(evidence)
-        else:
-            # Fast path: every extra answer ranks below the static ones (the default order).
-            chosen, regions, zoom = static.chosen, static.regions, static.zoom
-            conflict = len(regions) > 1
-            minimum = self._min_confidence
-            for ev in extra:
-                if zoom is None and ev.zoom is not None:
-                    zoom = ev.zoom
-                if ev.confidence >= minimum and (ev.region is not None or ev.country is not None):
-                    if chosen is None:
-                        chosen, regions = ev, frozenset((ev.region,))
-                    elif ev.region not in regions:
-                        conflict = True
-            evidence = static.evidence + tuple(extra)
-        if chosen is None:
-            return Location(None, None, None, evidence, False, zoom)
-        return Location(chosen.region, chosen.country, chosen, evidence, conflict, zoom)
+            evidence = tuple(sorted(evidence, key=lambda e: rank[e.source]))  # stable
+        chosen, regions, zoom = self._conclude(evidence)
+        return _location(evidence, chosen, regions, zoom)
 
     def clear_memo(self) -> None:
         self._memo.clear()

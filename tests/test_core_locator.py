@@ -169,3 +169,20 @@ def test_every_zoom_published_range_is_handled_without_error(default_locator):
         prefix = row.split(",")[0]
         first = str(ipaddress.ip_network(prefix)[0])
         default_locator.locate(first)
+
+
+def test_every_cloud_hosted_zoom_range_gets_its_cloud_location(default_locator):
+    import csv
+
+    with open(CONFIG / "data" / "zoom-datacenters.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "cloud"]
+    assert len(rows) > 200
+    for row in rows:
+        net = ipaddress.ip_network(row["prefix"])
+        for ip in (net[0], net[-1]):
+            loc = default_locator.locate(str(ip))
+            assert (loc.region or "", loc.country or "") == (row["region"], row["country"]), row
+            if row["country"]:
+                assert loc.chosen.source in ("zoom-dc", "cloud")
+            else:  # anycast: no source may place it
+                assert not loc.known
