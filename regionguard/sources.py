@@ -194,7 +194,7 @@ class OracleSource(StaticSource):
         items = []
         for region in doc.get("regions", []):
             name = region.get("region", "")
-            country, place = self._locations.country("oracle", name)
+            country, place = self._locations.country("oci", name)
             for cidr in region.get("cidrs", []):
                 prefix = cidr["cidr"]
                 ev = Evidence(self.name, self._catalogue.region_for_country(country), country,

@@ -127,3 +127,48 @@ def test_free_account_allows_only_its_default_region():
 def test_ipv6_zoom_range_is_zoom(eu):
     d = eu.decide(None, None, "2620:123:2000::1", 8801, "udp")
     assert d.zoom
+
+
+def _engines():
+    from regionguard import load_catalogue, parse_policy
+
+    cat = load_catalogue()
+    out = []
+    for default in sorted(cat.codes - {"CN"}):
+        for opt_in in (["Europe"], ["US", "Japan/Hong Kong"], ["CN"], None):
+            china = opt_in == ["CN"]
+            text = (f"version: 1\naccount: {{type: paid, default_region: {default}}}\n"
+                    + (f"regions: {{opt_in: {opt_in}}}\n".replace("'", "") if opt_in else "")
+                    + f"client: {{location: {'china' if china else 'outside-china'}}}\n")
+            out.append(Engine(parse_policy(text)))
+    return out
+
+
+ENGINES = _engines()
+
+
+def _zoom_addresses():
+    rows = (CONFIG / "data" / "zoom-datacenters.csv").read_text().splitlines()[1:]
+    return [r.split(",")[0].split("/")[0] for r in rows]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(ENGINES), st.sampled_from(_zoom_addresses()),
+       st.sampled_from([(443, "tcp"), (8801, "udp"), (8802, "tcp"), (1720, "tcp"), (3478, "udp")]))
+def test_engine_invariants(engine, address, port_transport):
+    port, transport = port_transport
+    d = engine.decide("10.0.0.1", None, address, port, transport)
+    rules = engine.policy.rules_for("10.0.0.1")
+    assert d.zoom  # every address of the Zoom table is in Zoom's ranges or the table itself
+    if d.action == Action.ALLOW:
+        assert d.region in rules.allowed or d.rule == "exempt-service"
+        if rules.location == "outside-china":
+            assert d.region != "CN"
+    if d.region == "CN" and d.service == "tunnel":
+        assert d.action == Action.BLOCK
+    if not d.location.known:
+        assert d.action != Action.ALLOW or rules.unknown_action == "allow"

@@ -186,3 +186,9 @@ def test_every_cloud_hosted_zoom_range_gets_its_cloud_location(default_locator):
                 assert loc.chosen.source in ("zoom-dc", "cloud")
             else:  # anycast: no source may place it
                 assert not loc.known
+
+
+def test_oracle_cloud_ranges_are_located(default_locator):
+    loc = default_locator.locate("129.80.0.5")  # OCI us-ashburn-1
+    assert (loc.region, loc.country) == ("US", "US") and loc.chosen.source == "cloud"
+    assert "ashburn" in loc.chosen.note.lower()
