@@ -1,0 +1,62 @@
+"""Keep an Engine in step with its policy file: reload on change, keep the old one on error.
+
+Front ends hold an EngineHolder and read `.engine` per decision (an atomic attribute read).
+`check()` is cheap (one stat) and may be called often; a changed file is parsed and, only if
+valid, swapped in. An invalid file never replaces a running policy: the error is returned and
+logged, naming the file and field.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .decision import Engine
+from .errors import ConfigError
+from .policy import load_policy
+
+log = logging.getLogger(__name__)
+
+
+class EngineHolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._stamp = self._stat()
+        self.engine = Engine(load_policy(self.path))  # the first load must succeed
+        self.last_error: ConfigError | None = None
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def check(self) -> ConfigError | None:
+        """Reload if the file changed. Returns the error if the new file is invalid."""
+        stamp = self._stat()
+        if stamp == self._stamp or stamp is None:
+            return None
+        self._stamp = stamp
+        return self.reload()
+
+    def reload(self) -> ConfigError | None:
+        try:
+            engine = Engine(load_policy(self.path))
+        except ConfigError as e:
+            self.last_error = e
+            log.error("regionguard: policy %s not reloaded, the running policy %s stays in force:\n%s",
+                      self.path, self.engine.policy.version_id, e)
+            return e
+        except OSError as e:
+            err = ConfigError([])
+            err.args = (f"{self.path}: cannot load data: {e}",)
+            self.last_error = err
+            log.error("regionguard: policy %s not reloaded: %s", self.path, e)
+            return err
+        old = self.engine.policy.version_id
+        self.engine = engine
+        self.last_error = None
+        log.info("regionguard: policy %s reloaded (%s → %s)", self.path, old, engine.policy.version_id)
+        return None

@@ -1,0 +1,25 @@
+"""A changed policy file is picked up; an invalid one never replaces the running policy."""
+
+import os
+
+from regionguard.reload import EngineHolder
+
+
+def test_reload_on_change_and_keep_old_on_error(write_policy):
+    path = write_policy("version: 1\naccount: {type: paid, default_region: US}\nregions: {opt_in: [US]}\n")
+    holder = EngineHolder(path)
+    first = holder.engine
+    assert holder.check() is None and holder.engine is first  # unchanged: nothing done
+    assert holder.engine.decide(None, None, "159.124.47.249", 8801, "udp").action == "block"
+
+    path.write_text("version: 1\naccount: {type: paid, default_region: US}\nregions: {opt_in: [US, DE]}\n")
+    os.utime(path, ns=(1, 1))  # make sure the stamp changes even within one clock tick
+    assert holder.check() is None and holder.engine is not first
+    assert holder.engine.decide(None, None, "159.124.47.249", 8801, "udp").action == "allow"
+    good = holder.engine
+
+    path.write_text("version: 1\naccount: {type: paid, default_region: US}\nregions: {opt_out: [US]}\n")
+    os.utime(path, ns=(2, 2))
+    error = holder.check()
+    assert error is not None and "regions.opt_out" in str(error) and str(path) in str(error)
+    assert holder.engine is good  # the old policy keeps running
