@@ -1,0 +1,365 @@
+"""A DNS cache of raw wire messages, bounded in bytes, with TTLs that count down.
+
+Why raw bytes: parsing a packet with dnspython costs 80–230 µs, and cached dnspython messages
+cost ~10× the memory and bring long GC pauses. The server's hit path looks up the client's query
+bytes (minus the ID) and sends the stored response with the client's ID: no parsing at all.
+
+TTLs: the positions of every record's TTL field are found once when an entry is stored; a hit
+a second or more later gets a copy with each TTL lowered by the entry's age (rendered once per
+second of age, not once per hit). Entries expire at the smallest TTL. Eviction is least recently
+used, by total bytes.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import NamedTuple
+
+_OPT = 41
+ENTRY_OVERHEAD = 160   # bytes: the entry object, its key tuple and the dict slot, roughly
+
+
+class WireFormatError(ValueError):
+    """The message is not well-formed DNS wire format."""
+
+
+def skip_name(wire: bytes, pos: int) -> int:
+    """The position after the (possibly compressed) name at `pos`."""
+    end = len(wire)
+    for _ in range(128):
+        if pos >= end:
+            raise WireFormatError("name runs past the end")
+        length = wire[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > end:
+                raise WireFormatError("truncated compression pointer")
+            return pos + 2
+        if length & 0xC0:
+            raise WireFormatError("bad label type")
+        pos += 1 + length
+    raise WireFormatError("too many labels")
+
+
+def ttl_fields(wire: bytes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The offsets and values of every record's TTL (the OPT pseudo-record has none)."""
+    if len(wire) < 12:
+        raise WireFormatError("shorter than a DNS header")
+    qd, an, ns, ar = struct.unpack_from("!4H", wire, 4)
+    pos = 12
+    for _ in range(qd):
+        pos = skip_name(wire, pos) + 4
+    offsets, ttls = [], []
+    for _ in range(an + ns + ar):
+        pos = skip_name(wire, pos)
+        if pos + 10 > len(wire):
+            raise WireFormatError("record runs past the end")
+        rdtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", wire, pos)
+        if rdtype != _OPT:
+            offsets.append(pos + 4)
+            ttls.append(ttl)
+        pos += 10 + rdlen
+    if pos > len(wire):
+        raise WireFormatError("record data runs past the end")
+    return tuple(offsets), tuple(ttls)
+
+
+class Entry:
+    __slots__ = ("wire", "stored", "expires", "offsets", "ttls", "_age", "_aged")
+
+    def __init__(self, wire: bytes, stored: float, expires: float,
+                 offsets: tuple[int, ...], ttls: tuple[int, ...]) -> None:
+        self.wire = wire
+        self.stored = stored
+        self.expires = expires
+        self.offsets = offsets
+        self.ttls = ttls
+        self._age = 0
+        self._aged = wire
+
+    def render(self, now: float) -> bytes:
+        """The stored message with TTLs lowered by the entry's age in whole seconds."""
+        age = int(now - self.stored)
+        if age == self._age:
+            return self._aged
+        buf = bytearray(self.wire)
+        for off, ttl in zip(self.offsets, self.ttls, strict=True):
+            struct.pack_into("!I", buf, off, max(0, ttl - age))
+        self._age, self._aged = age, bytes(buf)
+        return self._aged
+
+
+class WireCache:
+    """key → response wire bytes, for at most `ttl` seconds, within `max_bytes` in total."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._data: OrderedDict[Hashable, Entry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: Hashable, now: float) -> bytes | None:
+        entry = self._data.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if entry.expires <= now:
+            self._remove(key, entry)
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return entry.render(now)
+
+    def ttl_left(self, key: Hashable, now: float) -> float:
+        """Seconds until the entry for `key` expires; 0 when there is none."""
+        entry = self._data.get(key)
+        return max(0.0, entry.expires - now) if entry is not None else 0.0
+
+    def put(self, key: Hashable, wire: bytes, ttl: float, now: float) -> bool:
+        """Store `wire` for `ttl` seconds. False (nothing stored) when ttl <= 0, the message is
+        malformed, or it alone exceeds the bound."""
+        size = len(wire) + ENTRY_OVERHEAD + (len(key[-1]) if isinstance(key, tuple)
+                                             and isinstance(key[-1], bytes) else 0)
+        if ttl <= 0 or size > self.max_bytes:
+            return False
+        try:
+            offsets, ttls = ttl_fields(wire)
+        except WireFormatError:
+            return False
+        old = self._data.pop(key, None)
+        if old is not None:
+            self.bytes -= self._size(key, old)
+        self._data[key] = Entry(wire, now, now + ttl, offsets, ttls)
+        self.bytes += size
+        while self.bytes > self.max_bytes and self._data:
+            k, e = self._data.popitem(last=False)
+            self.bytes -= self._size(k, e)
+        return True
+
+    def _remove(self, key: Hashable, entry: Entry) -> None:
+        del self._data[key]
+        self.bytes -= self._size(key, entry)
+
+    @staticmethod
+    def _size(key: Hashable, entry: Entry) -> int:
+        return len(entry.wire) + ENTRY_OVERHEAD + (len(key[-1]) if isinstance(key, tuple)
+                                                   and isinstance(key[-1], bytes) else 0)
+
+    def clear(self) -> None:
+        self._data.clear()
+        self.bytes = 0
+
+
+# --- wire-level reading, for the paths that must not pay for dnspython ---------------------------
+
+A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE = 1, 28, 5, 6
+# Types whose layout the fast path understands; any other type sends a message to dnspython.
+SIMPLE_TYPES = frozenset({A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE, _OPT})
+
+
+class Query(NamedTuple):
+    """A plain query: one question, no records but an optional bare OPT."""
+
+    id: bytes              # the two ID bytes
+    flags: int
+    qname: bytes           # wire form, as sent (case kept)
+    qtype: int
+    qclass: int
+    edns: bool
+    payload: int           # the client's UDP buffer size (512 without EDNS)
+    do: bool
+
+
+def parse_query(wire: bytes) -> Query | None:
+    """The query, if it is plain enough for the fast path; None sends it to dnspython."""
+    n = len(wire)
+    if n < 17 or n > 512:
+        return None
+    flags, qd, an, ns, ar = struct.unpack_from("!5H", wire, 2)
+    if flags & 0xF800 or qd != 1 or an or ns or ar > 1:     # a response, or not opcode QUERY
+        return None
+    pos = 12
+    while True:
+        length = wire[pos]
+        if length == 0:
+            break
+        if length > 63 or pos + 1 + length >= n:
+            return None
+        pos += 1 + length
+    qname = wire[12:pos + 1]
+    pos += 1
+    if pos + 4 > n:
+        return None
+    qtype, qclass = struct.unpack_from("!HH", wire, pos)
+    pos += 4
+    if ar == 0:
+        return Query(wire[:2], flags, qname, qtype, qclass, False, 512, False) if pos == n else None
+    if n - pos != 11 or wire[pos] != 0:
+        return None
+    rdtype, payload, ext, rdlen = struct.unpack_from("!HHIH", wire, pos + 1)
+    if rdtype != _OPT or rdlen or ext & 0xFF000000 or (ext >> 16) & 0xFF:   # rcode/version 0
+        return None
+    return Query(wire[:2], flags, qname, qtype, qclass, True, max(512, payload), bool(ext & 0x8000))
+
+
+def read_name(wire: bytes, pos: int, pointers: list[int] | None = None) -> tuple[str, int]:
+    """(lower-case dotted name, position after it). Compression pointers must point backwards;
+    their targets are appended to `pointers` when given."""
+    labels: list[bytes] = []
+    end = -1
+    jumps = 0
+    n = len(wire)
+    while True:
+        if pos >= n:
+            raise WireFormatError("name runs past the end")
+        length = wire[pos]
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > n:
+                raise WireFormatError("truncated compression pointer")
+            target = ((length & 0x3F) << 8) | wire[pos + 1]
+            if target >= pos or jumps > 64:
+                raise WireFormatError("bad compression pointer")
+            if pointers is not None:
+                pointers.append(target)
+            if end < 0:
+                end = pos + 2
+            pos = target
+            jumps += 1
+            continue
+        if length & 0xC0:
+            raise WireFormatError("bad label type")
+        if length == 0:
+            if end < 0:
+                end = pos + 1
+            name = b".".join(labels).lower()
+            try:
+                return name.decode("ascii"), end
+            except UnicodeDecodeError:
+                return name.decode("latin-1"), end
+        labels.append(wire[pos + 1:pos + 1 + length])
+        pos += 1 + length
+
+
+class Record(NamedTuple):
+    section: int           # 0 answer, 1 authority, 2 additional
+    start: int             # the record's first byte
+    end: int               # one past its last byte
+    owner: str
+    rdtype: int
+    ttl: int
+    value: str             # A/AAAA: the address; CNAME: the target; SOA: str(negative TTL)
+
+
+class Scan(NamedTuple):
+    rcode: int
+    flags: int
+    question_end: int
+    records: tuple[Record, ...]
+    pointers: tuple[tuple[int, int], ...]   # (where a pointer sits, where it points)
+
+
+def scan_response(wire: bytes) -> Scan | None:
+    """Every record of a response, when all are of SIMPLE_TYPES and the message is well formed;
+    None otherwise (the caller then uses dnspython, which also reports the garbage)."""
+    try:
+        if len(wire) < 12:
+            return None
+        flags, qd, an, ns, ar = struct.unpack_from("!5H", wire, 2)
+        if qd != 1:
+            return None
+        pointers: list[tuple[int, int]] = []
+        pos = skip_name(wire, 12) + 4
+        question_end = pos
+        records = []
+        counts = (an, ns, ar)
+        for section in range(3):
+            for _ in range(counts[section]):
+                start = pos
+                found: list[int] = []
+                owner, pos = read_name(wire, pos, found)
+                if pos + 10 > len(wire):
+                    return None
+                rdtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", wire, pos)
+                pos += 10
+                rdata_end = pos + rdlen
+                if rdata_end > len(wire) or rdtype not in SIMPLE_TYPES:
+                    return None
+                value = ""
+                if rdtype == A_TYPE:
+                    if rdlen != 4:
+                        return None
+                    value = socket.inet_ntop(socket.AF_INET, wire[pos:rdata_end])
+                elif rdtype == AAAA_TYPE:
+                    if rdlen != 16:
+                        return None
+                    value = socket.inet_ntop(socket.AF_INET6, wire[pos:rdata_end])
+                elif rdtype == CNAME_TYPE:
+                    value, after = read_name(wire, pos, found)
+                    if after != rdata_end:
+                        return None
+                elif rdtype == SOA_TYPE:
+                    _m, after = read_name(wire, pos, found)
+                    _r, after = read_name(wire, after, found)
+                    if after + 20 != rdata_end:
+                        return None
+                    value = str(min(ttl, struct.unpack_from("!I", wire, rdata_end - 4)[0]))
+                pointers.extend((start, t) for t in found)
+                records.append(Record(section, start, rdata_end, owner, rdtype, ttl, value))
+                pos = rdata_end
+        if pos != len(wire):
+            return None
+        return Scan(flags & 0x000F, flags, question_end, tuple(records), tuple(pointers))
+    except (WireFormatError, struct.error, IndexError):
+        return None
+
+
+def remove_records(wire: bytes, scan: Scan, drop: set[int]) -> bytes | None:
+    """The message without the records at the indices in `drop`, counts adjusted. None when a
+    compression pointer of a kept record points at or past a removed one (moving bytes would
+    break it): the caller then rebuilds the message with dnspython."""
+    if not drop:
+        return wire
+    first = min(scan.records[i].start for i in drop)
+    for where, target in scan.pointers:
+        if where > first and target >= first:
+            return None
+    out = bytearray(wire[:scan.question_end])
+    counts = [0, 0, 0]
+    for i, rec in enumerate(scan.records):
+        if i in drop:
+            continue
+        out += wire[rec.start:rec.end]
+        counts[rec.section] += 1
+    struct.pack_into("!3H", out, 6, *counts)
+    return bytes(out)
+
+
+def response_ttl(scan: Scan, max_ttl: int) -> int:
+    """Cache time of a scanned response: as dnsfilter.cache_ttl, without dnspython."""
+    if scan.rcode not in (0, 3):
+        return 0
+    answers = [r for r in scan.records if r.section == 0]
+    if scan.rcode == 3 or not answers:
+        for r in scan.records:
+            if r.section == 1 and r.rdtype == SOA_TYPE:
+                return max(0, min(int(r.value), max_ttl))
+        return 0
+    ttls = [r.ttl for r in scan.records if r.rdtype != _OPT]
+    return max(0, min(min(ttls), max_ttl))
+
+
+def wire_name(qname: bytes) -> str:
+    """A wire-format name (no compression) as lower-case dotted text."""
+    try:
+        return read_name(qname, 0)[0]
+    except WireFormatError:
+        return "?"

@@ -1,0 +1,358 @@
+"""Filter DNS answers by Zoom region: the one implementation behind `regionguard dns` and the
+mitmproxy addon's DNS hooks. Pure: dnspython messages in, dnspython messages out, no I/O.
+
+A response is Zoom's when the query name, any name along its CNAME chain (or an HTTPS/SVCB
+target) is a Zoom domain, or any address in it (A, AAAA, or an SVCB hint) lies in Zoom's ranges
+or is placed as Zoom's by a policy override. Every address of a Zoom response, in every section,
+is decided by the Engine for the asking client; disallowed ones are dropped, so a hint or an
+additional record cannot smuggle an address past the filter. Anything else is relayed untouched
+after that one cheap scan.
+
+What the caller does with a `FilterResult`:
+- `outcome == "reroute"`: resolve `reroute_to` (with the same qtype, through this filter) and
+  answer with `reroute_response()`; if that yields nothing, `block_response()`.
+- otherwise send `message` (the response, modified in place, or a synthesized block answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.svcbbase as svcb
+import dns.rrset
+
+from .decision import Action, Decision, Engine
+from .dnscache import A_TYPE, AAAA_TYPE, CNAME_TYPE, Scan
+
+A, AAAA = dns.rdatatype.A, dns.rdatatype.AAAA
+CNAME, SOA = dns.rdatatype.CNAME, dns.rdatatype.SOA
+HTTPS, SVCB = dns.rdatatype.HTTPS, dns.rdatatype.SVCB
+ADDRESS_TYPES = (A, AAAA)
+HINT_KEYS = (svcb.ParamKey.IPV4HINT, svcb.ParamKey.IPV6HINT)
+BLOCK_TTL = 60              # how long clients may cache a block answer (and our synthesized SOA)
+DNS_PORT, DNS_TRANSPORT = 443, "tcp"   # what a resolved Zoom address is for: HTTPS
+
+
+def decide_address(engine: Engine, client: str | None, name: str, address: str) -> Decision:
+    """The decision for one answer address of `name`: as if the client connected to it over
+    HTTPS, which is what a resolved Zoom name is for. Fails closed (decide_safely)."""
+    return engine.decide_safely(client, name, address, DNS_PORT, DNS_TRANSPORT)
+
+
+@dataclass(slots=True)
+class FilterResult:
+    message: dns.message.Message | None      # None from filter_scan (see `drop` there)
+    zoom: bool = False
+    outcome: str = "pass"          # pass | allowed | filtered | monitor | blocked | reroute
+    name: str | None = None        # the Zoom name the addresses were decided for
+    decisions: list[Decision] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    reroute_to: str | None = None
+    drop: set[int] = field(default_factory=set)   # filter_scan: indices of records to remove
+
+    @property
+    def changed(self) -> bool:
+        return self.outcome in ("filtered", "blocked", "reroute")
+
+    def audit_decision(self) -> Decision | None:
+        """The decision that stands for this answer in the audit log: the first that dropped
+        an address, else the first monitored one, else the first."""
+        for d in self.decisions:
+            if d.blocks:
+                return d
+        for d in self.decisions:
+            if d.action is Action.MONITOR:
+                return d
+        return self.decisions[0] if self.decisions else None
+
+    def audit_extra(self) -> dict:
+        return {"dns_outcome": self.outcome, "dns_kept": self.kept, "dns_dropped": self.dropped,
+                **({"dns_reroute_to": self.reroute_to} if self.reroute_to else {})}
+
+
+def _text(name: dns.name.Name) -> str:
+    return name.to_text(omit_final_dot=True).lower()
+
+
+class AnswerFilter:
+    """The filter for one Engine (one policy). Cheap to build; rebuild when the policy changes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.settings = engine.policy.dns
+        self._zoom_host = engine.zoom.is_zoom_host
+        self._range_of = engine.zoom.range_of
+        # Overrides may declare addresses Zoom's (labs, tests); only then is the locator asked.
+        self._overrides_zoom = any(o.zoom for o in engine.policy.overrides if o.is_network)
+
+    # --- is it Zoom's? ----------------------------------------------------------------------
+
+    def _zoom_address(self, address: str) -> bool:
+        if self._range_of(address) is not None:
+            return True
+        return self._overrides_zoom and self.engine.locator.locate(address).zoom is True
+
+    def zoom_name(self, qname: str, response: dns.message.Message) -> str | None:
+        """The name to decide this response's addresses for, when the response is Zoom's: the
+        query name if it is a Zoom domain, else the first Zoom domain along the chain, else (an
+        address in Zoom's ranges) the query name. None when the response is not Zoom's."""
+        if self._zoom_host(qname):
+            return qname
+        by_address = False
+        for section in (response.answer, response.additional):
+            for rrset in section:
+                rdtype = rrset.rdtype
+                if rdtype == CNAME:
+                    for rd in rrset:
+                        target = _text(rd.target)
+                        if self._zoom_host(target):
+                            return target
+                elif rdtype in ADDRESS_TYPES:
+                    if not by_address:
+                        by_address = any(self._zoom_address(rd.address) for rd in rrset)
+                elif rdtype in (HTTPS, SVCB):
+                    for rd in rrset:
+                        target = _text(rd.target)
+                        if target and self._zoom_host(target):
+                            return target
+                        if not by_address:
+                            by_address = any(self._zoom_address(a) for a in _hints(rd))
+                if self._zoom_host(_text(rrset.name)):
+                    return _text(rrset.name)
+        return qname if by_address else None
+
+    # --- the filter -------------------------------------------------------------------------
+
+    def filter(self, client: str | None, query: dns.message.Message,
+               response: dns.message.Message) -> FilterResult:
+        """Filter `response` (modified in place) for `client`, who asked `query`."""
+        if not query.question or response.rcode() != dns.rcode.NOERROR:
+            return FilterResult(response)
+        q = query.question[0]
+        qname = _text(q.name)
+        name = self.zoom_name(qname, response)
+        if name is None:
+            return FilterResult(response)
+        result = FilterResult(response, zoom=True, outcome="allowed", name=name)
+        had_address = False
+        for section in (response.answer, response.additional):
+            keep_sets = []
+            for rrset in section:
+                if rrset.rdtype in ADDRESS_TYPES:
+                    if section is response.answer and rrset.rdtype == q.rdtype:
+                        had_address = True
+                    rrset = self._filter_addresses(client, name, rrset, result)
+                elif rrset.rdtype in (HTTPS, SVCB):
+                    rrset = self._filter_svcb(client, name, rrset, result)
+                if rrset is not None:
+                    keep_sets.append(rrset)
+            section[:] = keep_sets
+        if result.dropped:
+            result.outcome = "filtered"
+        elif any(d.action is Action.MONITOR for d in result.decisions):
+            result.outcome = "monitor"
+        if had_address and not any(r.rdtype == q.rdtype for r in response.answer):
+            # Nothing allowed left for what was asked: reroute if the policy says so and names
+            # an alternative, else the configured block answer.
+            target = None
+            if any(d.action is Action.REROUTE for d in result.decisions):
+                target = self.engine.reroute_target(qname) or self.engine.reroute_target(name)
+            if target and target != qname:
+                result.outcome, result.reroute_to = "reroute", target
+            else:
+                result.outcome = "blocked"
+                result.message = self.block_response(query, name)
+        return result
+
+    def filter_scan(self, client: str | None, qname: str, qtype: int,
+                    scan: Scan) -> FilterResult | None:
+        """`filter` on a scanned wire response (dnscache.scan_response), for the fast path: the
+        records to drop are in `drop`, `message` is None. None when the answer must be replaced
+        (block or reroute): the caller then runs `filter` on the parsed message."""
+        if scan.rcode != 0:
+            return FilterResult(None)
+        zoom_host = self._zoom_host
+        name = qname if zoom_host(qname) else None
+        if name is None:
+            by_address = False
+            for r in scan.records:
+                if r.section == 1:
+                    continue
+                if r.rdtype == CNAME_TYPE and zoom_host(r.value):
+                    name = r.value
+                    break
+                if zoom_host(r.owner):
+                    name = r.owner
+                    break
+                if not by_address and r.rdtype in (A_TYPE, AAAA_TYPE):
+                    by_address = self._zoom_address(r.value)
+            if name is None:
+                if not by_address:
+                    return FilterResult(None)
+                name = qname
+        result = FilterResult(None, zoom=True, outcome="allowed", name=name)
+        had_address = kept_address = False
+        for i, r in enumerate(scan.records):
+            if r.section == 1 or r.rdtype not in (A_TYPE, AAAA_TYPE):
+                continue
+            asked = r.section == 0 and r.rdtype == qtype
+            had_address = had_address or asked
+            d = decide_address(self.engine, client, r.owner if zoom_host(r.owner) else name, r.value)
+            result.decisions.append(d)
+            if d.blocks:
+                result.dropped.append(r.value)
+                result.drop.add(i)
+            else:
+                result.kept.append(r.value)
+                kept_address = kept_address or asked
+        if had_address and not kept_address:
+            return None
+        if result.dropped:
+            result.outcome = "filtered"
+        elif any(d.action is Action.MONITOR for d in result.decisions):
+            result.outcome = "monitor"
+        return result
+
+    def _filter_addresses(self, client: str | None, name: str, rrset: dns.rrset.RRset,
+                          result: FilterResult) -> dns.rrset.RRset | None:
+        owner = _text(rrset.name)
+        host = owner if self._zoom_host(owner) else name
+        kept = []
+        for rd in rrset:
+            d = decide_address(self.engine, client, host, rd.address)
+            result.decisions.append(d)
+            (result.dropped if d.blocks else result.kept).append(rd.address)
+            if not d.blocks:
+                kept.append(rd)
+        if len(kept) == len(rrset):
+            return rrset
+        if not kept:
+            return None
+        new = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
+        new.update_ttl(rrset.ttl)
+        for rd in kept:
+            new.add(rd)
+        return new
+
+    def _filter_svcb(self, client: str | None, name: str, rrset: dns.rrset.RRset,
+                     result: FilterResult) -> dns.rrset.RRset | None:
+        owner = _text(rrset.name)
+        host = owner if self._zoom_host(owner) else name
+        changed = False
+        out = []
+        for rd in rrset:
+            params = dict(rd.params)
+            for key in HINT_KEYS:
+                param = params.get(key)
+                if param is None:
+                    continue
+                allowed = []
+                for address in param.addresses:
+                    d = decide_address(self.engine, client, host, address)
+                    result.decisions.append(d)
+                    (result.dropped if d.blocks else result.kept).append(address)
+                    if not d.blocks:
+                        allowed.append(address)
+                if len(allowed) != len(param.addresses):
+                    changed = True
+                    if allowed:
+                        params[key] = type(param)(allowed)
+                    else:
+                        del params[key]
+            if self.settings.strip_ech and svcb.ParamKey.ECH in params:
+                del params[svcb.ParamKey.ECH]
+                changed = True
+                result.dropped.append("ech")
+            mandatory = params.get(svcb.ParamKey.MANDATORY)
+            if mandatory is not None and any(k not in params for k in mandatory.keys):
+                changed = True   # a key the record says is mandatory was removed: drop it all
+                continue
+            out.append(rd.replace(params=params) if len(params) != len(rd.params) or changed
+                       else rd)
+        if not changed:
+            return rrset
+        if not out:
+            return None
+        new = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
+        new.update_ttl(rrset.ttl)
+        for rd in out:
+            new.add(rd)
+        return new
+
+    # --- synthesized answers ------------------------------------------------------------------
+
+    def block_response(self, query: dns.message.Message, name: str | None = None
+                       ) -> dns.message.Message:
+        """The policy's block answer to `query`: NXDOMAIN with an SOA (default), NODATA,
+        REFUSED, or 0.0.0.0 / :: for A / AAAA (NODATA for other types)."""
+        how = self.settings.block_answer
+        r = dns.message.make_response(query)
+        r.flags |= dns.flags.RA
+        q = query.question[0]
+        if how == "refused":
+            r.set_rcode(dns.rcode.REFUSED)
+            return r
+        if how == "zero" and q.rdtype in ADDRESS_TYPES:
+            r.answer.append(dns.rrset.from_text(q.name, BLOCK_TTL, "IN", q.rdtype,
+                                                "0.0.0.0" if q.rdtype == A else "::"))
+            return r
+        zone = self.engine.zoom.domains.match(name or _text(q.name)) or _text(q.name)
+        soa = dns.rrset.from_text(dns.name.from_text(zone), BLOCK_TTL, "IN", "SOA",
+                                  "blocked.regionguard.invalid. hostmaster.regionguard.invalid. "
+                                  f"1 3600 600 86400 {BLOCK_TTL}")
+        r.authority.append(soa)
+        if how == "nxdomain":
+            r.set_rcode(dns.rcode.NXDOMAIN)
+        return r
+
+    def reroute_response(self, query: dns.message.Message,
+                         target: dns.message.Message) -> dns.message.Message | None:
+        """Answer `query` with the (already filtered) addresses that `target` — the response
+        for the reroute alternative — holds for the type asked. None when it holds none."""
+        q = query.question[0]
+        found = [rrset for rrset in target.answer if rrset.rdtype == q.rdtype]
+        if not found:
+            return None
+        r = dns.message.make_response(query)
+        r.flags |= dns.flags.RA
+        rrset = dns.rrset.RRset(q.name, q.rdclass, q.rdtype)
+        rrset.update_ttl(min(s.ttl for s in found))
+        for s in found:
+            for rd in s:
+                rrset.add(rd)
+        r.answer.append(rrset)
+        return r
+
+
+def _hints(rd: dns.rdata.Rdata) -> Iterable[str]:
+    for key in HINT_KEYS:
+        param = rd.params.get(key)
+        if param is not None:
+            yield from param.addresses
+
+
+def cache_ttl(response: dns.message.Message, max_ttl: int) -> int:
+    """How long a response may be cached: its smallest TTL; for NXDOMAIN and NODATA the SOA's
+    negative TTL (RFC 2308: min of the SOA's TTL and MINIMUM); 0 (do not cache) for errors and
+    for negative answers without an SOA. Capped at `max_ttl`."""
+    rcode = response.rcode()
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        return 0
+    if rcode == dns.rcode.NXDOMAIN or not response.answer:
+        for rrset in response.authority:
+            if rrset.rdtype == SOA:
+                return max(0, min(rrset.ttl, rrset[0].minimum, max_ttl))
+        return 0
+    ttls = [s.ttl for s in response.answer]
+    ttls += [s.ttl for s in response.authority]
+    ttls += [s.ttl for s in response.additional if s.rdtype != dns.rdatatype.OPT]
+    return max(0, min(min(ttls), max_ttl))

@@ -1,0 +1,302 @@
+"""Test support for the DNS front end: an in-process upstream DNS server on 127.0.0.1 serving a
+Zoom-like zone, the policy that places its addresses, and a `regionguard dns` subprocess runner.
+
+Addresses are documentation/test ranges, placed into regions by the policy's overrides (and
+declared Zoom's there): 198.51.100.0/24 and 2001:db8:de::/48 are DE, 203.0.113.0/24 and
+2001:db8:5::/48 are US, 100.70.0.0/24 is IN. 192.0.2.0/24 is nobody's (not Zoom).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import re
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+ECH = base64.b64encode(b"\x00\x05abcde").decode()
+BIG_ADDRESSES = [f"203.0.113.{i}" for i in range(100, 200)] + [f"198.51.100.{i}" for i in range(100, 140)]
+
+# name → list of (type, ttl, rdata text). Names are absolute, lower case.
+ZONE: dict[str, list[tuple[str, int, str]]] = {
+    "de.zoom.us.": [("A", 300, "198.51.100.10"), ("AAAA", 300, "2001:db8:de::10")],
+    "us.zoom.us.": [("A", 300, "203.0.113.10"), ("AAAA", 300, "2001:db8:5::10")],
+    "in.zoom.us.": [("A", 300, "100.70.0.10")],
+    "multi.zoom.us.": [("A", 120, "198.51.100.11"), ("A", 120, "203.0.113.11"),
+                       ("A", 120, "100.70.0.11"), ("AAAA", 120, "2001:db8:de::11"),
+                       ("AAAA", 120, "2001:db8:5::11")],
+    # a chain that leaves Zoom's domains and ends in another region
+    "chain.zoom.us.": [("CNAME", 300, "edge.cdn-example.net.")],
+    "edge.cdn-example.net.": [("CNAME", 60, "node7.cdn-example.net.")],
+    "node7.cdn-example.net.": [("A", 30, "203.0.113.20"), ("AAAA", 30, "2001:db8:5::20")],
+    # a non-Zoom name whose chain enters Zoom's domains
+    "meet.customer.example.": [("CNAME", 300, "de.zoom.us.")],
+    # a non-Zoom name with an address in Zoom's ranges only
+    "rangeonly.example.net.": [("A", 300, "203.0.113.30"), ("A", 300, "198.51.100.30")],
+    "https.zoom.us.": [("HTTPS", 300, f'1 . alpn="h2" ipv4hint="198.51.100.12,203.0.113.12" '
+                                      f'ipv6hint="2001:db8:de::12,2001:db8:5::12" ech="{ECH}"'),
+                       ("A", 300, "198.51.100.12"), ("A", 300, "203.0.113.12")],
+    "usonly-https.zoom.us.": [("HTTPS", 300, '1 . alpn="h2" ipv4hint="203.0.113.13"')],
+    "*.wild.zoom.us.": [("A", 300, "203.0.113.40"), ("A", 300, "198.51.100.40")],
+    "unknown.zoom.us.": [("A", 300, "192.0.2.99")],      # Zoom's name, unplaceable address
+    "www.example.org.": [("A", 300, "192.0.2.80"), ("AAAA", 300, "2001:db8:ffff::80"),
+                         ("TXT", 300, '"hello"')],
+    "mail.zoom.us.": [("MX", 300, "10 mx.zoom.us.")],
+    "big.zoom.us.": [("A", 300, a) for a in BIG_ADDRESSES],
+}
+SOA = "ns.zoom-test. hostmaster.zoom-test. 1 3600 600 86400 30"
+
+POLICY = """\
+version: 1
+name: dns-test
+account: {type: paid, default_region: DE}
+regions: {opt_in: [DE]}
+actions: {disallowed: block, unknown: block}
+overrides:
+  - {match: 198.51.100.0/24, region: DE, zoom: true}
+  - {match: 203.0.113.0/24, region: US, zoom: true}
+  - {match: 100.70.0.0/24, region: IN, zoom: true}
+  - {match: "2001:db8:de::/48", region: DE, zoom: true}
+  - {match: "2001:db8:5::/48", region: US, zoom: true}
+groups:
+  - {name: us-office, clients: [127.0.0.2/32], regions: {opt_in: [US]}}
+  - {name: watch, clients: [127.0.0.3/32], actions: {disallowed: monitor}}
+  - {name: detour, clients: [127.0.0.4/32], actions: {disallowed: reroute}}
+  - {name: india, clients: [127.0.0.5/32], regions: {opt_in: [IN]}}
+reroute:
+  - {match: "*.zoom.us", to: de.zoom.us}
+"""
+
+
+def _lookup(name: str) -> list[tuple[str, int, str]] | None:
+    if name in ZONE:
+        return ZONE[name]
+    labels = name.split(".")
+    for i in range(1, len(labels) - 1):
+        wild = "*." + ".".join(labels[i:])
+        if wild in ZONE:
+            return ZONE[wild]
+    return None
+
+
+def zone_answer(query: dns.message.Message) -> dns.message.Message:
+    """What a recursive resolver would answer from ZONE: CNAME chains followed, NXDOMAIN and
+    NODATA with the SOA."""
+    r = dns.message.make_response(query)
+    r.flags |= dns.flags.RA
+    q = query.question[0]
+    name = q.name.to_text().lower()
+    for _ in range(8):
+        records = _lookup(name)
+        if records is None:
+            r.set_rcode(dns.rcode.NXDOMAIN)
+            break
+        owner = dns.name.from_text(name)
+        cname = [rec for rec in records if rec[0] == "CNAME"]
+        if cname and q.rdtype != dns.rdatatype.CNAME:
+            r.answer.append(dns.rrset.from_text(owner, cname[0][1], "IN", "CNAME", cname[0][2]))
+            name = cname[0][2]
+            continue
+        wanted = [rec for rec in records if dns.rdatatype.from_text(rec[0]) == q.rdtype]
+        if wanted:
+            rrset = dns.rrset.from_text_list(owner, min(t for _, t, _ in wanted), "IN", q.rdtype,
+                                             [d for _, _, d in wanted])
+            r.answer.append(rrset)
+        break
+    if not r.answer or r.rcode() == dns.rcode.NXDOMAIN:
+        if not any(s.rdtype == q.rdtype for s in r.answer):
+            r.authority.append(dns.rrset.from_text("zoom-test.", 600, "IN", "SOA", SOA))
+    return r
+
+
+class ZoneServer:
+    """An upstream resolver on 127.0.0.1 (UDP and TCP, one port) in a thread.
+
+    mode: "normal"; "dead" (reads and never answers); "garbage" (answers random bytes with the
+    query's ID); "slow" (answers after `delay` seconds). `queries` counts what it received."""
+
+    def __init__(self, mode: str = "normal", delay: float = 0.0) -> None:
+        self.mode = mode
+        self.delay = delay
+        self.queries: list[tuple[str, str, str]] = []   # (transport, name, type)
+        for _attempt in range(50):   # a free UDP port whose TCP twin is free too
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("127.0.0.1", 0))
+            self.port = self.udp.getsockname()[1]
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.tcp.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                self.udp.close()
+                self.tcp.close()
+        self.tcp.listen(16)
+        self._stop = False
+        self._threads = [threading.Thread(target=self._serve_udp, daemon=True),
+                         threading.Thread(target=self._serve_tcp, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def count(self, name: str, rdtype: str | None = None) -> int:
+        name = name.rstrip(".").lower()
+        return sum(1 for _, n, t in self.queries if n == name and (rdtype is None or t == rdtype))
+
+    def _reply(self, data: bytes, transport: str) -> bytes | None:
+        if self.mode == "dead":
+            return None
+        if self.mode == "garbage":
+            return data[:2] + os.urandom(random.randint(0, 60))
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:  # noqa: BLE001
+            return None
+        q = query.question[0]
+        self.queries.append((transport, q.name.to_text().rstrip(".").lower(),
+                             dns.rdatatype.to_text(q.rdtype)))
+        if self.delay:
+            time.sleep(self.delay)
+        response = zone_answer(query)
+        if transport == "udp":
+            limit = query.payload if query.edns >= 0 else 512
+            try:
+                return response.to_wire(max_size=limit)
+            except dns.exception.TooBig:
+                response.answer, response.authority = [], []
+                response.flags |= dns.flags.TC
+        return response.to_wire(max_size=65535)
+
+    def _serve_udp(self) -> None:
+        self.udp.settimeout(0.2)
+        while not self._stop:
+            try:
+                data, addr = self.udp.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                reply = self._reply(data, "udp")
+            except Exception:  # noqa: BLE001 - a test server must outlive bad input
+                continue
+            if reply is not None:
+                self.udp.sendto(reply, addr)
+
+    def _serve_tcp(self) -> None:
+        self.tcp.settimeout(0.2)
+        while not self._stop:
+            try:
+                conn, _ = self.tcp.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    (length,) = struct.unpack("!H", _read(conn, 2))
+                    reply = self._reply(_read(conn, length), "tcp")
+                    if reply is not None:
+                        conn.sendall(struct.pack("!H", len(reply)) + reply)
+                except Exception:  # noqa: BLE001 - a test server must outlive bad input
+                    pass
+
+    def close(self) -> None:
+        self._stop = True
+        for t in self._threads:
+            t.join(timeout=2)
+        self.udp.close()
+        self.tcp.close()
+
+
+def _read(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ValueError("closed")
+        data += chunk
+    return data
+
+
+class DnsProcess:
+    """`regionguard dns` as a subprocess on 127.0.0.1:<free port>."""
+
+    def __init__(self, policy: Path, upstreams: list[str], *extra: str,
+                 audit: Path | None = None) -> None:
+        cmd = [str(BIN / "regionguard"), "dns", "--policy", str(policy), "--listen", "127.0.0.1:0"]
+        for u in upstreams:
+            cmd += ["--upstream", u]
+        if audit is not None:
+            cmd += ["--audit", str(audit)]
+        cmd += list(extra)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.port = 0
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        if not self.port:
+            self.close()
+            raise RuntimeError("regionguard dns did not start:\n" + "".join(lines))
+        # keep draining stderr so a chatty server never blocks on a full pipe
+        self.log: list[str] = lines
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def ask(port: int, name: str, rdtype: str = "A", source: str = "127.0.0.1", tcp: bool = False,
+        timeout: float = 10.0, **make) -> dns.message.Message:
+    import dns.query
+    q = dns.message.make_query(name, rdtype, **make)
+    if tcp:
+        return dns.query.tcp(q, "127.0.0.1", port=port, source=source, timeout=timeout)
+    return dns.query.udp(q, "127.0.0.1", port=port, source=source, timeout=timeout)
+
+
+def addresses(response: dns.message.Message, rdtype: str | None = None) -> set[str]:
+    out = set()
+    for rrset in response.answer:
+        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) and (
+                rdtype is None or rrset.rdtype == dns.rdatatype.from_text(rdtype)):
+            out.update(rd.address for rd in rrset)
+    return out
