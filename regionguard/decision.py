@@ -20,6 +20,7 @@ Design rules (the invariants every front end — proxy addon, DNS filter, replay
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -203,8 +204,7 @@ class Engine:
             return self.decide(client, host, address, port, transport)
         except Exception as e:  # noqa: BLE001 - fail closed, and say why
             log.exception("regionguard: decision failed for %s %s", host, address)
-            zoom = self.zoom.is_zoom_host(host) or self.zoom.range_of(address) is not None
-            if not zoom:
+            if not self.is_zoom(host, address):
                 return Decision(Action.PASS, "not-zoom", "not a Zoom domain or range", False,
                                 host=host, address=address, port=port, transport=transport,
                                 client=client, policy_version=self.policy.version_id)
@@ -235,7 +235,24 @@ class Engine:
         return None
 
     def is_zoom(self, host: str | None = None, address: str | None = None) -> bool:
-        return self.zoom.is_zoom_host(host) or self.zoom.range_of(address) is not None
+        """Zoom's by domain, published range, or a policy override saying `zoom: true` (so a
+        front end's fail-closed path also covers the endpoints a policy declares Zoom's)."""
+        if self.zoom.is_zoom_host(host) or self.zoom.range_of(address) is not None:
+            return True
+        return any(o.zoom and _override_matches(o, host, address) for o in self.policy.overrides)
+
+
+def _override_matches(override, host: str | None, address: str | None) -> bool:
+    if override.is_network:
+        try:
+            return address is not None and ipaddress.ip_address(address) in ipaddress.ip_network(
+                override.match)
+        except ValueError:
+            return False
+    if not host:
+        return False
+    host = normalise_host(host)
+    return host == override.match or fnmatch.fnmatchcase(host, override.match)
 
 
 def decisions_block(decisions: Iterable[Decision]) -> bool:

@@ -1,0 +1,142 @@
+"""`regionguard run`: mitmproxy (mitmdump) with the regionguard addon, and `regionguard pac`.
+
+    regionguard run                      explicit proxy on 127.0.0.1:8080, bundled default policy
+    regionguard run --policy eu.yaml --audit audit.jsonl --mode wireguard --listen-host 0.0.0.0
+
+Every option regionguard does not know is mitmdump's and is passed on unchanged (`--mode`,
+`--listen-host`, `--listen-port`, `--set ...`). The proxy listens on loopback unless the operator
+names another address, so a gateway mode never opens to the network by accident.
+Exit codes: 0 normal stop, 2 invalid policy or option, otherwise mitmdump's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ._paths import default_policy_path
+from .cli import EXIT_CONFIG
+from .errors import ConfigError
+from .pac import register_pac
+from .policy import load_policy, parse_hostport
+
+ADDON = Path(__file__).resolve().parent.parent / "addons" / "regionguard.py"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", allow_abbrev=False,
+        help="run the enforcing proxy (mitmdump with the regionguard addon)",
+        description="Run mitmproxy with the regionguard addon. Unknown options are mitmdump's and "
+        "are passed on (e.g. --mode wireguard, --mode transparent, --mode socks5, "
+        "--mode local:zoom, --listen-port 8081, --set regionguard_intercept=non-zoom). "
+        "Without --listen-host it listens on 127.0.0.1 only.")
+    p.add_argument("--policy", metavar="FILE", default=None,
+                   help=f"policy YAML file (default: {default_policy_path()})")
+    p.add_argument("--audit", metavar="FILE", default=None,
+                   help="audit log, one JSON line per decision (= --set regionguard_audit=FILE)")
+    p.add_argument("--dns", metavar="HOST:PORT", default=None,
+                   help="also run the filtering DNS server (`regionguard dns`) on HOST:PORT "
+                   "beside the proxy, stopped with it")
+    p.set_defaults(func=cmd_run, accepts_extra=True)
+    register_pac(sub)
+
+
+def _gives(extra: list[str], *names: str) -> bool:
+    """Did the operator pass one of these mitmdump options (as --opt, --opt=v or --set opt=v)?"""
+    for i, arg in enumerate(extra):
+        if arg in names or any(arg.startswith(n + "=") for n in names):
+            return True
+        if arg == "--set" and i + 1 < len(extra):
+            key = extra[i + 1].split("=", 1)[0]
+            if "--" + key.replace("_", "-") in names:
+                return True
+    return False
+
+
+def _modes(extra: list[str]) -> list[str]:
+    out = []
+    for i, arg in enumerate(extra):
+        if arg in ("--mode", "-m") and i + 1 < len(extra):
+            out.append(extra[i + 1])
+        elif arg.startswith("--mode="):
+            out.append(arg.split("=", 1)[1])
+    return out
+
+
+def local_mode_problem(modes: list[str]) -> str | None:
+    """Why `--mode local` cannot run here, or None. mitmproxy's own error is a stack trace."""
+    if not any(m == "local" or m.startswith("local:") or m.startswith("local@") for m in modes):
+        return None
+    if sys.platform != "linux":
+        return None   # macOS and Windows have their own redirectors; mitmproxy explains itself
+    if not Path("/sys/fs/cgroup/cgroup.controllers").is_file():
+        return ("--mode local needs cgroup v2 (a unified /sys/fs/cgroup) on Linux, and this system "
+                "does not have it; use the explicit proxy (default), a PAC file, or --mode wireguard")
+    if os.geteuid() != 0:
+        return "--mode local needs root on Linux (it loads an eBPF program); run it as root"
+    if importlib.util.find_spec("mitmproxy_linux") is None:
+        return "--mode local needs the mitmproxy-linux package: pip install mitmproxy-linux"
+    return None
+
+
+def mitmdump_args(args: argparse.Namespace, extra: list[str], policy: Path) -> list[str]:
+    argv = ["-s", str(ADDON), "--set", f"regionguard_policy={policy}"]
+    if args.audit:
+        argv += ["--set", f"regionguard_audit={Path(args.audit).resolve()}"]
+    if not _gives(extra, "--listen-host"):
+        argv += ["--listen-host", "127.0.0.1"]
+    return argv + list(extra)
+
+
+def start_dns(policy: Path, listen: str) -> subprocess.Popen:
+    if importlib.util.find_spec("regionguard.dnsserver") is None:
+        raise SystemExit("regionguard run: --dns needs the DNS front end (regionguard.dnsserver), "
+                         "which is not installed")
+    if parse_hostport(listen, 53) is None:
+        raise SystemExit(f"regionguard run: --dns {listen!r} is not HOST:PORT (e.g. 127.0.0.1:5353)")
+    exe = shutil.which("regionguard")
+    cmd = [exe] if exe else [sys.executable, "-m", "regionguard"]
+    return subprocess.Popen(cmd + ["dns", "--policy", str(policy), "--listen", listen])
+
+
+def stop(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    extra = list(getattr(args, "extra", []) or [])
+    policy = Path(args.policy).resolve() if args.policy else default_policy_path()
+    try:
+        load_policy(policy)   # fail here, with file, field and fix, not in mitmproxy's log
+    except ConfigError as e:
+        print(f"regionguard run: invalid policy:\n{e}", file=sys.stderr)
+        return EXIT_CONFIG
+    problem = local_mode_problem(_modes(extra))
+    if problem:
+        print(f"regionguard run: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    from mitmproxy.tools.main import mitmdump  # imported late: `regionguard pac` needs no mitmproxy
+
+    child = start_dns(policy, args.dns) if args.dns else None
+    try:
+        result = mitmdump(mitmdump_args(args, extra, policy))
+    except SystemExit as e:
+        result = e.code
+    finally:
+        if child is not None:
+            stop(child)
+    if isinstance(result, int):
+        return result
+    return 0 if result is None else EXIT_CONFIG

@@ -1,0 +1,295 @@
+"""Real processes for the proxy tests: origin servers on loopback addresses, a `regionguard run`
+subprocess, curl. Everything binds port 0 (or a port found free at runtime) and is torn down."""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import ipaddress
+import json
+import os
+import re
+import socket
+import socketserver
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from tests.conftest import BIN, ROOT
+
+STARTUP_TIMEOUT = 60.0    # a shared 2-core machine: generous, and only an upper bound
+CURL_TIMEOUT = 30
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+
+def make_cert(directory: Path, names: list[str], addresses: list[str] = ()) -> tuple[Path, Path]:
+    """A self-signed certificate for these names/addresses: (cert.pem, key.pem)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    san = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "origin-cert.pem", directory / "origin-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+# --- origin servers -------------------------------------------------------------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        ctx = self.server.tls_context  # type: ignore[attr-defined]
+        if ctx is not None:
+            self.request.settimeout(20)
+            self.request = ctx.wrap_socket(self.request, server_side=True)
+        super().setup()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        origin = self.server  # type: ignore[assignment]
+        origin.requests.append({"path": self.path, "host": self.headers.get("Host")})
+        body = json.dumps({"origin": origin.label, "host": self.headers.get("Host"),
+                           "path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class Origin(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """An HTTP (or HTTPS) server on one address that counts every TCP connection it accepts."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: str, port: int, tls: tuple[Path, Path] | None = None) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.label = address
+        self.connections = 0
+        self.requests: list[dict] = []
+        self.tls_context = None
+        if tls is not None:
+            self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls_context.load_cert_chain(*tls)
+        super().__init__((address, port), _Handler)
+        self.port = self.server_address[1]
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    def get_request(self):
+        conn = super().get_request()
+        self.connections += 1
+        return conn
+
+    def handle_error(self, request, client_address) -> None:
+        pass   # a client that gave up (e.g. a refused TLS handshake) is not a test failure
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def origins_on_one_port(addresses: list[str], tls: tuple[Path, Path] | None = None,
+                        attempts: int = 20) -> dict[str, Origin]:
+    """Origins on several addresses sharing one port (a name's answers differ only in address)."""
+    for _ in range(attempts):
+        first = Origin(addresses[0], 0, tls)
+        started = {addresses[0]: first}
+        try:
+            for a in addresses[1:]:
+                started[a] = Origin(a, first.port, tls)
+            return started
+        except OSError:
+            for o in started.values():
+                o.stop()
+    raise RuntimeError(f"no common free port on {addresses}")
+
+
+class UdpEcho:
+    """A UDP echo server that counts the datagrams it receives."""
+
+    def __init__(self, address: str, port: int = 0) -> None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((address, port))
+        self.port = self.sock.getsockname()[1]
+        self.received = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.received += 1
+            self.sock.sendto(b"echo:" + data, peer)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+# --- network namespaces --------------------------------------------------------------------
+
+
+def run_in_netns(ns: str, fn, timeout: float = 120.0):
+    """Call fn in a thread that has joined network namespace `ns` (setns is per thread), so
+    sockets it creates live there. Returns fn's result or raises its exception."""
+    result: dict = {}
+
+    def target() -> None:
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            os.setns(fd, os.CLONE_NEWNET)
+        finally:
+            os.close(fd)
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            result["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"call in netns {ns} did not finish in {timeout}s")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+# --- the proxy under test -------------------------------------------------------------------
+
+
+class Proxy:
+    """`regionguard run` (or mitmdump -s addons/regionguard.py) as a subprocess."""
+
+    def __init__(self, policy: Path, workdir: Path, *extra: str, audit: bool = True,
+                 listen_host: str = "127.0.0.1", command: str = "run",
+                 env: dict | None = None, prefix: tuple[str, ...] = ()) -> None:
+        self.audit = workdir / f"audit-{time.monotonic_ns()}.jsonl"
+        self.log_path = workdir / f"proxy-{time.monotonic_ns()}.log"
+        if command == "run":
+            cmd = [str(BIN / "regionguard"), "run", "--policy", str(policy)]
+            if audit:
+                cmd += ["--audit", str(self.audit)]
+        elif command == "bare":   # mitmproxy without regionguard (e.g. an upstream proxy)
+            cmd = [str(BIN / "mitmdump"), "--set", "ignore_hosts=.*"]
+        else:   # bare mitmdump with the addon script, as the README documents
+            cmd = [str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "regionguard.py"),
+                   "--set", f"regionguard_policy={policy}"]
+            if audit:
+                cmd += ["--set", f"regionguard_audit={self.audit}"]
+        cmd += ["--listen-host", listen_host, "--listen-port", "0",
+                "--set", f"confdir={workdir / 'mitmproxy-conf'}", *extra]
+        self.cmd = cmd = [*prefix, *cmd]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=workdir, env={**os.environ, **(env or {})})
+        self.host = listen_host
+        self.port = self._wait_for_port()
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            text = self.output()
+            m = re.search(r"listening at (?:\*|\[?[0-9a-fA-F:.]+\]?):(\d+)", text)
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited {self.proc.returncode}:\n{text}")
+            time.sleep(0.1)
+        raise RuntimeError(f"proxy did not start in {STARTUP_TIMEOUT}s:\n{self.output()}")
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def audit_lines(self) -> list[dict]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines() if line.strip()]
+
+    def decisions(self) -> list[dict]:
+        return [r for r in self.audit_lines() if "event" not in r]
+
+    def wait_for_audit(self, predicate, timeout: float = 60.0) -> list[dict]:
+        """Poll the audit log until a line satisfies predicate (bounded; no timing assumptions)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.audit_lines()
+            if any(predicate(r) for r in lines):
+                return lines
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited:\n{self.output()}")
+            time.sleep(0.2)
+        raise AssertionError(f"no matching audit line within {timeout}s: {self.audit_lines()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def curl(*args: str, timeout: float = CURL_TIMEOUT) -> subprocess.CompletedProcess:
+    """curl with no environment proxy settings, headers in the output, bounded in time."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    return subprocess.run(["curl", "-s", "-S", "--max-time", str(int(timeout)), "-i", *args],
+                          capture_output=True, text=True, timeout=timeout + 10, env=env)
+
+
+def status_of(result: subprocess.CompletedProcess) -> int | None:
+    """The last HTTP status line in curl -i output (after a CONNECT's own status line)."""
+    codes = re.findall(r"^HTTP/[\d.]+ (\d{3})", result.stdout, flags=re.M)
+    return int(codes[-1]) if codes else None
+
+
+def body_json(result: subprocess.CompletedProcess) -> dict:
+    return json.loads(result.stdout.replace("\r\n", "\n").rsplit("\n\n", 1)[-1])

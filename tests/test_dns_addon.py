@@ -1,0 +1,94 @@
+"""The DNS filter inside mitmproxy: a real mitmdump in reverse DNS mode in front of the test
+upstream, with addons/dns_filter.py alone and with the proxy addon that includes it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+
+import dns.exception
+import dns.rcode
+import pytest
+from dns_support import BIN, POLICY, ROOT, ZoneServer, addresses, ask
+
+
+def _free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _mitmdump(script: str, upstream: int, policy, *extra: str):
+    port = _free_udp_port()
+    cmd = [str(BIN / "mitmdump"), "-q", "--set", "listen_host=127.0.0.1",
+           "--mode", f"reverse:dns://127.0.0.1:{upstream}@{port}",
+           "-s", str(ROOT / "addons" / script), "--set", f"regionguard_policy={policy}", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:   # bounded: mitmdump needs a few seconds to start
+        if proc.poll() is not None:
+            raise RuntimeError("mitmdump exited:\n" + proc.stdout.read())
+        try:
+            ask(port, "www.example.org", timeout=1)
+            return proc, port
+        except (dns.exception.Timeout, OSError):
+            continue
+    proc.kill()
+    raise RuntimeError("mitmdump did not answer DNS")
+
+
+def _stop(proc) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=15)
+    return out or ""
+
+
+@pytest.fixture
+def zone():
+    z = ZoneServer()
+    yield z
+    z.close()
+
+
+@pytest.mark.parametrize("script", ["dns_filter.py", "regionguard.py"])
+def test_mitmproxy_dns_flows_are_filtered(tmp_path, zone, script):
+    policy = tmp_path / "policy.yaml"
+    # the addon resolves a reroute's alternative with the policy's resolver: the test upstream
+    policy.write_text(POLICY + f'resolver: {{nameservers: ["127.0.0.1:{zone.port}"]}}\n')
+    audit = tmp_path / "audit.jsonl"
+    extra = ("--set", f"regionguard_audit={audit}") if script == "regionguard.py" else ()
+    proc, port = _mitmdump(script, zone.port, policy, *extra)
+    try:
+        assert addresses(ask(port, "multi.zoom.us")) == {"198.51.100.11"}
+        assert addresses(ask(port, "multi.zoom.us", source="127.0.0.2")) == {"198.51.100.11", "203.0.113.11"}
+        blocked = ask(port, "us.zoom.us")
+        assert blocked.rcode() == dns.rcode.NXDOMAIN and not blocked.answer
+        assert addresses(ask(port, "us.zoom.us", source="127.0.0.4")) == {"198.51.100.10"}   # reroute
+        assert addresses(ask(port, "www.example.org")) == {"192.0.2.80"}
+    finally:
+        out = _stop(proc)
+    assert "Traceback" not in out, out
+    if script == "regionguard.py":
+        lines = [json.loads(x) for x in audit.read_text().splitlines()]
+        dns_lines = [x for x in lines if x.get("front_end") == "dns"]
+        assert any(x["dns_qname"] == "us.zoom.us" and x["action"] == "block" and x["client"] == "127.0.0.1"
+                   for x in dns_lines), lines
+
+
+def test_unusable_policy_refuses_zoom_names(tmp_path, zone):
+    policy = tmp_path / "broken.yaml"
+    policy.write_text("version: 1\naccount: {type: paid}\n")
+    proc, port = _mitmdump("dns_filter.py", zone.port, policy)
+    try:
+        assert ask(port, "de.zoom.us").rcode() == dns.rcode.REFUSED
+        assert addresses(ask(port, "www.example.org")) == {"192.0.2.80"}
+    finally:
+        _stop(proc)

@@ -1,0 +1,427 @@
+"""The mitmproxy addon and `regionguard run`, end to end: real proxy subprocesses, real origin
+servers on loopback addresses that policy overrides place in different regions, real curl."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import socket
+import subprocess
+import textwrap
+
+import pytest
+
+from tests.conftest import BIN, ROOT
+from tests.proxy_support import Proxy, body_json, curl, make_cert, origins_on_one_port, status_of
+
+DE, IN, OTHER = "127.0.1.1", "127.0.2.1", "127.0.3.1"
+
+POLICY = """
+version: 1
+name: proxy-test
+account: {type: paid, default_region: US}
+regions: {opt_in: [US, DE]}
+actions: {disallowed: %(disallowed)s, unknown: block}
+overrides:
+  - {match: 127.0.1.0/24, region: DE, zoom: true}
+  - {match: 127.0.2.0/24, region: IN, zoom: true}
+  - {match: "::1/128", region: DE, zoom: true}
+resolver:
+  nameservers: ["127.0.0.1:%(dead_port)d"]   # nothing answers: names come from `hosts` only
+  timeout: 1
+  hosts:
+    de.zoom.us: 127.0.1.1
+    in.zoom.us: 127.0.2.1
+    mixed.zoom.us: [127.0.2.1, 127.0.1.1]
+    v6.zoom.us: "::1"
+    plain.example: 127.0.3.1
+%(extra)s
+"""
+
+
+def _dead_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def policy_text(disallowed: str = "block", extra: str = "") -> str:
+    return textwrap.dedent(POLICY) % {"disallowed": disallowed, "extra": extra,
+                                      "dead_port": _dead_udp_port()}
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cert")
+    return make_cert(d, ["de.zoom.us", "in.zoom.us", "mixed.zoom.us", "v6.zoom.us"],
+                     [DE, IN, "::1"])
+
+
+@pytest.fixture(scope="module")
+def web():
+    """Plain HTTP origins on DE, IN and a non-Zoom address, one port."""
+    servers = origins_on_one_port([DE, IN, OTHER])
+    yield servers
+    for s in servers.values():
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def tls(cert):
+    """HTTPS origins on DE, IN and ::1, one port, with the test's own certificate."""
+    servers = origins_on_one_port([DE, IN, "::1"], tls=cert)
+    yield servers
+    for s in servers.values():
+        s.stop()
+
+
+@pytest.fixture
+def start_proxy(tmp_path):
+    started = []
+
+    def start(text: str | None = None, *extra: str, **kw) -> Proxy:
+        policy = tmp_path / f"policy{len(started)}.yaml"
+        policy.write_text(text or policy_text())
+        proxy = Proxy(policy, tmp_path, *extra, **kw)
+        proxy.policy = policy
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def _via(proxy: Proxy, url: str, *args: str):
+    return curl("-x", proxy.url, *args, url)
+
+
+# --- explicit proxy: CONNECT ----------------------------------------------------------------
+
+
+def test_blocked_connect_gets_403_with_reason_and_origin_never_contacted(start_proxy, tls, cert):
+    proxy = start_proxy()
+    before = tls[IN].connections
+    r = _via(proxy, f"https://in.zoom.us:{tls[IN].port}/", "--cacert", str(cert[0]))
+    assert r.returncode != 0                      # curl: the CONNECT was refused
+    assert status_of(r) == 403
+    assert "X-Regionguard-Region: IN" in r.stdout
+    assert "X-Regionguard-Rule: region-disallowed" in r.stdout
+    assert "X-Regionguard-Host: in.zoom.us" in r.stdout
+    assert f"X-Regionguard-Address: {IN}" in r.stdout
+    assert tls[IN].connections == before          # the origin never saw a connection
+    [line] = proxy.decisions()
+    assert (line["action"], line["region"], line["hook"]) == ("block", "IN", "http_connect")
+
+
+def test_allowed_tls_passes_through_with_the_origins_own_certificate(start_proxy, tls, cert):
+    proxy = start_proxy()
+    # --cacert trusts only the origin's certificate: an intercepting proxy would fail this.
+    r = _via(proxy, f"https://de.zoom.us:{tls[DE].port}/", "--cacert", str(cert[0]))
+    assert r.returncode == 0, r.stderr
+    assert status_of(r) == 200
+    assert body_json(r)["origin"] == DE
+    [line] = proxy.decisions()
+    assert (line["action"], line["host"], line["address"], line["connect_to"]) == \
+        ("allow", "de.zoom.us", DE, DE)
+
+
+def test_direct_address_connect_is_decided_by_address(start_proxy, tls, cert):
+    proxy = start_proxy()
+    before = tls[IN].connections
+    blocked = _via(proxy, f"https://{IN}:{tls[IN].port}/", "--cacert", str(cert[0]))
+    assert status_of(blocked) == 403 and "X-Regionguard-Region: IN" in blocked.stdout
+    allowed = _via(proxy, f"https://{DE}:{tls[DE].port}/", "--cacert", str(cert[0]))
+    assert status_of(allowed) == 200 and body_json(allowed)["origin"] == DE
+    assert tls[IN].connections == before
+
+
+def test_domain_fronting_sni_of_allowed_host_to_disallowed_address_is_blocked(start_proxy, tls, cert):
+    """CONNECT to IN's address while the TLS SNI and Host name the allowed de.zoom.us."""
+    proxy = start_proxy()
+    port = tls[IN].port
+    before = tls[IN].connections
+    r = _via(proxy, f"https://de.zoom.us:{port}/", "--cacert", str(cert[0]),
+             "--connect-to", f"de.zoom.us:{port}:{IN}:{port}")
+    assert status_of(r) == 403
+    assert "X-Regionguard-Region: IN" in r.stdout
+    assert tls[IN].connections == before
+
+
+# --- explicit proxy: plain HTTP -------------------------------------------------------------
+
+
+def test_plain_http_block_allow_and_pinning(start_proxy, web):
+    proxy = start_proxy()
+    port = web[DE].port
+    before = web[IN].connections
+    blocked = _via(proxy, f"http://in.zoom.us:{port}/x")
+    assert status_of(blocked) == 403
+    assert "X-Regionguard-Rule: region-disallowed" in blocked.stdout
+    assert "Blocked by regionguard" in blocked.stdout
+    assert web[IN].connections == before
+    allowed = _via(proxy, f"http://de.zoom.us:{port}/y")
+    assert status_of(allowed) == 200
+    body = body_json(allowed)
+    assert body["origin"] == DE and body["host"] == f"de.zoom.us:{port}"   # Host unchanged
+    direct = _via(proxy, f"http://{IN}:{port}/z")
+    assert status_of(direct) == 403
+    assert [(d["action"], d["address"]) for d in proxy.decisions()] == \
+        [("block", IN), ("allow", DE), ("block", IN)]
+
+
+def test_non_zoom_traffic_passes_untouched_and_is_not_audited(start_proxy, web):
+    proxy = start_proxy()
+    r = _via(proxy, f"http://plain.example:{web[OTHER].port}/")
+    assert status_of(r) == 200 and body_json(r)["origin"] == OTHER
+    assert proxy.decisions() == []
+
+
+def test_unresolvable_zoom_name_fails_closed(start_proxy, web):
+    proxy = start_proxy()
+    r = _via(proxy, f"http://nowhere.zoom.us:{web[DE].port}/")
+    assert status_of(r) == 403
+    assert "X-Regionguard-Rule: resolve-failed" in r.stdout
+
+
+# --- reroute and monitor --------------------------------------------------------------------
+
+
+def test_reroute_lands_on_the_allowed_address_of_the_same_name(start_proxy, tls, web, cert):
+    proxy = start_proxy(policy_text("reroute"))
+    r = _via(proxy, f"https://mixed.zoom.us:{tls[DE].port}/", "--cacert", str(cert[0]))
+    assert status_of(r) == 200 and body_json(r)["origin"] == DE     # SNI/cert unchanged
+    h = _via(proxy, f"http://mixed.zoom.us:{web[DE].port}/")
+    assert status_of(h) == 200 and body_json(h)["host"] == f"mixed.zoom.us:{web[DE].port}"
+    lines = proxy.decisions()
+    assert [(d["action"], d["address"], d["connect_to"], d["rerouted_to"]) for d in lines] == \
+        [("reroute", IN, DE, f"mixed.zoom.us {DE}")] * 2
+
+
+def test_reroute_to_the_alternative_the_policy_names_else_block(start_proxy, web, tls, cert):
+    extra = 'reroute:\n  - {match: "in.zoom.us", to: de.zoom.us}\n'
+    proxy = start_proxy(policy_text("reroute", extra))
+    before = web[IN].connections
+    r = _via(proxy, f"http://in.zoom.us:{web[DE].port}/")
+    assert status_of(r) == 200
+    assert body_json(r) == {"origin": DE, "host": f"in.zoom.us:{web[DE].port}", "path": "/"}
+    # A bare address has no name to reroute by: blocked.
+    b = _via(proxy, f"https://{IN}:{tls[IN].port}/", "--cacert", str(cert[0]))
+    assert status_of(b) == 403
+    assert web[IN].connections == before
+    actions = [(d["action"], d.get("rerouted_to")) for d in proxy.decisions()]
+    assert actions == [("reroute", f"de.zoom.us {DE}"), ("block", None)]
+
+
+def test_monitor_allows_and_records_would_block(start_proxy, web):
+    proxy = start_proxy(policy_text("monitor"))
+    r = _via(proxy, f"http://in.zoom.us:{web[IN].port}/")
+    assert status_of(r) == 200 and body_json(r)["origin"] == IN
+    [line] = proxy.decisions()
+    assert (line["action"], line["would"], line["region"]) == ("monitor", "block", "IN")
+
+
+# --- IPv6, SOCKS5, bare mitmdump ------------------------------------------------------------
+
+
+def test_ipv6_loopback_proxy_and_origin(start_proxy, tls, cert):
+    proxy = start_proxy(None, listen_host="::1")
+    by_name = _via(proxy, f"https://v6.zoom.us:{tls['::1'].port}/", "--cacert", str(cert[0]))
+    assert status_of(by_name) == 200 and body_json(by_name)["origin"] == "::1"
+    by_address = _via(proxy, f"https://[::1]:{tls['::1'].port}/", "--cacert", str(cert[0]))
+    assert status_of(by_address) == 200
+    lines = proxy.decisions()
+    assert [(d["address"], d["region"], d["client"]) for d in lines] == [("::1", "DE", "::1")] * 2
+
+
+def test_socks5_mode_decides_by_address_even_when_sni_names_an_allowed_host(start_proxy, tls, cert):
+    proxy = start_proxy(None, "--mode", "socks5")
+    port = tls[IN].port
+    before = tls[IN].connections
+    socks = f"socks5://127.0.0.1:{proxy.port}"
+    fronted = curl("--proxy", socks, "--resolve", f"de.zoom.us:{port}:{IN}", "--cacert",
+                   str(cert[0]), f"https://de.zoom.us:{port}/")
+    assert fronted.returncode != 0
+    assert tls[IN].connections == before
+    ok = curl("--proxy", f"socks5h://127.0.0.1:{proxy.port}", "--cacert", str(cert[0]),
+              f"https://de.zoom.us:{port}/")
+    assert status_of(ok) == 200 and body_json(ok)["origin"] == DE
+    lines = proxy.decisions()
+    assert [(d["action"], d["address"], d["hook"], d["mode"]) for d in lines] == \
+        [("block", IN, "server_connect", "socks5"), ("allow", DE, "server_connect", "socks5")]
+
+
+def test_bare_mitmdump_with_the_addon_script(start_proxy, web):
+    proxy = start_proxy(None, command="mitmdump")
+    assert status_of(_via(proxy, f"http://in.zoom.us:{web[IN].port}/")) == 403
+    assert status_of(_via(proxy, f"http://de.zoom.us:{web[DE].port}/")) == 200
+    assert [d["action"] for d in proxy.decisions()] == ["block", "allow"]
+
+
+# --- audit, reload, options -----------------------------------------------------------------
+
+
+def test_audit_log_has_one_line_per_decision_with_its_fields(start_proxy, web, tls, cert):
+    proxy = start_proxy()
+    targets = [f"http://de.zoom.us:{web[DE].port}/", f"http://in.zoom.us:{web[IN].port}/",
+               f"https://de.zoom.us:{tls[DE].port}/", f"https://in.zoom.us:{tls[IN].port}/",
+               f"http://{IN}:{web[IN].port}/"]
+    for t in targets:
+        _via(proxy, t, "--cacert", str(cert[0]))
+    lines = proxy.decisions()
+    assert len(lines) == len(targets)
+    for line in lines:
+        for key in ("time", "client", "mode", "transport", "host", "address", "port", "service",
+                    "region", "evidence_source", "evidence_date", "action", "rule",
+                    "policy_version"):
+            assert key in line
+        assert line["mode"] == "regular" and line["evidence_source"] == "override"
+
+
+def test_policy_reloads_on_change_and_an_invalid_file_keeps_the_old_one(start_proxy, web):
+    proxy = start_proxy()
+    url = f"http://in.zoom.us:{web[IN].port}/"
+    assert status_of(_via(proxy, url)) == 403
+    old_version = proxy.decisions()[0]["policy_version"]
+    proxy.policy.write_text(policy_text().replace("opt_in: [US, DE]", "opt_in: [US, DE, IN]"))
+    proxy.wait_for_audit(lambda r: r.get("event") == "policy-reload" and r["ok"])
+    assert status_of(_via(proxy, url)) == 200
+    proxy.policy.write_text(policy_text().replace("opt_in: [US, DE]", "opt_in: [US, Atlantis]"))
+    lines = proxy.wait_for_audit(lambda r: r.get("event") == "policy-reload" and not r["ok"])
+    error = next(r for r in lines if r.get("event") == "policy-reload" and not r["ok"])["error"]
+    assert str(proxy.policy) in error and "regions.opt_in" in error and "Atlantis" in error
+    assert "not reloaded" in proxy.output() or "Atlantis" in proxy.output()
+    assert status_of(_via(proxy, url)) == 200          # the last valid policy stays in force
+    versions = [d["policy_version"] for d in proxy.decisions()]
+    assert versions[0] == old_version and versions[1] == versions[2] != old_version
+
+
+def test_invalid_policy_is_a_clear_error_not_a_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\naccount: {type: paid, default_region: Mars}\n")
+    r = subprocess.run([str(BIN / "regionguard"), "run", "--policy", str(bad)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert f"{bad}:2: account.default_region: unknown region 'Mars'" in r.stderr
+    assert "fix:" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("option, expected", [
+    ("regionguard_intercept=sometimes", "regionguard_intercept: 'sometimes' is not valid; use one of none, non-zoom, all"),
+    ("regionguard_reload=-1", "regionguard_reload: -1 is negative"),
+    ("regionguard_pac_path=proxy.pac", "must start with '/'"),
+    ("regionguard_policy=/nonexistent/policy.yaml", "/nonexistent/policy.yaml: file not found"),
+])
+def test_bad_options_stop_mitmdump_with_a_clear_message(tmp_path, option, expected):
+    r = subprocess.run([str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "regionguard.py"),
+                        "--listen-host", "127.0.0.1", "--listen-port", "0",
+                        "--set", f"confdir={tmp_path}", "--set", option],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert expected in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+# --- PAC ------------------------------------------------------------------------------------
+
+
+def test_proxy_serves_a_pac_file_for_zoom_domains_only(start_proxy):
+    proxy = start_proxy()
+    r = curl(f"{proxy.url}/proxy.pac")
+    assert status_of(r) == 200
+    assert "application/x-ns-proxy-autoconfig" in r.stdout
+    assert f'"PROXY 127.0.0.1:{proxy.port}"' in r.stdout
+    assert '"zoom.us"' in r.stdout and 'return "DIRECT"' in r.stdout
+    assert proxy.decisions() == []
+
+
+def test_pac_command_writes_the_file(tmp_path):
+    out = tmp_path / "zoom.pac"
+    r = subprocess.run([str(BIN / "regionguard"), "pac", "--proxy", "10.1.2.3:3128", "-o", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert '"PROXY 10.1.2.3:3128"' in text and "FindProxyForURL" in text
+    assert '"170.114.0.0", "255.255.0.0"' in text       # a Zoom range, for bare-address hosts
+    bad = subprocess.run([str(BIN / "regionguard"), "pac", "--proxy", "nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "is not HOST:PORT" in bad.stderr
+
+
+# --- the DNS front end beside the proxy -----------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("regionguard.dnsserver") is None,
+                    reason="the DNS front end (regionguard.dnsserver) is not installed")
+def test_run_with_dns_starts_and_stops_the_dns_server(start_proxy):
+    import dns.message
+    import dns.query
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    dns_port = s.getsockname()[1]
+    s.close()
+    proxy = start_proxy(None, "--dns", f"127.0.0.1:{dns_port}")
+    query = dns.message.make_query("de.zoom.us", "A")
+    answer = None
+    for _ in range(60):   # bounded: the child needs a moment to bind
+        try:
+            answer = dns.query.udp(query, "127.0.0.1", port=dns_port, timeout=1)
+            break
+        except Exception:  # noqa: BLE001
+            continue
+    assert answer is not None, proxy.output()
+    assert answer.id == query.id          # the DNS child answered (SERVFAIL: its upstream is dead)
+    proxy.stop()
+    with pytest.raises(Exception):  # noqa: B017 - the child stopped with the proxy
+        dns.query.udp(query, "127.0.0.1", port=dns_port, timeout=1)
+
+
+def test_keep_alive_connection_decides_each_destination_once(start_proxy, web):
+    proxy = start_proxy()
+    port = web[DE].port
+    # One curl invocation: the proxy connection is reused for all three requests.
+    r = curl("-x", proxy.url, f"http://de.zoom.us:{port}/1", f"http://de.zoom.us:{port}/2",
+             f"http://in.zoom.us:{port}/3")
+    assert [int(c) for c in re.findall(r"HTTP/1.1 (\d{3}) ", r.stdout)] == [200, 200, 403]
+    assert [(d["action"], d["host"]) for d in proxy.decisions()] == \
+        [("allow", "de.zoom.us"), ("block", "in.zoom.us")]
+
+
+def test_an_unwritable_audit_log_never_opens_the_gate(start_proxy, web, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    proxy = start_proxy(None, "--set", f"regionguard_audit={blocker / 'audit.jsonl'}", audit=False)
+    assert status_of(_via(proxy, f"http://in.zoom.us:{web[IN].port}/")) == 403
+    assert status_of(_via(proxy, f"http://de.zoom.us:{web[DE].port}/")) == 200
+    assert "cannot write audit log" in proxy.output()
+
+
+@pytest.mark.skipif(os.path.exists("/sys/fs/cgroup/cgroup.controllers"),
+                    reason="this host has cgroup v2, so local mode's missing-cgroup message cannot show")
+def test_local_mode_says_clearly_when_it_cannot_run():
+    r = subprocess.run([str(BIN / "regionguard"), "run", "--mode", "local:zoom"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "--mode local needs cgroup v2" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_upstream_mode_pins_the_connect_it_forwards(start_proxy, web, tls, cert):
+    upstream = start_proxy(None, command="bare")
+    proxy = start_proxy(None, "--mode", f"upstream:http://127.0.0.1:{upstream.port}")
+    before = tls[IN].connections
+    blocked = _via(proxy, f"https://in.zoom.us:{tls[IN].port}/", "--cacert", str(cert[0]))
+    assert status_of(blocked) == 403 and tls[IN].connections == before
+    ok = _via(proxy, f"https://de.zoom.us:{tls[DE].port}/", "--cacert", str(cert[0]))
+    assert status_of(ok) == 200 and body_json(ok)["origin"] == DE
+    plain = _via(proxy, f"http://de.zoom.us:{web[DE].port}/")
+    assert status_of(plain) == 200 and body_json(plain)["host"] == f"de.zoom.us:{web[DE].port}"
+    # The upstream proxy was asked for the checked address (a name would fail: it cannot
+    # resolve the lab's names), and connected there.
+    assert f"server connect {DE}:{tls[DE].port}" in upstream.output()
+    assert f"server connect {DE}:{web[DE].port}" in upstream.output()
+    assert [(d["action"], d["mode"]) for d in proxy.decisions()] == \
+        [("block", "upstream"), ("allow", "upstream"), ("allow", "upstream")]

@@ -1,0 +1,138 @@
+"""The addon's failure paths, in process: an internal error must block Zoom and pass the rest.
+
+These drive the real addon object through mitmproxy's own test harness (taddons/tflow); the
+end-to-end behaviour is in test_proxy.py."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import textwrap
+
+import pytest
+from mitmproxy.proxy import server_hooks
+from mitmproxy.test import taddons, tflow
+
+from tests.conftest import ROOT
+
+POLICY = textwrap.dedent("""
+    version: 1
+    account: {type: paid, default_region: US}
+    regions: {opt_in: [US]}
+    overrides:
+      - {match: 127.0.2.0/24, region: IN, zoom: true}
+    resolver: {hosts: {in.zoom.us: 127.0.2.1, plain.example: 127.0.3.1}}
+""")
+
+
+def load_addon_module():
+    spec = importlib.util.spec_from_file_location("regionguard_addon_under_test",
+                                                  ROOT / "addons" / "regionguard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def addon(tmp_path, monkeypatch):
+    module = load_addon_module()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    guard = module.RegionGuard()
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure inside the decision path")
+
+    async def run(check):
+        with taddons.context(guard) as tctx:
+            tctx.configure(guard, regionguard_policy=str(policy),
+                           regionguard_audit=str(tmp_path / "audit.jsonl"))
+            monkeypatch.setattr(module.Enforcer, "verdict", broken)
+            await check(guard)
+
+    return run, tmp_path
+
+
+def _connect_flow(host: str, port: int = 443):
+    f = tflow.tflow()
+    f.request.method = "CONNECT"
+    f.request.host, f.request.port = host, port
+    return f
+
+
+def test_internal_error_blocks_a_zoom_connect_and_passes_other_traffic(addon):
+    run, tmp_path = addon
+
+    async def check(guard):
+        zoom = _connect_flow("in.zoom.us")
+        await guard.http_connect(zoom)
+        assert zoom.response is not None and zoom.response.status_code == 403
+        assert zoom.response.headers["X-Regionguard-Rule"] == "internal-error"
+        other = _connect_flow("plain.example")
+        await guard.http_connect(other)
+        assert other.response is None
+
+    asyncio.run(run(check))
+    assert '"rule":"internal-error"' in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_internal_error_kills_a_zoom_server_connection_by_address(addon):
+    run, _ = addon
+
+    async def check(guard):
+        for address, blocked in (("127.0.2.1", True), ("127.0.3.1", False)):
+            f = tflow.tflow()
+            f.server_conn.address = (address, 8801)
+            f.server_conn.transport_protocol = "udp"
+            f.server_conn.error = None
+            data = server_hooks.ServerConnectionHookData(server=f.server_conn, client=f.client_conn)
+            await guard.server_connect(data)
+            assert bool(data.server.error) is blocked, address
+
+    asyncio.run(run(check))
+
+
+def test_flows_are_marked_and_commented_for_mitmweb(tmp_path):
+    module = load_addon_module()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    guard = module.RegionGuard()
+
+    async def run():
+        with taddons.context(guard) as tctx:
+            tctx.configure(guard, regionguard_policy=str(policy))
+            f = _connect_flow("in.zoom.us")
+            await guard.http_connect(f)
+            assert f.response.status_code == 403
+            assert f.marked == ":no_entry:"
+            assert "block" in f.comment and "region IN" in f.comment
+
+    asyncio.run(run())
+
+
+def test_an_error_anywhere_in_a_hook_fails_closed_for_zoom(tmp_path, monkeypatch):
+    """Not only the decision: a failure after it (here, recording) must not let Zoom through."""
+    module = load_addon_module()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    guard = module.RegionGuard()
+
+    def broken_record(*args, **kwargs):
+        raise OSError("simulated failure while recording")
+
+    async def run():
+        with taddons.context(guard) as tctx:
+            tctx.configure(guard, regionguard_policy=str(policy))
+            monkeypatch.setattr(module.RegionGuard, "_record", broken_record)
+            zoom = _connect_flow("in.zoom.us")
+            await guard.http_connect(zoom)
+            assert zoom.response is not None and zoom.response.status_code == 403
+            assert zoom.response.headers["X-Regionguard-Rule"] == "internal-error"
+            f = tflow.tflow()
+            f.server_conn.address = ("127.0.2.1", 8801)
+            f.server_conn.error = None
+            data = server_hooks.ServerConnectionHookData(server=f.server_conn, client=f.client_conn)
+            await guard.server_connect(data)
+            assert data.server.error and "fail closed" in data.server.error
+
+    asyncio.run(run())
