@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
 
 from .cli import (
@@ -18,6 +20,7 @@ from .decision import Action, Decision, Engine
 from .errors import ConfigError, Problem
 from .locator import Locator
 from .policy import ResolverSettings, load_policy, parse_hostport
+from .prefixes import is_address
 from .regions import load_catalogue
 from .resolve import NameResolver, ResolveError
 
@@ -29,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "policy's resolver (or --nameserver).")
     p.add_argument("targets", nargs="+", metavar="TARGET", help="IPv4/IPv6 address or hostname")
     add_policy_argument(p)
-    p.add_argument("--client", metavar="IP", help="client address (selects the policy group)")
-    p.add_argument("--port", type=int, default=443, help="destination port (default 443)")
+    p.add_argument("--client", metavar="IP", type=_address_arg,
+                   help="client address (selects the policy group)")
+    p.add_argument("--port", type=_port_arg, default=443, help="destination port (default 443)")
     p.add_argument("--transport", choices=("tcp", "udp"), default="tcp")
     p.add_argument("--host", metavar="NAME", help="hostname/SNI to pair with address targets")
     p.add_argument("--nameserver", action="append", metavar="HOST:PORT",
@@ -59,7 +63,7 @@ def _resolver_settings(engine: Engine, nameservers: list[str] | None) -> Resolve
     for ns in nameservers:
         hp = parse_hostport(ns, 53)
         if hp is None:
-            raise SystemExit(f"regionguard explain: --nameserver {ns!r} is not HOST:PORT")
+            raise UsageError(f"--nameserver {ns!r} is not HOST:PORT (e.g. 127.0.0.1:5353)")
         parsed.append(hp)
     return ResolverSettings(tuple(parsed), settings.hosts, settings.timeout)
 
@@ -72,11 +76,43 @@ def _target_action(decisions: list[Decision]) -> Decision | None:
     return decisions[0] if decisions else None
 
 
+class UsageError(Exception):
+    pass
+
+
+# A DNS name: labels of letters, digits, '-' and '_', at least one label not all digits (so a
+# mistyped address such as 999.1.1.1 is not sent to DNS).
+_HOSTNAME = re.compile(r"(?=.{1,253}\.?$)(?!(\d+\.)*\d+\.?$)"
+                       r"([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                       r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
+
+
+def _port_arg(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def _address_arg(text: str) -> str:
+    if not is_address(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address")
+    return text
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     engine = Engine(load_policy(policy_path(args)))
-    resolver = NameResolver(_resolver_settings(engine, args.nameserver))
+    try:
+        resolver = NameResolver(_resolver_settings(engine, args.nameserver))
+    except UsageError as e:
+        print(f"regionguard explain: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     status = EXIT_OK
     for target in args.targets:
+        if not is_address(target) and not _HOSTNAME.fullmatch(target):
+            status = EXIT_CONFIG
+            print(f"regionguard explain: {target!r} is neither an IP address nor a hostname",
+                  file=sys.stderr)
+            continue
         try:
             answer = resolver.resolve(target)
         except ResolveError as e:
@@ -183,6 +219,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             status = EXIT_CONFIG
             continue
         try:
+            logging.getLogger("regionguard.locator").disabled = True  # printed below instead
             problems = Locator.for_policy(policy).problems  # also reads geofeeds and databases
         except OSError as e:
             problems = (Problem(f, "data", f"bundled data unreadable: {e}", "reinstall regionguard"),)

@@ -22,6 +22,7 @@ import io
 import json
 import mmap
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +115,14 @@ def read_connections(path: str | Path, *, fmt: str | None = None,
     name = str(path)
     try:
         fmt = fmt or detect_format(path)
-    except OSError as e:
-        yield InputProblem(name, "file", f"cannot read: {e.strerror or e}",
+    except (OSError, EOFError, zlib.error) as e:
+        yield InputProblem(name, "file", f"cannot read: {getattr(e, 'strerror', None) or e}",
                            "check the path and permissions")
         return
     reader = {"mitm": _read_mitm, "har": _read_har, "audit": _read_audit}[fmt]
     try:
         yield from reader(path, progress)
-    except OSError as e:
+    except (OSError, EOFError, zlib.error) as e:
         yield InputProblem(name, "file", f"read failed: {e}", "check the file and the disk")
 
 
@@ -350,7 +351,18 @@ def iter_audit_lines(path: str | Path, progress: Progress | None = None
     name = str(path)
     with _open(Path(path)) as f:
         raw_file = f.fileobj if isinstance(f, gzip.GzipFile) else f
-        for number, line in enumerate(f, 1):
+        number = 0
+        while True:
+            try:
+                line = f.readline()
+            except (EOFError, zlib.error, OSError) as e:  # a gzip file cut short, a bad disk
+                yield InputProblem(name, f"after line {number}", f"unreadable: {e}",
+                                   "the lines before were read; a log cut short by a crash is "
+                                   "otherwise harmless")
+                return
+            if not line:
+                break
+            number += 1
             if progress and number % 2048 == 0:
                 progress(raw_file.tell())
             text = line.strip()

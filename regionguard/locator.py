@@ -231,15 +231,30 @@ class Locator:
                     ev = source.lookup(address)
                     if ev is not None:
                         extra.append(ev)
-        sort = self._needs_sort
+        by_name: list[Evidence] = []
         if host:
             host = normalise_host(host)
             for source in self.per_host:
                 ev = source.lookup_host(host)
                 if ev is not None:
-                    extra.append(ev)
-                    sort = True
-        return self._combine(static, extra, sort)
+                    by_name.append(ev)
+        if address is None:  # a name alone: its evidence is all there is
+            return self._combine(static, by_name, True)
+        loc = self._combine(static, extra, self._needs_sort)
+        if not by_name:
+            return loc
+        # The address decides (decision rule 5): answers about the name are shown and can make a
+        # conflict, but never place an address that no address source places, so a fronted SNI
+        # cannot carry a connection to an unplaced or disallowed address.
+        conflict = loc.conflict
+        minimum = self._min_confidence
+        for ev in by_name:
+            if (loc.chosen is not None and ev.confidence >= minimum and ev.places
+                    and ev.region != loc.region):
+                conflict = True
+        zoom = loc.zoom if loc.zoom is not None else next(
+            (ev.zoom for ev in by_name if ev.zoom is not None), None)
+        return loc._replace(evidence=loc.evidence + tuple(by_name), conflict=conflict, zoom=zoom)
 
     def _combine(self, static: _Static, extra: list[Evidence], sort: bool) -> Location:
         if not extra:

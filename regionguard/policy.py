@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import ipaddress
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +159,7 @@ def allowed_regions(catalogue: Catalogue, account_type: str, default_region: str
     - paid, no lists: every region but China (Zoom's default), plus the default region;
     - opt_in: those, plus the default region;
     - opt_out: every region but those and China, plus the default region;
-    - both: (every region but China and opt_out) plus opt_in plus the default region.
+    - both (rejected by the policy checker; kept total here): their union, as above.
     """
     if account_type == "free":
         return frozenset({default_region})
@@ -199,7 +200,8 @@ def parse_policy(text: str, filename: str = "<policy>", catalogue: Catalogue | N
     checker = _Checker(filename, lines, catalogue, Path(filename).parent)
     policy = checker.build(raw, text)
     if checker.problems:
-        raise PolicyError(checker.problems)
+        # a group that inherits a bad top-level value reports the same problem again: once is enough
+        raise PolicyError(list(dict.fromkeys(checker.problems)))
     return policy
 
 
@@ -427,9 +429,11 @@ class _Checker:
             self.error(regions_path + ("opt_out",), f"{default_region!r} is the account's default "
                        "region, which is always on and cannot be opted out",
                        f"remove {default_region} (or the group containing it) from opt_out")
-        if opt_in is not None and opt_out is not None and opt_in & opt_out:
-            both = ", ".join(sorted(opt_in & opt_out))
-            self.error(regions_path, f"{both} both opted in and out", "list each region once")
+        if opt_in is not None and opt_out is not None:
+            self.error(regions_path, "both opt_in and opt_out are given; a policy lists either the "
+                       "regions it opts in, or the regions it opts out of every region but China",
+                       "keep one of the two lists")
+            opt_out = None
         allowed = allowed_regions(self.catalogue, account_type, default_region, opt_in, opt_out)
 
         if location == "outside-china" and CHINA in allowed:
@@ -497,7 +501,7 @@ class _Checker:
         conflicts = self.choice(ev.get("conflicts"), ("evidence", "conflicts"), CONFLICT_MODES,
                                 "precedence")
         min_conf = ev.get("min_confidence", 0.5)
-        if not isinstance(min_conf, (int, float)) or not 0 <= min_conf <= 1:
+        if not _is_number(min_conf) or not 0 <= min_conf <= 1:
             self.error(("evidence", "min_confidence"), f"{min_conf!r} is not a number from 0 to 1",
                        "write e.g. min_confidence: 0.5")
             min_conf = 0.5
@@ -554,7 +558,7 @@ class _Checker:
                                "map each name to an address or a list of addresses")
             hosts[str(name).lower().rstrip(".")] = tuple(good)
         timeout = r.get("timeout", 3.0)
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
+        if not _is_number(timeout) or timeout <= 0:
             self.error(("resolver", "timeout"), f"{timeout!r} is not a positive number of seconds",
                        "write e.g. timeout: 3")
             timeout = 3.0
@@ -577,11 +581,17 @@ class _Checker:
             self.error(("dns", "strip_ech"), f"{strip!r} is not true or false", "write strip_ech: true")
             strip = False
         max_ttl = d.get("max_ttl", 86400)
-        if not isinstance(max_ttl, int) or max_ttl < 0:
+        if not isinstance(max_ttl, int) or isinstance(max_ttl, bool) or max_ttl < 0:
             self.error(("dns", "max_ttl"), f"{max_ttl!r} is not a whole number of seconds",
                        "write e.g. max_ttl: 3600")
             max_ttl = 86400
         return DnsSettings(answer, strip, max_ttl)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float; YAML's true/false and .nan/.inf are not numbers here."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int] | None:

@@ -15,8 +15,10 @@ import argparse
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ._paths import default_policy_path
@@ -24,6 +26,7 @@ from .cli import EXIT_CONFIG
 from .errors import ConfigError
 from .pac import register_pac
 from .policy import load_policy, parse_hostport
+from .prefixes import is_address
 
 ADDON = Path(__file__).resolve().parent.parent / "addons" / "regionguard.py"
 
@@ -94,15 +97,47 @@ def mitmdump_args(args: argparse.Namespace, extra: list[str], policy: Path) -> l
     return argv + list(extra)
 
 
-def start_dns(policy: Path, listen: str) -> subprocess.Popen:
+class DnsStartError(Exception):
+    """The DNS child could not be started; the message says why and what to do."""
+
+
+def start_dns(policy: Path, listen: str, audit: str | None = None,
+              timeout: float = 15.0) -> subprocess.Popen:
+    """Start `regionguard dns` beside the proxy and wait until it accepts TCP on its address, so
+    the proxy never runs with a DNS server that died at start-up."""
     if importlib.util.find_spec("regionguard.dnsserver") is None:
-        raise SystemExit("regionguard run: --dns needs the DNS front end (regionguard.dnsserver), "
-                         "which is not installed")
-    if parse_hostport(listen, 53) is None:
-        raise SystemExit(f"regionguard run: --dns {listen!r} is not HOST:PORT (e.g. 127.0.0.1:5353)")
+        raise DnsStartError("--dns needs the DNS front end (regionguard.dnsserver), which is not installed")
+    hostport = parse_hostport(listen, 53)
+    if hostport is None or not is_address(hostport[0]):
+        raise DnsStartError(f"--dns {listen!r} is not ADDRESS:PORT (e.g. 127.0.0.1:5353)")
     exe = shutil.which("regionguard")
-    cmd = [exe] if exe else [sys.executable, "-m", "regionguard"]
-    return subprocess.Popen(cmd + ["dns", "--policy", str(policy), "--listen", listen])
+    cmd = ([exe] if exe else [sys.executable, "-m", "regionguard"]) + [
+        "dns", "--policy", str(policy), "--listen", listen]
+    if audit:  # its own file: two processes must not rotate one log
+        path = Path(audit).resolve()
+        cmd += ["--audit", str(path.with_name(path.stem + ".dns" + path.suffix))]
+    # The proxy resolves through the policy's name servers; when that is this very server, the
+    # DNS child forwards to the system's resolvers instead of to itself.
+    nameservers = load_policy(policy).resolver.nameservers
+    if not nameservers or hostport in nameservers:
+        from .dnsserver import system_upstreams
+
+        for host, port in system_upstreams():
+            if (host, port) != hostport:
+                cmd += ["--upstream", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    child = subprocess.Popen(cmd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise DnsStartError(f"the DNS server (`{' '.join(cmd[1:])}`) exited with code "
+                                f"{child.returncode}; see its message above")
+        try:
+            socket.create_connection(hostport, timeout=0.5).close()
+            return child
+        except OSError:
+            time.sleep(0.1)
+    stop(child)
+    raise DnsStartError(f"the DNS server did not start listening on {listen} within {timeout:.0f} s")
 
 
 def stop(child: subprocess.Popen) -> None:
@@ -129,7 +164,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from mitmproxy.tools.main import mitmdump  # imported late: `regionguard pac` needs no mitmproxy
 
-    child = start_dns(policy, args.dns) if args.dns else None
+    try:
+        child = start_dns(policy, args.dns, args.audit) if args.dns else None
+    except DnsStartError as e:
+        print(f"regionguard run: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         result = mitmdump(mitmdump_args(args, extra, policy))
     except SystemExit as e:

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import Problem
 from .evidence import Evidence
-from .hostnames import normalise_host
+from .hostnames import DomainSet, normalise_host
 from .prefixes import PrefixTable
 from .regions import Catalogue
 
@@ -336,7 +336,7 @@ class HostnameSource:
 
     def __init__(self, site_codes: Path, domain_regions: dict[str, dict], zoom_domains: Iterable[str],
                  catalogue: Catalogue) -> None:
-        self._zoom_domains = tuple(zoom_domains)
+        self._zoom_domains = zoom_domains if isinstance(zoom_domains, DomainSet) else DomainSet(zoom_domains)
         self._domains = {
             d: Evidence(self.name, spec.get("region"), spec.get("country"), "zoom.yaml", None,
                         f"*.{d}", float(spec.get("confidence", 0.5)), spec.get("note", ""))
@@ -360,7 +360,7 @@ class HostnameSource:
             ev = self._domains.get(".".join(labels[i:]))
             if ev is not None:
                 return ev
-        if not host.endswith(self._zoom_domains):
+        if host not in self._zoom_domains:  # label-wise: "evilzoom.us" is not Zoom's
             return None
         # <anything>.<site>.zoom.us: the site label sits just above the Zoom domain.
         for i, label in enumerate(labels[1:-2], 1):

@@ -172,3 +172,11 @@ def test_engine_invariants(engine, address, port_transport):
         assert d.action == Action.BLOCK
     if not d.location.known:
         assert d.action != Action.ALLOW or rules.unknown_action == "allow"
+
+
+def test_a_hostname_never_places_an_address_no_address_source_places(eu):
+    # 4.34.125.133 is in Zoom's ranges but only the low-confidence fallback places it.
+    for host in ("a.fra.zoom.us", "x.fra.evilzoom.us", None):
+        d = eu.decide(None, host, "4.34.125.133", 443)
+        assert d.action == Action.BLOCK and d.rule == "unknown-region", host
+    assert eu.locator.locate(None, "x.fra.evilzoom.us").chosen is None

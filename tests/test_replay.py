@@ -298,3 +298,19 @@ def test_replay_opens_no_network_connection(tmp_path):
     assert p.returncode == 1, p.stderr
     assert json.loads(p.stdout)["summary"]["records"] > 10, p.stdout[-2000:] + p.stderr[-2000:]
     assert not log.exists(), log.read_text()
+
+
+def test_truncated_gzip_audit_log_is_a_clear_problem_not_a_crash(tmp_path):
+    import gzip
+
+    from tests.conftest import BIN
+
+    data = (FIX / "mixed-session.audit.jsonl").read_bytes() * 200
+    gz = gzip.compress(data)
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(gz[: len(gz) // 2])
+    for cmd in (["report", str(path)],
+                ["replay", str(path), "--policy", str(FIX / "policy-eu.yaml")]):
+        r = subprocess.run([str(BIN / "regionguard"), *cmd], capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in r.stderr and "cut.jsonl.gz" in (r.stdout + r.stderr), cmd
+        assert r.returncode in (4, 5), (cmd, r.returncode, r.stderr[-500:])
