@@ -491,7 +491,7 @@ class RegionGuard:
         proxy = ctx.options.regionguard_pac_proxy or _hostport(req.host_header or req.host, req.port)
         body = self._pac_cache.get(proxy)
         if body is None:
-            body = pac_text(self.holder.engine.zoom, proxy).encode()  # type: ignore[union-attr]
+            body = pac_text(self.holder.engine.zoom, proxy, self.holder.engine.policy.overrides).encode()  # type: ignore[union-attr]
             self._pac_cache[proxy] = body
         flow.response = http.Response.make(
             200, body, {"Content-Type": "application/x-ns-proxy-autoconfig", "Cache-Control": "no-cache"})

@@ -11,9 +11,11 @@ import argparse
 import ipaddress
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
-from .policy import parse_hostport
+from .errors import ConfigError
+from .policy import Override, load_policy, parse_hostport
 from .zoom import ZoomCatalogue
 
 _TEMPLATE = """\
@@ -22,6 +24,7 @@ _TEMPLATE = """\
 var REGIONGUARD_PROXY = "PROXY {proxy}";
 var ZOOM_DOMAINS = {domains};
 var ZOOM_NETS = {nets};
+var ZOOM_PATTERNS = {patterns};
 
 function FindProxyForURL(url, host) {{
     host = host.toLowerCase();
@@ -29,6 +32,9 @@ function FindProxyForURL(url, host) {{
     for (var i = 0; i < ZOOM_DOMAINS.length; i++) {{
         var d = ZOOM_DOMAINS[i];
         if (host == d || dnsDomainIs(host, "." + d)) return REGIONGUARD_PROXY;
+    }}
+    for (var k = 0; k < ZOOM_PATTERNS.length; k++) {{
+        if (host == ZOOM_PATTERNS[k] || shExpMatch(host, ZOOM_PATTERNS[k])) return REGIONGUARD_PROXY;
     }}
     if (/^\\d+\\.\\d+\\.\\d+\\.\\d+$/.test(host)) {{
         for (var j = 0; j < ZOOM_NETS.length; j++) {{
@@ -40,8 +46,9 @@ function FindProxyForURL(url, host) {{
 """
 
 
-def zoom_ipv4_networks(zoom: ZoomCatalogue) -> list[tuple[str, str]]:
-    """(network, netmask) of Zoom's own IPv4 ranges, collapsed; the anycast CDN is left out."""
+def zoom_ipv4_networks(zoom: ZoomCatalogue, overrides: Iterable[Override] = ()) -> list[tuple[str, str]]:
+    """(network, netmask) of Zoom's own IPv4 ranges and the policy's `zoom: true` networks,
+    collapsed; the anycast CDN is left out. (PAC's isInNet knows IPv4 only.)"""
     nets = set()
     for _, _, rng in zoom.ranges.intervals():
         if rng.service == "cdn":
@@ -49,14 +56,22 @@ def zoom_ipv4_networks(zoom: ZoomCatalogue) -> list[tuple[str, str]]:
         net = ipaddress.ip_network(rng.prefix, strict=False)
         if net.version == 4:
             nets.add(net)
+    for o in overrides:
+        if o.zoom and o.is_network:
+            net = ipaddress.ip_network(o.match)
+            if net.version == 4:
+                nets.add(net)
     return [(str(n.network_address), str(n.netmask)) for n in ipaddress.collapse_addresses(nets)]
 
 
-def pac_text(zoom: ZoomCatalogue, proxy: str) -> str:
-    """The PAC file for a proxy at `proxy` (HOST:PORT)."""
-    nets = ",\n    ".join(json.dumps(list(n)) for n in zoom_ipv4_networks(zoom))
+def pac_text(zoom: ZoomCatalogue, proxy: str, overrides: Iterable[Override] = ()) -> str:
+    """The PAC file for a proxy at `proxy` (HOST:PORT); a policy's overrides that declare
+    endpoints Zoom's (`zoom: true`) are sent through the proxy too."""
+    overrides = list(overrides)
+    nets = ",\n    ".join(json.dumps(list(n)) for n in zoom_ipv4_networks(zoom, overrides))
+    patterns = sorted({o.match for o in overrides if o.zoom and not o.is_network})
     return _TEMPLATE.format(proxy=proxy, domains=json.dumps(sorted(zoom.domains)),
-                            nets=f"[\n    {nets}\n]")
+                            nets=f"[\n    {nets}\n]", patterns=json.dumps(patterns))
 
 
 def register_pac(sub: argparse._SubParsersAction) -> None:
@@ -66,6 +81,8 @@ def register_pac(sub: argparse._SubParsersAction) -> None:
                        "`regionguard run` also serves it at http://HOST:PORT/proxy.pac.")
     p.add_argument("--proxy", metavar="HOST:PORT", default="127.0.0.1:8080",
                    help="the proxy's address as clients reach it (default 127.0.0.1:8080)")
+    p.add_argument("--policy", "-p", metavar="FILE", default=None,
+                   help="also send the endpoints this policy's overrides declare Zoom's")
     p.add_argument("--output", "-o", metavar="FILE", default="-",
                    help="where to write the PAC file (default: standard output)")
     p.set_defaults(func=cmd_pac)
@@ -79,7 +96,14 @@ def cmd_pac(args: argparse.Namespace) -> int:
         return 2
     host, port = parsed
     proxy = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    text = pac_text(ZoomCatalogue.load(), proxy)
+    overrides = ()
+    if args.policy:
+        try:
+            overrides = load_policy(args.policy).overrides
+        except ConfigError as e:
+            print(f"regionguard pac: invalid policy:\n{e}", file=sys.stderr)
+            return 2
+    text = pac_text(ZoomCatalogue.load(), proxy, overrides)
     if args.output == "-":
         sys.stdout.write(text)
     else:

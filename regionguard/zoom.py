@@ -51,6 +51,7 @@ class ZoomCatalogue:
     ports: dict[tuple[str, str], tuple[tuple[int, int], ...]]   # (service, transport) → ranges
     meeting_server_names: tuple[re.Pattern, ...]
     crc_domains: DomainSet
+    site_codes: frozenset[str]       # subdomain site codes: HOST.SITE.zoom.us is a meeting server
     ranges: PrefixTable[ZoomRange]
     ranges_source: str
 
@@ -95,6 +96,10 @@ class ZoomCatalogue:
             return Classification(False, None, "not a Zoom domain or range", None)
         return Classification(True, self._service(host, rng, port, transport), why, rng)
 
+    def _at_site(self, host: str) -> bool:
+        labels = host.split(".")
+        return len(labels) == 4 and labels[1] in self.site_codes and ".".join(labels[2:]) == "zoom.us"
+
     def _service(self, host: str | None, rng: ZoomRange | None, port: int, transport: str) -> str:
         if host and host in self.crc_domains:
             return "crc"
@@ -104,7 +109,8 @@ class ZoomCatalogue:
         if rng is not None and rng.service in ("phone", "cdn"):
             return rng.service
         if transport == "tcp" and port == 443:
-            if host and any(p.search(host) for p in self.meeting_server_names):
+            if host and (any(p.search(host) for p in self.meeting_server_names)
+                         or self._at_site(host)):
                 return "tunnel"
             if host is None and rng is not None:
                 return "tunnel"   # an unnamed TCP 443 connection straight to a Zoom server
@@ -128,12 +134,15 @@ def _load(directory: str) -> ZoomCatalogue:
         for row in csv.DictReader(f):
             items.append((row["prefix"], ZoomRange(row["prefix"], row["service"], row["source"],
                                                    row["date"])))
+    with open(base / "data" / "site-codes.csv", newline="", encoding="utf-8") as f:
+        site_codes = frozenset(r["code"].lower() for r in csv.DictReader(f) if r["kind"] == "subdomain")
     return ZoomCatalogue(
         domains=DomainSet(raw.get("domains") or ()),
         domain_regions={normalise_host(k): v for k, v in (raw.get("domain_regions") or {}).items()},
         ports=ports,
         meeting_server_names=tuple(re.compile(p) for p in raw.get("meeting_server_names") or ()),
         crc_domains=DomainSet(raw.get("crc_domains") or ()),
+        site_codes=site_codes,
         ranges=PrefixTable.from_prefixes(items),
         ranges_source=ranges_path.name,
     )

@@ -69,6 +69,7 @@ def test_china_tunnel_servers_are_always_blocked(office):
     (None, "159.124.47.249", 5061, "tcp", "crc"),
     ("123456789.zoomcrc.com", "159.124.47.249", 443, "tcp", "crc"),
     ("zoomfrbb1mmr.fra.zoom.us", "159.124.47.249", 443, "tcp", "tunnel"),
+    ("edge7.ams.zoom.us", "159.124.47.249", 443, "tcp", "tunnel"),
     (None, "159.124.47.249", 443, "tcp", "tunnel"),
     ("zoom.us", "159.124.47.249", 443, "tcp", "web"),
     (None, "173.231.92.10", 443, "tcp", "phone"),
