@@ -11,7 +11,10 @@ Every answer of the zone is Zoom's and holds one address in an allowed region (D
 disallowed one (US), both from the bundled Zoom data, so regionguard filters every miss.
 
 Measured, for each server: cache-hit queries/s (1000 names, warmed), cache-miss queries/s (every
-name new), and latency percentiles under the hit load (from dnsperf's per-query report).
+name new), and latency percentiles under load (from dnsperf's per-query report). Also, for
+each run, the server's CPU use and how busy the load core was: a load core near 100% means
+dnsperf and the upstream, not the server, set the pace (flagged "LOAD-BOUND").
+rg-audit is regionguard writing its audit log (one JSON line per filtered answer) as well.
 Goals (issue 4): hit rate >= 0.6x unbound's; miss rate with filtering >= 1.0x unbound's.
 """
 
@@ -145,20 +148,61 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def dnsperf(port: int, datafile: Path, seconds: float, once: bool, verbose: bool) -> dict:
+def dnsperf_command(port: int, datafile: Path, seconds: float, once: bool, verbose: bool) -> list[str]:
     cmd = ["taskset", "-c", LOAD_CORE, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d",
            str(datafile), "-l", str(seconds), "-q", "200", "-t", "3", "-c", "4"]
     if once:
         cmd += ["-n", "1"]
     if verbose:
         cmd += ["-v"]
+    return cmd
+
+
+def core_times(core: str) -> tuple[int, int]:
+    """(busy, total) jiffies of one CPU, from /proc/stat; (0, 0) where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{core} "):
+                    v = [int(x) for x in line.split()[1:]]
+                    idle = v[3] + (v[4] if len(v) > 4 else 0)
+                    return sum(v) - idle, sum(v)
+    except OSError:
+        pass
+    return 0, 0
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process `pid`; 0 when unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def dnsperf(port: int, datafile: Path, seconds: float, once: bool, verbose: bool,
+            server_pid: int | None = None) -> dict:
+    cmd = dnsperf_command(port, datafile, seconds, once, verbose)
+    busy0, total0 = core_times(LOAD_CORE)
+    cpu0, wall0 = process_cpu(server_pid), time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    busy1, total1 = core_times(LOAD_CORE)
+    cpu1, wall1 = process_cpu(server_pid), time.monotonic()
     m = re.search(r"Queries completed:\s+(\d+)", out)
     lost = re.search(r"Queries lost:\s+(\d+)", out)
     qps = re.search(r"Queries per second:\s+([\d.]+)", out)
     latencies = sorted(float(x) for x in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M))
-    return {"completed": int(m.group(1)) if m else 0, "lost": int(lost.group(1)) if lost else 0,
-            "qps": float(qps.group(1)) if qps else 0.0, "latencies": latencies}
+    completed = int(m.group(1)) if m else 0
+    return {"completed": completed, "lost": int(lost.group(1)) if lost else 0,
+            "qps": float(qps.group(1)) if qps else 0.0, "latencies": latencies,
+            "load_busy": (busy1 - busy0) / (total1 - total0) if total1 > total0 else float("nan"),
+            "server_cpu": (cpu1 - cpu0) / (wall1 - wall0) if server_pid else float("nan"),
+            "cpu_us_per_query": (cpu1 - cpu0) / completed * 1e6 if server_pid and completed
+            else float("nan")}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -167,21 +211,26 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))] * 1000
 
 
-def measure(name: str, port: int, work: Path, seconds: float, miss_names: int) -> dict:
+def measure(name: str, port: int, work: Path, seconds: float, miss_names: int,
+            pid: int | None = None) -> dict:
     hits = work / f"{name}-hits.txt"
     hits.write_text("".join(f"h{i}.zoom.us A\n" for i in range(1000)))
     misses = work / f"{name}-misses.txt"
     misses.write_text("".join(f"m{i}-{name}.zoom.us A\n" for i in range(miss_names)))
     dnsperf(port, hits, 10, once=True, verbose=False)              # warm the cache
-    hit = dnsperf(port, hits, seconds, once=False, verbose=True)
-    miss = dnsperf(port, misses, seconds * 3, once=True, verbose=True)
+    hit = dnsperf(port, hits, seconds, once=False, verbose=True, server_pid=pid)
+    miss = dnsperf(port, misses, seconds * 3, once=True, verbose=True, server_pid=pid)
     return {"hit": hit, "miss": miss}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each hit run")
-    parser.add_argument("--miss-names", type=int, default=20000, help="distinct names per miss run")
+    parser.add_argument("--miss-names", type=int, default=100000,
+                        help="distinct names per miss run (enough for a few seconds of steady "
+                        "state: a run of well under a second is mostly ramp-up and drain)")
+    parser.add_argument("--no-audit-run", action="store_true",
+                        help="skip the rg-audit variant (regionguard writing its audit log)")
     args = parser.parse_args()
     for tool in ("unbound", "dnsperf", "taskset"):
         if shutil.which(tool) is None:
@@ -191,6 +240,7 @@ def main() -> int:
     de, us = zone_addresses()
     procs: list[subprocess.Popen] = []
     results = {}
+    commands: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-dns-") as tmp:
         work = Path(tmp)
         try:
@@ -200,24 +250,30 @@ def main() -> int:
             wait_answer(up_port)
 
             anchor_port = free_port()
-            anchor = start(["unbound", "-d", "-c", str(unbound_anchor(work, anchor_port, up_port))],
-                           SERVER_CORE, work / "anchor.log")
+            anchor_cmd = ["unbound", "-d", "-c", str(unbound_anchor(work, anchor_port, up_port))]
+            commands["unbound"] = ["taskset", "-c", SERVER_CORE, *anchor_cmd]
+            anchor = start(anchor_cmd, SERVER_CORE, work / "anchor.log")
             procs.append(anchor)
             wait_answer(anchor_port)
-            results["unbound"] = measure("unbound", anchor_port, work, args.seconds, args.miss_names)
+            results["unbound"] = measure("unbound", anchor_port, work, args.seconds, args.miss_names,
+                                         anchor.pid)
             stop(anchor)
 
             policy = work / "policy.yaml"
             policy.write_text("version: 1\naccount: {type: paid, default_region: DE}\n"
                               "regions: {opt_in: [Europe]}\n")
             variants = [("regionguard", [])]
+            if not args.no_audit_run:
+                variants.append(("rg-audit", ["--audit", str(work / "audit.jsonl")]))
             if uvloop_installed():
                 variants.append(("rg-asyncio", ["--no-uvloop"]))
             for name, extra in variants:
                 rg_port = free_port()
-                rg = start([str(BIN / "regionguard"), "dns", "--policy", str(policy), "--listen",
-                            f"127.0.0.1:{rg_port}", "--upstream", f"127.0.0.1:{up_port}", "--no-tcp",
-                            *extra], SERVER_CORE, work / f"{name}.log")
+                rg_cmd = [str(BIN / "regionguard"), "dns", "--policy", str(policy), "--listen",
+                          f"127.0.0.1:{rg_port}", "--upstream", f"127.0.0.1:{up_port}", "--no-tcp",
+                          *extra]
+                commands[name] = ["taskset", "-c", SERVER_CORE, *rg_cmd]
+                rg = start(rg_cmd, SERVER_CORE, work / f"{name}.log")
                 procs.append(rg)
                 answer = wait_answer(rg_port)
                 got = sorted(rd.address for s in answer.answer for rd in s)
@@ -227,7 +283,7 @@ def main() -> int:
                           file=sys.stderr)
                     print((work / f"{name}.log").read_text(), file=sys.stderr)
                     return 1
-                results[name] = measure(name, rg_port, work, args.seconds, args.miss_names)
+                results[name] = measure(name, rg_port, work, args.seconds, args.miss_names, rg.pid)
                 stop(rg)
         finally:
             for p in procs:
@@ -235,13 +291,30 @@ def main() -> int:
 
     print(f"bench_dns: {CORES} core(s); servers on core {SERVER_CORE}, upstream unbound and dnsperf "
           f"on core {LOAD_CORE}; zone answers {de} (DE, allowed) + {us} (US, filtered out)")
+    print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
+    for name, cmd in commands.items():
+        print(f"  {name}: {' '.join(cmd)}")
+    print(f"  load: {' '.join(dnsperf_command(0, Path('QUERIES'), args.seconds, False, True))}"
+          f"  (hits; misses: -l {args.seconds * 3:g} -n 1 over {args.miss_names} new names)")
     print(f"{'':<12} {'hit q/s':>10} {'miss q/s':>10} {'hit p50 ms':>11} {'hit p99 ms':>11} "
-          f"{'hit p99.9':>10} {'miss p99 ms':>12} {'lost':>6}")
+          f"{'hit p99.9':>10} {'miss p50 ms':>12} {'miss p99 ms':>12} {'lost':>6}")
     for name, r in results.items():
         hit, miss = r["hit"], r["miss"]
         print(f"{name:<12} {hit['qps']:>10.0f} {miss['qps']:>10.0f} {pct(hit['latencies'], .5):>11.3f} "
               f"{pct(hit['latencies'], .99):>11.3f} {pct(hit['latencies'], .999):>10.3f} "
-              f"{pct(miss['latencies'], .99):>12.3f} {hit['lost'] + miss['lost']:>6}")
+              f"{pct(miss['latencies'], .5):>12.3f} {pct(miss['latencies'], .99):>12.3f} "
+              f"{hit['lost'] + miss['lost']:>6}")
+    print(f"{'':<12} {'hit srv cpu':>12} {'miss srv cpu':>13} {'hit cpu us/q':>13} "
+          f"{'miss cpu us/q':>14} {'hit load core':>14} {'miss load core':>15}")
+    for name, r in results.items():
+        hit, miss = r["hit"], r["miss"]
+        flags = [f"LOAD-BOUND ({run})" for run, x in (("hit", hit), ("miss", miss))
+                 if x["load_busy"] >= 0.95 and x["server_cpu"] < 0.9]
+        print(f"{name:<12} {hit['server_cpu']:>12.0%} {miss['server_cpu']:>13.0%} "
+              f"{hit['cpu_us_per_query']:>13.1f} {miss['cpu_us_per_query']:>14.1f} "
+              f"{hit['load_busy']:>14.0%} {miss['load_busy']:>15.0%}  {' '.join(flags)}")
+    print("LOAD-BOUND: the load core was saturated while the server had CPU to spare, so that "
+          "rate understates the server; compare the CPU cost per query (cpu us/q) instead.")
     if "rg-asyncio" in results:
         print("regionguard runs on uvloop when it is installed; rg-asyncio is the same server on "
               "asyncio's own loop (--no-uvloop)")
@@ -252,6 +325,14 @@ def main() -> int:
           f"{'OK' if hit_ratio >= 0.6 else 'BELOW GOAL'}")
     print(f"ratio miss regionguard/unbound = {miss_ratio:.2f}  (goal >= 1.0)  "
           f"{'OK' if miss_ratio >= 1.0 else 'BELOW GOAL'}")
+    for run in ("hit", "miss"):   # capacity on one core: the inverse of the CPU cost per query
+        a, b = ub[run]["cpu_us_per_query"], rg[run]["cpu_us_per_query"]
+        if a == a and b == b and b > 0:
+            print(f"ratio {run:<4} by CPU cost per query (unbound us/q / regionguard us/q) = "
+                  f"{a / b:.2f}  ({a:.1f} / {b:.1f} us)")
+    if "rg-audit" in results and ub["miss"]["qps"]:
+        print(f"ratio miss rg-audit/unbound    = {results['rg-audit']['miss']['qps'] / ub['miss']['qps']:.2f}"
+              "  (with the audit log written)")
     return 0
 
 

@@ -22,12 +22,28 @@ from .decision import Decision
 log = logging.getLogger(__name__)
 
 
+# json.dumps(..., separators=(",", ":"), default=str), without building an encoder per line
+# (an encoder keeps no state between calls: safe to share between threads)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+_second: tuple[int, str] = (-1, "")
+
+
+def _timestamp(now: float) -> str:
+    global _second
+    whole = int(now)
+    second, text = _second   # one (immutable) pair: safe to read and replace from threads
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        _second = (whole, text)
+    return text + f".{int(now * 1000) % 1000:03d}Z"
+
+
 def audit_record(decision: Decision, *, mode: str = "", front_end: str = "", **extra: Any) -> dict:
     """The audit line for a decision: time, client, mode, transport, host/SNI, address, port,
     service, region, evidence source and dataset date, action, rule, policy version."""
     now = time.time()
     record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+        "time": _timestamp(now),
         "front_end": front_end,
         "mode": mode,
         **decision.to_dict(),
@@ -81,8 +97,7 @@ class AuditLog:
         if self.path is None:
             return
         try:
-            line = json.dumps(audit_record(decision, **context), separators=(",", ":"),
-                              default=str) + "\n"
+            line = _ENCODER.encode(audit_record(decision, **context)) + "\n"
             self._write(line.encode())
         except Exception as e:  # noqa: BLE001 - the audit log must never open the gate
             self._failed(e)
@@ -92,7 +107,7 @@ class AuditLog:
         if self.path is None:
             return
         try:
-            self._write((json.dumps(record, separators=(",", ":"), default=str) + "\n").encode())
+            self._write((_ENCODER.encode(record) + "\n").encode())
         except Exception as e:  # noqa: BLE001
             self._failed(e)
 

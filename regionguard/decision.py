@@ -68,6 +68,15 @@ class Decision:
     def blocks(self) -> bool:
         return self.action in (Action.BLOCK, Action.REROUTE)
 
+    def with_host(self, host: str) -> Decision:
+        """This decision for another name: dataclasses.replace(self, host=host) at half the
+        cost, which the DNS filter pays for every address of every new Zoom name. Lists every
+        field; tests/test_core_decision.py checks that it stays equal to dataclasses.replace."""
+        return Decision(self.action, self.rule, self.reason, self.zoom, self.service, self.region,
+                        self.country, self.group, self.would, host, self.address, self.port,
+                        self.transport, self.client, self.policy_version, self.location,
+                        self.zoom_why)
+
     @property
     def evidence_source(self) -> str | None:
         loc = self.location

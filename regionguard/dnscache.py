@@ -124,17 +124,27 @@ class WireCache:
         entry = self._data.get(key)
         return max(0.0, entry.expires - now) if entry is not None else 0.0
 
-    def put(self, key: Hashable, wire: bytes, ttl: float, now: float) -> bool:
+    def fields(self, key: Hashable, wire: bytes) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """ttl_fields(wire), known already when `wire` is the very message stored under `key`."""
+        entry = self._data.get(key)
+        return (entry.offsets, entry.ttls) if entry is not None and entry.wire is wire else None
+
+    def put(self, key: Hashable, wire: bytes, ttl: float, now: float,
+            fields: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> bool:
         """Store `wire` for `ttl` seconds. False (nothing stored) when ttl <= 0, the message is
-        malformed, or it alone exceeds the bound."""
+        malformed, or it alone exceeds the bound. `fields`: ttl_fields(wire), when the caller
+        knows them (from a message of the same layout and TTLs, see `fields`)."""
         size = len(wire) + ENTRY_OVERHEAD + (len(key[-1]) if isinstance(key, tuple)
                                              and isinstance(key[-1], bytes) else 0)
         if ttl <= 0 or size > self.max_bytes:
             return False
-        try:
-            offsets, ttls = ttl_fields(wire)
-        except WireFormatError:
-            return False
+        if fields is not None:
+            offsets, ttls = fields
+        else:
+            try:
+                offsets, ttls = ttl_fields(wire)
+            except WireFormatError:
+                return False
         old = self._data.pop(key, None)
         if old is not None:
             self.bytes -= self._size(key, old)
@@ -257,6 +267,7 @@ class Record(NamedTuple):
     rdtype: int
     ttl: int
     value: str             # A/AAAA: the address; CNAME: the target; SOA: str(negative TTL)
+    ttl_at: int = -1       # where its TTL field is
 
 
 class Scan(NamedTuple):
@@ -281,14 +292,33 @@ def scan_response(wire: bytes) -> Scan | None:
         question_end = pos
         records = []
         counts = (an, ns, ar)
+        n = len(wire)
+        # Owners are mostly one compression pointer to the same name (the question's): what
+        # read_name gives for a name that is just a pointer to `target` depends on the target
+        # only (its text, and the pointers followed from there), so it is read once.
+        by_target: dict[int, tuple[str, list[int]]] = {}
         for section in range(3):
             for _ in range(counts[section]):
                 start = pos
                 found: list[int] = []
-                owner, pos = read_name(wire, pos, found)
+                length = wire[pos] if pos < n else 0
+                if length >= 0xC0 and pos + 2 <= n:
+                    target = ((length & 0x3F) << 8) | wire[pos + 1]
+                    known = by_target.get(target) if target < pos else None
+                    if known is None:
+                        owner, pos = read_name(wire, pos, found)
+                        by_target[target] = (owner, found[1:])
+                    else:
+                        owner = known[0]
+                        found.append(target)
+                        found.extend(known[1])
+                        pos += 2
+                else:
+                    owner, pos = read_name(wire, pos, found)
                 if pos + 10 > len(wire):
                     return None
                 rdtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", wire, pos)
+                ttl_at = pos + 4
                 pos += 10
                 rdata_end = pos + rdlen
                 if rdata_end > len(wire) or rdtype not in SIMPLE_TYPES:
@@ -313,7 +343,7 @@ def scan_response(wire: bytes) -> Scan | None:
                         return None
                     value = str(min(ttl, struct.unpack_from("!I", wire, rdata_end - 4)[0]))
                 pointers.extend((start, t) for t in found)
-                records.append(Record(section, start, rdata_end, owner, rdtype, ttl, value))
+                records.append(Record(section, start, rdata_end, owner, rdtype, ttl, value, ttl_at))
                 pos = rdata_end
         if pos != len(wire):
             return None
@@ -341,6 +371,21 @@ def remove_records(wire: bytes, scan: Scan, drop: set[int]) -> bytes | None:
         counts[rec.section] += 1
     struct.pack_into("!3H", out, 6, *counts)
     return bytes(out)
+
+
+def scan_ttl_fields(scan: Scan, drop: set[int] | frozenset[int] = frozenset()
+                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """ttl_fields() of the scanned message, or of remove_records(message, scan, drop), from the
+    scan: the records are contiguous from question_end, and removing some moves the rest."""
+    offsets, ttls = [], []
+    shift = 0
+    for i, r in enumerate(scan.records):
+        if i in drop:
+            shift += r.end - r.start
+        elif r.rdtype != _OPT:
+            offsets.append(r.ttl_at - shift)
+            ttls.append(r.ttl)
+    return tuple(offsets), tuple(ttls)
 
 
 def response_ttl(scan: Scan, max_ttl: int) -> int:

@@ -16,6 +16,7 @@ What the caller does with a `FilterResult`:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -31,6 +32,9 @@ import dns.rrset
 
 from .decision import Action, Decision, Engine
 from .dnscache import A_TYPE, AAAA_TYPE, CNAME_TYPE, Scan
+from .hostnames import normalise_host
+
+log = logging.getLogger(__name__)
 
 A, AAAA = dns.rdatatype.A, dns.rdatatype.AAAA
 CNAME, SOA = dns.rdatatype.CNAME, dns.rdatatype.SOA
@@ -39,6 +43,7 @@ ADDRESS_TYPES = (A, AAAA)
 HINT_KEYS = (svcb.ParamKey.IPV4HINT, svcb.ParamKey.IPV6HINT)
 BLOCK_TTL = 60              # how long clients may cache a block answer (and our synthesized SOA)
 DNS_PORT, DNS_TRANSPORT = 443, "tcp"   # what a resolved Zoom address is for: HTTPS
+_DECISION_CACHE = 50_000    # entries in AnswerFilter's decision and host-facts caches (each)
 
 
 def decide_address(engine: Engine, client: str | None, name: str, address: str) -> Decision:
@@ -84,7 +89,16 @@ def _text(name: dns.name.Name) -> str:
 
 
 class AnswerFilter:
-    """The filter for one Engine (one policy). Cheap to build; rebuild when the policy changes."""
+    """The filter for one Engine (one policy). Cheap to build; rebuild when the policy changes.
+
+    Decisions are cached per (client, address, what the hostname tells the engine): every new
+    name of a Zoom answer would otherwise miss the Engine's memo (keyed on the exact name) and
+    pay for a full decision per address. What the hostname tells the engine — its `host_facts`:
+    the Zoom domain it falls under, whether it is a CRC name, whether it looks like a meeting
+    server's, and every per-host evidence source's answer (site codes, override host rules) —
+    is everything of the name that `Engine.decide` reads besides copying it into the Decision;
+    the cached Decision gets this name copied in. A sample of cache hits is re-decided by the
+    Engine; a difference turns the cache off for good (and says so)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -93,6 +107,62 @@ class AnswerFilter:
         self._range_of = engine.zoom.range_of
         # Overrides may declare addresses Zoom's (labs, tests); only then is the locator asked.
         self._overrides_zoom = any(o.zoom for o in engine.policy.overrides if o.is_network)
+        self._decisions: dict[tuple, Decision] = {}
+        self._facts: dict[str, tuple] = {}
+        self._cache_on = True
+        self._checked = 0
+
+    # --- decisions ----------------------------------------------------------------------------
+
+    def host_facts(self, host: str) -> tuple:
+        """Everything of `host` (normalised) that a decision depends on, but the name itself."""
+        facts = self._facts.get(host)
+        if facts is None:
+            zoom = self.engine.zoom
+            meeting = False
+            for pattern in zoom.meeting_server_names:
+                if pattern.search(host):
+                    meeting = True
+                    break
+            facts = (zoom.domains.match(host), host in zoom.crc_domains, meeting,
+                     tuple([src.lookup_host(host) for src in self.engine.locator.per_host]))
+            if len(self._facts) >= _DECISION_CACHE:
+                self._facts.clear()
+            self._facts[host] = facts
+        return facts
+
+    def decide(self, client: str | None, host: str, address: str) -> Decision:
+        """decide_address(), through the per-(client, address, host facts) cache."""
+        if not self._cache_on:
+            return decide_address(self.engine, client, host, address)
+        try:
+            name = normalise_host(host)
+            if not name or name == address:   # decide() drops such a name: nothing to share
+                return decide_address(self.engine, client, host, address)
+            key = (client, address, self.host_facts(name))
+        except Exception:  # noqa: BLE001 - the Engine itself fails closed
+            return decide_address(self.engine, client, host, address)
+        cached = self._decisions.get(key)
+        if cached is None:
+            d = decide_address(self.engine, client, host, address)
+            if d.rule != "internal-error":
+                if len(self._decisions) >= _DECISION_CACHE:
+                    self._decisions.clear()
+                self._decisions[key] = d
+            return d
+        if cached.host == name:
+            return cached
+        d = cached.with_host(name)
+        self._checked += 1
+        if self._checked & 1023 == 1:   # the first hit and every 1024th: does the Engine agree?
+            real = decide_address(self.engine, client, host, address)
+            if real != d or real.location != d.location:
+                log.error("regionguard dns: decision cache disagrees with the engine for %s %s "
+                          "(%s vs %s); cache turned off", host, address, d.rule, real.rule)
+                self._cache_on = False
+                self._decisions.clear()
+                return real
+        return d
 
     # --- is it Zoom's? ----------------------------------------------------------------------
 
@@ -180,8 +250,16 @@ class AnswerFilter:
         (block or reroute): the caller then runs `filter` on the parsed message."""
         if scan.rcode != 0:
             return FilterResult(None)
-        zoom_host = self._zoom_host
-        name = qname if zoom_host(qname) else None
+        is_zoom_host = self._zoom_host
+        seen = {qname: is_zoom_host(qname)}
+
+        def zoom_host(host: str) -> bool:   # most records repeat the query name
+            found = seen.get(host)
+            if found is None:
+                found = seen[host] = is_zoom_host(host)
+            return found
+
+        name = qname if seen[qname] else None
         if name is None:
             by_address = False
             for r in scan.records:
@@ -206,7 +284,7 @@ class AnswerFilter:
                 continue
             asked = r.section == 0 and r.rdtype == qtype
             had_address = had_address or asked
-            d = decide_address(self.engine, client, r.owner if zoom_host(r.owner) else name, r.value)
+            d = self.decide(client, r.owner if zoom_host(r.owner) else name, r.value)
             result.decisions.append(d)
             if d.blocks:
                 result.dropped.append(r.value)
@@ -228,7 +306,7 @@ class AnswerFilter:
         host = owner if self._zoom_host(owner) else name
         kept = []
         for rd in rrset:
-            d = decide_address(self.engine, client, host, rd.address)
+            d = self.decide(client, host, rd.address)
             result.decisions.append(d)
             (result.dropped if d.blocks else result.kept).append(rd.address)
             if not d.blocks:
@@ -257,7 +335,7 @@ class AnswerFilter:
                     continue
                 allowed = []
                 for address in param.addresses:
-                    d = decide_address(self.engine, client, host, address)
+                    d = self.decide(client, host, address)
                     result.decisions.append(d)
                     (result.dropped if d.blocks else result.kept).append(address)
                     if not d.blocks:

@@ -5,7 +5,9 @@ Paths through the server, cheapest first:
    finished response bytes; the reply is those bytes with the client's ID. No parsing.
 2. Miss: parse the query, look up the (group, name, type, class, DO, CD) cache of filtered
    responses; else forward to the upstreams (UDP with EDNS0, TCP retry on truncation; identical
-   misses wait for one upstream query), filter (regionguard.dnsfilter), audit, cache.
+   misses wait for one upstream query), filter (regionguard.dnsfilter), audit, cache. A plain
+   UDP miss runs on callbacks (no task, future or timer per query: one timer serves every
+   upstream deadline); other queries, and answers that need dnspython, run as coroutines.
 Malformed queries get FORMERR (or are dropped when not even the header is usable). A dead, slow
 or garbage-speaking upstream gives SERVFAIL within the timeout. Both caches are bounded in bytes.
 The policy file is watched; a valid change swaps the policy in and empties the caches.
@@ -17,12 +19,15 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import heapq
 import logging
+import math
 import random
 import socket
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -44,6 +49,7 @@ from .dnscache import (
     remove_records,
     response_ttl,
     scan_response,
+    scan_ttl_fields,
     skip_name,
     wire_name,
 )
@@ -87,8 +93,9 @@ class _UpstreamSocket(asyncio.DatagramProtocol):
     """One connected UDP socket to one upstream; replies are matched to queries by ID (and then
     by question, by the caller). Connected, so the kernel drops datagrams from anyone else."""
 
-    def __init__(self) -> None:
-        self.pending: dict[int, asyncio.Future[bytes]] = {}
+    def __init__(self, owner: Upstreams) -> None:
+        self.owner = owner
+        self.pending: dict[int, _Exchange] = {}
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -99,50 +106,99 @@ class _UpstreamSocket(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         if len(data) < 12:
             return
-        fut = self.pending.pop(struct.unpack_from("!H", data)[0], None)
-        if fut is not None and not fut.done():
-            fut.set_result(data)
+        ex = self.pending.pop((data[0] << 8) | data[1], None)
+        if ex is not None:
+            try:
+                self.owner._replied(ex, data)
+            except Exception:  # noqa: BLE001 - an escaping error would close this socket
+                log.exception("regionguard dns: failed to handle an upstream answer")
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: fail the waiting queries now, not at the timeout
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(UpstreamError(str(exc)))
+        waiting = list(self.pending.values())
         self.pending.clear()
+        for ex in waiting:
+            try:
+                self.owner._failed(ex, UpstreamError(str(exc)))
+            except Exception:  # noqa: BLE001 - as above
+                log.exception("regionguard dns: failed to handle an upstream error")
 
     def connection_lost(self, exc) -> None:
         self.transport = None
 
 
+class _Exchange:
+    """One question on its way through the upstreams: which one is being asked, until when, and
+    whom to tell. `attempt` counts the tries, so a stale timeout or reply is recognised."""
+
+    __slots__ = ("wire", "done", "deadline", "index", "errors", "attempt", "until", "proto",
+                 "qid", "packet")
+
+    def __init__(self, wire: bytes, done: Callable[[bytes | None, Exception | None], None],
+                 deadline: float) -> None:
+        self.wire = wire
+        self.done: Callable[[bytes | None, Exception | None], None] | None = done
+        self.deadline = deadline
+        self.index = 0
+        self.errors: list[str] = []
+        self.attempt = 0
+        self.until = 0.0
+        self.proto: _UpstreamSocket | None = None
+        self.qid = -1
+        self.packet = b""
+
+
 class Upstreams:
+    """The upstream resolvers, asked in order, sharing the timeout between them. Callback based
+    (`start`): a query costs no task, no future and no timer handle of its own; one timer
+    serves every deadline (deadlines mostly arrive in order, so a deque holds them; the few
+    that do not go to a heap)."""
+
     def __init__(self, servers: tuple[tuple[str, int], ...], timeout: float) -> None:
         self.servers = servers
         self.timeout = timeout
         self._sockets: dict[tuple[str, int], _UpstreamSocket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: deque[tuple[float, int, _Exchange]] = deque()
+        self._late: list[tuple[float, int, int, _Exchange]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._tasks: set[asyncio.Task] = set()
 
     async def _socket(self, server: tuple[str, int]) -> _UpstreamSocket:
         proto = self._sockets.get(server)
         if proto is None or proto.transport is None:
             loop = asyncio.get_running_loop()
-            _, proto = await loop.create_datagram_endpoint(_UpstreamSocket, remote_addr=server)
+            _, proto = await loop.create_datagram_endpoint(lambda: _UpstreamSocket(self),
+                                                           remote_addr=server)
             self._sockets[server] = proto
         return proto
+
+    async def open(self) -> None:
+        """Connect the sockets ahead of the first query (a failure is retried per query)."""
+        for server in self.servers:
+            with contextlib.suppress(OSError):
+                await self._socket(server)
 
     async def query(self, wire: bytes) -> bytes:
         """Ask the upstreams in order, sharing the timeout between them; UDP, then TCP if the
         answer is truncated. The answer's bytes, checked to answer this question. Raises
         UpstreamError when no upstream gives one in time."""
-        deadline = time.monotonic() + self.timeout
-        errors = []
-        for i, server in enumerate(self.servers):
-            share = (deadline - time.monotonic()) / (len(self.servers) - i)
-            if share <= 0:
-                break
-            try:
-                return await asyncio.wait_for(self._ask(server, wire), share)
-            except (TimeoutError, UpstreamError, OSError) as e:
-                errors.append(f"{server[0]}:{server[1]}: {type(e).__name__} {e}".rstrip())
-        raise UpstreamError("; ".join(errors) or "no upstream")
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def done(data: bytes | None, error: Exception | None) -> None:
+            if not fut.done():
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(data)
+
+        ex = self.start(wire, done)
+        try:
+            return await fut
+        finally:
+            self._abandon(ex)
 
     async def query_message(self, query: dns.message.Message) -> dns.message.Message:
         data = await self.query(query.to_wire())
@@ -151,27 +207,183 @@ class Upstreams:
         except Exception as e:  # noqa: BLE001 - anything unparseable is garbage, whatever dnspython raises
             raise UpstreamError(f"garbage answer ({type(e).__name__})") from None
 
-    async def _ask(self, server: tuple[str, int], wire: bytes) -> bytes:
-        proto = await self._socket(server)
-        if len(proto.pending) > 60000:
+    # --- the exchange, step by step ---
+
+    def start(self, wire: bytes, done: Callable[[bytes | None, Exception | None], None]
+              ) -> _Exchange:
+        """Send `wire` (ID ignored) to the first upstream; `done(data, None)` with the checked
+        answer, or `done(None, UpstreamError)`, is called exactly once (from in here already
+        when no upstream can even be asked)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        ex = _Exchange(wire, done, loop.time() + self.timeout)
+        self._next(ex)
+        return ex
+
+    def _next(self, ex: _Exchange) -> None:
+        """Ask upstream number `ex.index`, or the one after it, or give up."""
+        servers = self.servers
+        n = len(servers)
+        loop = self._loop
+        while ex.index < n and ex.done is not None:
+            server = servers[ex.index]
+            now = loop.time()
+            share = (ex.deadline - now) / (n - ex.index)
+            if share <= 0:
+                break
+            ex.attempt += 1
+            ex.until = now + share
+            proto = self._sockets.get(server)
+            if proto is None or proto.transport is None:
+                self._spawn(self._connect_and_send(ex, server, ex.attempt))
+                return
+            try:
+                self._send(ex, proto)
+                return
+            except (UpstreamError, OSError) as e:
+                self._note(ex, e)
+        if ex.done is not None:
+            self._finish(ex, None, UpstreamError("; ".join(ex.errors) or "no upstream"))
+
+    def _send(self, ex: _Exchange, proto: _UpstreamSocket) -> None:
+        pending = proto.pending
+        if len(pending) > 60000:
             raise UpstreamError("too many queries in flight")
         qid = random.getrandbits(16)
-        while qid in proto.pending:
+        while qid in pending:
             qid = random.getrandbits(16)
-        packet = struct.pack("!H", qid) + wire[2:]
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        proto.pending[qid] = fut
+        packet = struct.pack("!H", qid) + ex.wire[2:]
+        ex.packet, ex.qid, ex.proto = packet, qid, proto
+        pending[qid] = ex
         try:
             proto.transport.sendto(packet)
-            data = await fut
-        finally:
-            if proto.pending.get(qid) is fut:
-                del proto.pending[qid]
-        self._check(data, packet)
-        if data[2] & 0x02:    # TC: the whole answer over TCP
-            data = await self._ask_tcp(server, packet)
-            self._check(data, packet)
-        return data
+        except BaseException:
+            if pending.get(qid) is ex:
+                del pending[qid]
+            ex.proto = None
+            raise
+        self._expect(ex)
+
+    async def _connect_and_send(self, ex: _Exchange, server: tuple[str, int], attempt: int) -> None:
+        try:
+            proto = await asyncio.wait_for(self._socket(server), ex.until - self._loop.time())
+            if ex.attempt != attempt or ex.done is None:
+                return
+            self._send(ex, proto)
+        except (TimeoutError, UpstreamError, OSError) as e:
+            if ex.attempt == attempt and ex.done is not None:
+                self._note(ex, e)
+                self._next(ex)
+
+    def _note(self, ex: _Exchange, e: BaseException) -> None:
+        server = self.servers[ex.index]
+        ex.errors.append(f"{server[0]}:{server[1]}: {type(e).__name__} {e}".rstrip())
+        ex.index += 1
+
+    def _replied(self, ex: _Exchange, data: bytes) -> None:
+        ex.proto = None
+        if ex.done is None:
+            return
+        try:
+            self._check(data, ex.packet)
+        except UpstreamError as e:
+            self._note(ex, e)
+            self._next(ex)
+            return
+        if data[2] & 0x02:    # TC: the whole answer over TCP, within what is left of the share
+            ex.attempt += 1
+            self._spawn(self._tcp(ex, self.servers[ex.index], ex.attempt))
+            return
+        self._finish(ex, data, None)
+
+    async def _tcp(self, ex: _Exchange, server: tuple[str, int], attempt: int) -> None:
+        try:
+            data = await asyncio.wait_for(self._ask_tcp(server, ex.packet),
+                                          ex.until - self._loop.time())
+            self._check(data, ex.packet)
+        except (TimeoutError, UpstreamError, OSError) as e:
+            if ex.attempt == attempt and ex.done is not None:
+                self._note(ex, e)
+                self._next(ex)
+            return
+        if ex.attempt == attempt and ex.done is not None:
+            self._finish(ex, data, None)
+
+    def _failed(self, ex: _Exchange, error: Exception) -> None:
+        ex.proto = None
+        if ex.done is not None:
+            self._note(ex, error)
+            self._next(ex)
+
+    def _timed_out(self, ex: _Exchange) -> None:
+        proto = ex.proto
+        if proto is not None:
+            if proto.pending.get(ex.qid) is ex:
+                del proto.pending[ex.qid]
+            ex.proto = None
+        self._note(ex, TimeoutError())
+        self._next(ex)
+
+    def _finish(self, ex: _Exchange, data: bytes | None, error: Exception | None) -> None:
+        done, ex.done = ex.done, None
+        ex.packet = ex.wire = b""
+        done(data, error)
+
+    def _abandon(self, ex: _Exchange) -> None:
+        """The asker has gone (cancelled): forget the exchange."""
+        ex.done = None
+        proto = ex.proto
+        if proto is not None and proto.pending.get(ex.qid) is ex:
+            del proto.pending[ex.qid]
+        ex.proto = None
+
+    def _spawn(self, coro) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- deadlines: one timer for all ---
+
+    def _expect(self, ex: _Exchange) -> None:
+        until = ex.until
+        deadlines = self._deadlines
+        if not deadlines or deadlines[-1][0] <= until:
+            deadlines.append((until, ex.attempt, ex))
+        else:
+            self._seq += 1
+            heapq.heappush(self._late, (until, self._seq, ex.attempt, ex))
+        if self._timer is None or until < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = until
+            self._timer = self._loop.call_at(until, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        deadlines, late = self._deadlines, self._late
+        due = []
+        while deadlines and deadlines[0][0] <= now:
+            _, attempt, ex = deadlines.popleft()
+            if ex.attempt == attempt and ex.proto is not None and ex.done is not None:
+                due.append(ex)
+        while late and late[0][0] <= now:
+            _, _, attempt, ex = heapq.heappop(late)
+            if ex.attempt == attempt and ex.proto is not None and ex.done is not None:
+                due.append(ex)
+        for ex in due:
+            if ex.done is not None:
+                try:
+                    self._timed_out(ex)
+                except Exception:  # noqa: BLE001 - the other deadlines must still fire
+                    log.exception("regionguard dns: failed to handle an upstream timeout")
+        first = min(deadlines[0][0] if deadlines else math.inf, late[0][0] if late else math.inf)
+        if first != math.inf and (self._timer is None or first < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = first
+            self._timer = self._loop.call_at(first, self._expire)
 
     async def _ask_tcp(self, server: tuple[str, int], packet: bytes) -> bytes:
         reader, writer = await asyncio.open_connection(*server)
@@ -197,6 +409,11 @@ class Upstreams:
             raise UpstreamError("garbage answer (does not answer the question)")
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._tasks):
+            task.cancel()
         for proto in self._sockets.values():
             if proto.transport is not None:
                 proto.transport.close()
@@ -214,6 +431,30 @@ def _error_reply(data: bytes, rcode: int) -> bytes | None:
         return None
     flags = 0x8000 | (data[2] & 0x79) << 8 | 0x0080 | rcode   # QR, opcode+RD kept, RA, rcode
     return data[:2] + struct.pack("!H4H", flags, 0, 0, 0, 0)
+
+
+class _Resolution:
+    """A fast-path miss being resolved: the queries waiting for it, and (only when a general-path
+    query waits too) a future."""
+
+    __slots__ = ("server", "client", "key", "wire", "waiters", "future")
+
+    def __init__(self, server: DnsServer, client: str, key: tuple, wire: bytes,
+                 waiter: tuple) -> None:
+        self.server = server
+        self.client = client
+        self.key = key
+        self.wire = wire
+        self.waiters = [waiter]
+        self.future: asyncio.Future | None = None
+
+    def upstream_done(self, data: bytes | None, error: Exception | None) -> None:
+        self.server._upstream_done(self, data, error)
+
+    def get_future(self) -> asyncio.Future:
+        if self.future is None:
+            self.future = asyncio.get_running_loop().create_future()
+        return self.future
 
 
 class DnsServer:
@@ -266,6 +507,7 @@ class DnsServer:
                 if port != 0 or e.errno != errno.EADDRINUSE:
                     raise
         self.address = (host, bound)
+        await self.upstreams.open()
         self._reloader = loop.create_task(self._watch_policy())
         return self.address
 
@@ -358,35 +600,196 @@ class DnsServer:
     async def _resolve_wire(self, client: str, key: tuple) -> bytes:
         """Forward one plain query and filter its answer at the wire level when that is
         possible (non-Zoom: untouched; Zoom: disallowed records cut out); else with dnspython."""
+        wire = self._upstream_wire(key)
+        self.stats["upstream_queries"] += 1
+        data = await self.upstreams.query(wire)
+        found = self._filter_wire(client, key, data)
+        if isinstance(found, bytes):
+            return found
+        return await self._filter_parsed(client, key, wire, data, found)
+
+    @staticmethod
+    def _upstream_wire(key: tuple) -> bytes:
         _group, qname, qtype, _qclass, do, cd, edns = key
         flags = RD_BIT | (CD_BIT if cd else 0)
         wire = struct.pack("!6H", 0, flags, 1, 0, 0, 1 if edns else 0) + qname + struct.pack(
             "!HH", qtype, 1)
         if edns:
             wire += b"\x00" + struct.pack("!HHIH", 41, UPSTREAM_PAYLOAD, 0x8000 if do else 0, 0)
-        self.stats["upstream_queries"] += 1
-        data = await self.upstreams.query(wire)
+        return wire
+
+    def _filter_wire(self, client: str, key: tuple, data: bytes) -> bytes | str:
+        """The wire-level filter of an upstream answer: the filtered answer (audited and
+        cached), or why dnspython must do it: "parse" (unusual records, or an answer to
+        replace) or "rebuild" (records to cut that compression pointers still need)."""
+        qname, qtype = key[1], key[2]
         scan = scan_response(data)
         name = wire_name(qname)
         result = self.filter.filter_scan(client, name, qtype, scan) if scan is not None else None
-        if result is None:   # unusual records, or an answer to replace: the dnspython way
+        if result is None:
+            return "parse"
+        canonical = remove_records(data, scan, result.drop) if result.drop else data
+        if canonical is None:
+            return "rebuild"
+        if result.zoom:
+            self._audit(client, name, qtype, result)
+        fields = scan_ttl_fields(scan, result.drop)   # as ttl_fields(canonical), known already
+        if canonical is not data:   # response_ttl reads the records that are left, not offsets
+            drop = result.drop
+            scan = scan._replace(records=tuple(r for i, r in enumerate(scan.records)
+                                               if i not in drop))
+        ttl = response_ttl(scan, self.engine.policy.dns.max_ttl)
+        self.semantic.put(key, canonical, ttl, time.monotonic(), fields)
+        return canonical
+
+    async def _filter_parsed(self, client: str, key: tuple, wire: bytes, data: bytes,
+                             how: str) -> bytes:
+        if how == "parse":
             try:
                 response = dns.message.from_wire(data)
                 uq = dns.message.from_wire(wire)
             except Exception as e:  # noqa: BLE001 - garbage from upstream, whatever dnspython raises
                 raise UpstreamError(f"garbage answer ({type(e).__name__})") from None
             return await self._filter_message(client, key, uq, response)
-        canonical = remove_records(data, scan, result.drop) if result.drop else data
-        if canonical is None:
-            response = dns.message.from_wire(data)
-            return await self._filter_message(client, key, dns.message.from_wire(wire), response)
-        if result.zoom:
-            self._audit(client, name, qtype, result)
-        if canonical is not data:
-            scan = scan_response(canonical)
-        ttl = response_ttl(scan, self.engine.policy.dns.max_ttl) if scan is not None else 0
-        self.semantic.put(key, canonical, ttl, time.monotonic())
-        return canonical
+        response = dns.message.from_wire(data)
+        return await self._filter_message(client, key, dns.message.from_wire(wire), response)
+
+    # --- the UDP miss path, without a task per query ---
+
+    def udp_miss(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
+        """A UDP query the hit cache did not answer. A plain one is answered from the filtered
+        cache or resolved with callbacks (no task, future or timer of its own): what `answer`
+        does, step for step. Anything else goes the general way (`handle_udp`)."""
+        pq = parse_query(data)
+        if pq is None or pq.qclass != 1:
+            self.spawn(self.handle_udp(data, addr, transport))
+            return
+        self.stats["queries"] += 1
+        client = addr[0]
+        try:
+            group = self.group_of(client)
+            key = (group, pq.qname.lower(), pq.qtype, 1, pq.do, bool(pq.flags & CD_BIT), pq.edns)
+            waiter = (data, pq, group, key, addr, transport)
+            canonical = self.semantic.get(key, time.monotonic())
+            if canonical is not None:
+                self._reply_udp(waiter, canonical)
+                return
+            pending = self._inflight.get(key)
+            if pending is None:
+                if len(self._inflight) >= MAX_INFLIGHT:
+                    raise UpstreamError("too many queries being resolved")
+                res = _Resolution(self, client, key, self._upstream_wire(key), waiter)
+                self._inflight[key] = res
+                self.stats["upstream_queries"] += 1
+                try:
+                    self.upstreams.start(res.wire, res.upstream_done)
+                except Exception as e:  # noqa: BLE001 - never leave the key in flight
+                    self._complete(res, None, e)
+            elif type(pending) is _Resolution:
+                pending.waiters.append(waiter)
+            else:   # being resolved the general way: its future says when
+                pending.add_done_callback(lambda fut, w=waiter: self._future_done(w, fut))
+        except Exception as e:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
+            self._udp_failed((data, pq, None, None, addr, transport), e)
+
+    def _future_done(self, waiter: tuple, fut: asyncio.Future) -> None:
+        if fut.cancelled():
+            self._udp_failed(waiter, UpstreamError("cancelled"))
+        elif fut.exception() is not None:
+            self._udp_failed(waiter, fut.exception())
+        else:
+            self._reply_waiter(waiter, fut.result())
+
+    def _upstream_done(self, res: _Resolution, data: bytes | None, error: Exception | None) -> None:
+        if error is None:
+            try:
+                found = self._filter_wire(res.client, res.key, data)
+            except Exception as e:  # noqa: BLE001 - the waiters answer SERVFAIL
+                found, error = None, e
+            if type(found) is str:
+                self.spawn(self._finish_parsed(res, data, found))
+                return
+        self._complete(res, found if error is None else None, error)
+
+    async def _finish_parsed(self, res: _Resolution, data: bytes, how: str) -> None:
+        try:
+            canonical = await self._filter_parsed(res.client, res.key, res.wire, data, how)
+        except Exception as e:  # noqa: BLE001
+            self._complete(res, None, e)
+            return
+        except BaseException:
+            self._complete(res, None, UpstreamError("cancelled"))
+            raise
+        self._complete(res, canonical, None)
+
+    def _complete(self, res: _Resolution, canonical: bytes | None, error: Exception | None) -> None:
+        key = res.key
+        if self._inflight.get(key) is res:
+            del self._inflight[key]
+        fut = res.future
+        if fut is not None and not fut.done():
+            if error is not None:
+                fut.set_exception(error)
+                fut.exception()   # mark retrieved: waiters, if any, get it themselves
+            else:
+                fut.set_result(canonical)
+        for waiter in res.waiters:
+            if error is not None:
+                self._udp_failed(waiter, error)
+            else:
+                self._reply_waiter(waiter, canonical)
+
+    def _reply_waiter(self, waiter: tuple, canonical: bytes) -> None:
+        try:
+            self._reply_udp(waiter, canonical)
+        except Exception as e:  # noqa: BLE001
+            self._udp_failed(waiter, e)
+
+    def _reply_udp(self, waiter: tuple, canonical: bytes) -> None:
+        """The canonical answer, re-addressed: the client's ID, RD bit and question spelling
+        (as `_answer`); cached for the hit path and sent."""
+        data, pq, group, key, addr, transport = waiter
+        qname = pq.qname
+        qlen = len(qname)
+        flags = (((canonical[2] << 8) | canonical[3]) & ~RD_BIT) | (pq.flags & RD_BIT)
+        reply = pq.id + struct.pack("!H", flags) + canonical[4:12] + qname + canonical[12 + qlen:]
+        if len(reply) > min(pq.payload, MAX_UDP_REPLY):
+            self.spawn(self._general_udp(data, addr, transport))   # dnspython truncates it
+            return
+        now = time.monotonic()
+        semantic = self.semantic
+        # the reply has the canonical answer's layout and TTLs: its TTL fields are known
+        self.raw.put((group, data[2:]), reply, semantic.ttl_left(key, now), now,
+                     semantic.fields(key, canonical))
+        if not transport.is_closing():
+            transport.sendto(reply, addr)
+
+    def _udp_failed(self, waiter: tuple, error: BaseException) -> None:
+        """SERVFAIL for a fast-path query, as `answer` and `_answer` give it."""
+        data, pq, _group, _key, addr, transport = waiter
+        if isinstance(error, UpstreamError):
+            log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), error)
+            self.stats["servfail"] += 1
+            flags = 0x8080 | (pq.flags & RD_BIT) | dns.rcode.SERVFAIL
+            reply = pq.id + struct.pack("!5H", flags, 1, 0, 0, 0) + data[12:16 + len(pq.qname)]
+        else:
+            log.error("regionguard dns: failed to answer a query from %s", addr[0],
+                      exc_info=error)
+            self.stats["servfail"] += 1
+            reply = _error_reply(data, dns.rcode.SERVFAIL)
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
+
+    async def _general_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
+        """`handle_udp` for a query already counted: the dnspython path."""
+        try:
+            reply = await self._answer_parsed(data, addr[0], True)
+        except Exception:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
+            log.exception("regionguard dns: failed to answer a query from %s", addr[0])
+            self.stats["servfail"] += 1
+            reply = _error_reply(data, dns.rcode.SERVFAIL)
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
 
     async def _answer_parsed(self, data: bytes, client: str, udp: bool) -> bytes | None:
         """The general path: dnspython parses the query (EDNS options, odd flags, truncation)."""
@@ -427,6 +830,8 @@ class DnsServer:
         """One upstream resolution per key at a time: identical misses wait for the first."""
         fut = self._inflight.get(key)
         if fut is not None:
+            if type(fut) is _Resolution:
+                fut = fut.get_future()
             return await asyncio.shield(fut)
         if len(self._inflight) >= MAX_INFLIGHT:
             raise UpstreamError("too many queries being resolved")
@@ -494,6 +899,9 @@ class DnsServer:
         decision = result.audit_decision()
         if decision is None:
             return
+        if self.audit.path is None:   # no file: only counted, the line's fields are not needed
+            self.audit.record(decision)
+            return
         self.audit.record(decision, mode="resolver", front_end="dns", dns_qname=name.rstrip(".").lower(),
                           dns_qtype=dns.rdatatype.to_text(rdtype), dns_client=client,
                           **result.audit_extra())
@@ -550,7 +958,8 @@ class DnsServer:
 
 
 class _ServerProtocol(asyncio.DatagramProtocol):
-    """UDP front: the cache-hit path runs right here, synchronously; misses become tasks."""
+    """UDP front: the cache-hit path runs right here, synchronously; plain misses too, with
+    callbacks (DnsServer.udp_miss); only unusual queries become tasks."""
 
     def __init__(self, server: DnsServer) -> None:
         self.server = server
@@ -561,13 +970,16 @@ class _ServerProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         server = self.server
-        client = addr[0]
-        group = server._groups.get(client) or server.group_of(client)
-        wire = server.raw.get((group, data[2:]), time.monotonic())
-        if wire is not None:
-            self.transport.sendto(data[:2] + wire[2:], addr)
-            return
-        server.spawn(server.handle_udp(data, addr, self.transport))
+        try:   # try costs nothing when nothing is raised (Python >= 3.11)
+            client = addr[0]
+            group = server._groups.get(client) or server.group_of(client)
+            wire = server.raw.get((group, data[2:]), time.monotonic())
+            if wire is not None:
+                self.transport.sendto(data[:2] + wire[2:], addr)
+                return
+            server.udp_miss(data, addr, self.transport)
+        except Exception:  # noqa: BLE001 - one bad query must not disturb the others
+            log.exception("regionguard dns: failed to answer a query from %s", addr)
 
     def error_received(self, exc: Exception) -> None:
         pass  # an ICMP error about a reply we sent: nothing to do, keep serving

@@ -181,3 +181,12 @@ def test_a_hostname_never_places_an_address_no_address_source_places(eu):
         d = eu.decide(None, host, "4.34.125.133", 443)
         assert d.action == Action.BLOCK and d.rule == "unknown-region", host
     assert eu.locator.locate(None, "x.fra.evilzoom.us").chosen is None
+
+
+def test_with_host_copies_every_field_but_the_host(eu):
+    import dataclasses
+    d = eu.decide("10.0.0.1", "zoomam104zc.zoom.us", "159.124.47.249", 8801, "udp")
+    copy = d.with_host("other.zoom.us")
+    assert copy == dataclasses.replace(d, host="other.zoom.us")
+    assert all(getattr(copy, f.name) is getattr(d, f.name)
+               for f in dataclasses.fields(d) if f.name != "host")

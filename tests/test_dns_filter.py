@@ -309,3 +309,33 @@ def test_scan_refuses_what_it_cannot_vouch_for():
     forward = bytearray(good)
     forward[q_end + 1] = q_end + 4                           # now pointing forwards: a loop risk
     assert scan_response(bytes(forward)) is None
+
+
+def test_decision_cache_answers_exactly_as_the_engine_would(policy_file):
+    """The filter shares decisions between names that tell the engine the same things; every
+    answer must still equal a fresh Engine decision, name included."""
+    path = policy_file.with_name("lab.yaml")
+    path.write_text(POLICY.replace("overrides:\n", "overrides:\n  - {match: \"*.lab.zoom.us\", "
+                                   "region: US, zoom: true}\n", 1))
+    f = AnswerFilter(Engine(load_policy(path)))
+    hosts = ["a.zoom.us", "b.zoom.us", "A.Zoom.US.", "x.lab.zoom.us", "zoomfrn1mmr.fra.zoom.us",
+             "zoomsjc1mmr.sjc.zoom.us", "room.zoomcrc.com", "meet.customer.example", "zoom.us"]
+    addresses = ["198.51.100.10", "203.0.113.10", "100.70.0.10", "192.0.2.99", "2001:db8:de::10",
+                 "206.247.11.121", "159.124.47.249"]
+    for _ in range(2):   # the second round is answered from the cache
+        for client in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+            for host in hosts:
+                for address in addresses:
+                    got = f.decide(client, host, address)
+                    want = f.engine.decide_safely(client, host, address, 443, "tcp")
+                    assert got == want and got.location == want.location, (client, host, address)
+    assert f._cache_on
+
+
+def test_decision_cache_is_per_filter_so_a_new_policy_starts_clean(policy_file):
+    old = AnswerFilter(Engine(load_policy(policy_file)))
+    assert old.decide("127.0.0.1", "a.zoom.us", "203.0.113.10").blocks
+    path = policy_file.with_name("widened.yaml")
+    path.write_text(POLICY.replace("opt_in: [DE]}", "opt_in: [DE, US]}", 1))
+    assert not AnswerFilter(Engine(load_policy(path))).decide(
+        "127.0.0.1", "a.zoom.us", "203.0.113.10").blocks
