@@ -17,7 +17,7 @@ What the caller does with a `FilterResult`:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import dns.flags
@@ -88,6 +88,16 @@ def _text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True).lower()
 
 
+def _zoom_host_test(engine: Engine) -> Callable[[str | None], bool]:
+    """Is a name Zoom's: one of Zoom's domains, or a name the policy's overrides declare Zoom's
+    (`zoom: true` on a host rule: labs, tests, a tenant's own names)."""
+    is_zoom_host = engine.zoom.is_zoom_host
+    if not any(o.zoom and not o.is_network for o in engine.policy.overrides):
+        return is_zoom_host
+    is_zoom = engine.is_zoom
+    return lambda host: is_zoom_host(host) or (bool(host) and is_zoom(host=host))
+
+
 class AnswerFilter:
     """The filter for one Engine (one policy). Cheap to build; rebuild when the policy changes.
 
@@ -103,7 +113,7 @@ class AnswerFilter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.settings = engine.policy.dns
-        self._zoom_host = engine.zoom.is_zoom_host
+        self._zoom_host = _zoom_host_test(engine)
         self._range_of = engine.zoom.range_of
         # Overrides may declare addresses Zoom's (labs, tests); only then is the locator asked.
         self._overrides_zoom = any(o.zoom for o in engine.policy.overrides if o.is_network)

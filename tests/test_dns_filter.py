@@ -93,6 +93,20 @@ def test_non_zoom_name_with_zoom_cname_or_zoom_range_is_filtered(flt):
     assert ranged.dropped == ["203.0.113.30"]
 
 
+def test_a_name_the_policy_declares_zoom_is_filtered_on_both_paths(policy_file):
+    """A host override with `zoom: true` makes a name Zoom's for the DNS filter as for the
+    proxy: its unplaceable address fails closed instead of being relayed."""
+    from regionguard.dnscache import scan_response
+    path = policy_file.with_name("declared.yaml")
+    path.write_text(POLICY.replace("overrides:\n", "overrides:\n  - {match: www.example.org, "
+                                   "region: US, zoom: true}\n", 1))
+    f = AnswerFilter(Engine(load_policy(path)))
+    query, r = run(f, "www.example.org")
+    assert r.zoom and r.outcome == "blocked" and r.decisions[0].rule == "unknown-region"
+    scan = scan_response(zone_answer(query).to_wire())
+    assert f.filter_scan("127.0.0.1", "www.example.org", 1, scan) is None   # replaced: blocked
+
+
 def test_unplaceable_zoom_address_fails_closed(flt):
     _, r = run(flt, "unknown.zoom.us")
     assert r.outcome == "blocked"
