@@ -6,16 +6,24 @@ and static `hosts` for labs and tests. Sync for the CLI, async for the mitmproxy
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
 import dns.nameserver
+import dns.rdatatype
 import dns.resolver
+import dns.rrset
 
 from .hostnames import normalise_host
 from .policy import ResolverSettings
 from .prefixes import is_address
+
+ADDRESS_TYPES = ("A", "AAAA")
+STATIC_TTL = 60          # the TTL of an answer made from the policy's static hosts
 
 
 class ResolveError(Exception):
@@ -62,33 +70,59 @@ class NameResolver:
         found = self._static(name)
         if found:
             return found
-        addresses: list[str] = []
-        errors = []
-        for rdtype in ("A", "AAAA"):
+        outcomes: list[dns.resolver.Answer | dns.exception.DNSException] = []
+        for rdtype in ADDRESS_TYPES:
             try:
-                answer = self._sync.resolve(name, rdtype, search=False)
-                addresses.extend(r.to_text() for r in answer)
-            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN) as e:
-                errors.append(e)
+                outcomes.append(self._sync.resolve(name, rdtype, search=False))
             except dns.exception.DNSException as e:
-                raise ResolveError(f"{name}: {e}") from None
-        if not addresses:
-            raise ResolveError(f"{name}: no A or AAAA records ({errors[0] if errors else 'no answer'})")
-        return Answer(normalise_host(name), tuple(addresses), "dns")
+                outcomes.append(e)
+        return _answer(name, outcomes)
 
     async def aresolve(self, name: str) -> Answer:
         found = self._static(name)
         if found:
             return found
-        addresses: list[str] = []
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = await self._async.resolve(name, rdtype, search=False)
-                addresses.extend(r.to_text() for r in answer)
-            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
-                pass
-            except dns.exception.DNSException as e:
-                raise ResolveError(f"{name}: {e}") from None
-        if not addresses:
-            raise ResolveError(f"{name}: no A or AAAA records")
-        return Answer(normalise_host(name), tuple(addresses), "dns")
+        # A and AAAA at once: a proxy waits for this before it may connect
+        outcomes = await asyncio.gather(
+            *(self._async.resolve(name, rdtype, search=False) for rdtype in ADDRESS_TYPES),
+            return_exceptions=True)
+        return _answer(name, outcomes)
+
+    async def aquery(self, name: str, rdtype: int) -> dns.message.Message | None:
+        """The answer message for (name, rdtype), as a DNS front end relays it: from the static
+        hosts when they know the name (A and AAAA only), else from the name servers. None when
+        no server answered."""
+        found = self._static(name)
+        if found is not None:
+            response = dns.message.make_response(dns.message.make_query(name, rdtype))
+            wanted = [a for a in found.addresses
+                      if (rdtype == dns.rdatatype.AAAA) == (":" in a)]
+            if rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) and wanted:
+                response.answer.append(dns.rrset.from_text_list(
+                    response.question[0].name, STATIC_TTL, "IN", rdtype, wanted))
+            return response
+        try:
+            answer = await self._async.resolve(name, rdtype, search=False,
+                                               raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN as e:
+            return e.response(e.qnames()[0])
+        except dns.exception.DNSException:
+            return None
+        return answer.response
+
+
+def _answer(name: str, outcomes: Iterable[object]) -> Answer:
+    """The addresses of the A and AAAA lookups' outcomes (an answer or the exception raised).
+    A missing type is fine; a server failure is a ResolveError, as is finding nothing."""
+    addresses: list[str] = []
+    missing: list[BaseException] = []
+    for outcome in outcomes:
+        if isinstance(outcome, (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN)):
+            missing.append(outcome)
+        elif isinstance(outcome, BaseException):
+            raise ResolveError(f"{name}: {outcome}") from None
+        else:
+            addresses.extend(r.to_text() for r in outcome)
+    if not addresses:
+        raise ResolveError(f"{name}: no A or AAAA records ({missing[0] if missing else 'no answer'})")
+    return Answer(normalise_host(name), tuple(addresses), "dns")
