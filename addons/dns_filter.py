@@ -22,7 +22,6 @@ from typing import Any
 import dns.message
 import dns.rcode
 import dns.rdatatype
-import dns.rrset
 from mitmproxy import ctx
 from mitmproxy import dns as mdns
 
@@ -47,25 +46,34 @@ _import_package()
 
 from regionguard._paths import default_policy_path  # noqa: E402
 from regionguard.audit import AuditLog  # noqa: E402
-from regionguard.dnsfilter import AnswerFilter, FilterResult, decide_address  # noqa: E402
+from regionguard.dnsfilter import AnswerFilter, FilterResult  # noqa: E402
 from regionguard.errors import ConfigError  # noqa: E402
 from regionguard.reload import EngineHolder  # noqa: E402
-from regionguard.resolve import NameResolver, ResolveError  # noqa: E402
+from regionguard.resolve import NameResolver  # noqa: E402
 
 log = logging.getLogger("regionguard.dns")
 
 
 class DnsFilter:
-    """Filters mitmproxy DNS flows. No options of its own: the policy path is the
-    `regionguard_policy` option when the proxy addon declares it, else the default policy."""
+    """Filters mitmproxy DNS flows. No options of its own: beside the proxy addon it uses that
+    addon's policy (and its reloads) and audit log; alone, the policy given with
+    `--set regionguard_policy=...` (else the default policy), checked for changes per query."""
 
     def __init__(self) -> None:
         self._holder: EngineHolder | None = None
         self._filter: AnswerFilter | None = None
+        self._resolver: tuple[Any, NameResolver] | None = None   # (engine, its resolver)
         self._own_audit = AuditLog(None)
         self._failed_path: str | None = None
 
     # --- policy and audit, read defensively --------------------------------------------------
+
+    @staticmethod
+    def _proxy() -> Any:
+        try:
+            return ctx.master.addons.get("regionguard")
+        except (AttributeError, KeyError):
+            return None
 
     @staticmethod
     def _option(name: str) -> Any:
@@ -81,7 +89,7 @@ class DnsFilter:
             value = value[-1] if value else None
         return value
 
-    def _current(self) -> AnswerFilter | None:
+    def _own_holder(self) -> EngineHolder | None:
         path = str(self._option("regionguard_policy") or default_policy_path())
         if self._holder is None or str(self._holder.path) != path:
             if self._failed_path == path:
@@ -93,32 +101,62 @@ class DnsFilter:
                 log.error("regionguard dns: policy %s unusable, Zoom names are refused: %s", path, e)
                 return None
             self._failed_path = None
-            self._filter = None
         self._holder.check()
-        if self._filter is None or self._filter.engine is not self._holder.engine:
-            self._filter = AnswerFilter(self._holder.engine)
+        return self._holder
+
+    def _current(self) -> AnswerFilter | None:
+        """The filter for the policy in force; None when there is none (fail closed)."""
+        proxy = self._proxy()
+        if proxy is not None and hasattr(proxy, "holder"):
+            holder = proxy.holder        # the proxy addon loads and reloads it
+        else:
+            holder = self._own_holder()
+        if holder is None:
+            return None
+        engine = holder.engine
+        if self._filter is None or self._filter.engine is not engine:
+            self._filter = AnswerFilter(engine)
         return self._filter
 
+    def _resolver_for(self, engine: Any) -> NameResolver:
+        if self._resolver is None or self._resolver[0] is not engine:
+            self._resolver = (engine, NameResolver(engine.policy.resolver))
+        return self._resolver[1]
+
     def _audit(self) -> AuditLog:
-        try:
-            proxy = ctx.master.addons.get("regionguard")
-        except (AttributeError, KeyError):
-            proxy = None
-        audit = getattr(proxy, "audit", None)
+        audit = getattr(self._proxy(), "audit", None)
         return audit if isinstance(audit, AuditLog) else self._own_audit
+
+    def _points_at_zoom(self, flow: Any) -> bool:
+        """For the fail-closed paths: does the question, a CNAME or an answer address of this
+        flow point at Zoom (by domain, published range, or the policy's `zoom: true`)? Garbage
+        counts as Zoom's: nothing proves it is not."""
+        flt = self._filter
+        is_zoom = flt.engine.is_zoom if flt is not None else _catalogue_is_zoom
+        try:
+            names = [str(q.name) for q in flow.request.questions]
+            addresses: list[str] = []
+            if flow.response is not None:
+                for rr in [*flow.response.answers, *flow.response.additionals]:
+                    if rr.type in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                        addresses.append(str(rr.ipv4_address if rr.type == dns.rdatatype.A
+                                             else rr.ipv6_address))
+                    elif rr.type == dns.rdatatype.CNAME:
+                        names.append(rr.domain_name)
+        except Exception:  # noqa: BLE001 - unreadable: assume the worst
+            return True
+        return (any(is_zoom(host=n) for n in names)
+                or any(is_zoom(address=a) for a in addresses))
 
     # --- hooks ----------------------------------------------------------------------------------
 
     def dns_request(self, flow: Any) -> None:
         try:
-            if self._current() is not None or flow.response is not None:
-                return
-            from regionguard.zoom import ZoomCatalogue
-            q = flow.request.questions[0] if flow.request.questions else None
-            if q is not None and ZoomCatalogue.load().is_zoom_host(q.name):
+            if flow.response is None and self._current() is None and self._points_at_zoom(flow):
                 flow.response = flow.request.fail(dns.rcode.REFUSED)
         except Exception:  # noqa: BLE001 - mitmproxy would swallow it and let the query through
             log.exception("regionguard dns: dns_request failed")
+            flow.response = flow.request.fail(dns.rcode.SERVFAIL)
 
     async def dns_response(self, flow: Any) -> None:
         if flow.response is None:
@@ -127,15 +165,16 @@ class DnsFilter:
             await self._filter_flow(flow)
         except Exception:  # noqa: BLE001 - fail closed for Zoom, untouched for the rest
             log.exception("regionguard dns: filtering failed")
-            flt = self._filter
-            q = flow.request.questions[0] if flow.request.questions else None
-            if q is None or flt is None or flt.engine.zoom.is_zoom_host(q.name):
+            if self._points_at_zoom(flow):
                 flow.response = flow.request.fail(dns.rcode.SERVFAIL)
 
     async def _filter_flow(self, flow: Any) -> None:
         flt = self._current()
         if flt is None:
-            return   # dns_request already refused the Zoom names
+            # no policy in force: a non-Zoom name whose answer leads to Zoom fails closed too
+            if self._points_at_zoom(flow):
+                flow.response = flow.request.fail(dns.rcode.REFUSED)
+            return
         query = dns.message.from_wire(flow.request.packed)
         response = dns.message.from_wire(flow.response.packed)
         peer = getattr(flow.client_conn, "peername", None)
@@ -158,26 +197,27 @@ class DnsFilter:
 
     async def _reroute(self, flt: AnswerFilter, client: str | None, query: dns.message.Message,
                        result: FilterResult) -> dns.message.Message:
-        """Resolve the policy's alternative and answer with its allowed addresses of the type
-        asked; the block answer when there are none."""
+        """As `regionguard dns` does: ask for the policy's alternative with the type asked,
+        filter that answer for the same client, and answer with what is left; the block answer
+        when nothing is (or the alternative is itself to be rerouted)."""
         q = query.question[0]
         target = result.reroute_to or ""
-        try:
-            answer = await NameResolver(flt.engine.policy.resolver).aresolve(target)
-            found = answer.addresses
-        except ResolveError:
-            found = ()
-        wanted = "A" if q.rdtype == dns.rdatatype.A else "AAAA"
-        allowed = [a for a in found if (":" in a) == (wanted == "AAAA")
-                   and not decide_address(flt.engine, client, target, a).blocks]
-        if allowed:
-            alt = dns.message.make_response(query)
-            alt.answer.append(dns.rrset.from_text_list(q.name, 60, "IN", wanted, allowed))
-            made = flt.reroute_response(query, alt)
-            if made is not None:
-                return made
+        alt = await self._resolver_for(flt.engine).aquery(target, q.rdtype)
+        if alt is not None:
+            filtered = flt.filter(client, dns.message.make_query(target, q.rdtype), alt)
+            if filtered.outcome not in ("blocked", "reroute"):
+                made = flt.reroute_response(query, filtered.message)
+                if made is not None:
+                    return made
         result.outcome = "blocked"
         return flt.block_response(query, result.name)
+
+
+def _catalogue_is_zoom(host: str | None = None, address: str | None = None) -> bool:
+    """Zoom's by domain or published range, when no policy (and its overrides) is in force."""
+    from regionguard.zoom import ZoomCatalogue
+    zoom = ZoomCatalogue.load()
+    return zoom.is_zoom_host(host) or zoom.range_of(address) is not None
 
 
 addons = [DnsFilter()]

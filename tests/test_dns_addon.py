@@ -72,6 +72,8 @@ def test_mitmproxy_dns_flows_are_filtered(tmp_path, zone, script):
         blocked = ask(port, "us.zoom.us")
         assert blocked.rcode() == dns.rcode.NXDOMAIN and not blocked.answer
         assert addresses(ask(port, "us.zoom.us", source="127.0.0.4")) == {"198.51.100.10"}   # reroute
+        # the alternative is asked with the type asked, so AAAA gets AAAA
+        assert addresses(ask(port, "us.zoom.us", "AAAA", source="127.0.0.4")) == {"2001:db8:de::10"}
         assert addresses(ask(port, "www.example.org")) == {"192.0.2.80"}
     finally:
         out = _stop(proc)
@@ -83,12 +85,27 @@ def test_mitmproxy_dns_flows_are_filtered(tmp_path, zone, script):
                    for x in dns_lines), lines
 
 
+@pytest.mark.parametrize("script", ["dns_filter.py", "regionguard.py"])
+def test_policy_declared_zoom_name_is_filtered_in_mitmproxy(tmp_path, zone, script):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("overrides:\n", "overrides:\n  - {match: www.example.org, "
+                                     "region: US, zoom: true}\n", 1))
+    proc, port = _mitmdump(script, zone.port, policy)
+    try:
+        blocked = ask(port, "www.example.org")
+        assert blocked.rcode() == dns.rcode.NXDOMAIN and not blocked.answer
+    finally:
+        _stop(proc)
+
+
 def test_unusable_policy_refuses_zoom_names(tmp_path, zone):
     policy = tmp_path / "broken.yaml"
     policy.write_text("version: 1\naccount: {type: paid}\n")
     proc, port = _mitmdump("dns_filter.py", zone.port, policy)
     try:
         assert ask(port, "de.zoom.us").rcode() == dns.rcode.REFUSED
+        # not a Zoom name, but its chain leads into Zoom's domains: refused as well
+        assert ask(port, "meet.customer.example").rcode() == dns.rcode.REFUSED
         assert addresses(ask(port, "www.example.org")) == {"192.0.2.80"}
     finally:
         _stop(proc)
