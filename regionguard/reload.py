@@ -36,27 +36,34 @@ class EngineHolder:
     def check(self) -> ConfigError | None:
         """Reload if the file changed. Returns the error if the new file is invalid."""
         stamp = self._stat()
-        if stamp == self._stamp or stamp is None:
+        if stamp == self._stamp:
             return None
         self._stamp = stamp
+        if stamp is None:
+            # deleted or unreadable (an editor saving by rename passes through here too): say so
+            # once, keep enforcing; the file's return counts as a change and is loaded
+            return self._keep(ConfigError([]), f"{self.path}: the policy file is gone")
         return self.reload()
 
     def reload(self) -> ConfigError | None:
         try:
             engine = Engine(load_policy(self.path))
         except ConfigError as e:
-            self.last_error = e
-            log.error("regionguard: policy %s not reloaded, the running policy %s stays in force:\n%s",
-                      self.path, self.engine.policy.version_id, e)
-            return e
+            return self._keep(e)
         except OSError as e:
-            err = ConfigError([])
-            err.args = (f"{self.path}: cannot load data: {e}",)
-            self.last_error = err
-            log.error("regionguard: policy %s not reloaded: %s", self.path, e)
-            return err
+            return self._keep(ConfigError([]), f"{self.path}: cannot load data: {e}")
         old = self.engine.policy.version_id
         self.engine = engine
         self.last_error = None
         log.info("regionguard: policy %s reloaded (%s → %s)", self.path, old, engine.policy.version_id)
         return None
+
+    def _keep(self, error: ConfigError, message: str | None = None) -> ConfigError:
+        """Record and log why the running policy stays in force; `message` replaces the text of
+        an error that has no problems of its own to list."""
+        if message is not None:
+            error.args = (message,)
+        self.last_error = error
+        log.error("regionguard: policy %s not reloaded, the running policy %s stays in force:\n%s",
+                  self.path, self.engine.policy.version_id, error)
+        return error

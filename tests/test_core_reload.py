@@ -23,3 +23,18 @@ def test_reload_on_change_and_keep_old_on_error(write_policy):
     error = holder.check()
     assert error is not None and "regions.opt_out" in str(error) and str(path) in str(error)
     assert holder.engine is good  # the old policy keeps running
+
+
+def test_a_deleted_policy_is_reported_once_and_the_old_one_keeps_running(write_policy):
+    text = "version: 1\naccount: {type: paid, default_region: US}\nregions: {opt_in: [US]}\n"
+    path = write_policy(text)
+    holder = EngineHolder(path)
+    running = holder.engine
+    path.unlink()
+    error = holder.check()
+    assert error is not None and "gone" in str(error) and str(path) in str(error)
+    assert holder.check() is None            # said once, not on every check
+    assert holder.engine is running
+    path.write_text(text.replace("[US]", "[US, DE]"))
+    assert holder.check() is None and holder.engine is not running   # back: loaded
+    assert holder.last_error is None
