@@ -314,3 +314,19 @@ def test_truncated_gzip_audit_log_is_a_clear_problem_not_a_crash(tmp_path):
         r = subprocess.run([str(BIN / "regionguard"), *cmd], capture_output=True, text=True, timeout=60)
         assert "Traceback" not in r.stderr and "cut.jsonl.gz" in (r.stdout + r.stderr), cmd
         assert r.returncode in (4, 5), (cmd, r.returncode, r.stderr[-500:])
+
+
+def test_short_cut_gzip_audit_log_still_yields_what_it_holds(tmp_path):
+    """A .gz cut before its trailer, shorter than what format detection reads: the lines that
+    came out are still counted, and the cut is reported."""
+    import gzip
+
+    from tests.conftest import BIN
+
+    lines = (FIX / "mixed-session.audit.jsonl").read_bytes().splitlines(keepends=True)[:3]
+    path = tmp_path / "short.jsonl.gz"
+    path.write_bytes(gzip.compress(b"".join(lines))[:-12])   # the last line cut, no trailer
+    r = subprocess.run([str(BIN / "regionguard"), "report", "--json", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4 and "short.jsonl.gz" in r.stderr, (r.returncode, r.stderr)
+    assert json.loads(r.stdout)["decisions"] == 2, r.stdout
