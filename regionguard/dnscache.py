@@ -129,6 +129,15 @@ class WireCache:
         entry = self._data.get(key)
         return (entry.offsets, entry.ttls) if entry is not None and entry.wire is wire else None
 
+    def ttl_left_and_fields(self, key: Hashable, wire: bytes, now: float
+                            ) -> tuple[float, tuple[tuple[int, ...], tuple[int, ...]] | None]:
+        """(ttl_left(key, now), fields(key, wire)) with one lookup: the miss path wants both."""
+        entry = self._data.get(key)
+        if entry is None:
+            return 0.0, None
+        return max(0.0, entry.expires - now), ((entry.offsets, entry.ttls) if entry.wire is wire
+                                               else None)
+
     def put(self, key: Hashable, wire: bytes, ttl: float, now: float,
             fields: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> bool:
         """Store `wire` for `ttl` seconds. False (nothing stored) when ttl <= 0, the message is
@@ -280,72 +289,83 @@ class Scan(NamedTuple):
 
 def scan_response(wire: bytes) -> Scan | None:
     """Every record of a response, when all are of SIMPLE_TYPES and the message is well formed;
-    None otherwise (the caller then uses dnspython, which also reports the garbage)."""
+    None otherwise (the caller then uses dnspython, which also reports the garbage).
+
+    This runs once per cache miss, so it allocates as little as it can: no list per record, no
+    generator, one pass over the records of all three sections."""
     try:
-        if len(wire) < 12:
+        n = len(wire)
+        if n < 12:
             return None
         flags, qd, an, ns, ar = struct.unpack_from("!5H", wire, 2)
         if qd != 1:
             return None
+        unpack_from, inet_ntop = struct.unpack_from, socket.inet_ntop
         pointers: list[tuple[int, int]] = []
         pos = skip_name(wire, 12) + 4
         question_end = pos
         records = []
-        counts = (an, ns, ar)
-        n = len(wire)
         # Owners are mostly one compression pointer to the same name (the question's): what
         # read_name gives for a name that is just a pointer to `target` depends on the target
         # only (its text, and the pointers followed from there), so it is read once.
         by_target: dict[int, tuple[str, list[int]]] = {}
-        for section in range(3):
-            for _ in range(counts[section]):
-                start = pos
-                found: list[int] = []
-                length = wire[pos] if pos < n else 0
-                if length >= 0xC0 and pos + 2 <= n:
-                    target = ((length & 0x3F) << 8) | wire[pos + 1]
-                    known = by_target.get(target) if target < pos else None
-                    if known is None:
-                        owner, pos = read_name(wire, pos, found)
-                        by_target[target] = (owner, found[1:])
-                    else:
-                        owner = known[0]
-                        found.append(target)
-                        found.extend(known[1])
-                        pos += 2
-                else:
+        for section in (0,) * an + (1,) * ns + (2,) * ar:
+            start = pos
+            if wire[pos] >= 0xC0:
+                target = ((wire[pos] & 0x3F) << 8) | wire[pos + 1]
+                known = by_target.get(target) if target < pos else None
+                if known is None:
+                    found: list[int] = []
                     owner, pos = read_name(wire, pos, found)
-                if pos + 10 > len(wire):
+                    known = by_target[target] = (owner, found[1:])
+                else:
+                    owner = known[0]
+                    pos += 2
+                pointers.append((start, target))
+                for t in known[1]:
+                    pointers.append((start, t))
+            else:
+                found = []
+                owner, pos = read_name(wire, pos, found)
+                for t in found:
+                    pointers.append((start, t))
+            rdtype, _cls, ttl, rdlen = unpack_from("!HHIH", wire, pos)
+            ttl_at = pos + 4
+            pos += 10
+            rdata_end = pos + rdlen
+            if rdata_end > n:
+                return None
+            if rdtype == A_TYPE:
+                if rdlen != 4:
                     return None
-                rdtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", wire, pos)
-                ttl_at = pos + 4
-                pos += 10
-                rdata_end = pos + rdlen
-                if rdata_end > len(wire) or rdtype not in SIMPLE_TYPES:
+                value = inet_ntop(socket.AF_INET, wire[pos:rdata_end])
+            elif rdtype == AAAA_TYPE:
+                if rdlen != 16:
                     return None
+                value = inet_ntop(socket.AF_INET6, wire[pos:rdata_end])
+            elif rdtype == _OPT:
                 value = ""
-                if rdtype == A_TYPE:
-                    if rdlen != 4:
-                        return None
-                    value = socket.inet_ntop(socket.AF_INET, wire[pos:rdata_end])
-                elif rdtype == AAAA_TYPE:
-                    if rdlen != 16:
-                        return None
-                    value = socket.inet_ntop(socket.AF_INET6, wire[pos:rdata_end])
-                elif rdtype == CNAME_TYPE:
-                    value, after = read_name(wire, pos, found)
-                    if after != rdata_end:
-                        return None
-                elif rdtype == SOA_TYPE:
-                    _m, after = read_name(wire, pos, found)
-                    _r, after = read_name(wire, after, found)
-                    if after + 20 != rdata_end:
-                        return None
-                    value = str(min(ttl, struct.unpack_from("!I", wire, rdata_end - 4)[0]))
-                pointers.extend((start, t) for t in found)
-                records.append(Record(section, start, rdata_end, owner, rdtype, ttl, value, ttl_at))
-                pos = rdata_end
-        if pos != len(wire):
+            elif rdtype == CNAME_TYPE:
+                found = []
+                value, after = read_name(wire, pos, found)
+                if after != rdata_end:
+                    return None
+                for t in found:
+                    pointers.append((start, t))
+            elif rdtype == SOA_TYPE:
+                found = []
+                _m, after = read_name(wire, pos, found)
+                _r, after = read_name(wire, after, found)
+                if after + 20 != rdata_end:
+                    return None
+                for t in found:
+                    pointers.append((start, t))
+                value = str(min(ttl, unpack_from("!I", wire, rdata_end - 4)[0]))
+            else:   # not one of SIMPLE_TYPES
+                return None
+            records.append(Record(section, start, rdata_end, owner, rdtype, ttl, value, ttl_at))
+            pos = rdata_end
+        if pos != n:
             return None
         return Scan(flags & 0x000F, flags, question_end, tuple(records), tuple(pointers))
     except (WireFormatError, struct.error, IndexError):
@@ -388,18 +408,18 @@ def scan_ttl_fields(scan: Scan, drop: set[int] | frozenset[int] = frozenset()
     return tuple(offsets), tuple(ttls)
 
 
-def response_ttl(scan: Scan, max_ttl: int) -> int:
-    """Cache time of a scanned response: as dnsfilter.cache_ttl, without dnspython."""
+def response_ttl(scan: Scan, max_ttl: int, drop: set[int] | frozenset[int] = frozenset()) -> int:
+    """Cache time of a scanned response (without the records at the indices in `drop`): as
+    dnsfilter.cache_ttl, without dnspython."""
     if scan.rcode not in (0, 3):
         return 0
-    answers = [r for r in scan.records if r.section == 0]
-    if scan.rcode == 3 or not answers:
-        for r in scan.records:
+    records = [r for i, r in enumerate(scan.records) if i not in drop] if drop else scan.records
+    if scan.rcode == 3 or not any(r.section == 0 for r in records):
+        for r in records:
             if r.section == 1 and r.rdtype == SOA_TYPE:
                 return max(0, min(int(r.value), max_ttl))
         return 0
-    ttls = [r.ttl for r in scan.records if r.rdtype != _OPT]
-    return max(0, min(min(ttls), max_ttl))
+    return max(0, min(min(r.ttl for r in records if r.rdtype != _OPT), max_ttl))
 
 
 def wire_name(qname: bytes) -> str:

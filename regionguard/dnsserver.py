@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import gc
 import heapq
 import logging
 import math
@@ -528,7 +529,15 @@ class DnsServer:
             await asyncio.sleep(RELOAD_EVERY)
             self.holder.check()
             if self.holder.engine is not self.engine:
+                # `regionguard dns` freezes its startup objects (see _main): the old policy's
+                # must become collectable again, and the new one's be frozen in turn.
+                frozen = gc.get_freeze_count() > 0
+                if frozen:
+                    gc.unfreeze()
                 self.use_engine(self.holder.engine)
+                if frozen:
+                    gc.collect()
+                    gc.freeze()
 
     def use_engine(self, engine) -> None:
         """Swap in a new policy: answers filtered under the old one must not be served."""
@@ -634,11 +643,7 @@ class DnsServer:
         if result.zoom:
             self._audit(client, name, qtype, result)
         fields = scan_ttl_fields(scan, result.drop)   # as ttl_fields(canonical), known already
-        if canonical is not data:   # response_ttl reads the records that are left, not offsets
-            drop = result.drop
-            scan = scan._replace(records=tuple(r for i, r in enumerate(scan.records)
-                                               if i not in drop))
-        ttl = response_ttl(scan, self.engine.policy.dns.max_ttl)
+        ttl = response_ttl(scan, self.engine.policy.dns.max_ttl, result.drop)
         self.semantic.put(key, canonical, ttl, time.monotonic(), fields)
         return canonical
 
@@ -656,10 +661,12 @@ class DnsServer:
 
     # --- the UDP miss path, without a task per query ---
 
-    def udp_miss(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
+    def udp_miss(self, data: bytes, addr, transport: asyncio.DatagramTransport,
+                 group: str | None = None, now: float | None = None) -> None:
         """A UDP query the hit cache did not answer. A plain one is answered from the filtered
         cache or resolved with callbacks (no task, future or timer of its own): what `answer`
-        does, step for step. Anything else goes the general way (`handle_udp`)."""
+        does, step for step. Anything else goes the general way (`handle_udp`). `group` and
+        `now`: the client's group and the time, when the caller has them already."""
         pq = parse_query(data)
         if pq is None or pq.qclass != 1:
             self.spawn(self.handle_udp(data, addr, transport))
@@ -667,10 +674,11 @@ class DnsServer:
         self.stats["queries"] += 1
         client = addr[0]
         try:
-            group = self.group_of(client)
+            if group is None:
+                group = self.group_of(client)
             key = (group, pq.qname.lower(), pq.qtype, 1, pq.do, bool(pq.flags & CD_BIT), pq.edns)
             waiter = (data, pq, group, key, addr, transport)
-            canonical = self.semantic.get(key, time.monotonic())
+            canonical = self.semantic.get(key, now if now is not None else time.monotonic())
             if canonical is not None:
                 self._reply_udp(waiter, canonical)
                 return
@@ -757,10 +765,9 @@ class DnsServer:
             self.spawn(self._general_udp(data, addr, transport))   # dnspython truncates it
             return
         now = time.monotonic()
-        semantic = self.semantic
         # the reply has the canonical answer's layout and TTLs: its TTL fields are known
-        self.raw.put((group, data[2:]), reply, semantic.ttl_left(key, now), now,
-                     semantic.fields(key, canonical))
+        left, fields = self.semantic.ttl_left_and_fields(key, canonical, now)
+        self.raw.put((group, data[2:]), reply, left, now, fields)
         if not transport.is_closing():
             transport.sendto(reply, addr)
 
@@ -973,11 +980,12 @@ class _ServerProtocol(asyncio.DatagramProtocol):
         try:   # try costs nothing when nothing is raised (Python >= 3.11)
             client = addr[0]
             group = server._groups.get(client) or server.group_of(client)
-            wire = server.raw.get((group, data[2:]), time.monotonic())
+            now = time.monotonic()
+            wire = server.raw.get((group, data[2:]), now)
             if wire is not None:
                 self.transport.sendto(data[:2] + wire[2:], addr)
                 return
-            server.udp_miss(data, addr, self.transport)
+            server.udp_miss(data, addr, self.transport, group, now)
         except Exception:  # noqa: BLE001 - one bad query must not disturb the others
             log.exception("regionguard dns: failed to answer a query from %s", addr)
 
@@ -1093,6 +1101,10 @@ def cmd_dns(args: argparse.Namespace) -> int:
 async def _main(holder: EngineHolder, config: Config) -> int:
     server = DnsServer(holder, config)
     host, port = await server.start()
+    # The policy, the Zoom data and the address tables are hundreds of thousands of objects that
+    # live as long as the process: keep the collector from walking them on every full
+    # collection (which the growing caches trigger again and again).
+    gc.freeze()
     ups = ", ".join(f"{h}:{p}" for h, p in config.upstreams)
     shown = f"[{host}]" if ":" in host else host
     print(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "

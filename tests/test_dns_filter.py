@@ -250,6 +250,11 @@ def test_cache_counts_ttls_down_and_expires():
     assert [s.ttl for s in aged.answer] == [290, 50, 20]
     assert cache.get("k", 1030.0) is None and len(cache) == 0
     assert not cache.put("z", wire, 0, now=0.0)
+    assert cache.put("k", wire, 30, now=1000.0)
+    fields = ttl_fields(wire)
+    assert cache.ttl_left_and_fields("k", wire, 1010.0) == (20.0, fields)
+    assert cache.ttl_left_and_fields("k", wire[:1] + wire[1:], 1010.0) == (20.0, None)   # a copy
+    assert cache.ttl_left_and_fields("nope", wire, 1010.0) == (0.0, None)
 
 
 def test_cache_stays_within_its_byte_bound():
@@ -292,6 +297,7 @@ def test_wire_filter_agrees_with_message_filter(flt, client):
         assert cut is not None
         assert dns.message.from_wire(cut).answer == slow.message.answer, (name, rdtype)
         assert response_ttl(scan_response(cut), 86400) == cache_ttl(slow.message, 86400)
+        assert response_ttl(scan, 86400, fast.drop) == cache_ttl(slow.message, 86400)
 
 
 def test_parse_query_takes_plain_queries_only():
