@@ -22,7 +22,6 @@ import importlib
 import inspect
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ def _import_package() -> None:
 _import_package()
 
 from regionguard._paths import default_policy_path  # noqa: E402
-from regionguard.audit import AuditLog  # noqa: E402
+from regionguard.audit import AuditLog, timestamp  # noqa: E402
 from regionguard.decision import Action, Decision  # noqa: E402
 from regionguard.enforce import Enforcer, Verdict, plain_address  # noqa: E402
 from regionguard.errors import ConfigError  # noqa: E402
@@ -103,9 +102,10 @@ class RegionGuard:
         self.holder: EngineHolder | None = None
         self._enforcer: Enforcer | None = None
         self.audit = AuditLog(None)
-        # (client id, address, port) → verdict decided at the HTTP level, so `server_connect`
-        # pins without deciding (and auditing) the same connection twice.
-        self._decided: dict[tuple, Verdict] = {}
+        # client id → {(host, port): verdict} decided at the HTTP level, so `server_connect`
+        # pins without deciding (and auditing) the same connection twice. By client, so a
+        # disconnect drops its entries without a scan of everyone's.
+        self._decided: dict[str, dict[tuple[str, int], Verdict]] = {}
         self._by_server: dict[str, Verdict] = {}
         # client id → {(host, port): (engine, verdict)}: plain-HTTP destinations allowed on a
         # keep-alive client connection, decided once per connection like a CONNECT tunnel.
@@ -113,6 +113,11 @@ class RegionGuard:
         self._reload_task: asyncio.Task | None = None
         self._pac_cache: dict[str, bytes] = {}
         self._running = False
+        # Options read on every connection, copied here by configure(): reading ctx.options
+        # deep-copies the value each time.
+        self._audit_pass = False
+        self._intercept = "none"
+        self._pac_path = "/proxy.pac"
 
     # --- options ------------------------------------------------------------------------------
 
@@ -125,6 +130,10 @@ class RegionGuard:
                           "Rotate the audit log when it would grow beyond this many bytes.")
         loader.add_option("regionguard_audit_backups", int, 5,
                           "Rotated audit logs to keep (FILE.1 … FILE.N).")
+        loader.add_option("regionguard_audit_flush_ms", int, 250,
+                          "Write queued audit lines every this many milliseconds, from a thread "
+                          "(written at exit too); 0: write each line before the connection "
+                          "goes on.")
         loader.add_option("regionguard_audit_pass", bool, False,
                           "Also audit connections that are not Zoom's (action pass).")
         loader.add_option("regionguard_intercept", str, "none",
@@ -163,6 +172,10 @@ class RegionGuard:
                 "give at least 1024 (bytes)")
         if opts.regionguard_audit_backups < 0:
             raise exceptions.OptionsError("regionguard_audit_backups: must be 0 or more")
+        if not 0 <= opts.regionguard_audit_flush_ms <= 60_000:
+            raise exceptions.OptionsError(
+                f"regionguard_audit_flush_ms: {opts.regionguard_audit_flush_ms} is out of range; "
+                "give 0 (write every line at once) to 60000 milliseconds")
         if opts.regionguard_reload < 0:
             raise exceptions.OptionsError(
                 f"regionguard_reload: {opts.regionguard_reload} is negative; give seconds, or 0 "
@@ -190,11 +203,16 @@ class RegionGuard:
                 log.warning("regionguard: policy warning: %s", w)
             log.info("regionguard: policy %s (%s) in force", path, holder.engine.policy.version_id)
         if updated & {"regionguard_audit", "regionguard_audit_max_bytes",
-                      "regionguard_audit_backups"} or self.audit.path is None and opts.regionguard_audit:
+                      "regionguard_audit_backups", "regionguard_audit_flush_ms"} \
+                or self.audit.path is None and opts.regionguard_audit:
             old = self.audit
             self.audit = AuditLog(opts.regionguard_audit or None, opts.regionguard_audit_max_bytes,
-                                  opts.regionguard_audit_backups, counters=old.counters)
+                                  opts.regionguard_audit_backups, counters=old.counters,
+                                  flush_interval=opts.regionguard_audit_flush_ms / 1000)
             old.close()
+        self._audit_pass = opts.regionguard_audit_pass
+        self._intercept = opts.regionguard_intercept
+        self._pac_path = opts.regionguard_pac_path
         if "regionguard_pac_proxy" in updated:
             self._pac_cache.clear()
 
@@ -241,12 +259,12 @@ class RegionGuard:
         before = holder.engine
         error = holder.check()
         if error is not None:
-            self.audit.write_raw({"time": _now(), "event": "policy-reload", "ok": False,
+            self.audit.write_raw({"time": timestamp(), "event": "policy-reload", "ok": False,
                                   "policy": str(holder.path), "error": str(error),
                                   "policy_version": before.policy.version_id})
         elif holder.engine is not before:
             self._pac_cache.clear()
-            self.audit.write_raw({"time": _now(), "event": "policy-reload", "ok": True,
+            self.audit.write_raw({"time": timestamp(), "event": "policy-reload", "ok": True,
                                   "policy": str(holder.path),
                                   "policy_version": holder.engine.policy.version_id,
                                   "previous_version": before.policy.version_id})
@@ -262,12 +280,14 @@ class RegionGuard:
 
     def _record(self, verdict: Verdict, client: Any, via: str) -> None:
         d = verdict.decision
-        if d.action is Action.PASS and not ctx.options.regionguard_audit_pass:
+        if d.action is Action.PASS and not self._audit_pass:
             return
-        extra: dict[str, Any] = {"hook": via, "connect_to": verdict.address}
         if verdict.rerouted_to:
-            extra["rerouted_to"] = verdict.rerouted_to
-        self.audit.record(d, mode=_mode_name(client), front_end="mitmproxy", **extra)
+            self.audit.record(d, mode=_mode_name(client), front_end="mitmproxy", hook=via,
+                              connect_to=verdict.address, rerouted_to=verdict.rerouted_to)
+        else:
+            self.audit.record(d, mode=_mode_name(client), front_end="mitmproxy", hook=via,
+                              connect_to=verdict.address)
         if d.action is not Action.PASS and d.action is not Action.ALLOW:
             # Allowed connections are routine (the audit log has them; a log record per request
             # costs more than the decision); what enforcement changed is worth a line.
@@ -334,8 +354,12 @@ class RegionGuard:
             return
         if not isinstance(flow.client_conn.proxy_mode, EXPLICIT_MODES):
             return   # other modes were decided by address in server_connect
-        if flow.request.method == "CONNECT" or flow.request.scheme == "https":
-            return   # CONNECT itself, or a request inside a tunnel decided at its CONNECT
+        if flow.request.method == "CONNECT":
+            return   # decided in http_connect
+        if flow.request.scheme == "https" and flow.client_conn.tls_established:
+            # A request inside an intercepted CONNECT tunnel, decided at its CONNECT. (An
+            # absolute-form `GET https://…` reaches the proxy in plain text: decided here.)
+            return
         server = flow.server_conn
         if server.id in self._by_server and server.address == (flow.request.host, flow.request.port):
             return   # plain HTTP inside a CONNECT tunnel: its connection was decided already
@@ -352,7 +376,8 @@ class RegionGuard:
                 # Keep-alive: this client connection already had this destination decided (and
                 # audited) under the policy in force; the request rides the pinned connection.
                 self._mark(flow, hit[1])
-                self._pin_request(flow, hit[1].address, port)
+                pinned = self._pin_request(flow, hit[1].address, port)
+                self._decided.setdefault(flow.client_conn.id, {})[(pinned, port)] = hit[1]
                 return
         client = flow.client_conn.peername[0] if flow.client_conn.peername else None
         try:
@@ -371,20 +396,27 @@ class RegionGuard:
             else:
                 flow.response = block_response(verdict)
             return
-        self._pin_request(flow, verdict.address, port)
-        self._decided[(flow.client_conn.id, verdict.address, port)] = verdict
+        pinned = self._pin_request(flow, verdict.address, port)
+        self._decided.setdefault(flow.client_conn.id, {})[(pinned, port)] = verdict
         if via == "requestheaders":
             self._kept.setdefault(flow.client_conn.id, {})[(host, port)] = (engine, verdict)
 
     @staticmethod
-    def _pin_request(flow: http.HTTPFlow, address: str, port: int) -> None:
-        """Send this request to the checked address. `data.host` leaves the Host header (the
-        name the server sees) unchanged; an upstream proxy gets the absolute-form target, so it
-        is named the checked address there too."""
+    def _pin_request(flow: http.HTTPFlow, address: str, port: int) -> str:
+        """Send this request to the checked address; return the host its server connection will
+        have in `server_connect`, which finds the verdict under it.
+
+        `data.host` leaves the Host header (the name the server sees) unchanged; an upstream
+        proxy gets the absolute-form target, so it is named the checked address there too. An
+        absolute-form https request keeps its host: mitmproxy takes the TLS server name (and the
+        name the certificate must match) from it, so `server_connect` pins the address instead."""
         req = flow.request
+        if req.scheme == "https" and req.method != "CONNECT":
+            return req.host
         req.data.host = address
         if req.authority and isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):
             req.authority = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        return address
 
     # --- every mode: the server connection ----------------------------------------------------
 
@@ -404,8 +436,11 @@ class RegionGuard:
             return
         dest, port = server.address[0], server.address[1]
         transport = server.transport_protocol
-        pre = self._decided.pop((client.id, dest, port), None)
+        decided = self._decided.get(client.id)
+        pre = decided.pop((dest, port), None) if decided else None
         if pre is not None:
+            if dest != pre.address:   # absolute-form https, decided by name: pin the address
+                server.address = (pre.address, port)
             self._by_server[server.id] = pre
             return
         mode = client.proxy_mode
@@ -441,9 +476,7 @@ class RegionGuard:
 
     def client_disconnected(self, client: Any) -> None:
         self._kept.pop(client.id, None)
-        if self._decided:
-            for key in [k for k in self._decided if k[0] == client.id]:
-                del self._decided[key]
+        self._decided.pop(client.id, None)
 
     def tcp_start(self, flow: Any) -> None:
         verdict = self._by_server.get(flow.server_conn.id)
@@ -455,7 +488,7 @@ class RegionGuard:
     # --- TLS: never intercept Zoom ------------------------------------------------------------
 
     def tls_clienthello(self, data: ClientHelloData) -> None:
-        choice = ctx.options.regionguard_intercept
+        choice = self._intercept
         if choice == "all":
             return
         if choice == "none":
@@ -478,7 +511,7 @@ class RegionGuard:
     # --- PAC ----------------------------------------------------------------------------------
 
     def _serve_pac(self, flow: http.HTTPFlow) -> bool:
-        path = ctx.options.regionguard_pac_path
+        path = self._pac_path
         req = flow.request
         if not path or req.method != "GET" or req.path.split("?", 1)[0] != path:
             return False
@@ -506,11 +539,6 @@ def _hostport(host_header: str, port: int) -> str:
     if ":" in host_header:   # bare IPv6
         return f"[{host_header}]:{port}"
     return f"{host_header}:{port}"
-
-
-def _now() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
 def _dns_addons() -> list:

@@ -1,23 +1,36 @@
 """The audit log: one JSON line per decision, size-capped with rotation, never a reason to open
 the gate. Shared by every front end (proxy addon, DNS filter) so their lines have one format.
 
-A write that fails (full disk, unwritable path) is counted and logged once per minute; the
-decision it records stands. Counters keep totals by action, rule, region and service for the
-front ends' status output.
+Two ways to write, chosen by `flush_interval`:
+- 0 (the default): each line is written before `record()` returns.
+- > 0 (the proxy addon): `record()` only queues the decision with its time; a writer thread
+  encodes and appends the queued lines every `flush_interval` seconds (sooner when many are
+  queued), one write per batch. A connection no longer waits for JSON encoding and a write(2),
+  and a busy proxy makes one system call per batch instead of one per line. `close()` (the
+  front end's shutdown), `flush()` and an exit handler write whatever is queued, so a normal
+  exit, SIGTERM or an unhandled exception loses nothing; only a hard kill loses at most
+  `flush_interval` seconds of lines. The queue is bounded: a log that cannot keep up (a hung
+  disk) loses lines, counted and reported, never memory or a decision.
+
+Either way a write that fails (full disk, unwritable path) is counted and logged once per minute;
+the decision it records stands, and the size cap with rotation holds line by line. Counters keep
+totals by action, rule, region and service for the front ends' status output.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from .decision import Decision
+from .decision import Action, Decision
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +38,19 @@ log = logging.getLogger(__name__)
 # json.dumps(..., separators=(",", ":"), default=str), without building an encoder per line
 # (an encoder keeps no state between calls: safe to share between threads)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+_encode = _ENCODER.encode
+_encode_str = json.encoder.encode_basestring_ascii   # what _encode does for a str, minus the call
 _second: tuple[int, str] = (-1, "")
+# The keys of Decision.to_dict(): a context key among them overrides the decision's field.
+_DECISION_KEYS = frozenset(Decision(Action.PASS, "", "", False).to_dict())
 
 
-def _timestamp(now: float) -> str:
+def timestamp(now: float | None = None) -> str:
+    """`now` (default: the current time) as UTC ISO 8601 with milliseconds, the audit lines' `time`.
+    The date and time of day are formatted once per second; only the milliseconds change."""
     global _second
+    if now is None:
+        now = time.time()
     whole = int(now)
     second, text = _second   # one (immutable) pair: safe to read and replace from threads
     if second != whole:
@@ -38,16 +59,26 @@ def _timestamp(now: float) -> str:
     return text + f".{int(now * 1000) % 1000:03d}Z"
 
 
+def _members(fields: dict) -> str:
+    """`_encode(fields)` without its braces. Strings and None, what front ends pass as context,
+    skip the encoder's per-call setup (it builds its C encoder on every call for a container)."""
+    parts = []
+    for key, value in fields.items():
+        if value is None:
+            text = "null"
+        elif type(value) is str:
+            text = _encode_str(value)
+        else:
+            text = _encode(value)
+        parts.append(f"{_encode_str(str(key))}:{text}")
+    return ",".join(parts)
+
+
 def audit_record(decision: Decision, *, mode: str = "", front_end: str = "", **extra: Any) -> dict:
     """The audit line for a decision: time, client, mode, transport, host/SNI, address, port,
     service, region, evidence source and dataset date, action, rule, policy version."""
-    now = time.time()
-    record = {
-        "time": _timestamp(now),
-        "front_end": front_end,
-        "mode": mode,
-        **decision.to_dict(),
-    }
+    record = {"time": timestamp(), "front_end": front_end, "mode": mode}
+    record.update(decision.to_dict())
     record.update(extra)
     return record
 
@@ -57,70 +88,238 @@ class Counters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.by_action: Counter[str] = Counter()
-        self.by_rule: Counter[str] = Counter()
-        self.by_region: Counter[str] = Counter()
-        self.by_service: Counter[str] = Counter()
+        # One count per (action, rule, region, service): a single increment per decision on the
+        # hot path; the totals by each are summed when asked for.
+        self._by_key: Counter[tuple[str, str, str, str]] = Counter()
         self.audit_failures = 0
 
     def count(self, decision: Decision) -> None:
+        key = (decision.action, decision.rule, decision.region or "none", decision.service or "none")
         with self._lock:
-            self.by_action[str(decision.action)] += 1
-            self.by_rule[decision.rule] += 1
-            self.by_region[decision.region or "none"] += 1
-            self.by_service[decision.service or "none"] += 1
+            self._by_key[key] += 1
+
+    def _totals(self, index: int) -> Counter[str]:
+        with self._lock:
+            items = list(self._by_key.items())
+        totals: Counter[str] = Counter()
+        for key, n in items:
+            totals[str(key[index])] += n
+        return totals
+
+    @property
+    def by_action(self) -> Counter[str]:
+        return self._totals(0)
+
+    @property
+    def by_rule(self) -> Counter[str]:
+        return self._totals(1)
+
+    @property
+    def by_region(self) -> Counter[str]:
+        return self._totals(2)
+
+    @property
+    def by_service(self) -> Counter[str]:
+        return self._totals(3)
 
     def snapshot(self) -> dict:
-        with self._lock:
-            return {"action": dict(self.by_action), "rule": dict(self.by_rule),
-                    "region": dict(self.by_region), "service": dict(self.by_service),
-                    "audit_failures": self.audit_failures}
+        return {"action": dict(self.by_action), "rule": dict(self.by_rule),
+                "region": dict(self.by_region), "service": dict(self.by_service),
+                "audit_failures": self.audit_failures}
+
+
+# A queued line: (time, decision, context) for record(), (None, None, record) for write_raw().
+_Entry = tuple[float | None, Decision | None, dict]
+
+# Buffered logs still open, written out by the exit handler below.
+_buffered_logs: weakref.WeakSet[AuditLog] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # The writer is a daemon thread (it must not keep a finished process alive), so whatever it
+    # has not written yet is written here, before the interpreter stops it.
+    for audit in list(_buffered_logs):
+        audit.flush()
 
 
 class AuditLog:
-    """Appends JSON lines to `path`; rotates to path.1 … path.N when it would exceed max_bytes."""
+    """Appends JSON lines to `path`; rotates to path.1 … path.N when it would exceed max_bytes.
+
+    flush_interval > 0 queues lines for a writer thread (see the module docstring); max_pending
+    bounds that queue, batch_lines is the queue length that wakes the writer early."""
 
     def __init__(self, path: str | Path | None, max_bytes: int = 50 * 1024 * 1024,
-                 backups: int = 5, counters: Counters | None = None) -> None:
+                 backups: int = 5, counters: Counters | None = None, *,
+                 flush_interval: float = 0.0, max_pending: int = 65_536,
+                 batch_lines: int = 1024) -> None:
         self.path = Path(path) if path else None
         self.max_bytes = max_bytes
         self.backups = backups
         self.counters = counters or Counters()
-        self._lock = threading.Lock()
-        self._file = None
+        self.flush_interval = flush_interval if self.path is not None else 0.0
+        self.max_pending = max_pending
+        self.batch_lines = batch_lines
+        self._lock = threading.Lock()           # the file and its size
+        self._file: BinaryIO | None = None
         self._size = 0
         self._last_complaint = 0.0
+        # Encoded decision fields by decision: the engine memoises decisions, so a repeated
+        # connection encodes only its time and context. (Plain dict operations, atomic under
+        # the GIL; an entry is used only for the very decision object it holds.)
+        self._fragments: dict[int, tuple[Decision, str]] = {}
+        # Buffered mode. _pending is replaced, never emptied in place, under _pending_lock.
+        self._pending: list[_Entry] = []
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()          # something is queued
+        self._hurry = threading.Event()         # write now: the queue is long, or closing
+        self._writer: threading.Thread | None = None
+        self._closing = False
+        if self.flush_interval > 0:
+            _buffered_logs.add(self)
+
+    # --- recording ------------------------------------------------------------------------------
 
     def record(self, decision: Decision, **context: Any) -> None:
-        """Count the decision and append its audit line. Never raises."""
+        """Count the decision and append (or queue) its audit line. Never raises."""
         self.counters.count(decision)
         if self.path is None:
             return
         try:
-            line = _ENCODER.encode(audit_record(decision, **context)) + "\n"
-            self._write(line.encode())
+            if self.flush_interval > 0:
+                self._enqueue((time.time(), decision, context))
+                return
+            line = self._line(time.time(), decision, context)
         except Exception as e:  # noqa: BLE001 - the audit log must never open the gate
             self._failed(e)
+            return
+        self._write_lines([line])
 
     def write_raw(self, record: dict) -> None:
         """Append an arbitrary event (e.g. a policy reload) in the same file. Never raises."""
         if self.path is None:
             return
         try:
-            self._write((_ENCODER.encode(record) + "\n").encode())
+            if self.flush_interval > 0:
+                self._enqueue((None, None, record))
+                return
+            line = _encode(record) + "\n"
         except Exception as e:  # noqa: BLE001
             self._failed(e)
+            return
+        self._write_lines([line])
 
-    def _write(self, data: bytes) -> None:
+    def _line(self, now: float | None, decision: Decision | None, context: dict) -> str:
+        """The JSON line: `audit_record()` encoded (same keys, same order), from the decision's
+        encoded fields (cached per decision) and the context's, without merging them in a dict."""
+        if decision is None:
+            return _encode(context) + "\n"
+        head = (f'{{"time":"{timestamp(now)}","front_end":{_encode(context.pop("front_end", ""))},'
+                f'"mode":{_encode(context.pop("mode", ""))},')
+        if context and not context.keys().isdisjoint(_DECISION_KEYS):
+            fields = decision.to_dict()   # rare: the context overrides a decision field
+            fields.update(context)
+            return head + _encode(fields)[1:] + "\n"
+        cached = self._fragments.get(id(decision))
+        if cached is None or cached[0] is not decision:
+            if len(self._fragments) >= 4096:
+                self._fragments.clear()
+            cached = self._fragments[id(decision)] = (decision, _encode(decision.to_dict())[1:-1])
+        if not context:
+            return f"{head}{cached[1]}}}\n"
+        return f"{head}{cached[1]},{_members(context)}}}\n"
+
+    # --- buffered mode -----------------------------------------------------------------------
+
+    def _enqueue(self, entry: _Entry) -> None:
+        with self._pending_lock:
+            pending = self._pending
+            if len(pending) >= self.max_pending:
+                lost = True
+            else:
+                lost = False
+                pending.append(entry)
+                queued = len(pending)
+                if self._writer is None and not self._closing:
+                    self._writer = threading.Thread(target=self._run, daemon=True,
+                                                    name=f"audit-writer {self.path.name}")
+                    self._writer.start()
+        if lost:
+            # Not _failed(): that waits for the file lock, which a write stuck on a hung disk
+            # holds; the caller is a proxy's event loop and must not wait.
+            self.counters.audit_failures += 1
+            self._complain(f"{self.max_pending} lines queued and not yet written")
+            return
+        if queued == 1:
+            self._wake.set()
+        elif queued == self.batch_lines:
+            self._hurry.set()
+        if self._closing:   # queued after close(): no writer any more
+            self.flush()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            # Gather a batch: one write per interval, not one per line.
+            self._hurry.wait(self.flush_interval)
+            self._wake.clear()    # before taking the batch: a line queued after it wakes us
+            self._hurry.clear()
+            self.flush()
+            if self._closing:
+                return
+
+    def flush(self) -> None:
+        """Write every queued line now (buffered mode; a no-op otherwise). Never raises."""
         with self._lock:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return
+            lines = []
+            for now, decision, context in batch:
+                try:
+                    lines.append(self._line(now, decision, context))
+                except Exception as e:  # noqa: BLE001 - one bad line must not cost the batch
+                    self._failed_locked(e, 1)
+            self._write_lines_locked(lines)
+
+    # --- the file -----------------------------------------------------------------------------
+
+    def _write_lines(self, lines: list[str]) -> None:
+        with self._lock:
+            self._write_lines_locked(lines)
+
+    def _write_lines_locked(self, lines: list[str]) -> None:
+        """Append lines, rotating before any line that would take the file past max_bytes.
+        Never raises: the lines an error keeps out of the file are counted as lost."""
+        chunk: list[str] = []
+        chunk_size = 0
+        written = 0
+        try:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
                 self._size = self._file.seek(0, os.SEEK_END)
-            if self._size and self._size + len(data) > self.max_bytes:
-                self._rotate()
-            self._file.write(data)
-            self._size += len(data)
+            for line in lines:
+                n = len(line)   # ASCII (the encoder escapes everything else): bytes = characters
+                if self._size + chunk_size and self._size + chunk_size + n > self.max_bytes:
+                    if chunk:
+                        self._append("".join(chunk).encode(), chunk_size)
+                        written += len(chunk)
+                        chunk, chunk_size = [], 0
+                    self._rotate()
+                chunk.append(line)
+                chunk_size += n
+            if chunk:
+                self._append("".join(chunk).encode(), chunk_size)
+        except Exception as e:  # noqa: BLE001 - the audit log must never open the gate
+            self._failed_locked(e, len(lines) - written)
+
+    def _append(self, data: bytes, size: int) -> None:
+        view = memoryview(data)
+        while view:   # an unbuffered file may write less than asked
+            view = view[self._file.write(view):]
+        self._size += size
 
     def _rotate(self) -> None:
         self._file.close()
@@ -137,14 +336,21 @@ class AuditLog:
         self._size = 0
 
     def _failed(self, error: Exception) -> None:
-        self.counters.audit_failures += 1
         with self._lock:
-            if self._file is not None:
-                try:
-                    self._file.close()
-                except OSError:
-                    pass
-                self._file = None
+            self._failed_locked(error, 1)
+
+    def _failed_locked(self, error: Exception, lost: int) -> None:
+        """Count `lost` lines, drop the file (the next write opens it again), say so."""
+        self.counters.audit_failures += lost
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+        self._complain(error)
+
+    def _complain(self, error: object) -> None:
         now = time.monotonic()
         if now - self._last_complaint > 60:
             self._last_complaint = now
@@ -152,7 +358,19 @@ class AuditLog:
                       "%d line(s) lost so far)", self.path, error, self.counters.audit_failures)
 
     def close(self) -> None:
+        """Write what is queued, stop the writer, close the file. The log stays usable: a line
+        recorded later is written at once."""
+        self._closing = True
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            self._hurry.set()
+            self._wake.set()
+            writer.join(timeout=10)
+        self.flush()
+        self.flush_interval = 0.0   # anything later is written synchronously
+        _buffered_logs.discard(self)
         with self._lock:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+

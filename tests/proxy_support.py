@@ -20,6 +20,7 @@ from pathlib import Path
 from tests.conftest import BIN, ROOT
 
 STARTUP_TIMEOUT = 60.0    # a shared 2-core machine: generous, and only an upper bound
+SETTLE = 1.0              # an audit log unchanged this long holds every line (4 × the flush interval)
 CURL_TIMEOUT = 30
 
 
@@ -247,25 +248,73 @@ class Proxy:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def audit_lines(self) -> list[dict]:
+    def audit_lines(self, count: int | None = None, timeout: float = 60.0) -> list[dict]:
+        """The audit log's lines. The proxy writes them from a thread, every
+        regionguard_audit_flush_ms (250 ms by default), so a line may land a moment after its
+        response: with `count`, wait (bounded) until there are at least that many; without,
+        until the log has not changed for SETTLE seconds."""
+        if count is not None:
+            return self._wait_lines(lambda lines: len(lines) >= count, timeout)
+        return self._settled(timeout)
+
+    def decisions(self, count: int | None = None, timeout: float = 60.0) -> list[dict]:
+        """The decision lines (not events such as policy reloads); `count` as in audit_lines."""
+        if count is not None:
+            lines = self._wait_lines(lambda lines: len(_decisions(lines)) >= count, timeout)
+        else:
+            lines = self._settled(timeout)
+        return _decisions(lines)
+
+    def _read_audit(self) -> list[dict]:
         if not self.audit.exists():
             return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines() if line.strip()]
+        text = self.audit.read_text()
+        text = text[:text.rfind("\n") + 1]   # a batch being appended: whole lines only
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    def decisions(self) -> list[dict]:
-        return [r for r in self.audit_lines() if "event" not in r]
+    def _wait_lines(self, enough, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self._read_audit()
+            if enough(lines) or time.monotonic() > deadline:
+                return lines   # the caller's assertion says what is missing
+            time.sleep(0.05)
+
+    def _settled(self, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            size = self.audit.stat().st_size if self.audit.exists() else -1
+            if size != last:
+                last, since = size, time.monotonic()
+            elif time.monotonic() - since >= SETTLE:
+                break
+            time.sleep(0.05)
+        return self._read_audit()
 
     def wait_for_audit(self, predicate, timeout: float = 60.0) -> list[dict]:
         """Poll the audit log until a line satisfies predicate (bounded; no timing assumptions)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            lines = self.audit_lines()
+            lines = self._read_audit()
             if any(predicate(r) for r in lines):
                 return lines
             if self.proc.poll() is not None:
                 raise RuntimeError(f"proxy exited:\n{self.output()}")
             time.sleep(0.2)
-        raise AssertionError(f"no matching audit line within {timeout}s: {self.audit_lines()}")
+        raise AssertionError(f"no matching audit line within {timeout}s: {self._read_audit()}")
+
+    def wait_for_output(self, text: str, timeout: float = 60.0) -> str:
+        """Poll the proxy's output until it contains text (bounded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.output()
+            if text in out:
+                return out
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not in the proxy's output within {timeout}s:\n{self.output()}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -276,6 +325,10 @@ class Proxy:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def _decisions(lines: list[dict]) -> list[dict]:
+    return [r for r in lines if "event" not in r]
 
 
 def curl(*args: str, timeout: float = CURL_TIMEOUT) -> subprocess.CompletedProcess:

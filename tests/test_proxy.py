@@ -3,6 +3,7 @@ servers on loopback addresses that policy overrides place in different regions, 
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import os
 import re
@@ -113,7 +114,7 @@ def test_blocked_connect_gets_403_with_reason_and_origin_never_contacted(start_p
     assert "X-Regionguard-Host: in.zoom.us" in r.stdout
     assert f"X-Regionguard-Address: {IN}" in r.stdout
     assert tls[IN].connections == before          # the origin never saw a connection
-    [line] = proxy.decisions()
+    [line] = proxy.decisions(1)
     assert (line["action"], line["region"], line["hook"]) == ("block", "IN", "http_connect")
 
 
@@ -124,7 +125,7 @@ def test_allowed_tls_passes_through_with_the_origins_own_certificate(start_proxy
     assert r.returncode == 0, r.stderr
     assert status_of(r) == 200
     assert body_json(r)["origin"] == DE
-    [line] = proxy.decisions()
+    [line] = proxy.decisions(1)
     assert (line["action"], line["host"], line["address"], line["connect_to"]) == \
         ("allow", "de.zoom.us", DE, DE)
 
@@ -169,15 +170,53 @@ def test_plain_http_block_allow_and_pinning(start_proxy, web):
     assert body["origin"] == DE and body["host"] == f"de.zoom.us:{port}"   # Host unchanged
     direct = _via(proxy, f"http://{IN}:{port}/z")
     assert status_of(direct) == 403
-    assert [(d["action"], d["address"]) for d in proxy.decisions()] == \
+    assert [(d["action"], d["address"]) for d in proxy.decisions(3)] == \
         [("block", IN), ("allow", DE), ("block", IN)]
+
+
+def _absolute_form_get(proxy: Proxy, url: str) -> http.client.HTTPResponse:
+    """`GET https://…` sent to the proxy as is (absolute form, no CONNECT), as some clients
+    do; http.client puts the URL on the request line and its host in the Host header."""
+    conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
+    conn.request("GET", url)
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
+
+
+def test_absolute_form_https_request_is_blocked_with_the_403_page(start_proxy, tls, cert):
+    # The proxy speaks TLS to the origin itself here: it must trust the test's certificate.
+    proxy = start_proxy(None, "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}")
+    before = tls[IN].connections
+    blocked = _absolute_form_get(proxy, f"https://in.zoom.us:{tls[IN].port}/x")
+    assert blocked.status == 403
+    assert blocked.headers["X-Regionguard-Action"] == "block"
+    assert blocked.headers["X-Regionguard-Host"] == "in.zoom.us"
+    assert blocked.headers["X-Regionguard-Address"] == IN
+    assert blocked.headers["X-Regionguard-Region"] == "IN"
+    assert blocked.headers["X-Regionguard-Rule"] == "region-disallowed"
+    assert tls[IN].connections == before          # the origin never saw a connection
+    by_address = _absolute_form_get(proxy, f"https://{IN}:{tls[IN].port}/y")
+    assert by_address.status == 403 and by_address.headers["X-Regionguard-Region"] == "IN"
+    # Allowed: pinned to the checked address, with the name as TLS server name (the origin's
+    # certificate is checked against it) and in the Host header.
+    allowed = _absolute_form_get(proxy, f"https://de.zoom.us:{tls[DE].port}/z")
+    assert allowed.status == 200
+    assert tls[IN].connections == before
+    assert [(d["action"], d["host"], d["address"], d["hook"]) for d in proxy.decisions(3)] == [
+        ("block", "in.zoom.us", IN, "requestheaders"), ("block", None, IN, "requestheaders"),
+        ("allow", "de.zoom.us", DE, "requestheaders")]
 
 
 def test_non_zoom_traffic_passes_untouched_and_is_not_audited(start_proxy, web):
     proxy = start_proxy()
     r = _via(proxy, f"http://plain.example:{web[OTHER].port}/")
     assert status_of(r) == 200 and body_json(r)["origin"] == OTHER
-    assert proxy.decisions() == []
+    # Lines are written in order: once the Zoom request's line is there, a line for the
+    # request before it would be too.
+    assert status_of(_via(proxy, f"http://in.zoom.us:{web[IN].port}/")) == 403
+    assert [d["host"] for d in proxy.decisions(1)] == ["in.zoom.us"]
 
 
 def test_unresolvable_zoom_name_fails_closed(start_proxy, web):
@@ -196,7 +235,7 @@ def test_reroute_lands_on_the_allowed_address_of_the_same_name(start_proxy, tls,
     assert status_of(r) == 200 and body_json(r)["origin"] == DE     # SNI/cert unchanged
     h = _via(proxy, f"http://mixed.zoom.us:{web[DE].port}/")
     assert status_of(h) == 200 and body_json(h)["host"] == f"mixed.zoom.us:{web[DE].port}"
-    lines = proxy.decisions()
+    lines = proxy.decisions(2)
     assert [(d["action"], d["address"], d["connect_to"], d["rerouted_to"]) for d in lines] == \
         [("reroute", IN, DE, f"mixed.zoom.us {DE}")] * 2
 
@@ -212,7 +251,7 @@ def test_reroute_to_the_alternative_the_policy_names_else_block(start_proxy, web
     b = _via(proxy, f"https://{IN}:{tls[IN].port}/", "--cacert", str(cert[0]))
     assert status_of(b) == 403
     assert web[IN].connections == before
-    actions = [(d["action"], d.get("rerouted_to")) for d in proxy.decisions()]
+    actions = [(d["action"], d.get("rerouted_to")) for d in proxy.decisions(2)]
     assert actions == [("reroute", f"de.zoom.us {DE}"), ("block", None)]
 
 
@@ -220,7 +259,7 @@ def test_monitor_allows_and_records_would_block(start_proxy, web):
     proxy = start_proxy(policy_text("monitor"))
     r = _via(proxy, f"http://in.zoom.us:{web[IN].port}/")
     assert status_of(r) == 200 and body_json(r)["origin"] == IN
-    [line] = proxy.decisions()
+    [line] = proxy.decisions(1)
     assert (line["action"], line["would"], line["region"]) == ("monitor", "block", "IN")
 
 
@@ -233,7 +272,7 @@ def test_ipv6_loopback_proxy_and_origin(start_proxy, tls, cert):
     assert status_of(by_name) == 200 and body_json(by_name)["origin"] == "::1"
     by_address = _via(proxy, f"https://[::1]:{tls['::1'].port}/", "--cacert", str(cert[0]))
     assert status_of(by_address) == 200
-    lines = proxy.decisions()
+    lines = proxy.decisions(2)
     assert [(d["address"], d["region"], d["client"]) for d in lines] == [("::1", "DE", "::1")] * 2
 
 
@@ -249,7 +288,7 @@ def test_socks5_mode_decides_by_address_even_when_sni_names_an_allowed_host(star
     ok = curl("--proxy", f"socks5h://127.0.0.1:{proxy.port}", "--cacert", str(cert[0]),
               f"https://de.zoom.us:{port}/")
     assert status_of(ok) == 200 and body_json(ok)["origin"] == DE
-    lines = proxy.decisions()
+    lines = proxy.decisions(2)
     assert [(d["action"], d["address"], d["hook"], d["mode"]) for d in lines] == \
         [("block", IN, "server_connect", "socks5"), ("allow", DE, "server_connect", "socks5")]
 
@@ -258,7 +297,7 @@ def test_bare_mitmdump_with_the_addon_script(start_proxy, web):
     proxy = start_proxy(None, command="mitmdump")
     assert status_of(_via(proxy, f"http://in.zoom.us:{web[IN].port}/")) == 403
     assert status_of(_via(proxy, f"http://de.zoom.us:{web[DE].port}/")) == 200
-    assert [d["action"] for d in proxy.decisions()] == ["block", "allow"]
+    assert [d["action"] for d in proxy.decisions(2)] == ["block", "allow"]
 
 
 # --- audit, reload, options -----------------------------------------------------------------
@@ -271,7 +310,7 @@ def test_audit_log_has_one_line_per_decision_with_its_fields(start_proxy, web, t
                f"http://{IN}:{web[IN].port}/"]
     for t in targets:
         _via(proxy, t, "--cacert", str(cert[0]))
-    lines = proxy.decisions()
+    lines = proxy.decisions(len(targets))
     assert len(lines) == len(targets)
     for line in lines:
         for key in ("time", "client", "mode", "transport", "host", "address", "port", "service",
@@ -281,11 +320,23 @@ def test_audit_log_has_one_line_per_decision_with_its_fields(start_proxy, web, t
         assert line["mode"] == "regular" and line["evidence_source"] == "override"
 
 
+def test_queued_audit_lines_are_written_when_the_proxy_stops(start_proxy, web):
+    """Lines are written from a thread every regionguard_audit_flush_ms; stopping (SIGTERM, as
+    a service manager does) writes what is queued."""
+    proxy = start_proxy(None, "--set", "regionguard_audit_flush_ms=60000")
+    assert status_of(_via(proxy, f"http://in.zoom.us:{web[IN].port}/")) == 403
+    assert status_of(_via(proxy, f"http://de.zoom.us:{web[DE].port}/")) == 200
+    assert proxy.audit_lines(0) == []               # still queued: the interval is a minute
+    proxy.stop()
+    assert [(d["action"], d["host"]) for d in proxy.decisions(0)] == \
+        [("block", "in.zoom.us"), ("allow", "de.zoom.us")]
+
+
 def test_policy_reloads_on_change_and_an_invalid_file_keeps_the_old_one(start_proxy, web):
     proxy = start_proxy()
     url = f"http://in.zoom.us:{web[IN].port}/"
     assert status_of(_via(proxy, url)) == 403
-    old_version = proxy.decisions()[0]["policy_version"]
+    old_version = proxy.decisions(1)[0]["policy_version"]
     proxy.policy.write_text(policy_text().replace("opt_in: [US, DE]", "opt_in: [US, DE, IN]"))
     proxy.wait_for_audit(lambda r: r.get("event") == "policy-reload" and r["ok"])
     assert status_of(_via(proxy, url)) == 200
@@ -295,7 +346,7 @@ def test_policy_reloads_on_change_and_an_invalid_file_keeps_the_old_one(start_pr
     assert str(proxy.policy) in error and "regions.opt_in" in error and "Atlantis" in error
     assert "not reloaded" in proxy.output() or "Atlantis" in proxy.output()
     assert status_of(_via(proxy, url)) == 200          # the last valid policy stays in force
-    versions = [d["policy_version"] for d in proxy.decisions()]
+    versions = [d["policy_version"] for d in proxy.decisions(3)]
     assert versions[0] == old_version and versions[1] == versions[2] != old_version
 
 
@@ -312,6 +363,7 @@ def test_invalid_policy_is_a_clear_error_not_a_traceback(tmp_path):
 @pytest.mark.parametrize("option, expected", [
     ("regionguard_intercept=sometimes", "regionguard_intercept: 'sometimes' is not valid; use one of none, non-zoom, all"),
     ("regionguard_reload=-1", "regionguard_reload: -1 is negative"),
+    ("regionguard_audit_flush_ms=-5", "regionguard_audit_flush_ms: -5 is out of range"),
     ("regionguard_pac_path=proxy.pac", "must start with '/'"),
     ("regionguard_policy=/nonexistent/policy.yaml", "/nonexistent/policy.yaml: file not found"),
 ])
@@ -328,14 +380,16 @@ def test_bad_options_stop_mitmdump_with_a_clear_message(tmp_path, option, expect
 # --- PAC ------------------------------------------------------------------------------------
 
 
-def test_proxy_serves_a_pac_file_for_zoom_domains_only(start_proxy):
+def test_proxy_serves_a_pac_file_for_zoom_domains_only(start_proxy, web):
     proxy = start_proxy()
     r = curl(f"{proxy.url}/proxy.pac")
     assert status_of(r) == 200
     assert "application/x-ns-proxy-autoconfig" in r.stdout
     assert f'"PROXY 127.0.0.1:{proxy.port}"' in r.stdout
     assert '"zoom.us"' in r.stdout and 'return "DIRECT"' in r.stdout
-    assert proxy.decisions() == []
+    # Serving the PAC file is no decision: the first line is the Zoom request's after it.
+    assert status_of(_via(proxy, f"http://in.zoom.us:{web[IN].port}/")) == 403
+    assert [d["host"] for d in proxy.decisions(1)] == ["in.zoom.us"]
 
 
 def test_pac_command_writes_the_file(tmp_path):
@@ -387,17 +441,20 @@ def test_keep_alive_connection_decides_each_destination_once(start_proxy, web):
     r = curl("-x", proxy.url, f"http://de.zoom.us:{port}/1", f"http://de.zoom.us:{port}/2",
              f"http://in.zoom.us:{port}/3")
     assert [int(c) for c in re.findall(r"HTTP/1.1 (\d{3}) ", r.stdout)] == [200, 200, 403]
-    assert [(d["action"], d["host"]) for d in proxy.decisions()] == \
+    assert [(d["action"], d["host"]) for d in proxy.decisions(2)] == \
         [("allow", "de.zoom.us"), ("block", "in.zoom.us")]
 
 
-def test_an_unwritable_audit_log_never_opens_the_gate(start_proxy, web, tmp_path):
+@pytest.mark.parametrize("flush_ms", ["250", "0"])   # queued for the writer thread; written at once
+def test_an_unwritable_audit_log_never_opens_the_gate(start_proxy, web, tmp_path, flush_ms):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    proxy = start_proxy(None, "--set", f"regionguard_audit={blocker / 'audit.jsonl'}", audit=False)
+    proxy = start_proxy(None, "--set", f"regionguard_audit={blocker / 'audit.jsonl'}",
+                        "--set", f"regionguard_audit_flush_ms={flush_ms}", audit=False)
     assert status_of(_via(proxy, f"http://in.zoom.us:{web[IN].port}/")) == 403
     assert status_of(_via(proxy, f"http://de.zoom.us:{web[DE].port}/")) == 200
-    assert "cannot write audit log" in proxy.output()
+    proxy.wait_for_output("cannot write audit log")
+    assert status_of(_via(proxy, f"http://in.zoom.us:{web[IN].port}/")) == 403
 
 
 @pytest.mark.skipif(os.path.exists("/sys/fs/cgroup/cgroup.controllers"),
@@ -423,5 +480,5 @@ def test_upstream_mode_pins_the_connect_it_forwards(start_proxy, web, tls, cert)
     # resolve the lab's names), and connected there.
     assert f"server connect {DE}:{tls[DE].port}" in upstream.output()
     assert f"server connect {DE}:{web[DE].port}" in upstream.output()
-    assert [(d["action"], d["mode"]) for d in proxy.decisions()] == \
+    assert [(d["action"], d["mode"]) for d in proxy.decisions(3)] == \
         [("block", "upstream"), ("allow", "upstream"), ("allow", "upstream")]

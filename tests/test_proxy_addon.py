@@ -49,6 +49,7 @@ def addon(tmp_path, monkeypatch):
                            regionguard_audit=str(tmp_path / "audit.jsonl"))
             monkeypatch.setattr(module.Enforcer, "verdict", broken)
             await check(guard)
+            guard.done()   # as mitmproxy does at shutdown: writes the queued audit lines
 
     return run, tmp_path
 
