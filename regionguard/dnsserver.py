@@ -85,6 +85,7 @@ class Config:
     cache_bytes: int
     audit_path: str | None = None
     tcp: bool = True
+    audit_flush: float = 0.25   # seconds between audit batches; 0: each line at once
 
 
 # --- upstream ---------------------------------------------------------------------------------
@@ -470,7 +471,8 @@ class DnsServer:
         # The hit cache gets most of the memory; the filtered-response cache a quarter.
         self.raw = WireCache(config.cache_bytes * 3 // 4)
         self.semantic = WireCache(config.cache_bytes // 4)
-        self.audit = AuditLog(config.audit_path)
+        # Batched: a line written at once costs a miss ~30 µs, a third of its whole cost.
+        self.audit = AuditLog(config.audit_path, flush_interval=config.audit_flush)
         self._groups: dict[str, str] = {}
         self._inflight: dict[tuple, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -1045,11 +1047,15 @@ def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:
     if args.cache_mb <= 0:
         problems.append(Problem("command line", "--cache-mb", f"{args.cache_mb} is not positive",
                                 "give megabytes, e.g. --cache-mb 64"))
+    if not 0 <= args.audit_flush_ms <= 60_000:
+        problems.append(Problem("command line", "--audit-flush-ms",
+                                f"{args.audit_flush_ms} is not between 0 and 60000",
+                                "give milliseconds, e.g. --audit-flush-ms 250 (0: write at once)"))
     if problems:
         raise ConfigError(problems)
     timeout = args.timeout if args.timeout is not None else holder.engine.policy.resolver.timeout
     return Config(listen, tuple(upstreams), float(timeout), int(args.cache_mb * 1024 * 1024),
-                  args.audit, not args.no_tcp)
+                  args.audit, not args.no_tcp, args.audit_flush_ms / 1000)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -1069,6 +1075,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-mb", type=float, default=64, metavar="MB",
                    help="memory bound of the answer caches (default 64)")
     p.add_argument("--audit", metavar="FILE", help="append one JSON line per filtered Zoom answer")
+    p.add_argument("--audit-flush-ms", type=int, default=250, metavar="MS",
+                   help="write audit lines in batches this often, and at exit (default 250; "
+                   "0: each line at once)")
     p.add_argument("--no-tcp", action="store_true", help="serve UDP only")
     p.add_argument("--no-uvloop", action="store_true",
                    help="use asyncio's own event loop even when uvloop is installed")

@@ -29,7 +29,8 @@ def setup(tmp_path_factory):
     policy.write_text(POLICY)
     audit = base / "audit.jsonl"
     zone = ZoneServer()
-    server = DnsProcess(policy, [zone.address], audit=audit)
+    # lines written at once, so a test reads its line right after the answer
+    server = DnsProcess(policy, [zone.address], "--audit-flush-ms", "0", audit=audit)
     yield server, zone, audit
     server.close()
     zone.close()
@@ -260,6 +261,32 @@ def test_bad_upstream_gives_servfail_and_server_keeps_serving(tmp_path, mode):
         good.close()
 
 
+def test_batched_audit_lines_arrive_soon_and_at_exit(tmp_path):
+    """By default audit lines are written in batches: soon after the answer, and all of them
+    when the server is stopped, even with a long interval."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    zone = ZoneServer()
+    soon, late = tmp_path / "soon.jsonl", tmp_path / "late.jsonl"
+    batched = DnsProcess(policy, [zone.address], audit=soon)
+    slow = DnsProcess(policy, [zone.address], "--audit-flush-ms", "60000", audit=late)
+    try:
+        ask(batched.port, "in.zoom.us")
+        deadline = time.monotonic() + 30
+        while not audit_lines(soon) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [x["dns_qname"] for x in audit_lines(soon)] == ["in.zoom.us"]
+        for name in ("in.zoom.us", "us.zoom.us", "multi.zoom.us"):
+            ask(slow.port, name)
+        assert audit_lines(late) == []          # still queued
+    finally:
+        batched.close()
+        slow.close()
+        zone.close()
+    assert slow.proc.returncode == 0
+    assert [x["dns_qname"] for x in audit_lines(late)] == ["in.zoom.us", "us.zoom.us", "multi.zoom.us"]
+
+
 def test_policy_reload_empties_the_cache(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
@@ -287,6 +314,7 @@ def test_policy_reload_empties_the_cache(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--listen", "nonsense:port"], "--listen"),
     (["--upstream", "1.2.3.4:99999"], "--upstream"),
+    (["--audit-flush-ms", "-5"], "--audit-flush-ms"),
     (["--listen", "127.0.0.1:5399", "--upstream", "127.0.0.1:5399"], "loop"),
     (["--policy", "/nonexistent/policy.yaml"], "file not found"),
 ])
