@@ -4,7 +4,6 @@ upstream, with addons/dns_filter.py alone and with the proxy addon that includes
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 
@@ -13,17 +12,11 @@ import dns.rcode
 import pytest
 from dns_support import BIN, POLICY, ROOT, ZoneServer, addresses, ask
 
-
-def _free_udp_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from tests.conftest import free_port
 
 
 def _mitmdump(script: str, upstream: int, policy, *extra: str):
-    port = _free_udp_port()
+    port = free_port()
     cmd = [str(BIN / "mitmdump"), "-q", "--set", "listen_host=127.0.0.1",
            "--mode", f"reverse:dns://127.0.0.1:{upstream}@{port}",
            "-s", str(ROOT / "addons" / script), "--set", f"regionguard_policy={policy}", *extra]

@@ -7,13 +7,12 @@ import http.client
 import importlib.util
 import os
 import re
-import socket
 import subprocess
 import textwrap
 
 import pytest
 
-from tests.conftest import BIN, ROOT
+from tests.conftest import BIN, ROOT, free_port
 from tests.proxy_support import Proxy, body_json, curl, make_cert, origins_on_one_port, status_of
 
 DE, IN, OTHER = "127.0.1.1", "127.0.2.1", "127.0.3.1"
@@ -41,17 +40,9 @@ resolver:
 """
 
 
-def _dead_udp_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def policy_text(disallowed: str = "block", extra: str = "") -> str:
     return textwrap.dedent(POLICY) % {"disallowed": disallowed, "extra": extra,
-                                      "dead_port": _dead_udp_port()}
+                                      "dead_port": free_port()}
 
 
 @pytest.fixture(scope="module")
@@ -414,10 +405,7 @@ def test_run_with_dns_starts_and_stops_the_dns_server(start_proxy):
     import dns.message
     import dns.query
 
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    dns_port = s.getsockname()[1]
-    s.close()
+    dns_port = free_port()
     proxy = start_proxy(None, "--dns", f"127.0.0.1:{dns_port}")
     query = dns.message.make_query("de.zoom.us", "A")
     answer = None
