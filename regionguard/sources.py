@@ -355,13 +355,18 @@ class HostnameSource:
 
     def lookup_host(self, host: str) -> Evidence | None:
         host = normalise_host(host)
-        labels = host.split(".")
-        for i in range(len(labels) - 1):
-            ev = self._domains.get(".".join(labels[i:]))
+        # Every suffix of two labels or more, longest first; walked by the dots, not split and
+        # joined: the DNS filter asks this for every new name it sees.
+        domains = self._domains
+        start = 0
+        while (dot := host.find(".", start)) >= 0:
+            ev = domains.get(host[start:])
             if ev is not None:
                 return ev
+            start = dot + 1
         if host not in self._zoom_domains:  # label-wise: "evilzoom.us" is not Zoom's
             return None
+        labels = host.split(".")
         # <anything>.<site>.zoom.us: the site label sits just above the Zoom domain.
         for i, label in enumerate(labels[1:-2], 1):
             ev = self._subdomain.get(label)

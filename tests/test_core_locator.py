@@ -192,3 +192,31 @@ def test_oracle_cloud_ranges_are_located(default_locator):
     loc = default_locator.locate("129.80.0.5")  # OCI us-ashburn-1
     assert (loc.region, loc.country) == ("US", "US") and loc.chosen.source == "cloud"
     assert "ashburn" in loc.chosen.note.lower()
+
+
+_LABELS = ["zoom", "us", "com", "cn", "sjc", "a", "", "x-1"]
+
+
+@pytest.mark.parametrize("listed", [[], ["zoom.us"], ["zoom.us", "us", "com.cn", "zoom.com.cn"]])
+def test_domain_set_matches_the_longest_listed_suffix(listed):
+    """DomainSet walks the name's dots; it must agree with the plain definition: the longest
+    listed domain that the name is, or is a subdomain of (label-wise)."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from regionguard.hostnames import DomainSet, in_domains, normalise_host
+
+    ds = DomainSet(listed)
+
+    @given(st.lists(st.sampled_from(_LABELS), min_size=1, max_size=6),
+           st.sampled_from(["", ".", " ", "[]"]))
+    def check(labels, dressing):
+        name = ".".join(labels)
+        host = {"[]": f"[{name}]", ".": name + ".", " ": f" {name.upper()} "}.get(dressing, name)
+        plain = normalise_host(host)
+        found = [d for d in listed if plain == d or plain.endswith("." + d)]
+        want = max(found, key=len) if found else None
+        assert ds.match(host) == want
+        assert (host in ds) == in_domains(plain, listed)
+
+    check()
