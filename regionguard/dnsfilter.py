@@ -294,14 +294,10 @@ class AnswerFilter:
                 continue
             asked = r.section == 0 and r.rdtype == qtype
             had_address = had_address or asked
-            d = self.decide(client, r.owner if zoom_host(r.owner) else name, r.value)
-            result.decisions.append(d)
-            if d.blocks:
-                result.dropped.append(r.value)
-                result.drop.add(i)
-            else:
-                result.kept.append(r.value)
+            if self._allows(result, client, r.owner if zoom_host(r.owner) else name, r.value):
                 kept_address = kept_address or asked
+            else:
+                result.drop.add(i)
         if had_address and not kept_address:
             return None
         if result.dropped:
@@ -316,20 +312,11 @@ class AnswerFilter:
         host = owner if self._zoom_host(owner) else name
         kept = []
         for rd in rrset:
-            d = self.decide(client, host, rd.address)
-            result.decisions.append(d)
-            (result.dropped if d.blocks else result.kept).append(rd.address)
-            if not d.blocks:
+            if self._allows(result, client, host, rd.address):
                 kept.append(rd)
         if len(kept) == len(rrset):
             return rrset
-        if not kept:
-            return None
-        new = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
-        new.update_ttl(rrset.ttl)
-        for rd in kept:
-            new.add(rd)
-        return new
+        return _rrset_like(rrset, kept)
 
     def _filter_svcb(self, client: str | None, name: str, rrset: dns.rrset.RRset,
                      result: FilterResult) -> dns.rrset.RRset | None:
@@ -343,13 +330,8 @@ class AnswerFilter:
                 param = params.get(key)
                 if param is None:
                     continue
-                allowed = []
-                for address in param.addresses:
-                    d = self.decide(client, host, address)
-                    result.decisions.append(d)
-                    (result.dropped if d.blocks else result.kept).append(address)
-                    if not d.blocks:
-                        allowed.append(address)
+                allowed = [address for address in param.addresses
+                           if self._allows(result, client, host, address)]
                 if len(allowed) != len(param.addresses):
                     changed = True
                     if allowed:
@@ -366,15 +348,14 @@ class AnswerFilter:
                 continue
             out.append(rd.replace(params=params) if len(params) != len(rd.params) or changed
                        else rd)
-        if not changed:
-            return rrset
-        if not out:
-            return None
-        new = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
-        new.update_ttl(rrset.ttl)
-        for rd in out:
-            new.add(rd)
-        return new
+        return _rrset_like(rrset, out) if changed else rrset
+
+    def _allows(self, result: FilterResult, client: str | None, host: str, address: str) -> bool:
+        """Decide one answer address, recorded in `result`; True when it may stay."""
+        d = self.decide(client, host, address)
+        result.decisions.append(d)
+        (result.dropped if d.blocks else result.kept).append(address)
+        return not d.blocks
 
     # --- synthesized answers ------------------------------------------------------------------
 
@@ -419,6 +400,17 @@ class AnswerFilter:
                 rrset.add(rd)
         r.answer.append(rrset)
         return r
+
+
+def _rrset_like(rrset: dns.rrset.RRset, rdatas: list) -> dns.rrset.RRset | None:
+    """`rrset`'s name, class, type and TTL with only `rdatas`; None when there are none."""
+    if not rdatas:
+        return None
+    new = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
+    new.update_ttl(rrset.ttl)
+    for rd in rdatas:
+        new.add(rd)
+    return new
 
 
 def _hints(rd: dns.rdata.Rdata) -> Iterable[str]:
