@@ -140,11 +140,12 @@ def start_dns(policy: Path, listen: str, audit: str | None = None,
     raise DnsStartError(f"the DNS server did not start listening on {listen} within {timeout:.0f} s")
 
 
-def stop(child: subprocess.Popen) -> None:
+def stop(child: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate a child process, giving it `timeout` seconds to exit before it is killed."""
     if child.poll() is None:
         child.terminate()
         try:
-            child.wait(timeout=10)
+            child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()

@@ -27,6 +27,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from regionguard.runner import stop
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -275,13 +277,7 @@ class DnsProcess:
             self.log.append(line)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop(self.proc)
 
 
 def ask(port: int, name: str, rdtype: str = "A", source: str = "127.0.0.1", tcp: bool = False,

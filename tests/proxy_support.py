@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from regionguard.runner import stop
 from tests.conftest import BIN, ROOT
 
 STARTUP_TIMEOUT = 60.0    # a shared 2-core machine: generous, and only an upper bound
@@ -317,13 +318,7 @@ class Proxy:
         raise AssertionError(f"{text!r} not in the proxy's output within {timeout}s:\n{self.output()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, timeout=15)
         self._log.close()
 
 

@@ -20,6 +20,7 @@ from itertools import count
 
 import pytest
 
+from regionguard.runner import stop
 from tests.proxy_support import (
     Proxy,
     UdpEcho,
@@ -189,15 +190,7 @@ def test_wireguard_mode_covers_tcp_and_udp_8801_media(lab):
     wg = subprocess.Popen(["ip", "netns", "exec", client, "wireguard-go", "-f", dev],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
-    def stop_wg() -> None:
-        wg.terminate()
-        try:
-            wg.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            wg.kill()
-            wg.wait()
-
-    lab["cleanup"].append(stop_wg)
+    lab["cleanup"].append(lambda: stop(wg))
     deadline = time.monotonic() + 30
     while sh("ip", "-n", client, "link", "show", dev, check=False).returncode != 0:
         assert time.monotonic() < deadline and wg.poll() is None, "wireguard-go did not start"
