@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,13 @@ from regionguard.reload import EngineHolder  # noqa: E402
 from regionguard.resolve import NameResolver  # noqa: E402
 
 log = logging.getLogger("regionguard.dns")
+CHECK_EVERY = 1.0   # seconds between looks at the policy option and file (standalone addon)
 
 
 class DnsFilter:
     """Filters mitmproxy DNS flows. No options of its own: beside the proxy addon it uses that
     addon's policy (and its reloads) and audit log; alone, the policy given with
-    `--set regionguard_policy=...` (else the default policy), checked for changes per query."""
+    `--set regionguard_policy=...` (else the default policy), checked for changes every second."""
 
     def __init__(self) -> None:
         self._holder: EngineHolder | None = None
@@ -65,6 +67,8 @@ class DnsFilter:
         self._resolver: tuple[Any, NameResolver] | None = None   # (engine, its resolver)
         self._own_audit = AuditLog(None)
         self._failed_path: str | None = None
+        self._own: EngineHolder | None = None
+        self._next_check = 0.0
 
     # --- policy and audit, read defensively --------------------------------------------------
 
@@ -90,6 +94,16 @@ class DnsFilter:
         return value
 
     def _own_holder(self) -> EngineHolder | None:
+        """This addon's own policy (when the proxy addon is absent), looked at again at most
+        every CHECK_EVERY seconds: reading the option and stat-ing the file per query would put
+        file-system calls on every DNS answer's path."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + CHECK_EVERY
+            self._own = self._load_own()
+        return self._own
+
+    def _load_own(self) -> EngineHolder | None:
         path = str(self._option("regionguard_policy") or default_policy_path())
         if self._holder is None or str(self._holder.path) != path:
             if self._failed_path == path:
