@@ -101,10 +101,11 @@ class DnsStartError(Exception):
     """The DNS child could not be started; the message says why and what to do."""
 
 
-def start_dns(policy: Path, listen: str, audit: str | None = None,
-              timeout: float = 15.0) -> subprocess.Popen:
+def start_dns(policy: Path, nameservers: tuple[tuple[str, int], ...], listen: str,
+              audit: str | None = None, timeout: float = 15.0) -> subprocess.Popen:
     """Start `regionguard dns` beside the proxy and wait until it accepts TCP on its address, so
-    the proxy never runs with a DNS server that died at start-up."""
+    the proxy never runs with a DNS server that died at start-up. `nameservers`: the policy's
+    resolver name servers (the policy is already loaded)."""
     if importlib.util.find_spec("regionguard.dnsserver") is None:
         raise DnsStartError("--dns needs the DNS front end (regionguard.dnsserver), which is not installed")
     hostport = parse_hostport(listen, 53)
@@ -118,7 +119,6 @@ def start_dns(policy: Path, listen: str, audit: str | None = None,
         cmd += ["--audit", str(path.with_name(path.stem + ".dns" + path.suffix))]
     # The proxy resolves through the policy's name servers; when that is this very server, the
     # DNS child forwards to the system's resolvers instead of to itself.
-    nameservers = load_policy(policy).resolver.nameservers
     if not nameservers or hostport in nameservers:
         from .dnsserver import system_upstreams
 
@@ -155,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     extra = list(getattr(args, "extra", []) or [])
     policy = Path(args.policy).resolve() if args.policy else default_policy_path()
     try:
-        load_policy(policy)   # fail here, with file, field and fix, not in mitmproxy's log
+        loaded = load_policy(policy)   # fail here, with file, field and fix, not in mitmproxy's log
     except ConfigError as e:
         print(f"regionguard run: invalid policy:\n{e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -166,7 +166,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mitmproxy.tools.main import mitmdump  # imported late: `regionguard pac` needs no mitmproxy
 
     try:
-        child = start_dns(policy, args.dns, args.audit) if args.dns else None
+        child = (start_dns(policy, loaded.resolver.nameservers, args.dns, args.audit)
+                 if args.dns else None)
     except DnsStartError as e:
         print(f"regionguard run: {e}", file=sys.stderr)
         return EXIT_CONFIG
