@@ -129,12 +129,8 @@ class AnswerFilter:
         facts = self._facts.get(host)
         if facts is None:
             zoom = self.engine.zoom
-            meeting = False
-            for pattern in zoom.meeting_server_names:
-                if pattern.search(host):
-                    meeting = True
-                    break
-            facts = (zoom.domains.match(host), host in zoom.crc_domains, meeting,
+            facts = (zoom.domains.match(host), host in zoom.crc_domains,
+                     zoom.is_meeting_server_name(host),
                      tuple([src.lookup_host(host) for src in self.engine.locator.per_host]))
             if len(self._facts) >= _DECISION_CACHE:
                 self._facts.clear()

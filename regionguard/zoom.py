@@ -96,6 +96,11 @@ class ZoomCatalogue:
             return Classification(False, None, "not a Zoom domain or range", None)
         return Classification(True, self._service(host, rng, port, transport), why, rng)
 
+    def is_meeting_server_name(self, host: str) -> bool:
+        """Does `host` (normalised) name a meeting server: a meeting-server name pattern, or
+        HOST.SITE.zoom.us. A TCP 443 connection to one is a tunnel."""
+        return any(p.search(host) for p in self.meeting_server_names) or self._at_site(host)
+
     def _at_site(self, host: str) -> bool:
         labels = host.split(".")
         return len(labels) == 4 and labels[1] in self.site_codes and ".".join(labels[2:]) == "zoom.us"
@@ -109,8 +114,7 @@ class ZoomCatalogue:
         if rng is not None and rng.service in ("phone", "cdn"):
             return rng.service
         if transport == "tcp" and port == 443:
-            if host and (any(p.search(host) for p in self.meeting_server_names)
-                         or self._at_site(host)):
+            if host and self.is_meeting_server_name(host):
                 return "tunnel"
             if host is None and rng is not None:
                 return "tunnel"   # an unnamed TCP 443 connection straight to a Zoom server

@@ -339,7 +339,8 @@ def test_decision_cache_answers_exactly_as_the_engine_would(policy_file):
                                    "region: US, zoom: true}\n", 1))
     f = AnswerFilter(Engine(load_policy(path)))
     hosts = ["a.zoom.us", "b.zoom.us", "A.Zoom.US.", "x.lab.zoom.us", "zoomfrn1mmr.fra.zoom.us",
-             "zoomsjc1mmr.sjc.zoom.us", "room.zoomcrc.com", "meet.customer.example", "zoom.us"]
+             "zoomsjc1mmr.sjc.zoom.us", "x.sjc.zoom.us", "a.x.sjc.zoom.us", "room.zoomcrc.com",
+             "meet.customer.example", "zoom.us"]
     addresses = ["198.51.100.10", "203.0.113.10", "100.70.0.10", "192.0.2.99", "2001:db8:de::10",
                  "206.247.11.121", "159.124.47.249"]
     for _ in range(2):   # the second round is answered from the cache
