@@ -475,6 +475,7 @@ class _Checker:
                     self.error(path + ("match",), f"{match!r} is not a valid CIDR prefix ({e})",
                                "clear the host bits, e.g. 203.0.113.0/24")
                     continue
+                match = match.lower().rstrip(".")   # as names are compared: normalise_host
             region = None
             if o.get("region") not in (None, "none", "None"):
                 region = self.one_region(o["region"], path + ("region",))

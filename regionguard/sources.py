@@ -70,7 +70,7 @@ class OverrideSource(StaticSource):
             if ov.is_network:
                 items.append((ov.match, ev))
             else:
-                self._host_rules.append((ov.match.lower().rstrip("."), ev))
+                self._host_rules.append((ov.match, ev))   # normalised by the policy
         self.table = PrefixTable.from_prefixes(items)
 
     def lookup_host(self, host: str) -> Evidence | None:

@@ -190,3 +190,15 @@ def test_with_host_copies_every_field_but_the_host(eu):
     assert copy == dataclasses.replace(d, host="other.zoom.us")
     assert all(getattr(copy, f.name) is getattr(d, f.name)
                for f in dataclasses.fields(d) if f.name != "host")
+
+
+def test_a_host_override_matches_names_whatever_the_case_it_is_written_in(write_policy):
+    engine = Engine(load_policy(write_policy("""
+        version: 1
+        account: {type: paid, default_region: US}
+        regions: {opt_in: [US]}
+        overrides:
+          - {match: "*.Lab.Example.", region: DE, zoom: true}
+    """)))
+    assert engine.is_zoom(host="a.lab.example")          # the DNS filter's and the addon's test
+    assert engine.locator.locate("192.0.2.1", "A.LAB.example").zoom   # the locator's
