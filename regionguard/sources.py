@@ -342,6 +342,7 @@ class HostnameSource:
                         f"*.{d}", float(spec.get("confidence", 0.5)), spec.get("note", ""))
             for d, spec in domain_regions.items()
         }
+        self._region_domains = DomainSet(self._domains)
         self._subdomain: dict[str, Evidence] = {}
         self._zc_codes: dict[str, Evidence] = {}
         with open(site_codes, newline="", encoding="utf-8") as f:
@@ -355,15 +356,9 @@ class HostnameSource:
 
     def lookup_host(self, host: str) -> Evidence | None:
         host = normalise_host(host)
-        # Every suffix of two labels or more, longest first; walked by the dots, not split and
-        # joined: the DNS filter asks this for every new name it sees.
-        domains = self._domains
-        start = 0
-        while (dot := host.find(".", start)) >= 0:
-            ev = domains.get(host[start:])
-            if ev is not None:
-                return ev
-            start = dot + 1
+        fixed = self._region_domains.match(host)
+        if fixed is not None:
+            return self._domains[fixed]
         if host not in self._zoom_domains:  # label-wise: "evilzoom.us" is not Zoom's
             return None
         labels = host.split(".")
