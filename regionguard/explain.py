@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
 
@@ -219,8 +218,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             status = EXIT_CONFIG
             continue
         try:
-            logging.getLogger("regionguard.locator").disabled = True  # printed below instead
-            problems = Locator.for_policy(policy).problems  # also reads geofeeds and databases
+            # also reads geofeeds and databases; printed below
+            problems = Locator.for_policy(policy, log_problems=False).problems
         except OSError as e:
             problems = (Problem(f, "data", f"bundled data unreadable: {e}", "reinstall regionguard"),)
         for w in problems:

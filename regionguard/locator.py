@@ -116,8 +116,9 @@ class Locator:
 
     @classmethod
     def for_policy(cls, policy: Policy, zoom: ZoomCatalogue | None = None,
-                   data: Path | None = None) -> Locator:
-        """Every source the policy asks for, over the bundled data in `data` (config/data)."""
+                   data: Path | None = None, log_problems: bool = True) -> Locator:
+        """Every source the policy asks for, over the bundled data in `data` (config/data).
+        Problems found are logged as warnings unless the caller shows them itself."""
         data = data or data_dir()
         catalogue: Catalogue = policy.catalogue
         zoom = zoom or ZoomCatalogue.load()
@@ -159,7 +160,7 @@ class Locator:
                 problems.append(Problem("iptocc", "evidence.precedence",
                                         f"offline country fallback unavailable: {e}",
                                         "pip install iptocc"))
-        for p in problems:
+        for p in problems if log_problems else ():
             log.warning("%s", p)
         return cls(static, per_address, per_host, policy.evidence, problems=problems)
 
