@@ -5,6 +5,7 @@ Exit codes (all commands):
   1  explain: at least one target would be blocked
   2  usage error, or an invalid policy/configuration (the message names file, field and fix)
   3  explain: a target could not be resolved
+  4  replay, report: some input unreadable (the rest was processed)
 Other commands (run, dns, replay, report, pac) register themselves from their own modules and
 document their codes in `regionguard COMMAND --help`.
 """
@@ -31,6 +32,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
 )
 
 EXIT_OK, EXIT_BLOCKED, EXIT_CONFIG, EXIT_RESOLVE = 0, 1, 2, 3
+EXIT_INPUT = 4   # replay, report: some input unreadable (the rest was processed)
 
 
 def add_policy_argument(parser: argparse.ArgumentParser) -> None:

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._paths import default_policy_path
+from .cli import EXIT_BLOCKED, EXIT_CONFIG, EXIT_INPUT, EXIT_OK, add_policy_argument, policy_path
 from .decision import Action, Decision, Engine
 from .flows import FORMATS, Connection, InputProblem, read_connections
 from .policy import Policy, load_policy
 from .progress import ProgressBar, wanted
 
-EXIT_OK, EXIT_BLOCKED, EXIT_CONFIG, EXIT_INPUT = 0, 1, 2, 4
 FAIL_CHOICES = ("block", "reroute", "monitor", "none")
 DEFAULT_FAIL_ON = frozenset({"block", "reroute"})
 MAX_PROBLEMS_KEPT = 1000   # a file of garbage must not fill memory with messages
@@ -336,8 +336,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or invalid policy; 4 some input unreadable (the rest was replayed); 5 both 1 and 4.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="FILE", help=".mitm, .har or audit .jsonl(.gz)")
-    p.add_argument("--policy", "-p", metavar="FILE", default=None,
-                   help=f"policy YAML file (default: {default_policy_path()})")
+    add_policy_argument(p)
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="read every FILE as this format (default: detected from the content)")
     p.add_argument("--client", metavar="IP", default=None,
@@ -355,7 +354,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    result = replay(args.files, args.policy or default_policy_path(), client=args.client,
+    result = replay(args.files, policy_path(args), client=args.client,
                     fail_on=args.fail_on, fmt=args.format, progress=args.progress)
     if args.junit:
         try:

@@ -24,10 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cli import EXIT_CONFIG, EXIT_INPUT, EXIT_OK
 from .flows import InputProblem, iter_audit_lines
 from .progress import ProgressBar, wanted
 
-EXIT_OK, EXIT_CONFIG, EXIT_INPUT = 0, 2, 4
 TOP_HOSTS_KEPT = 10_000
 MAX_PROBLEMS_KEPT = 200
 STOPPED = frozenset({"block", "reroute"})
