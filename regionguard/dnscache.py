@@ -124,11 +124,6 @@ class WireCache:
         entry = self._data.get(key)
         return max(0.0, entry.expires - now) if entry is not None else 0.0
 
-    def fields(self, key: Hashable, wire: bytes) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-        """ttl_fields(wire), known already when `wire` is the very message stored under `key`."""
-        entry = self._data.get(key)
-        return (entry.offsets, entry.ttls) if entry is not None and entry.wire is wire else None
-
     def ttl_left_and_fields(self, key: Hashable, wire: bytes, now: float
                             ) -> tuple[float, tuple[tuple[int, ...], tuple[int, ...]] | None]:
         """(ttl_left(key, now), fields(key, wire)) with one lookup: the miss path wants both."""
@@ -142,7 +137,7 @@ class WireCache:
             fields: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> bool:
         """Store `wire` for `ttl` seconds. False (nothing stored) when ttl <= 0, the message is
         malformed, or it alone exceeds the bound. `fields`: ttl_fields(wire), when the caller
-        knows them (from a message of the same layout and TTLs, see `fields`)."""
+        knows them (from a message of the same layout and TTLs, see `ttl_left_and_fields`)."""
         size = len(wire) + ENTRY_OVERHEAD + (len(key[-1]) if isinstance(key, tuple)
                                              and isinstance(key[-1], bytes) else 0)
         if ttl <= 0 or size > self.max_bytes:

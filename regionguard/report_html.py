@@ -103,7 +103,6 @@ def world_map(s: Summary) -> str:
     cat = load_catalogue()
     regions = {k: (counts, total) for k, counts, total in s.table(s.region_action)}
     no_region = {k: (counts, total) for k, counts, total in s.table(s.country_action)}
-    country_region = {c: code for code, r in cat.regions.items() for c in r.countries}
     parts = [f'<svg class="map" viewBox="0 0 {MAP_W} {MAP_H}" role="img" '
              f'aria-label="World map of Zoom regions reached">',
              f'<rect width="{MAP_W}" height="{MAP_H}" fill="#e8f1f8"/>']
@@ -111,7 +110,7 @@ def world_map(s: Summary) -> str:
     for c in _world():
         a2 = c.get("a2") or ""
         centres[a2] = _centre(c)
-        region = country_region.get(a2)
+        region = cat.region_for_country(a2)
         fill, tip = "#d9d9d9", c["name"]
         if region in regions:
             counts, total = regions[region]
