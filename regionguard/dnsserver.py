@@ -44,6 +44,7 @@ import dns.resolver
 from .audit import AuditLog
 from .cli import EXIT_CONFIG, add_policy_argument, policy_path
 from .dnscache import (
+    Query,
     WireCache,
     WireFormatError,
     parse_query,
@@ -425,6 +426,25 @@ class Upstreams:
 # --- the server ---------------------------------------------------------------------------------
 
 
+def _cache_key(group: str, pq: Query) -> tuple:
+    """The filtered-answer cache key of a plain query: (group, name in lower-case wire form,
+    type, class, DO, CD, EDNS)."""
+    return (group, pq.qname.lower(), pq.qtype, 1, pq.do, bool(pq.flags & CD_BIT), pq.edns)
+
+
+def _readdressed(pq: Query, canonical: bytes) -> bytes:
+    """The canonical (cached) answer for this query: the client's ID, RD bit and question
+    spelling."""
+    flags = (((canonical[2] << 8) | canonical[3]) & ~RD_BIT) | (pq.flags & RD_BIT)
+    return pq.id + flags.to_bytes(2, "big") + canonical[4:12] + pq.qname + canonical[12 + len(pq.qname):]
+
+
+def _servfail(pq: Query, data: bytes) -> bytes:
+    """SERVFAIL for a plain query, echoing its question."""
+    flags = 0x8080 | (pq.flags & RD_BIT) | dns.rcode.SERVFAIL
+    return pq.id + struct.pack("!5H", flags, 1, 0, 0, 0) + data[12:16 + len(pq.qname)]
+
+
 def _error_reply(data: bytes, rcode: int) -> bytes | None:
     """A header-only reply (FORMERR, NOTIMP, SERVFAIL) to a query we cannot or will not parse.
     None when even the header is unusable or the packet is itself a response (never answer
@@ -586,8 +606,7 @@ class DnsServer:
         if pq is None or pq.qclass != 1:
             return await self._answer_parsed(data, client, udp)
         group = self.group_of(client)
-        # the cache key: (group, name in lower-case wire form, type, class, DO, CD, EDNS)
-        key = (group, pq.qname.lower(), pq.qtype, 1, pq.do, bool(pq.flags & CD_BIT), pq.edns)
+        key = _cache_key(group, pq)
         canonical = self.semantic.get(key, time.monotonic())
         if canonical is None:
             try:
@@ -595,12 +614,8 @@ class DnsServer:
             except UpstreamError as e:
                 log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), e)
                 self.stats["servfail"] += 1
-                flags = 0x8080 | (pq.flags & RD_BIT) | dns.rcode.SERVFAIL
-                return pq.id + struct.pack("!5H", flags, 1, 0, 0, 0) + data[12:16 + len(pq.qname)]
-        # the canonical answer, re-addressed: the client's ID, RD bit and question spelling
-        flags = (struct.unpack_from("!H", canonical, 2)[0] & ~RD_BIT) | (pq.flags & RD_BIT)
-        qlen = len(pq.qname)
-        reply = pq.id + struct.pack("!H", flags) + canonical[4:12] + pq.qname + canonical[12 + qlen:]
+                return _servfail(pq, data)
+        reply = _readdressed(pq, canonical)
         if udp:
             if len(reply) > min(pq.payload, MAX_UDP_REPLY):
                 return await self._answer_parsed(data, client, udp)   # dnspython truncates it
@@ -678,7 +693,7 @@ class DnsServer:
         try:
             if group is None:
                 group = self.group_of(client)
-            key = (group, pq.qname.lower(), pq.qtype, 1, pq.do, bool(pq.flags & CD_BIT), pq.edns)
+            key = _cache_key(group, pq)
             waiter = (data, pq, group, key, addr, transport)
             canonical = self.semantic.get(key, now if now is not None else time.monotonic())
             if canonical is not None:
@@ -759,10 +774,7 @@ class DnsServer:
         """The canonical answer, re-addressed: the client's ID, RD bit and question spelling
         (as `_answer`); cached for the hit path and sent."""
         data, pq, group, key, addr, transport = waiter
-        qname = pq.qname
-        qlen = len(qname)
-        flags = (((canonical[2] << 8) | canonical[3]) & ~RD_BIT) | (pq.flags & RD_BIT)
-        reply = pq.id + struct.pack("!H", flags) + canonical[4:12] + qname + canonical[12 + qlen:]
+        reply = _readdressed(pq, canonical)
         if len(reply) > min(pq.payload, MAX_UDP_REPLY):
             self.spawn(self._general_udp(data, addr, transport))   # dnspython truncates it
             return
@@ -779,8 +791,7 @@ class DnsServer:
         if isinstance(error, UpstreamError):
             log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), error)
             self.stats["servfail"] += 1
-            flags = 0x8080 | (pq.flags & RD_BIT) | dns.rcode.SERVFAIL
-            reply = pq.id + struct.pack("!5H", flags, 1, 0, 0, 0) + data[12:16 + len(pq.qname)]
+            reply = _servfail(pq, data)
         else:
             log.error("regionguard dns: failed to answer a query from %s", addr[0],
                       exc_info=error)
