@@ -133,6 +133,25 @@ class WireCache:
         return max(0.0, entry.expires - now), ((entry.offsets, entry.ttls) if entry.wire is wire
                                                else None)
 
+    def entry(self, key: Hashable) -> Entry | None:
+        """The entry stored under `key` (expired or not), without counting a hit or a miss."""
+        return self._data.get(key)
+
+    def put_entry(self, key: Hashable, entry: Entry) -> None:
+        """Store an entry of another cache under `key` too: the same bytes, TTLs and expiry,
+        shared rather than copied (the miss path stores one answer in both server caches)."""
+        size = self._size(key, entry)
+        if size > self.max_bytes:
+            return
+        old = self._data.pop(key, None)
+        if old is not None:
+            self.bytes -= self._size(key, old)
+        self._data[key] = entry
+        self.bytes += size
+        while self.bytes > self.max_bytes and self._data:
+            k, e = self._data.popitem(last=False)
+            self.bytes -= self._size(k, e)
+
     def put(self, key: Hashable, wire: bytes, ttl: float, now: float,
             fields: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> bool:
         """Store `wire` for `ttl` seconds. False (nothing stored) when ttl <= 0, the message is
@@ -280,6 +299,7 @@ class Scan(NamedTuple):
     question_end: int
     records: tuple[Record, ...]
     pointers: tuple[tuple[int, int], ...]   # (where a pointer sits, where it points)
+    qname: str = ""                          # the question's name, lower-case dotted
 
 
 def scan_response(wire: bytes) -> Scan | None:
@@ -287,7 +307,8 @@ def scan_response(wire: bytes) -> Scan | None:
     None otherwise (the caller then uses dnspython, which also reports the garbage).
 
     This runs once per cache miss, so it allocates as little as it can: no list per record, no
-    generator, one pass over the records of all three sections."""
+    generator, one pass over the records of all three sections. Compression pointers into the
+    question are not listed in `pointers`: the question is never removed, so they stay valid."""
     try:
         n = len(wire)
         if n < 12:
@@ -297,33 +318,38 @@ def scan_response(wire: bytes) -> Scan | None:
             return None
         unpack_from, inet_ntop = struct.unpack_from, socket.inet_ntop
         pointers: list[tuple[int, int]] = []
-        pos = skip_name(wire, 12) + 4
+        qname, pos = read_name(wire, 12)
+        pos += 4
         question_end = pos
         records = []
-        # Owners are mostly one compression pointer to the same name (the question's): what
-        # read_name gives for a name that is just a pointer to `target` depends on the target
-        # only (its text, and the pointers followed from there), so it is read once.
+        # Owners are mostly one compression pointer to the question's name (0xC00C), or to a
+        # name read before: what read_name gives for a name that is just a pointer to `target`
+        # depends on the target only (its text, and the pointers followed from there).
         by_target: dict[int, tuple[str, list[int]]] = {}
         for section in (0,) * an + (1,) * ns + (2,) * ar:
             start = pos
-            if wire[pos] >= 0xC0:
-                target = ((wire[pos] & 0x3F) << 8) | wire[pos + 1]
+            first = wire[pos]
+            if first == 0xC0 and wire[pos + 1] == 12:
+                owner = qname
+                pos += 2
+            elif first >= 0xC0:
+                target = ((first & 0x3F) << 8) | wire[pos + 1]
                 known = by_target.get(target) if target < pos else None
                 if known is None:
                     found: list[int] = []
                     owner, pos = read_name(wire, pos, found)
-                    known = by_target[target] = (owner, found[1:])
+                    known = by_target[target] = (owner, [t for t in found if t >= question_end])
                 else:
                     owner = known[0]
                     pos += 2
-                pointers.append((start, target))
                 for t in known[1]:
                     pointers.append((start, t))
             else:
                 found = []
                 owner, pos = read_name(wire, pos, found)
                 for t in found:
-                    pointers.append((start, t))
+                    if t >= question_end:
+                        pointers.append((start, t))
             rdtype, _cls, ttl, rdlen = unpack_from("!HHIH", wire, pos)
             ttl_at = pos + 4
             pos += 10
@@ -346,7 +372,8 @@ def scan_response(wire: bytes) -> Scan | None:
                 if after != rdata_end:
                     return None
                 for t in found:
-                    pointers.append((start, t))
+                    if t >= question_end:
+                        pointers.append((start, t))
             elif rdtype == SOA_TYPE:
                 found = []
                 _m, after = read_name(wire, pos, found)
@@ -354,7 +381,8 @@ def scan_response(wire: bytes) -> Scan | None:
                 if after + 20 != rdata_end:
                     return None
                 for t in found:
-                    pointers.append((start, t))
+                    if t >= question_end:
+                        pointers.append((start, t))
                 value = str(min(ttl, unpack_from("!I", wire, rdata_end - 4)[0]))
             else:   # not one of SIMPLE_TYPES
                 return None
@@ -362,7 +390,8 @@ def scan_response(wire: bytes) -> Scan | None:
             pos = rdata_end
         if pos != n:
             return None
-        return Scan(flags & 0x000F, flags, question_end, tuple(records), tuple(pointers))
+        return Scan(flags & 0x000F, flags, question_end, tuple(records), tuple(pointers),
+                    qname)
     except (WireFormatError, struct.error, IndexError):
         return None
 
@@ -373,34 +402,40 @@ def remove_records(wire: bytes, scan: Scan, drop: set[int]) -> bytes | None:
     break it): the caller then rebuilds the message with dnspython."""
     if not drop:
         return wire
-    first = min(scan.records[i].start for i in drop)
+    records = scan.records
+    first = min([records[i].start for i in drop])
     for where, target in scan.pointers:
         if where > first and target >= first:
             return None
-    out = bytearray(wire[:scan.question_end])
+    parts = [wire[:scan.question_end]]
     counts = [0, 0, 0]
-    for i, rec in enumerate(scan.records):
-        if i in drop:
-            continue
-        out += wire[rec.start:rec.end]
-        counts[rec.section] += 1
-    struct.pack_into("!3H", out, 6, *counts)
-    return bytes(out)
+    for i, rec in enumerate(records):
+        if i not in drop:
+            parts.append(wire[rec.start:rec.end])
+            counts[rec.section] += 1
+    parts[0] = parts[0][:6] + struct.pack("!3H", *counts) + parts[0][12:]
+    return b"".join(parts)
 
 
-def scan_ttl_fields(scan: Scan, drop: set[int] | frozenset[int] = frozenset()
-                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """ttl_fields() of the scanned message, or of remove_records(message, scan, drop), from the
-    scan: the records are contiguous from question_end, and removing some moves the rest."""
+def scan_ttls(scan: Scan, max_ttl: int, drop: set[int] | frozenset[int] = frozenset()
+              ) -> tuple[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(response_ttl(scan, max_ttl, drop), the offsets and values of every TTL field of
+    remove_records(message, scan, drop)), in one pass over the records: the miss path wants
+    both. The records are contiguous from question_end; removing some moves the rest."""
     offsets, ttls = [], []
     shift = 0
+    answered = False
     for i, r in enumerate(scan.records):
         if i in drop:
             shift += r.end - r.start
         elif r.rdtype != _OPT:
             offsets.append(r.ttl_at - shift)
             ttls.append(r.ttl)
-    return tuple(offsets), tuple(ttls)
+            answered = answered or r.section == 0
+    fields = (tuple(offsets), tuple(ttls))
+    if scan.rcode == 0 and answered:
+        return max(0, min(min(ttls), max_ttl)), fields
+    return response_ttl(scan, max_ttl, drop), fields
 
 
 def response_ttl(scan: Scan, max_ttl: int, drop: set[int] | frozenset[int] = frozenset()) -> int:

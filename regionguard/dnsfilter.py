@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import dns.flags
 import dns.message
@@ -52,32 +51,57 @@ def decide_address(engine: Engine, client: str | None, name: str, address: str) 
     return engine.decide_safely(client, name, address, DNS_PORT, DNS_TRANSPORT)
 
 
-@dataclass(slots=True)
 class FilterResult:
-    message: dns.message.Message | None      # None from filter_scan (see `drop` there)
-    zoom: bool = False
-    outcome: str = "pass"          # pass | allowed | filtered | monitor | blocked | reroute
-    name: str | None = None        # the Zoom name the addresses were decided for
-    decisions: list[Decision] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    reroute_to: str | None = None
-    drop: set[int] = field(default_factory=set)   # filter_scan: indices of records to remove
+    """What the filter did to one response (and the decisions behind it)."""
+
+    # A plain class rather than a dataclass: one is made per Zoom answer on the miss path, and
+    # six default factories cost more than the rest of the constructor.
+    __slots__ = ("message", "zoom", "outcome", "name", "decisions", "hosts", "kept", "dropped",
+                 "reroute_to", "drop")
+
+    def __init__(self, message: dns.message.Message | None, zoom: bool = False,
+                 outcome: str = "pass", name: str | None = None) -> None:
+        self.message = message      # None from filter_scan (see `drop` there)
+        self.zoom = zoom
+        self.outcome = outcome      # pass | allowed | filtered | monitor | blocked | reroute
+        self.name = name            # the Zoom name the addresses were decided for
+        # One decision per address decided, and the name it was decided for. A decision may
+        # come from the filter's cache with another name of the same facts in its `host` field:
+        # the name is copied in only for the decision that is audited (`audit_decision`).
+        self.decisions: list[Decision] = []
+        self.hosts: list[str | None] = []
+        self.kept: list[str] = []
+        self.dropped: list[str] = []
+        self.reroute_to: str | None = None
+        self.drop: set[int] = set()     # filter_scan: indices of records to remove
+
+    def __repr__(self) -> str:
+        return (f"FilterResult(outcome={self.outcome!r}, zoom={self.zoom}, name={self.name!r}, "
+                f"kept={self.kept}, dropped={self.dropped}, reroute_to={self.reroute_to!r})")
 
     @property
     def changed(self) -> bool:
         return self.outcome in ("filtered", "blocked", "reroute")
 
-    def audit_decision(self) -> Decision | None:
+    def audit_decision(self, named: bool = True) -> Decision | None:
         """The decision that stands for this answer in the audit log: the first that dropped
-        an address, else the first monitored one, else the first."""
-        for d in self.decisions:
+        an address, else the first monitored one, else the first. `named=False`: its `host`
+        may be another name's (enough for counting, which does not read it)."""
+        decisions = self.decisions
+        if not decisions:
+            return None
+        at = 0
+        for i, d in enumerate(decisions):
             if d.blocks:
-                return d
-        for d in self.decisions:
-            if d.action is Action.MONITOR:
-                return d
-        return self.decisions[0] if self.decisions else None
+                at = i
+                break
+        else:
+            for i, d in enumerate(decisions):
+                if d.action is Action.MONITOR:
+                    at = i
+                    break
+        d, host = decisions[at], self.hosts[at]
+        return d if not named or d.host == host else d.with_host(host)
 
     def audit_extra(self) -> dict:
         return {"dns_outcome": self.outcome, "dns_kept": self.kept, "dns_dropped": self.dropped,
@@ -117,37 +141,57 @@ class AnswerFilter:
         self._range_of = engine.zoom.range_of
         # Overrides may declare addresses Zoom's (labs, tests); only then is the locator asked.
         self._overrides_zoom = any(o.zoom for o in engine.policy.overrides if o.is_network)
+        self._per_host = engine.locator.per_host
         self._decisions: dict[tuple, Decision] = {}
-        self._facts: dict[str, tuple] = {}
+        self._facts: dict[str, int] = {}
+        self._fact_ids: dict[tuple, int] = {}
         self._cache_on = True
         self._checked = 0
 
     # --- decisions ----------------------------------------------------------------------------
 
-    def host_facts(self, host: str) -> tuple:
-        """Everything of `host` (normalised) that a decision depends on, but the name itself."""
-        facts = self._facts.get(host)
-        if facts is None:
+    def host_facts(self, host: str) -> int:
+        """Everything of `host` (normalised) that a decision depends on, but the name itself,
+        as a small number: names with equal numbers get equal decisions (bar the name)."""
+        fid = self._facts.get(host)
+        if fid is None:
             zoom = self.engine.zoom
             facts = (zoom.domains.match(host), host in zoom.crc_domains,
                      zoom.is_meeting_server_name(host),
-                     tuple([src.lookup_host(host) for src in self.engine.locator.per_host]))
+                     tuple([src.lookup_host(host) for src in self._per_host]))
+            fid = self._fact_ids.get(facts)
+            if fid is None:
+                if len(self._fact_ids) >= _DECISION_CACHE:   # numbers are keys of _decisions
+                    self._fact_ids.clear()
+                    self._decisions.clear()
+                    self._facts.clear()
+                fid = self._fact_ids[facts] = len(self._fact_ids)
             if len(self._facts) >= _DECISION_CACHE:
                 self._facts.clear()
-            self._facts[host] = facts
-        return facts
+            self._facts[host] = fid
+        return fid
 
     def decide(self, client: str | None, host: str, address: str) -> Decision:
         """decide_address(), through the per-(client, address, host facts) cache."""
+        d, name = self.decide_unnamed(client, host, address)
+        return d if d.host == name else d.with_host(name)
+
+    def decide_unnamed(self, client: str | None, host: str, address: str
+                       ) -> tuple[Decision, str | None]:
+        """(decision, the name it is for): decide() without copying the name into a cached
+        decision made for another name of the same facts, which costs more than the lookup."""
         if not self._cache_on:
-            return decide_address(self.engine, client, host, address)
+            d = decide_address(self.engine, client, host, address)
+            return d, d.host
         try:
             name = normalise_host(host)
             if not name or name == address:   # decide() drops such a name: nothing to share
-                return decide_address(self.engine, client, host, address)
+                d = decide_address(self.engine, client, host, address)
+                return d, d.host
             key = (client, address, self.host_facts(name))
         except Exception:  # noqa: BLE001 - the Engine itself fails closed
-            return decide_address(self.engine, client, host, address)
+            d = decide_address(self.engine, client, host, address)
+            return d, d.host
         cached = self._decisions.get(key)
         if cached is None:
             d = decide_address(self.engine, client, host, address)
@@ -155,20 +199,19 @@ class AnswerFilter:
                 if len(self._decisions) >= _DECISION_CACHE:
                     self._decisions.clear()
                 self._decisions[key] = d
-            return d
-        if cached.host == name:
-            return cached
-        d = cached.with_host(name)
-        self._checked += 1
-        if self._checked & 1023 == 1:   # the first hit and every 1024th: does the Engine agree?
-            real = decide_address(self.engine, client, host, address)
-            if real != d or real.location != d.location:
-                log.error("regionguard dns: decision cache disagrees with the engine for %s %s "
-                          "(%s vs %s); cache turned off", host, address, d.rule, real.rule)
-                self._cache_on = False
-                self._decisions.clear()
-                return real
-        return d
+            return d, name
+        if cached.host != name:
+            self._checked += 1
+            if self._checked & 1023 == 1:   # the first hit and every 1024th: does the Engine agree?
+                real = decide_address(self.engine, client, host, address)
+                d = cached.with_host(name)
+                if real != d or real.location != d.location:
+                    log.error("regionguard dns: decision cache disagrees with the engine for %s %s "
+                              "(%s vs %s); cache turned off", host, address, d.rule, real.rule)
+                    self._cache_on = False
+                    self._decisions.clear()
+                    return real, real.host
+        return cached, name
 
     # --- is it Zoom's? ----------------------------------------------------------------------
 
@@ -253,54 +296,63 @@ class AnswerFilter:
                     scan: Scan) -> FilterResult | None:
         """`filter` on a scanned wire response (dnscache.scan_response), for the fast path: the
         records to drop are in `drop`, `message` is None. None when the answer must be replaced
-        (block or reroute): the caller then runs `filter` on the parsed message."""
+        (block or reroute): the caller then runs `filter` on the parsed message.
+
+        Runs once per cache miss: the common case (the query name is Zoom's, its addresses are
+        owned by it) asks `_zoom_host` once and reads each address's decision from the cache."""
         if scan.rcode != 0:
             return FilterResult(None)
-        is_zoom_host = self._zoom_host
-        seen = {qname: is_zoom_host(qname)}
-
-        def zoom_host(host: str) -> bool:   # most records repeat the query name
-            found = seen.get(host)
-            if found is None:
-                found = seen[host] = is_zoom_host(host)
-            return found
-
-        name = qname if seen[qname] else None
-        if name is None:
-            by_address = False
-            for r in scan.records:
-                if r.section == 1:
-                    continue
-                if r.rdtype == CNAME_TYPE and zoom_host(r.value):
-                    name = r.value
-                    break
-                if zoom_host(r.owner):
-                    name = r.owner
-                    break
-                if not by_address and r.rdtype in (A_TYPE, AAAA_TYPE):
-                    by_address = self._zoom_address(r.value)
+        zoom_host = self._zoom_host
+        records = scan.records
+        if zoom_host(qname):
+            name = qname
+        else:
+            name = self._zoom_name_scanned(qname, records)
             if name is None:
-                if not by_address:
-                    return FilterResult(None)
-                name = qname
-        result = FilterResult(None, zoom=True, outcome="allowed", name=name)
-        had_address = kept_address = False
-        for i, r in enumerate(scan.records):
-            if r.section == 1 or r.rdtype not in (A_TYPE, AAAA_TYPE):
+                return FilterResult(None)
+        result = FilterResult(None, True, "allowed", name)
+        decide = self.decide_unnamed
+        decisions, hosts, drop = result.decisions, result.hosts, result.drop
+        had_address = kept_address = monitored = False
+        for i, r in enumerate(records):
+            rdtype = r.rdtype
+            if (rdtype != A_TYPE and rdtype != AAAA_TYPE) or r.section == 1:
                 continue
-            asked = r.section == 0 and r.rdtype == qtype
+            owner = r.owner
+            d, host = decide(client, owner if owner == name or zoom_host(owner) else name, r.value)
+            decisions.append(d)
+            hosts.append(host)
+            asked = rdtype == qtype and r.section == 0
             had_address = had_address or asked
-            if self._allows(result, client, r.owner if zoom_host(r.owner) else name, r.value):
-                kept_address = kept_address or asked
+            if d.blocks:
+                result.dropped.append(r.value)
+                drop.add(i)
             else:
-                result.drop.add(i)
+                result.kept.append(r.value)
+                kept_address = kept_address or asked
+                monitored = monitored or d.action is Action.MONITOR
         if had_address and not kept_address:
             return None
-        if result.dropped:
+        if drop:
             result.outcome = "filtered"
-        elif any(d.action is Action.MONITOR for d in result.decisions):
+        elif monitored:
             result.outcome = "monitor"
         return result
+
+    def _zoom_name_scanned(self, qname: str, records: tuple) -> str | None:
+        """zoom_name() for a scanned response whose query name is not Zoom's."""
+        zoom_host = self._zoom_host
+        by_address = False
+        for r in records:
+            if r.section == 1:
+                continue
+            if r.rdtype == CNAME_TYPE and zoom_host(r.value):
+                return r.value
+            if r.owner != qname and zoom_host(r.owner):
+                return r.owner
+            if not by_address and r.rdtype in (A_TYPE, AAAA_TYPE):
+                by_address = self._zoom_address(r.value)
+        return qname if by_address else None
 
     def _filter_addresses(self, client: str | None, name: str, rrset: dns.rrset.RRset,
                           result: FilterResult) -> dns.rrset.RRset | None:
@@ -348,8 +400,9 @@ class AnswerFilter:
 
     def _allows(self, result: FilterResult, client: str | None, host: str, address: str) -> bool:
         """Decide one answer address, recorded in `result`; True when it may stay."""
-        d = self.decide(client, host, address)
+        d, name = self.decide_unnamed(client, host, address)
         result.decisions.append(d)
+        result.hosts.append(name)
         (result.dropped if d.blocks else result.kept).append(address)
         return not d.blocks
 

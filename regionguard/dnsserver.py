@@ -49,9 +49,8 @@ from .dnscache import (
     WireFormatError,
     parse_query,
     remove_records,
-    response_ttl,
     scan_response,
-    scan_ttl_fields,
+    scan_ttls,
     skip_name,
     wire_name,
 )
@@ -648,10 +647,12 @@ class DnsServer:
         """The wire-level filter of an upstream answer: the filtered answer (audited and
         cached), or why dnspython must do it: "parse" (unusual records, or an answer to
         replace) or "rebuild" (records to cut that compression pointers still need)."""
-        qname, qtype = key[1], key[2]
+        qtype = key[2]
         scan = scan_response(data)
-        name = wire_name(qname)
-        result = self.filter.filter_scan(client, name, qtype, scan) if scan is not None else None
+        if scan is None:
+            return "parse"
+        name = scan.qname   # the upstream's echo of our question: checked equal (case aside)
+        result = self.filter.filter_scan(client, name, qtype, scan)
         if result is None:
             return "parse"
         canonical = remove_records(data, scan, result.drop) if result.drop else data
@@ -659,8 +660,7 @@ class DnsServer:
             return "rebuild"
         if result.zoom:
             self._audit(client, name, qtype, result)
-        fields = scan_ttl_fields(scan, result.drop)   # as ttl_fields(canonical), known already
-        ttl = response_ttl(scan, self.engine.policy.dns.max_ttl, result.drop)
+        ttl, fields = scan_ttls(scan, self.engine.policy.dns.max_ttl, result.drop)
         self.semantic.put(key, canonical, ttl, time.monotonic(), fields)
         return canonical
 
@@ -774,14 +774,22 @@ class DnsServer:
         """The canonical answer, re-addressed: the client's ID, RD bit and question spelling
         (as `_answer`); cached for the hit path and sent."""
         data, pq, group, key, addr, transport = waiter
-        reply = _readdressed(pq, canonical)
-        if len(reply) > min(pq.payload, MAX_UDP_REPLY):
+        if len(canonical) > MAX_UDP_REPLY or len(canonical) > pq.payload:
             self.spawn(self._general_udp(data, addr, transport))   # dnspython truncates it
             return
-        now = time.monotonic()
-        # the reply has the canonical answer's layout and TTLs: its TTL fields are known
-        left, fields = self.semantic.ttl_left_and_fields(key, canonical, now)
-        self.raw.put((group, data[2:]), reply, left, now, fields)
+        entry = self.semantic.entry(key)
+        if pq.flags & RD_BIT and pq.qname == key[1]:
+            # Asked as the upstream was asked (RD, the name in lower case): the reply is the
+            # canonical answer with the client's ID, so the hit cache shares its entry.
+            reply = pq.id + canonical[2:]
+            if entry is not None and entry.wire is canonical:
+                self.raw.put_entry((group, data[2:]), entry)
+        else:
+            reply = _readdressed(pq, canonical)
+            now = time.monotonic()
+            # the reply has the canonical answer's layout and TTLs: its TTL fields are known
+            left, fields = self.semantic.ttl_left_and_fields(key, canonical, now)
+            self.raw.put((group, data[2:]), reply, left, now, fields)
         if not transport.is_closing():
             transport.sendto(reply, addr)
 
@@ -916,11 +924,13 @@ class DnsServer:
         return self.filter.reroute_response(uq, dns.message.from_wire(wire))
 
     def _audit(self, client: str, name: str, rdtype: int, result: FilterResult) -> None:
+        if self.audit.path is None:   # no file: only counted, the line's fields are not needed
+            decision = result.audit_decision(named=False)
+            if decision is not None:
+                self.audit.record(decision)
+            return
         decision = result.audit_decision()
         if decision is None:
-            return
-        if self.audit.path is None:   # no file: only counted, the line's fields are not needed
-            self.audit.record(decision)
             return
         self.audit.record(decision, mode="resolver", front_end="dns", dns_qname=name.rstrip(".").lower(),
                           dns_qtype=dns.rdatatype.to_text(rdtype), dns_client=client,

@@ -280,7 +280,7 @@ ZONE_QUERIES = [(n, t) for n in ("de.zoom.us", "us.zoom.us", "multi.zoom.us", "c
 
 @pytest.mark.parametrize("client", [f"127.0.0.{i}" for i in range(1, 6)])
 def test_wire_filter_agrees_with_message_filter(flt, client):
-    from regionguard.dnscache import remove_records, response_ttl, scan_response
+    from regionguard.dnscache import remove_records, response_ttl, scan_response, scan_ttls, ttl_fields
     for name, rdtype in ZONE_QUERIES:
         query = dns.message.make_query(name, rdtype)
         wire = zone_answer(query).to_wire()
@@ -298,6 +298,7 @@ def test_wire_filter_agrees_with_message_filter(flt, client):
         assert dns.message.from_wire(cut).answer == slow.message.answer, (name, rdtype)
         assert response_ttl(scan_response(cut), 86400) == cache_ttl(slow.message, 86400)
         assert response_ttl(scan, 86400, fast.drop) == cache_ttl(slow.message, 86400)
+        assert scan_ttls(scan, 86400, fast.drop) == (cache_ttl(slow.message, 86400), ttl_fields(cut))
 
 
 def test_parse_query_takes_plain_queries_only():
