@@ -199,6 +199,11 @@ A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE = 1, 28, 5, 6
 SIMPLE_TYPES = frozenset({A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE, _OPT})
 
 
+# NamedTuple's own constructor is Python code; tuple.__new__ builds the same object in C, which
+# the per-query and per-record constructions below use it.
+_tuple_new = tuple.__new__
+
+
 class Query(NamedTuple):
     """A plain query: one question, no records but an optional bare OPT."""
 
@@ -235,13 +240,15 @@ def parse_query(wire: bytes) -> Query | None:
     qtype, qclass = struct.unpack_from("!HH", wire, pos)
     pos += 4
     if ar == 0:
-        return Query(wire[:2], flags, qname, qtype, qclass, False, 512, False) if pos == n else None
+        return (_tuple_new(Query, (wire[:2], flags, qname, qtype, qclass, False, 512, False))
+                if pos == n else None)
     if n - pos != 11 or wire[pos] != 0:
         return None
     rdtype, payload, ext, rdlen = struct.unpack_from("!HHIH", wire, pos + 1)
     if rdtype != _OPT or rdlen or ext & 0xFF000000 or (ext >> 16) & 0xFF:   # rcode/version 0
         return None
-    return Query(wire[:2], flags, qname, qtype, qclass, True, max(512, payload), bool(ext & 0x8000))
+    return _tuple_new(Query, (wire[:2], flags, qname, qtype, qclass, True, max(512, payload),
+                              bool(ext & 0x8000)))
 
 
 def read_name(wire: bytes, pos: int, pointers: list[int] | None = None) -> tuple[str, int]:
@@ -386,7 +393,8 @@ def scan_response(wire: bytes) -> Scan | None:
                 value = str(min(ttl, unpack_from("!I", wire, rdata_end - 4)[0]))
             else:   # not one of SIMPLE_TYPES
                 return None
-            records.append(Record(section, start, rdata_end, owner, rdtype, ttl, value, ttl_at))
+            records.append(_tuple_new(Record, (section, start, rdata_end, owner, rdtype, ttl, value,
+                                               ttl_at)))
             pos = rdata_end
         if pos != n:
             return None

@@ -29,12 +29,24 @@ class DomainSet:
         # A label-wise match implies a plain suffix match: a name that does not end like one of
         # a few domains (most names the DNS filter sees) is turned away without a walk.
         self._ends = tuple(self._domains) if len(self._domains) <= self._ENDSWITH else ""
+        # The last name asked and its answer, as one tuple (read and replaced atomically): the
+        # DNS filter asks about each new name several times in a row (is it Zoom's, which Zoom
+        # domain, is its region fixed by its domain).
+        self._last: tuple[str, str | None] = ("", None)
 
     def __contains__(self, host: str) -> bool:
         return self.match(host) is not None
 
     def match(self, host: str) -> str | None:
         """The listed domain that `host` falls under, if any (the longest one)."""
+        last = self._last
+        if last[0] == host and host:
+            return last[1]
+        found = self._match(host)
+        self._last = (host, found)
+        return found
+
+    def _match(self, host: str) -> str | None:
         domains = self._domains
         if not domains:
             return None
