@@ -59,6 +59,16 @@ def timestamp(now: float | None = None) -> str:
     return text + f".{int(now * 1000) % 1000:03d}Z"
 
 
+def _around_host(decision: Decision) -> tuple[str, str]:
+    """The decision's encoded members (no braces) before its host's value, and after it."""
+    fields = decision.to_dict()
+    keys = list(fields)
+    at = keys.index("host")
+    before = _members({k: fields[k] for k in keys[:at]})
+    after = _members({k: fields[k] for k in keys[at + 1:]})
+    return (f'{before},"host":' if before else '"host":'), (f",{after}" if after else "")
+
+
 def _members(fields: dict) -> str:
     """`_encode(fields)` without its braces. Strings and None, what front ends pass as context,
     skip the encoder's per-call setup (it builds its C encoder on every call for a container)."""
@@ -211,23 +221,30 @@ class AuditLog:
 
     def _line(self, now: float | None, decision: Decision | None, context: dict) -> str:
         """The JSON line: `audit_record()` encoded (same keys, same order), from the decision's
-        encoded fields (cached per decision) and the context's, without merging them in a dict."""
+        encoded fields (cached per decision) and the context's, without merging them in a dict.
+        A `host` in the context replaces the decision's own cheaply: the DNS filter shares one
+        decision between the names that tell the engine the same things."""
         if decision is None:
             return _encode(context) + "\n"
         head = (f'{{"time":"{timestamp(now)}","front_end":{_encode(context.pop("front_end", ""))},'
                 f'"mode":{_encode(context.pop("mode", ""))},')
+        host = decision.host
         if context and not context.keys().isdisjoint(_DECISION_KEYS):
-            fields = decision.to_dict()   # rare: the context overrides a decision field
-            fields.update(context)
-            return head + _encode(fields)[1:] + "\n"
+            if len(context.keys() & _DECISION_KEYS) == 1 and "host" in context:
+                host = context.pop("host")
+            else:
+                fields = decision.to_dict()   # rare: the context overrides a decision field
+                fields.update(context)
+                return head + _encode(fields)[1:] + "\n"
         cached = self._fragments.get(id(decision))
         if cached is None or cached[0] is not decision:
             if len(self._fragments) >= 4096:
                 self._fragments.clear()
-            cached = self._fragments[id(decision)] = (decision, _encode(decision.to_dict())[1:-1])
+            cached = self._fragments[id(decision)] = (decision, *_around_host(decision))
+        host_text = "null" if host is None else _encode_str(host)
         if not context:
-            return f"{head}{cached[1]}}}\n"
-        return f"{head}{cached[1]},{_members(context)}}}\n"
+            return f"{head}{cached[1]}{host_text}{cached[2]}}}\n"
+        return f"{head}{cached[1]}{host_text}{cached[2]},{_members(context)}}}\n"
 
     # --- buffered mode -----------------------------------------------------------------------
 

@@ -86,22 +86,27 @@ class FilterResult:
     def audit_decision(self, named: bool = True) -> Decision | None:
         """The decision that stands for this answer in the audit log: the first that dropped
         an address, else the first monitored one, else the first. `named=False`: its `host`
-        may be another name's (enough for counting, which does not read it)."""
-        decisions = self.decisions
-        if not decisions:
+        may be another name's (see `audit_host`)."""
+        at = self._audited()
+        if at < 0:
             return None
-        at = 0
+        d, host = self.decisions[at], self.hosts[at]
+        return d if not named or d.host == host else d.with_host(host)
+
+    def audit_host(self) -> str | None:
+        """The name that `audit_decision()` was decided for."""
+        at = self._audited()
+        return self.hosts[at] if at >= 0 else None
+
+    def _audited(self) -> int:
+        decisions = self.decisions
         for i, d in enumerate(decisions):
             if d.blocks:
-                at = i
-                break
-        else:
-            for i, d in enumerate(decisions):
-                if d.action is Action.MONITOR:
-                    at = i
-                    break
-        d, host = decisions[at], self.hosts[at]
-        return d if not named or d.host == host else d.with_host(host)
+                return i
+        for i, d in enumerate(decisions):
+            if d.action is Action.MONITOR:
+                return i
+        return 0 if decisions else -1
 
     def audit_extra(self) -> dict:
         return {"dns_outcome": self.outcome, "dns_kept": self.kept, "dns_dropped": self.dropped,

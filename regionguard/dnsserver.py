@@ -924,15 +924,16 @@ class DnsServer:
         return self.filter.reroute_response(uq, dns.message.from_wire(wire))
 
     def _audit(self, client: str, name: str, rdtype: int, result: FilterResult) -> None:
-        if self.audit.path is None:   # no file: only counted, the line's fields are not needed
-            decision = result.audit_decision(named=False)
-            if decision is not None:
-                self.audit.record(decision)
-            return
-        decision = result.audit_decision()
+        # The decision may be one shared by names of the same facts: the audit line gets this
+        # answer's name as its `host` (the counters do not read it).
+        decision = result.audit_decision(named=False)
         if decision is None:
             return
-        self.audit.record(decision, mode="resolver", front_end="dns", dns_qname=name.rstrip(".").lower(),
+        if self.audit.path is None:   # no file: only counted, the line's fields are not needed
+            self.audit.record(decision)
+            return
+        self.audit.record(decision, mode="resolver", front_end="dns", host=result.audit_host(),
+                          dns_qname=name.rstrip(".").lower(),
                           dns_qtype=dns.rdatatype.to_text(rdtype), dns_client=client,
                           **result.audit_extra())
 

@@ -30,6 +30,8 @@ def test_a_line_is_audit_record_encoded_whatever_the_context(tmp_path):
         {"mode": "resolver", "front_end": "dns", "dns_kept": [], "dns_dropped": ["127.0.2.1"],
          "dns_ttl": 30, "dns_ok": True},
         {"client": "10.0.0.1", "hook": "x"},            # overrides a decision field
+        {"host": "other.zoom.us", "dns_kept": []},      # another name: the DNS filter's case
+        {"host": None, "client": "10.0.0.2"},           # more than the host overridden
         {},
     ]
     for context in contexts:
@@ -40,6 +42,18 @@ def test_a_line_is_audit_record_encoded_whatever_the_context(tmp_path):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
         line["time"] = expected["time"]
         assert list(line.items()) == list(expected.items())   # same keys, same order
+
+
+def test_a_host_in_the_context_gives_the_line_of_the_decision_for_that_host(tmp_path):
+    log = AuditLog(tmp_path / "audit.jsonl", flush_interval=0)
+    log.record(DECISION, mode="resolver", host="b.zoom.us", dns_qname="b.zoom.us")
+    log.record(DECISION.with_host("b.zoom.us"), mode="resolver", dns_qname="b.zoom.us")
+    log.record(DECISION)                                  # the cached fragment: its own host again
+    log.close()
+    named, renamed, own = _lines(tmp_path / "audit.jsonl")
+    renamed["time"] = named["time"]
+    assert list(named.items()) == list(renamed.items())
+    assert named["host"] == "b.zoom.us" and own["host"] == "in.zoom.us"
 
 
 def test_timestamp_is_utc_with_milliseconds():
