@@ -15,6 +15,8 @@ name new), and latency percentiles under load (from dnsperf's per-query report).
 each run, the server's CPU use and how busy the load core was: a load core near 100% means
 dnsperf and the upstream, not the server, set the pace (flagged "LOAD-BOUND").
 rg-audit is regionguard writing its audit log (one JSON line per filtered answer) as well.
+floor is bench/dns_floor.py, a uvloop forwarder that only forwards (misses only): what the four
+datagrams of a miss cost any Python server, so the rest of regionguard's cost is its own work.
 Goals (issue 4): hit rate >= 0.6x unbound's; miss rate with filtering >= 1.0x unbound's.
 """
 
@@ -211,12 +213,17 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))] * 1000
 
 
+def write_misses(work: Path, name: str, miss_names: int) -> Path:
+    misses = work / f"{name}-misses.txt"
+    misses.write_text("".join(f"m{i}-{name}.zoom.us A\n" for i in range(miss_names)))
+    return misses
+
+
 def measure(name: str, port: int, work: Path, seconds: float, miss_names: int,
             pid: int | None = None) -> dict:
     hits = work / f"{name}-hits.txt"
     hits.write_text("".join(f"h{i}.zoom.us A\n" for i in range(1000)))
-    misses = work / f"{name}-misses.txt"
-    misses.write_text("".join(f"m{i}-{name}.zoom.us A\n" for i in range(miss_names)))
+    misses = write_misses(work, name, miss_names)
     dnsperf(port, hits, 10, once=True, verbose=False)              # warm the cache
     hit = dnsperf(port, hits, seconds, once=False, verbose=True, server_pid=pid)
     miss = dnsperf(port, misses, seconds * 3, once=True, verbose=True, server_pid=pid)
@@ -231,6 +238,9 @@ def main() -> int:
                         "state: a run of well under a second is mostly ramp-up and drain)")
     parser.add_argument("--no-audit-run", action="store_true",
                         help="skip the rg-audit variant (regionguard writing its audit log)")
+    parser.add_argument("--no-floor-run", action="store_true",
+                        help="skip the floor run (bench/dns_floor.py: a forwarder that does "
+                        "nothing but forward, the I/O cost any Python server pays per miss)")
     args = parser.parse_args()
     for tool in ("unbound", "dnsperf", "taskset"):
         if shutil.which(tool) is None:
@@ -267,6 +277,19 @@ def main() -> int:
                 variants.append(("rg-audit", ["--audit", str(work / "audit.jsonl")]))
             if uvloop_installed():
                 variants.append(("rg-asyncio", ["--no-uvloop"]))
+            if uvloop_installed() and not args.no_floor_run:
+                floor_port = free_port()
+                floor_cmd = [sys.executable, str(ROOT / "bench" / "dns_floor.py"), str(floor_port),
+                             str(up_port)]
+                commands["floor"] = ["taskset", "-c", SERVER_CORE, *floor_cmd]
+                floor = start(floor_cmd, SERVER_CORE, work / "floor.log")
+                procs.append(floor)
+                wait_answer(floor_port)
+                results["floor"] = {"miss": dnsperf(floor_port, write_misses(work, "floor",
+                                                                              args.miss_names),
+                                                    args.seconds * 3, once=True, verbose=True,
+                                                    server_pid=floor.pid)}
+                stop(floor)
             for name, extra in variants:
                 rg_port = free_port()
                 rg_cmd = [str(BIN / "regionguard"), "dns", "--policy", str(policy), "--listen",
@@ -298,7 +321,8 @@ def main() -> int:
           f"  (hits; misses: -l {args.seconds * 3:g} -n 1 over {args.miss_names} new names)")
     print(f"{'':<12} {'hit q/s':>10} {'miss q/s':>10} {'hit p50 ms':>11} {'hit p99 ms':>11} "
           f"{'hit p99.9':>10} {'miss p50 ms':>12} {'miss p99 ms':>12} {'lost':>6}")
-    for name, r in results.items():
+    servers = {name: r for name, r in results.items() if "hit" in r}
+    for name, r in servers.items():
         hit, miss = r["hit"], r["miss"]
         print(f"{name:<12} {hit['qps']:>10.0f} {miss['qps']:>10.0f} {pct(hit['latencies'], .5):>11.3f} "
               f"{pct(hit['latencies'], .99):>11.3f} {pct(hit['latencies'], .999):>10.3f} "
@@ -306,7 +330,7 @@ def main() -> int:
               f"{hit['lost'] + miss['lost']:>6}")
     print(f"{'':<12} {'hit srv cpu':>12} {'miss srv cpu':>13} {'hit cpu us/q':>13} "
           f"{'miss cpu us/q':>14} {'hit load core':>14} {'miss load core':>15}")
-    for name, r in results.items():
+    for name, r in servers.items():
         hit, miss = r["hit"], r["miss"]
         flags = [f"LOAD-BOUND ({run})" for run, x in (("hit", hit), ("miss", miss))
                  if x["load_busy"] >= 0.95 and x["server_cpu"] < 0.9]
@@ -318,6 +342,12 @@ def main() -> int:
     if "rg-asyncio" in results:
         print("regionguard runs on uvloop when it is installed; rg-asyncio is the same server on "
               "asyncio's own loop (--no-uvloop)")
+    if "floor" in results:
+        floor = results["floor"]["miss"]
+        print(f"floor (bench/dns_floor.py, forwards and nothing else): miss {floor['qps']:.0f} q/s, "
+              f"{floor['cpu_us_per_query']:.1f} cpu us/q, server cpu {floor['server_cpu']:.0%}, "
+              f"load core {floor['load_busy']:.0%}: the I/O any Python forwarder on uvloop pays "
+              "per miss")
     rg, ub = results["regionguard"], results["unbound"]
     hit_ratio = rg["hit"]["qps"] / ub["hit"]["qps"] if ub["hit"]["qps"] else float("nan")
     miss_ratio = rg["miss"]["qps"] / ub["miss"]["qps"] if ub["miss"]["qps"] else float("nan")
