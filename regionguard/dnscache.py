@@ -148,9 +148,7 @@ class WireCache:
             self.bytes -= self._size(key, old)
         self._data[key] = entry
         self.bytes += size
-        while self.bytes > self.max_bytes and self._data:
-            k, e = self._data.popitem(last=False)
-            self.bytes -= self._size(k, e)
+        self._evict()
 
     def put(self, key: Hashable, wire: bytes, ttl: float, now: float,
             fields: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> bool:
@@ -173,10 +171,14 @@ class WireCache:
             self.bytes -= self._size(key, old)
         self._data[key] = Entry(wire, now, now + ttl, offsets, ttls)
         self.bytes += size
+        self._evict()
+        return True
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries until the cache is within its bound."""
         while self.bytes > self.max_bytes and self._data:
             k, e = self._data.popitem(last=False)
             self.bytes -= self._size(k, e)
-        return True
 
     def _remove(self, key: Hashable, entry: Entry) -> None:
         del self._data[key]

@@ -270,6 +270,19 @@ def test_cache_stays_within_its_byte_bound():
     assert not cache.put("bad", b"\x01\x02", 300, now=0.0)
 
 
+def test_a_shared_entry_is_the_same_answer_counted_in_both_caches():
+    answers, hits = WireCache(max_bytes=20_000), WireCache(max_bytes=20_000)
+    wire = _wire("chain.zoom.us")
+    assert answers.put("k", wire, 30, now=1000.0)
+    hits.put_entry(("g", b"query"), answers.entry("k"))
+    assert hits.entry(("g", b"query")) is answers.entry("k")
+    assert hits.get(("g", b"query"), 1010.2) == answers.get("k", 1010.2)    # aged alike
+    assert hits.get(("g", b"query"), 1031.0) is None                        # expires alike
+    for i in range(1000):                                                     # and is bounded
+        hits.put_entry(("g", f"{i}".encode()), answers.entry("k"))
+        assert hits.bytes <= 20_000
+
+
 # --- the wire-level fast path agrees with the dnspython path --------------------------------------
 
 ZONE_QUERIES = [(n, t) for n in ("de.zoom.us", "us.zoom.us", "multi.zoom.us", "chain.zoom.us",

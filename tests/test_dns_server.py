@@ -135,6 +135,21 @@ def test_cache_hits_and_negative_caching(setup):
     assert zone.count("gone.zoom.us") == 1
 
 
+def test_an_answer_keeps_the_spelling_and_flags_of_each_query(setup):
+    """A query asked as the server asks upstream (RD, lower case) shares the cached answer; any
+    other spelling or RD bit gets that answer re-addressed to it, from the cache too."""
+    server, zone, _ = setup
+    name = "spelling.wild.zoom.us"
+    for spelled, flags in ((name, dns.flags.RD), (name.upper(), dns.flags.RD), (name, 0),
+                           (name, dns.flags.RD), ("sPelling.WILD.zoom.us", 0)):
+        q = dns.message.make_query(spelled, "A", flags=flags)
+        r = dns.query.udp(q, "127.0.0.1", port=server.port, source=DEFAULT, timeout=10)
+        assert r.id == q.id and r.question[0].name.to_text() == spelled + "."
+        assert bool(r.flags & dns.flags.RD) == bool(flags) and r.flags & dns.flags.RA
+        assert addresses(r) == {"198.51.100.40"}           # the US address filtered out
+    assert zone.count(name) == 1
+
+
 def test_cached_ttls_count_down(setup):
     server, _, _ = setup
     first = ask(server.port, "x1.wild.zoom.us", source=US_OFFICE)
