@@ -439,9 +439,17 @@ def _cache_key(group: str, pq: Query) -> tuple:
     return (group, pq.qname.lower(), pq.qtype, 1, pq.do, bool(pq.flags & CD_BIT), pq.edns)
 
 
+def _asked_alike(pq: Query, canonical: bytes) -> bool:
+    """Does the canonical answer already carry this query's RD bit and question spelling (the
+    client asked as the upstream was asked)? Then only the ID differs."""
+    return (canonical[2] & 0x01) == (pq.flags & RD_BIT) >> 8 and canonical.startswith(pq.qname, 12)
+
+
 def _readdressed(pq: Query, canonical: bytes) -> bytes:
     """The canonical (cached) answer for this query: the client's ID, RD bit and question
     spelling."""
+    if _asked_alike(pq, canonical):
+        return pq.id + canonical[2:]
     flags = (((canonical[2] << 8) | canonical[3]) & ~RD_BIT) | (pq.flags & RD_BIT)
     return pq.id + flags.to_bytes(2, "big") + canonical[4:12] + pq.qname + canonical[12 + len(pq.qname):]
 
@@ -783,15 +791,13 @@ class DnsServer:
         if len(canonical) > MAX_UDP_REPLY or len(canonical) > pq.payload:
             self.spawn(self._general_udp(data, addr, transport))   # dnspython truncates it
             return
+        reply = _readdressed(pq, canonical)
         entry = self.semantic.entry(key)
-        if pq.flags & RD_BIT and pq.qname == key[1]:
-            # Asked as the upstream was asked (RD, the name in lower case): the reply is the
-            # canonical answer with the client's ID, so the hit cache shares its entry.
-            reply = pq.id + canonical[2:]
-            if entry is not None and entry.wire is canonical:
-                self.raw.put_entry((group, data[2:]), entry)
+        if entry is not None and entry.wire is canonical and _asked_alike(pq, canonical):
+            # the reply is the canonical answer with the client's ID: the hit cache shares the
+            # filtered cache's entry (its hit path puts the ID in)
+            self.raw.put_entry((group, data[2:]), entry)
         else:
-            reply = _readdressed(pq, canonical)
             now = time.monotonic()
             # the reply has the canonical answer's layout and TTLs: its TTL fields are known
             left, fields = self.semantic.ttl_left_and_fields(key, canonical, now)
@@ -932,13 +938,14 @@ class DnsServer:
     def _audit(self, client: str, name: str, rdtype: int, result: FilterResult) -> None:
         # The decision may be one shared by names of the same facts: the audit line gets this
         # answer's name as its `host` (the counters do not read it).
-        decision = result.audit_decision(named=False)
-        if decision is None:
+        found = result.audited()
+        if found is None:
             return
+        decision, host = found
         if self.audit.path is None:   # no file: only counted, the line's fields are not needed
             self.audit.record(decision)
             return
-        self.audit.record(decision, mode="resolver", front_end="dns", host=result.audit_host(),
+        self.audit.record(decision, mode="resolver", front_end="dns", host=host,
                           dns_qname=name.rstrip(".").lower(),
                           dns_qtype=dns.rdatatype.to_text(rdtype), dns_client=client,
                           **result.audit_extra())

@@ -314,6 +314,25 @@ def test_wire_filter_agrees_with_message_filter(flt, client):
         assert scan_ttls(scan, 86400, fast.drop) == (cache_ttl(slow.message, 86400), ttl_fields(cut))
 
 
+def test_an_answer_is_readdressed_to_each_query_whatever_the_upstream_echoed():
+    """The cached answer carries the upstream's echo of the question (an upstream may change its
+    case) and RD bit; every client gets its own ID, RD bit and spelling back."""
+    from regionguard.dnscache import parse_query
+    from regionguard.dnsserver import _readdressed
+    for echoed in ("de.zoom.us", "DE.zoom.US"):
+        for upstream_rd in (True, False):
+            up = dns.message.make_query(echoed, "A")
+            answer = dns.message.make_response(up)
+            answer.flags = dns.flags.QR | dns.flags.RA | (dns.flags.RD if upstream_rd else 0)
+            canonical = answer.to_wire()
+            for spelled in ("de.zoom.us", "De.Zoom.Us"):
+                for rd in (dns.flags.RD, 0):
+                    q = dns.message.make_query(spelled, "A", flags=rd)
+                    got = dns.message.from_wire(_readdressed(parse_query(q.to_wire()), canonical))
+                    assert got.id == q.id and got.flags & dns.flags.RD == rd
+                    assert got.question[0].name.to_text() == spelled + "."
+
+
 def test_parse_query_takes_plain_queries_only():
     from regionguard.dnscache import parse_query
     plain = parse_query(dns.message.make_query("De.Zoom.US", "AAAA").to_wire())
