@@ -28,7 +28,6 @@ import ipaddress
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,9 @@ import dns.message
 import dns.query
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.ports import free_port  # noqa: E402
+
 BIN = Path(sys.executable).parent
 CORES = os.cpu_count() or 1
 SERVER_CORE, LOAD_CORE = "0", ("1" if CORES > 1 else "0")
@@ -47,23 +49,6 @@ SERVER_CORE, LOAD_CORE = "0", ("1" if CORES > 1 else "0")
 def uvloop_installed() -> bool:
     import importlib.util
     return importlib.util.find_spec("uvloop") is not None
-
-
-def free_port() -> int:
-    for _ in range(100):
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            t.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
-    raise RuntimeError("no free port")
 
 
 def zone_addresses() -> tuple[str, str]:

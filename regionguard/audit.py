@@ -70,18 +70,18 @@ def _around_host(decision: Decision) -> tuple[str, str]:
 
 
 def _members(fields: dict) -> str:
-    """`_encode(fields)` without its braces. Strings and None, what front ends pass as context,
-    skip the encoder's per-call setup (it builds its C encoder on every call for a container)."""
-    parts = []
-    for key, value in fields.items():
-        if value is None:
-            text = "null"
-        elif type(value) is str:
-            text = _encode_str(value)
-        else:
-            text = _encode(value)
-        parts.append(f"{_encode_str(str(key))}:{text}")
-    return ",".join(parts)
+    """`_encode(fields)` without its braces."""
+    return ",".join([f"{_encode_str(str(key))}:{_value(value)}" for key, value in fields.items()])
+
+
+def _value(value: Any) -> str:
+    """`_encode(value)`. Strings and None, what front ends pass as context, skip the encoder's
+    per-call setup (it builds its C encoder on every call for a container)."""
+    if value is None:
+        return "null"
+    if type(value) is str:
+        return _encode_str(value)
+    return _encode(value)
 
 
 def audit_record(decision: Decision, *, mode: str = "", front_end: str = "", **extra: Any) -> dict:
@@ -177,7 +177,8 @@ class AuditLog:
         # Encoded decision fields by decision: the engine memoises decisions, so a repeated
         # connection encodes only its time and context. (Plain dict operations, atomic under
         # the GIL; an entry is used only for the very decision object it holds.)
-        self._fragments: dict[int, tuple[Decision, str]] = {}
+        # Each: (decision, its members before the host's value, after it; see _around_host).
+        self._fragments: dict[int, tuple[Decision, str, str]] = {}
         # Buffered mode. _pending is replaced, never emptied in place, under _pending_lock.
         self._pending: list[_Entry] = []
         self._pending_lock = threading.Lock()
@@ -241,10 +242,9 @@ class AuditLog:
             if len(self._fragments) >= 4096:
                 self._fragments.clear()
             cached = self._fragments[id(decision)] = (decision, *_around_host(decision))
-        host_text = "null" if host is None else _encode_str(host)
         if not context:
-            return f"{head}{cached[1]}{host_text}{cached[2]}}}\n"
-        return f"{head}{cached[1]}{host_text}{cached[2]},{_members(context)}}}\n"
+            return f"{head}{cached[1]}{_value(host)}{cached[2]}}}\n"
+        return f"{head}{cached[1]}{_value(host)}{cached[2]},{_members(context)}}}\n"
 
     # --- buffered mode -----------------------------------------------------------------------
 

@@ -201,8 +201,8 @@ A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE = 1, 28, 5, 6
 SIMPLE_TYPES = frozenset({A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE, _OPT})
 
 
-# NamedTuple's own constructor is Python code; tuple.__new__ builds the same object in C, which
-# the per-query and per-record constructions below use it.
+# NamedTuple's own constructor is Python code; tuple.__new__ builds the same object in C. The
+# per-query and per-record constructions below use it.
 _tuple_new = tuple.__new__
 
 

@@ -83,30 +83,26 @@ class FilterResult:
     def changed(self) -> bool:
         return self.outcome in ("filtered", "blocked", "reroute")
 
-    def audit_decision(self, named: bool = True) -> Decision | None:
-        """The decision that stands for this answer in the audit log: the first that dropped
-        an address, else the first monitored one, else the first. `named=False`: its `host`
-        may be another name's (see `audit_host`)."""
-        at = self._audited()
-        if at < 0:
-            return None
-        d, host = self.decisions[at], self.hosts[at]
-        return d if not named or d.host == host else d.with_host(host)
-
-    def audit_host(self) -> str | None:
-        """The name that `audit_decision()` was decided for."""
-        at = self._audited()
-        return self.hosts[at] if at >= 0 else None
-
-    def _audited(self) -> int:
+    def audited(self) -> tuple[Decision, str | None] | None:
+        """The decision that stands for this answer in the audit log — the first that dropped
+        an address, else the first monitored one, else the first — and the name it was decided
+        for (its `host` field may be another name's). None when nothing was decided."""
         decisions = self.decisions
         for i, d in enumerate(decisions):
             if d.blocks:
-                return i
+                return d, self.hosts[i]
         for i, d in enumerate(decisions):
             if d.action is Action.MONITOR:
-                return i
-        return 0 if decisions else -1
+                return d, self.hosts[i]
+        return (decisions[0], self.hosts[0]) if decisions else None
+
+    def audit_decision(self) -> Decision | None:
+        """`audited()`'s decision, with its name in it."""
+        found = self.audited()
+        if found is None:
+            return None
+        d, host = found
+        return d if d.host == host else d.with_host(host)
 
     def audit_extra(self) -> dict:
         return {"dns_outcome": self.outcome, "dns_kept": self.kept, "dns_dropped": self.dropped,

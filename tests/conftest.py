@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port  # noqa: F401 - the tests import it from here
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A loopback port free for UDP and TCP, for a server a test starts later. Taken below
-    Linux's ephemeral range (32768-60999): a port from bind(0) is an ephemeral one, which any
-    client socket may be given before the server binds it."""
-    for _ in range(200):
-        port = random.randrange(20000, 32768)
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            u.bind(("127.0.0.1", port))
-            t.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 @pytest.fixture

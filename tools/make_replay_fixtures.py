@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.ports import free_port  # noqa: E402
+
 BIN = Path(sys.executable).parent
 ADDON = ROOT / "addons" / "regionguard.py"
 TIMEOUT = 60.0
@@ -173,12 +176,6 @@ def server_connect(data):
     if host in HOSTS:
         data.server.address = (HOSTS[host], port)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, deadline: float) -> None:
