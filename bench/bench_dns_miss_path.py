@@ -101,6 +101,8 @@ def main() -> int:
     parser.add_argument("--audit", action="store_true", help="write the audit log as well")
     parser.add_argument("--profile", action="store_true", help="cProfile it (slower: for shares)")
     args = parser.parse_args()
+    if args.n < 1:
+        parser.error(f"--n {args.n}: give a number of misses of 1 or more, e.g. --n 100000")
     with tempfile.TemporaryDirectory(prefix="bench-miss-audit-") as tmp:
         audit = Path(tmp) / "audit.jsonl" if args.audit else None
         per_miss = asyncio.run(run(args.n, audit, args.profile))
