@@ -8,6 +8,10 @@ Public API::
     d.action, d.region, d.rule, d.location.evidence
 """
 
+from . import _native
+
+_native.install()   # before the compiled modules are imported: compiled, or their sources
+
 from .decision import Action, Decision, Engine
 from .errors import ConfigError, PolicyError, Problem, RegionguardError
 from .evidence import Evidence, Location

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from .evidence import Location
 from .hostnames import normalise_host
@@ -68,7 +69,7 @@ class Decision:
     def blocks(self) -> bool:
         return self.action in (Action.BLOCK, Action.REROUTE)
 
-    def with_host(self, host: str) -> Decision:
+    def with_host(self, host: str | None) -> Decision:
         """This decision for another name: dataclasses.replace(self, host=host) at half the
         cost, which the DNS filter pays for every address of every new Zoom name. Lists every
         field; tests/test_core_decision.py checks that it stays equal to dataclasses.replace."""
@@ -149,7 +150,7 @@ class Engine:
             host = None
         location = self.locator.locate(address, host)
         cls = self.zoom.classify(host, address, port, transport, location.zoom)
-        base = dict(host=host, address=address, port=port, transport=transport, client=client,
+        base: dict[str, Any] = dict(host=host, address=address, port=port, transport=transport, client=client,
                     policy_version=self.policy.version_id, zoom_why=cls.why)
         if not cls.zoom:
             return Decision(Action.PASS, "not-zoom", cls.why, False, **base)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -270,11 +271,13 @@ class AnswerFilter:
                 if rrset.rdtype in ADDRESS_TYPES:
                     if section is response.answer and rrset.rdtype == q.rdtype:
                         had_address = True
-                    rrset = self._filter_addresses(client, name, rrset, result)
+                    kept = self._filter_addresses(client, name, rrset, result)
                 elif rrset.rdtype in (HTTPS, SVCB):
-                    rrset = self._filter_svcb(client, name, rrset, result)
-                if rrset is not None:
-                    keep_sets.append(rrset)
+                    kept = self._filter_svcb(client, name, rrset, result)
+                else:
+                    kept = rrset
+                if kept is not None:
+                    keep_sets.append(kept)
             section[:] = keep_sets
         if result.dropped:
             result.outcome = "filtered"
@@ -305,12 +308,9 @@ class AnswerFilter:
             return FilterResult(None)
         zoom_host = self._zoom_host
         records = scan.records
-        if zoom_host(qname):
-            name = qname
-        else:
-            name = self._zoom_name_scanned(qname, records)
-            if name is None:
-                return FilterResult(None)
+        name = qname if zoom_host(qname) else self._zoom_name_scanned(qname, records)
+        if name is None:
+            return FilterResult(None)
         result = FilterResult(None, True, "allowed", name)
         decide = self.decide_unnamed
         decisions, hosts, drop = result.decisions, result.hosts, result.drop
@@ -463,7 +463,7 @@ def _rrset_like(rrset: dns.rrset.RRset, rdatas: list) -> dns.rrset.RRset | None:
     return new
 
 
-def _hints(rd: dns.rdata.Rdata) -> Iterable[str]:
+def _hints(rd: Any) -> Iterable[str]:   # an HTTPS or SVCB rdata
     for key in HINT_KEYS:
         param = rd.params.get(key)
         if param is not None:

@@ -327,12 +327,14 @@ class CountryFallbackSource:
 # --- hostname hints ---------------------------------------------------------------------------
 
 
+_ZC_NAME = re.compile(r"^zoom([a-z]{2})\d+zc\.")   # the site code in zoom<site>NNNzc. names
+
+
 class HostnameSource:
     """Zoom site codes in names (`*.sjc.zoom.us`, `zoomam104zc.zoom.us`) and domains whose
     region is fixed (`zoom.com.cn`, `zoomgov.com`). Weak: a name can be fronted."""
 
     name = "hostname"
-    _zc = re.compile(r"^zoom([a-z]{2})\d+zc\.")
 
     def __init__(self, site_codes: Path, domain_regions: dict[str, dict], zoom_domains: Iterable[str],
                  catalogue: Catalogue) -> None:
@@ -367,7 +369,7 @@ class HostnameSource:
             ev = self._subdomain.get(label)
             if ev is not None:
                 return ev._replace(matched=f"*.{'.'.join(labels[i:])}")
-        m = self._zc.match(host)
+        m = _ZC_NAME.match(host)
         if m:
             ev = self._zc_codes.get(m.group(1))
             if ev is not None:
