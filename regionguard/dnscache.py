@@ -316,16 +316,19 @@ def scan_response(wire: bytes) -> Scan | None:
     None otherwise (the caller then uses dnspython, which also reports the garbage).
 
     This runs once per cache miss, so it allocates as little as it can: no list per record, no
-    generator, one pass over the records of all three sections. Compression pointers into the
-    question are not listed in `pointers`: the question is never removed, so they stay valid."""
+    generator, one pass over the records of all three sections. Fields are read byte by byte,
+    not with struct: compiled (regionguard/_native.py), that is plain C, where a call to
+    struct.unpack_from or socket.inet_ntop costs more than the rest of a record. Compression
+    pointers into the question are not listed in `pointers`: the question is never removed, so
+    they stay valid."""
     try:
         n = len(wire)
-        if n < 12:
+        if n < 12 or wire[4] or wire[5] != 1:   # one question
             return None
-        flags, qd, an, ns, ar = struct.unpack_from("!5H", wire, 2)
-        if qd != 1:
-            return None
-        unpack_from, inet_ntop = struct.unpack_from, socket.inet_ntop
+        flags = (wire[2] << 8) | wire[3]
+        an = (wire[6] << 8) | wire[7]
+        an_ns = an + ((wire[8] << 8) | wire[9])
+        count = an_ns + ((wire[10] << 8) | wire[11])
         pointers: list[tuple[int, int]] = []
         qname, pos = read_name(wire, 12)
         pos += 4
@@ -335,7 +338,8 @@ def scan_response(wire: bytes) -> Scan | None:
         # name read before: what read_name gives for a name that is just a pointer to `target`
         # depends on the target only (its text, and the pointers followed from there).
         by_target: dict[int, tuple[str, list[int]]] = {}
-        for section in (0,) * an + (1,) * ns + (2,) * ar:
+        for k in range(count):
+            section = 0 if k < an else 1 if k < an_ns else 2
             start = pos
             first = wire[pos]
             if first == 0xC0 and wire[pos + 1] == 12:
@@ -359,20 +363,23 @@ def scan_response(wire: bytes) -> Scan | None:
                 for t in found:
                     if t >= question_end:
                         pointers.append((start, t))
-            rdtype, _cls, ttl, rdlen = unpack_from("!HHIH", wire, pos)
+            if pos + 10 > n:
+                return None
+            rdtype = (wire[pos] << 8) | wire[pos + 1]
+            ttl = (wire[pos + 4] << 24) | (wire[pos + 5] << 16) | (wire[pos + 6] << 8) | wire[pos + 7]
             ttl_at = pos + 4
+            rdata_end = pos + 10 + ((wire[pos + 8] << 8) | wire[pos + 9])
             pos += 10
-            rdata_end = pos + rdlen
             if rdata_end > n:
                 return None
             if rdtype == A_TYPE:
-                if rdlen != 4:
+                if rdata_end - pos != 4:
                     return None
-                value = inet_ntop(socket.AF_INET, wire[pos:rdata_end])
+                value = f"{wire[pos]}.{wire[pos + 1]}.{wire[pos + 2]}.{wire[pos + 3]}"
             elif rdtype == AAAA_TYPE:
-                if rdlen != 16:
+                if rdata_end - pos != 16:
                     return None
-                value = inet_ntop(socket.AF_INET6, wire[pos:rdata_end])
+                value = socket.inet_ntop(socket.AF_INET6, wire[pos:rdata_end])
             elif rdtype == _OPT:
                 value = ""
             elif rdtype == CNAME_TYPE:
@@ -392,7 +399,9 @@ def scan_response(wire: bytes) -> Scan | None:
                 for t in found:
                     if t >= question_end:
                         pointers.append((start, t))
-                value = str(min(ttl, unpack_from("!I", wire, rdata_end - 4)[0]))
+                e = rdata_end - 4
+                minimum = (wire[e] << 24) | (wire[e + 1] << 16) | (wire[e + 2] << 8) | wire[e + 3]
+                value = str(min(ttl, minimum))
             else:   # not one of SIMPLE_TYPES
                 return None
             records.append(_tuple_new(Record, (section, start, rdata_end, owner, rdtype, ttl, value,
@@ -413,17 +422,28 @@ def remove_records(wire: bytes, scan: Scan, drop: set[int]) -> bytes | None:
     if not drop:
         return wire
     records = scan.records
-    first = min([records[i].start for i in drop])
+    first = len(wire)
+    for i in drop:
+        first = min(first, records[i].start)
     for where, target in scan.pointers:
         if where > first and target >= first:
             return None
-    parts = [wire[:scan.question_end]]
+    # the kept records as runs of adjacent ones (records are contiguous): one slice a run
+    parts = [b""]
     counts = [0, 0, 0]
+    run = scan.question_end
     for i, rec in enumerate(records):
-        if i not in drop:
-            parts.append(wire[rec.start:rec.end])
+        if i in drop:
+            if rec.start > run:
+                parts.append(wire[run:rec.start])
+            run = rec.end
+        else:
             counts[rec.section] += 1
-    parts[0] = parts[0][:6] + struct.pack("!3H", *counts) + parts[0][12:]
+    if len(wire) > run:
+        parts.append(wire[run:])
+    an, ns, ar = counts
+    parts[0] = wire[:6] + bytes((an >> 8, an & 0xFF, ns >> 8, ns & 0xFF, ar >> 8, ar & 0xFF)) \
+        + wire[12:scan.question_end]
     return b"".join(parts)
 
 

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import heapq
 import logging
@@ -31,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import dns.exception
 import dns.flags
@@ -41,6 +43,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
+from . import _native
 from .audit import AuditLog
 from .cli import EXIT_CONFIG, add_policy_argument, policy_path
 from .dnscache import (
@@ -98,7 +101,7 @@ class _UpstreamSocket(asyncio.DatagramProtocol):
     def __init__(self, owner: Upstreams) -> None:
         self.owner = owner
         self.pending: dict[int, _Exchange] = {}
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: Any = None   # asyncio's or uvloop's datagram transport
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -142,7 +145,7 @@ class _Exchange:
         self.done: Callable[[bytes | None, Exception | None], None] | None = done
         self.deadline = deadline
         self.index = 0
-        self.errors: list[str] = []
+        self.errors: list[str] | None = None   # made on the first failure: most have none
         self.attempt = 0
         self.until = 0.0
         self.proto: _UpstreamSocket | None = None
@@ -161,12 +164,25 @@ class Upstreams:
         self.timeout = timeout
         self._sockets: dict[tuple[str, int], _UpstreamSocket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._deadlines: deque[tuple[float, int, _Exchange]] = deque()
-        self._late: list[tuple[float, int, int, _Exchange]] = []
+        # Deadlines in order as two deques, times and exchanges, not one of tuples: an answered
+        # exchange stays queued until its deadline passes (seconds, at thousands of queries a
+        # second), and a tuple each would be one more object for the garbage collector to walk.
+        # An entry is current while its time is still the exchange's `until`.
+        self._deadline_at: deque[float] = deque()
+        self._deadline_of: deque[_Exchange] = deque()
+        self._late: list[tuple[float, int, _Exchange]] = []
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def _running(self) -> asyncio.AbstractEventLoop:
+        """The loop the exchanges run on: the running one, from the first query on."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     async def _socket(self, server: tuple[str, int]) -> _UpstreamSocket:
         proto = self._sockets.get(server)
@@ -194,7 +210,7 @@ class Upstreams:
                 if error is not None:
                     fut.set_exception(error)
                 else:
-                    fut.set_result(data)
+                    fut.set_result(cast(bytes, data))   # data comes with no error
 
         ex = self.start(wire, done)
         try:
@@ -216,10 +232,7 @@ class Upstreams:
         """Send `wire` (ID ignored) to the first upstream; `done(data, None)` with the checked
         answer, or `done(None, UpstreamError)`, is called exactly once (from in here already
         when no upstream can even be asked)."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        ex = _Exchange(wire, done, loop.time() + self.timeout)
+        ex = _Exchange(wire, done, self._running.time() + self.timeout)
         self._next(ex)
         return ex
 
@@ -227,7 +240,7 @@ class Upstreams:
         """Ask upstream number `ex.index`, or the one after it, or give up."""
         servers = self.servers
         n = len(servers)
-        loop = self._loop
+        loop = self._running
         while ex.index < n and ex.done is not None:
             server = servers[ex.index]
             now = loop.time()
@@ -246,7 +259,7 @@ class Upstreams:
             except (UpstreamError, OSError) as e:
                 self._note(ex, e)
         if ex.done is not None:
-            self._finish(ex, None, UpstreamError("; ".join(ex.errors) or "no upstream"))
+            self._finish(ex, None, UpstreamError("; ".join(ex.errors or ()) or "no upstream"))
 
     def _send(self, ex: _Exchange, proto: _UpstreamSocket) -> None:
         pending = proto.pending
@@ -269,7 +282,7 @@ class Upstreams:
 
     async def _connect_and_send(self, ex: _Exchange, server: tuple[str, int], attempt: int) -> None:
         try:
-            proto = await asyncio.wait_for(self._socket(server), ex.until - self._loop.time())
+            proto = await asyncio.wait_for(self._socket(server), ex.until - self._running.time())
             if ex.attempt != attempt or ex.done is None:
                 return
             self._send(ex, proto)
@@ -280,6 +293,8 @@ class Upstreams:
 
     def _note(self, ex: _Exchange, e: BaseException) -> None:
         server = self.servers[ex.index]
+        if ex.errors is None:
+            ex.errors = []
         ex.errors.append(f"{server[0]}:{server[1]}: {type(e).__name__} {e}".rstrip())
         ex.index += 1
 
@@ -302,7 +317,7 @@ class Upstreams:
     async def _tcp(self, ex: _Exchange, server: tuple[str, int], attempt: int) -> None:
         try:
             data = await asyncio.wait_for(self._ask_tcp(server, ex.packet),
-                                          ex.until - self._loop.time())
+                                          ex.until - self._running.time())
             self._check(data, ex.packet)
         except (TimeoutError, UpstreamError, OSError) as e:
             if ex.attempt == attempt and ex.done is not None:
@@ -330,7 +345,8 @@ class Upstreams:
     def _finish(self, ex: _Exchange, data: bytes | None, error: Exception | None) -> None:
         done, ex.done = ex.done, None
         ex.packet = ex.wire = b""
-        done(data, error)
+        if done is not None:   # called once per exchange: a second call finds nobody to tell
+            done(data, error)
 
     def _abandon(self, ex: _Exchange) -> None:
         """The asker has gone (cancelled): forget the exchange."""
@@ -341,7 +357,7 @@ class Upstreams:
         ex.proto = None
 
     def _spawn(self, coro) -> None:
-        task = self._loop.create_task(coro)
+        task = self._running.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -349,30 +365,32 @@ class Upstreams:
 
     def _expect(self, ex: _Exchange) -> None:
         until = ex.until
-        deadlines = self._deadlines
-        if not deadlines or deadlines[-1][0] <= until:
-            deadlines.append((until, ex.attempt, ex))
+        at = self._deadline_at
+        if not at or at[-1] <= until:
+            at.append(until)
+            self._deadline_of.append(ex)
         else:
             self._seq += 1
-            heapq.heappush(self._late, (until, self._seq, ex.attempt, ex))
+            heapq.heappush(self._late, (until, self._seq, ex))
         if self._timer is None or until < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = until
-            self._timer = self._loop.call_at(until, self._expire)
+            self._timer = self._running.call_at(until, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        now = self._loop.time()
-        deadlines, late = self._deadlines, self._late
+        now = self._running.time()
+        at, of, late = self._deadline_at, self._deadline_of, self._late
         due = []
-        while deadlines and deadlines[0][0] <= now:
-            _, attempt, ex = deadlines.popleft()
-            if ex.attempt == attempt and ex.proto is not None and ex.done is not None:
+        while at and at[0] <= now:
+            until = at.popleft()
+            ex = of.popleft()
+            if ex.until == until and ex.proto is not None and ex.done is not None:
                 due.append(ex)
         while late and late[0][0] <= now:
-            _, _, attempt, ex = heapq.heappop(late)
-            if ex.attempt == attempt and ex.proto is not None and ex.done is not None:
+            until, _, ex = heapq.heappop(late)
+            if ex.until == until and ex.proto is not None and ex.done is not None:
                 due.append(ex)
         for ex in due:
             if ex.done is not None:
@@ -380,12 +398,12 @@ class Upstreams:
                     self._timed_out(ex)
                 except Exception:  # noqa: BLE001 - the other deadlines must still fire
                     log.exception("regionguard dns: failed to handle an upstream timeout")
-        first = min(deadlines[0][0] if deadlines else math.inf, late[0][0] if late else math.inf)
+        first = min(at[0] if at else math.inf, late[0][0] if late else math.inf)
         if first != math.inf and (self._timer is None or first < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = first
-            self._timer = self._loop.call_at(first, self._expire)
+            self._timer = self._running.call_at(first, self._expire)
 
     async def _ask_tcp(self, server: tuple[str, int], packet: bytes) -> bytes:
         reader, writer = await asyncio.open_connection(*server)
@@ -509,9 +527,9 @@ class DnsServer:
         # Batched: a line written at once costs a miss ~30 µs, a third of its whole cost.
         self.audit = AuditLog(config.audit_path, flush_interval=config.audit_flush)
         self._groups: dict[str, str] = {}
-        self._inflight: dict[tuple, asyncio.Future] = {}
+        self._inflight: dict[tuple, _Resolution | asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: Any = None   # asyncio's or uvloop's datagram transport
         self._tcp: asyncio.base_events.Server | None = None
         self._tcp_clients = 0
         self._reloader: asyncio.Task | None = None
@@ -724,31 +742,32 @@ class DnsServer:
                     self.upstreams.start(res.wire, res.upstream_done)
                 except Exception as e:  # noqa: BLE001 - never leave the key in flight
                     self._complete(res, None, e)
-            elif type(pending) is _Resolution:
+            elif isinstance(pending, _Resolution):
                 pending.waiters.append(waiter)
             else:   # being resolved the general way: its future says when
-                pending.add_done_callback(lambda fut, w=waiter: self._future_done(w, fut))
+                pending.add_done_callback(functools.partial(self._future_done, waiter))
         except Exception as e:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
             self._udp_failed((data, pq, None, None, addr, transport), e)
 
     def _future_done(self, waiter: tuple, fut: asyncio.Future) -> None:
         if fut.cancelled():
             self._udp_failed(waiter, UpstreamError("cancelled"))
-        elif fut.exception() is not None:
-            self._udp_failed(waiter, fut.exception())
+        elif (error := fut.exception()) is not None:
+            self._udp_failed(waiter, error)
         else:
             self._reply_waiter(waiter, fut.result())
 
     def _upstream_done(self, res: _Resolution, data: bytes | None, error: Exception | None) -> None:
-        if error is None:
+        found: bytes | str | None = None
+        if data is not None:   # else error says why not
             try:
                 found = self._filter_wire(res.client, res.key, data)
             except Exception as e:  # noqa: BLE001 - the waiters answer SERVFAIL
                 found, error = None, e
-            if type(found) is str:
+            if isinstance(found, str):
                 self.spawn(self._finish_parsed(res, data, found))
                 return
-        self._complete(res, found if error is None else None, error)
+        self._complete(res, cast(bytes | None, found), error)
 
     async def _finish_parsed(self, res: _Resolution, data: bytes, how: str) -> None:
         try:
@@ -773,8 +792,8 @@ class DnsServer:
             else:
                 fut.set_result(canonical)
         for waiter in res.waiters:
-            if error is not None:
-                self._udp_failed(waiter, error)
+            if canonical is None:
+                self._udp_failed(waiter, error or UpstreamError("no answer"))
             else:
                 self._reply_waiter(waiter, canonical)
 
@@ -808,6 +827,7 @@ class DnsServer:
     def _udp_failed(self, waiter: tuple, error: BaseException) -> None:
         """SERVFAIL for a fast-path query, as `answer` and `_answer` give it."""
         data, pq, _group, _key, addr, transport = waiter
+        reply: bytes | None
         if isinstance(error, UpstreamError):
             log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), error)
             self.stats["servfail"] += 1
@@ -870,7 +890,7 @@ class DnsServer:
         """One upstream resolution per key at a time: identical misses wait for the first."""
         fut = self._inflight.get(key)
         if fut is not None:
-            if type(fut) is _Resolution:
+            if isinstance(fut, _Resolution):
                 fut = fut.get_future()
             return await asyncio.shield(fut)
         if len(self._inflight) >= MAX_INFLIGHT:
@@ -908,7 +928,7 @@ class DnsServer:
         name, rdtype = wire_name(key[1]), key[2]
         flt = self.filter
         result = flt.filter(client, uq, response)
-        message = result.message
+        message = result.message if result.message is not None else response   # filtered in place
         if result.outcome == "reroute" and not allow_reroute:
             result.outcome, message = "blocked", flt.block_response(uq, result.name)
         elif result.outcome == "reroute":
@@ -926,7 +946,7 @@ class DnsServer:
     async def _reroute(self, client: str, key: tuple, uq: dns.message.Message,
                        result: FilterResult) -> dns.message.Message | None:
         group, _name, rdtype, rdclass, do, cd, edns = key
-        target = dns.name.from_text(result.reroute_to).canonicalize().to_wire()
+        target = dns.name.from_text(cast(str, result.reroute_to)).canonicalize().to_wire()
         tkey = (group, target, rdtype, rdclass, do, cd, edns)
         try:
             wire = self.semantic.get(tkey, time.monotonic()) or await self._shared(
@@ -947,7 +967,8 @@ class DnsServer:
             return
         self.audit.record(decision, mode="resolver", front_end="dns", host=host,
                           dns_qname=name.rstrip(".").lower(),
-                          dns_qtype=dns.rdatatype.to_text(rdtype), dns_client=client,
+                          dns_qtype=dns.rdatatype.to_text(rdtype),  # type: ignore[arg-type]
+                          dns_client=client,
                           **result.audit_extra())
 
     def _servfail(self, query: dns.message.Message) -> bytes:
@@ -1007,7 +1028,7 @@ class _ServerProtocol(asyncio.DatagramProtocol):
 
     def __init__(self, server: DnsServer) -> None:
         self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: Any = None   # asyncio's or uvloop's datagram transport
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -1086,7 +1107,7 @@ def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:
         problems.append(Problem("command line", "--audit-flush-ms",
                                 f"{args.audit_flush_ms} is not between 0 and 60000",
                                 "give milliseconds, e.g. --audit-flush-ms 250 (0: write at once)"))
-    if problems:
+    if problems or listen is None:
         raise ConfigError(problems)
     timeout = args.timeout if args.timeout is not None else holder.engine.policy.resolver.timeout
     return Config(listen, tuple(upstreams), float(timeout), int(args.cache_mb * 1024 * 1024),
@@ -1157,8 +1178,8 @@ async def _main(holder: EngineHolder, config: Config) -> int:
     ups = ", ".join(f"{h}:{p}" for h, p in config.upstreams)
     shown = f"[{host}]" if ":" in host else host
     print(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "
-          f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id})",
-          file=sys.stderr, flush=True)
+          f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id}); "
+          f"hot path {_native.status()}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
@@ -54,6 +55,9 @@ class ZoomCatalogue:
     site_codes: frozenset[str]       # subdomain site codes: HOST.SITE.zoom.us is a meeting server
     ranges: PrefixTable[ZoomRange]
     ranges_source: str
+    # derived in __post_init__: (transport, port) → service, and all name patterns as one search
+    _port_services: dict[tuple[str, int], str] = field(init=False, repr=False, compare=False)
+    _meeting_server_name: Callable[[str], object] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # (transport, port) → service, expanded once: port lists are short ranges.
