@@ -3,8 +3,9 @@
 Runs for wheels and editable installs alike and builds in place: the extension modules land
 beside their sources, where an editable install finds them too, and are shipped in the wheel
 (with the sources, which stay the fallback). Without a C compiler, or when mypyc fails, the
-build warns and installs pure Python, unless REGIONGUARD_REQUIRE_NATIVE=1 (./dev sets it, so a
-broken compile fails loudly instead of quietly making every cache miss slower).
+build warns (pip shows it with -v) and installs pure Python, unless REGIONGUARD_REQUIRE_NATIVE=1
+(./dev test sets it, so a broken compile fails loudly instead of quietly making every cache
+miss slower).
 REGIONGUARD_PURE_PYTHON=1 skips compiling.
 """
 

@@ -5,7 +5,7 @@ the answer filter, hostname matching. The build (hatch_build.py at the project r
 them with mypyc into extension modules beside their sources, and Python's import prefers an
 extension to a source of the same name. The source stays the reference and the fallback; it runs
 instead of the compiled module when
-- nothing was compiled (no C compiler at install time: the build warns and goes on);
+- nothing was compiled (no C compiler at install time: the build goes on without it);
 - REGIONGUARD_PURE_PYTHON=1 is set (the test suite runs the DNS tests both ways);
 - a source changed after the build. An edited .py must never be shadowed by an old .so, so the
   build records each source's hash (STAMP) and a mismatch falls back to the source, with a
@@ -57,7 +57,7 @@ def _check(package_dir: Path = _HERE) -> str:
         return f"pure ({PURE_ENV} is set)"
     built = [m for m in MODULES if (package_dir / f"{m}{extension_suffix()}").exists()]
     if not built:
-        return "pure (not compiled: no C compiler or mypy at install time)"
+        return "pure (not compiled at install time: `pip install -v -e .` shows why)"
     try:
         stamp = json.loads((package_dir / STAMP).read_text())
         recorded = stamp["sources"]
