@@ -224,8 +224,13 @@ def parse_query(wire: bytes) -> Query | None:
     n = len(wire)
     if n < 17 or n > 512:
         return None
-    flags, qd, an, ns, ar = struct.unpack_from("!5H", wire, 2)
-    if flags & 0xF800 or qd != 1 or an or ns or ar > 1:     # a response, or not opcode QUERY
+    # read byte by byte, as scan_response (why: there)
+    if wire[2] & 0xF8 or wire[4] or wire[5] != 1 or wire[6] or wire[7] or wire[8] or wire[9] \
+            or wire[10]:   # a response, not opcode QUERY, not one question, or records
+        return None
+    flags = (wire[2] << 8) | wire[3]
+    ar = wire[11]
+    if ar > 1:
         return None
     pos = 12
     while True:
@@ -239,18 +244,21 @@ def parse_query(wire: bytes) -> Query | None:
     pos += 1
     if pos + 4 > n:
         return None
-    qtype, qclass = struct.unpack_from("!HH", wire, pos)
+    qtype = (wire[pos] << 8) | wire[pos + 1]
+    qclass = (wire[pos + 2] << 8) | wire[pos + 3]
     pos += 4
     if ar == 0:
         return (_tuple_new(Query, (wire[:2], flags, qname, qtype, qclass, False, 512, False))
                 if pos == n else None)
     if n - pos != 11 or wire[pos] != 0:
         return None
-    rdtype, payload, ext, rdlen = struct.unpack_from("!HHIH", wire, pos + 1)
-    if rdtype != _OPT or rdlen or ext & 0xFF000000 or (ext >> 16) & 0xFF:   # rcode/version 0
+    o = pos + 1   # the OPT record after its root owner: type, payload, rcode, version, DO, rdlen
+    if (wire[o] << 8) | wire[o + 1] != _OPT or wire[o + 4] or wire[o + 5] or wire[o + 8] \
+            or wire[o + 9]:   # extended rcode and version 0, no options
         return None
+    payload = (wire[o + 2] << 8) | wire[o + 3]
     return _tuple_new(Query, (wire[:2], flags, qname, qtype, qclass, True, max(512, payload),
-                              bool(ext & 0x8000)))
+                              bool(wire[o + 6] & 0x80)))
 
 
 def read_name(wire: bytes, pos: int, pointers: list[int] | None = None) -> tuple[str, int]:
