@@ -14,7 +14,9 @@ Measured, for each server: cache-hit queries/s (1000 names, warmed), cache-miss 
 name new), and latency percentiles under load (from dnsperf's per-query report). Also, for
 each run, the server's CPU use and how busy the load core was: a load core near 100% means
 dnsperf and the upstream, not the server, set the pace (flagged "LOAD-BOUND").
-rg-audit is regionguard writing its audit log (one JSON line per filtered answer) as well.
+rg-audit is regionguard writing its audit log (one JSON line per filtered answer) as well;
+rg-pure is regionguard with REGIONGUARD_PURE_PYTHON=1, its hot path run from source (as where
+nothing was compiled, see regionguard/_native.py).
 floor is bench/dns_floor.py, a uvloop forwarder that only forwards (misses only): what the four
 datagrams of a miss cost any Python server, so the rest of regionguard's cost is its own work.
 Goals (issue 4): hit rate >= 0.6x unbound's; miss rate with filtering >= 1.0x unbound's.
@@ -39,6 +41,7 @@ import dns.query
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from regionguard import _native  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -120,9 +123,9 @@ def wait_answer(port: int, name: str = "ready.zoom.us", timeout: float = 30) -> 
     raise RuntimeError(f"nothing answers on 127.0.0.1:{port}")
 
 
-def start(cmd: list[str], core: str, log: Path) -> subprocess.Popen:
+def start(cmd: list[str], core: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(["taskset", "-c", core, *cmd], stdout=subprocess.DEVNULL,
-                            stderr=open(log, "w"))  # noqa: SIM115
+                            stderr=open(log, "w"), env=env)  # noqa: SIM115
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -223,6 +226,9 @@ def main() -> int:
                         "state: a run of well under a second is mostly ramp-up and drain)")
     parser.add_argument("--no-audit-run", action="store_true",
                         help="skip the rg-audit variant (regionguard writing its audit log)")
+    parser.add_argument("--no-pure-run", action="store_true",
+                        help="skip the rg-pure variant (regionguard with REGIONGUARD_PURE_PYTHON=1: "
+                        "its hot path run from source, as where nothing was compiled)")
     parser.add_argument("--no-floor-run", action="store_true",
                         help="skip the floor run (bench/dns_floor.py: a forwarder that does "
                         "nothing but forward, the I/O cost any Python server pays per miss)")
@@ -257,11 +263,14 @@ def main() -> int:
             policy = work / "policy.yaml"
             policy.write_text("version: 1\naccount: {type: paid, default_region: DE}\n"
                               "regions: {opt_in: [Europe]}\n")
-            variants = [("regionguard", [])]
+            pure_env = {**os.environ, "REGIONGUARD_PURE_PYTHON": "1"}
+            variants: list[tuple[str, list[str], dict[str, str] | None]] = [("regionguard", [], None)]
             if not args.no_audit_run:
-                variants.append(("rg-audit", ["--audit", str(work / "audit.jsonl")]))
+                variants.append(("rg-audit", ["--audit", str(work / "audit.jsonl")], None))
             if uvloop_installed():
-                variants.append(("rg-asyncio", ["--no-uvloop"]))
+                variants.append(("rg-asyncio", ["--no-uvloop"], None))
+            if not args.no_pure_run:
+                variants.append(("rg-pure", [], pure_env))
             if uvloop_installed() and not args.no_floor_run:
                 floor_port = free_port()
                 floor_cmd = [sys.executable, str(ROOT / "bench" / "dns_floor.py"), str(floor_port),
@@ -275,13 +284,15 @@ def main() -> int:
                                                     args.seconds * 3, once=True, verbose=True,
                                                     server_pid=floor.pid)}
                 stop(floor)
-            for name, extra in variants:
+            for name, extra, env in variants:
                 rg_port = free_port()
                 rg_cmd = [str(BIN / "regionguard"), "dns", "--policy", str(policy), "--listen",
                           f"127.0.0.1:{rg_port}", "--upstream", f"127.0.0.1:{up_port}", "--no-tcp",
                           *extra]
                 commands[name] = ["taskset", "-c", SERVER_CORE, *rg_cmd]
-                rg = start(rg_cmd, SERVER_CORE, work / f"{name}.log")
+                if env is not None:
+                    commands[name].insert(0, "REGIONGUARD_PURE_PYTHON=1")
+                rg = start(rg_cmd, SERVER_CORE, work / f"{name}.log", env)
                 procs.append(rg)
                 answer = wait_answer(rg_port)
                 got = sorted(rd.address for s in answer.answer for rd in s)
@@ -327,6 +338,9 @@ def main() -> int:
     if "rg-asyncio" in results:
         print("regionguard runs on uvloop when it is installed; rg-asyncio is the same server on "
               "asyncio's own loop (--no-uvloop)")
+    if "rg-pure" in results:
+        print(f"regionguard's hot path here: {_native.status()}; rg-pure is the same server with "
+              "REGIONGUARD_PURE_PYTHON=1 (its sources, as where nothing compiled)")
     if "floor" in results:
         floor = results["floor"]["miss"]
         print(f"floor (bench/dns_floor.py, forwards and nothing else): miss {floor['qps']:.0f} q/s, "
@@ -348,6 +362,9 @@ def main() -> int:
     if "rg-audit" in results and ub["miss"]["qps"]:
         print(f"ratio miss rg-audit/unbound    = {results['rg-audit']['miss']['qps'] / ub['miss']['qps']:.2f}"
               "  (with the audit log written)")
+    if "rg-pure" in results and ub["miss"]["qps"]:
+        print(f"ratio miss rg-pure/unbound     = {results['rg-pure']['miss']['qps'] / ub['miss']['qps']:.2f}"
+              "  (the hot path run from its sources)")
     return 0
 
 
