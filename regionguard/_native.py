@@ -31,7 +31,8 @@ import warnings
 from pathlib import Path
 
 # The modules of the miss path that compile as they are (typed, no dynamic tricks).
-MODULES = ("dnscache", "hostnames", "dnsfilter", "decision", "sources", "dnsserver", "zoom")
+MODULES = ("dnscache", "hostnames", "dnsfilter", "decision", "sources", "dnsserver", "zoom",
+           "auditline")
 GROUP = "_native"            # their shared library: regionguard/_native__mypyc<suffix>
 STAMP = "_native.json"       # written by the build: {"suffix": ..., "sources": {module: sha256}}
 PURE_ENV = "REGIONGUARD_PURE_PYTHON"

@@ -134,7 +134,8 @@ class _UpstreamSocket(asyncio.DatagramProtocol):
 
 class _Exchange:
     """One question on its way through the upstreams: which one is being asked, until when, and
-    whom to tell. `attempt` counts the tries, so a stale timeout or reply is recognised."""
+    whom to tell. `attempt` counts the tries, so a stale connect or TCP answer is recognised; a
+    queued deadline is stale once it is no longer the exchange's `until`."""
 
     __slots__ = ("wire", "done", "deadline", "index", "errors", "attempt", "until", "proto",
                  "qid", "packet")
@@ -470,6 +471,17 @@ def _readdressed(pq: Query, canonical: bytes) -> bytes:
         return pq.id + canonical[2:]
     flags = (((canonical[2] << 8) | canonical[3]) & ~RD_BIT) | (pq.flags & RD_BIT)
     return pq.id + flags.to_bytes(2, "big") + canonical[4:12] + pq.qname + canonical[12 + len(pq.qname):]
+
+
+_QTYPE_TEXT: dict[int, str] = {}   # at most 65536: types are 16 bits
+
+
+def _qtype_text(rdtype: int) -> str:
+    """dns.rdatatype.to_text(rdtype), remembered: every audited answer names its type."""
+    text = _QTYPE_TEXT.get(rdtype)
+    if text is None:
+        text = _QTYPE_TEXT[rdtype] = dns.rdatatype.to_text(rdtype)  # type: ignore[arg-type]
+    return text
 
 
 def _servfail(pq: Query, data: bytes) -> bytes:
@@ -967,8 +979,7 @@ class DnsServer:
             return
         self.audit.record(decision, mode="resolver", front_end="dns", host=host,
                           dns_qname=name.rstrip(".").lower(),
-                          dns_qtype=dns.rdatatype.to_text(rdtype),  # type: ignore[arg-type]
-                          dns_client=client,
+                          dns_qtype=_qtype_text(rdtype), dns_client=client,
                           **result.audit_extra())
 
     def _servfail(self, query: dns.message.Message) -> bytes:

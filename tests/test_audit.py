@@ -44,6 +44,24 @@ def test_a_line_is_audit_record_encoded_whatever_the_context(tmp_path):
         assert list(line.items()) == list(expected.items())   # same keys, same order
 
 
+def test_a_line_is_byte_for_byte_what_json_dumps_gives(tmp_path):
+    log = AuditLog(tmp_path / "audit.jsonl")
+    contexts = [
+        {"mode": "resolver", "front_end": "dns", "host": "m1.zoom.us", "dns_qtype": "A",
+         "dns_kept": ["198.51.100.1", "2001:db8::1"], "dns_dropped": [], "dns_outcome": "filtered"},
+        {"dns_kept": ['"quoted"', "caf\u00e9", "tab\t"], "dns_ttl": 30, "dns_ok": False},
+        {"mixed": ["a", 1, None], "nested": {"k": ["v"]}, "path": tmp_path},   # default=str
+    ]
+    for context in contexts:
+        log.record(DECISION, **context)
+    log.close()
+    raw = (tmp_path / "audit.jsonl").read_text().splitlines()
+    for line, context in zip(raw, contexts, strict=True):
+        expected = audit_record(DECISION, **context)
+        expected["time"] = json.loads(line)["time"]
+        assert line == json.dumps(expected, separators=(",", ":"), default=str)
+
+
 def test_a_host_in_the_context_gives_the_line_of_the_decision_for_that_host(tmp_path):
     log = AuditLog(tmp_path / "audit.jsonl", flush_interval=0)
     log.record(DECISION, mode="resolver", host="b.zoom.us", dns_qname="b.zoom.us")
