@@ -11,7 +11,6 @@ REGIONGUARD_PURE_PYTHON=1 skips compiling.
 
 from __future__ import annotations
 
-import json
 import os
 import runpy
 import subprocess
@@ -47,7 +46,7 @@ class NativeBuildHook(BuildHookInterface):
         root = Path(self.root)
         native = runpy.run_path(str(root / "regionguard" / "_native.py"))
         self._clean(root, native)
-        if os.environ.get(native["PURE_ENV"], "") not in ("", "0"):
+        if native["pure_requested"]():
             return
         try:
             self._compile(root, native)
@@ -88,7 +87,4 @@ class NativeBuildHook(BuildHookInterface):
                                   stderr=subprocess.STDOUT, text=True)
             if done.returncode:
                 raise RuntimeError(done.stdout[-4000:])
-        hashes = native["source_hashes"](root / "regionguard")
-        suffix = native["extension_suffix"]()
-        (root / "regionguard" / native["STAMP"]).write_text(
-            json.dumps({"suffix": suffix, "sources": hashes}, indent=1) + "\n")
+        native["write_stamp"](root / "regionguard")

@@ -21,7 +21,6 @@ sources, whose change makes ./dev install (and so compile) again.
 from __future__ import annotations
 
 import hashlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
@@ -52,9 +51,20 @@ def extension_suffix() -> str:
     return importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
+def pure_requested() -> bool:
+    """Is REGIONGUARD_PURE_PYTHON set (to anything but 0)? Then nothing compiles or runs compiled."""
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
+def write_stamp(package_dir: Path) -> None:
+    """Record what was just compiled in `package_dir`: for this Python, from these sources."""
+    stamp = {"suffix": extension_suffix(), "sources": source_hashes(package_dir)}
+    (package_dir / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+
+
 def _check(package_dir: Path = _HERE) -> str:
     """What would run: "compiled", or "pure (<why>)"."""
-    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+    if pure_requested():
         return f"pure ({PURE_ENV} is set)"
     built = [m for m in MODULES if (package_dir / f"{m}{extension_suffix()}").exists()]
     if not built:
@@ -73,8 +83,9 @@ def _check(package_dir: Path = _HERE) -> str:
     return "compiled"
 
 
-class _SourceFinder(importlib.abc.MetaPathFinder):
-    """Finds the compiled modules' sources first, so the extensions beside them are not used."""
+class _SourceFinder:
+    """Finds the compiled modules' sources first, so the extensions beside them are not used.
+    (A meta path finder needs only find_spec; importlib.abc would cost ~30 ms of imports.)"""
 
     def __init__(self, package_dir: Path) -> None:
         self._names = {f"{_PACKAGE}.{m}": package_dir / f"{m}.py" for m in MODULES}

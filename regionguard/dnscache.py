@@ -201,6 +201,18 @@ A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE = 1, 28, 5, 6
 SIMPLE_TYPES = frozenset({A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE, _OPT})
 
 
+def _u16(wire: bytes, pos: int) -> int:
+    """The big-endian 16-bit field at `pos`. Fields are read this way, not with struct: compiled
+    (regionguard/_native.py) it is plain C, where a struct.unpack_from call (a module lookup, a
+    call, a tuple) cost more than the rest of a record."""
+    return (wire[pos] << 8) | wire[pos + 1]
+
+
+def _u32(wire: bytes, pos: int) -> int:
+    """The big-endian 32-bit field at `pos` (a TTL)."""
+    return (wire[pos] << 24) | (wire[pos + 1] << 16) | (wire[pos + 2] << 8) | wire[pos + 3]
+
+
 # NamedTuple's own constructor is Python code; tuple.__new__ builds the same object in C. The
 # per-query and per-record constructions below use it.
 _tuple_new = tuple.__new__
@@ -224,11 +236,11 @@ def parse_query(wire: bytes) -> Query | None:
     n = len(wire)
     if n < 17 or n > 512:
         return None
-    # read byte by byte, as scan_response (why: there)
+    # fields read with _u16 and single bytes, not struct (why: _u16)
     if wire[2] & 0xF8 or wire[4] or wire[5] != 1 or wire[6] or wire[7] or wire[8] or wire[9] \
             or wire[10]:   # a response, not opcode QUERY, not one question, or records
         return None
-    flags = (wire[2] << 8) | wire[3]
+    flags = _u16(wire, 2)
     ar = wire[11]
     if ar > 1:
         return None
@@ -244,8 +256,8 @@ def parse_query(wire: bytes) -> Query | None:
     pos += 1
     if pos + 4 > n:
         return None
-    qtype = (wire[pos] << 8) | wire[pos + 1]
-    qclass = (wire[pos + 2] << 8) | wire[pos + 3]
+    qtype = _u16(wire, pos)
+    qclass = _u16(wire, pos + 2)
     pos += 4
     if ar == 0:
         return (_tuple_new(Query, (wire[:2], flags, qname, qtype, qclass, False, 512, False))
@@ -253,10 +265,10 @@ def parse_query(wire: bytes) -> Query | None:
     if n - pos != 11 or wire[pos] != 0:
         return None
     o = pos + 1   # the OPT record after its root owner: type, payload, rcode, version, DO, rdlen
-    if (wire[o] << 8) | wire[o + 1] != _OPT or wire[o + 4] or wire[o + 5] or wire[o + 8] \
+    if _u16(wire, o) != _OPT or wire[o + 4] or wire[o + 5] or wire[o + 8] \
             or wire[o + 9]:   # extended rcode and version 0, no options
         return None
-    payload = (wire[o + 2] << 8) | wire[o + 3]
+    payload = _u16(wire, o + 2)
     return _tuple_new(Query, (wire[:2], flags, qname, qtype, qclass, True, max(512, payload),
                               bool(wire[o + 6] & 0x80)))
 
@@ -324,19 +336,19 @@ def scan_response(wire: bytes) -> Scan | None:
     None otherwise (the caller then uses dnspython, which also reports the garbage).
 
     This runs once per cache miss, so it allocates as little as it can: no list per record, no
-    generator, one pass over the records of all three sections. Fields are read byte by byte,
-    not with struct: compiled (regionguard/_native.py), that is plain C, where a call to
-    struct.unpack_from or socket.inet_ntop costs more than the rest of a record. Compression
+    generator, one pass over the records of all three sections. Fields are read with _u16/_u32
+    and IPv4 addresses formatted here: compiled, a call to socket.inet_ntop, like one to
+    struct.unpack_from, costs more than the rest of a record. Compression
     pointers into the question are not listed in `pointers`: the question is never removed, so
     they stay valid."""
     try:
         n = len(wire)
         if n < 12 or wire[4] or wire[5] != 1:   # one question
             return None
-        flags = (wire[2] << 8) | wire[3]
-        an = (wire[6] << 8) | wire[7]
-        an_ns = an + ((wire[8] << 8) | wire[9])
-        count = an_ns + ((wire[10] << 8) | wire[11])
+        flags = _u16(wire, 2)
+        an = _u16(wire, 6)
+        an_ns = an + _u16(wire, 8)
+        count = an_ns + _u16(wire, 10)
         pointers: list[tuple[int, int]] = []
         qname, pos = read_name(wire, 12)
         pos += 4
@@ -373,10 +385,10 @@ def scan_response(wire: bytes) -> Scan | None:
                         pointers.append((start, t))
             if pos + 10 > n:
                 return None
-            rdtype = (wire[pos] << 8) | wire[pos + 1]
-            ttl = (wire[pos + 4] << 24) | (wire[pos + 5] << 16) | (wire[pos + 6] << 8) | wire[pos + 7]
+            rdtype = _u16(wire, pos)
+            ttl = _u32(wire, pos + 4)
             ttl_at = pos + 4
-            rdata_end = pos + 10 + ((wire[pos + 8] << 8) | wire[pos + 9])
+            rdata_end = pos + 10 + _u16(wire, pos + 8)
             pos += 10
             if rdata_end > n:
                 return None
@@ -408,7 +420,7 @@ def scan_response(wire: bytes) -> Scan | None:
                     if t >= question_end:
                         pointers.append((start, t))
                 e = rdata_end - 4
-                minimum = (wire[e] << 24) | (wire[e + 1] << 16) | (wire[e + 2] << 8) | wire[e + 3]
+                minimum = _u32(wire, e)
                 value = str(min(ttl, minimum))
             else:   # not one of SIMPLE_TYPES
                 return None
