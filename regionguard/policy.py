@@ -39,7 +39,7 @@ BLOCK_ANSWERS = ("nxdomain", "nodata", "refused", "zero")
 CHINA = "CN"
 
 _TOP_KEYS = ("version", "name", "description", "account", "regions", "client", "actions",
-             "overrides", "groups", "evidence", "data", "resolver", "reroute", "dns")
+             "overrides", "groups", "evidence", "data", "resolver", "reroute", "dns", "gateway")
 _KEYS = {
     "account": ("type", "default_region"),
     "regions": ("opt_in", "opt_out"),
@@ -52,6 +52,7 @@ _KEYS = {
     "resolver": ("nameservers", "hosts", "timeout"),
     "reroute": ("match", "to"),
     "dns": ("block_answer", "strip_ech", "max_ttl"),
+    "gateway": ("clients", "allow_proxy_host"),
 }
 
 
@@ -107,6 +108,44 @@ class DnsSettings:
     max_ttl: int = 86400
 
 
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Who may use the proxy and the DNS filter, and whether remote clients may reach the proxy
+    host itself. An empty `clients` lets everyone in (the front ends warn at start-up when they
+    listen beyond loopback); loopback clients, the host's own, are always let in."""
+
+    clients: tuple[str, ...] = ()
+    allow_proxy_host: bool = False
+    _table: PrefixTable[bool] = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_table", PrefixTable.from_prefixes([(c, True) for c in self.clients]))
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.clients)
+
+    def client_allowed(self, client: str | None) -> bool:
+        """May this client address use the proxy / the DNS filter? Unparseable: no."""
+        if not self.clients:
+            return True
+        if not client:
+            return False
+        try:
+            address = ipaddress.ip_address(client.split("%", 1)[0])
+        except ValueError:
+            return False
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:
+            address = mapped
+        if address.is_loopback:
+            return True
+        try:
+            return self._table.get(str(address)) is not None
+        except ValueError:
+            return False
+
+
 @dataclass(frozen=True, slots=True)
 class Reroute:
     match: str
@@ -128,6 +167,7 @@ class Policy:
     reroute: tuple[Reroute, ...]
     dns: DnsSettings
     catalogue: Catalogue
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
     warnings: tuple[Problem, ...] = ()
     _group_table: PrefixTable[Rules] = field(default=None, repr=False)  # type: ignore[assignment]
 
@@ -379,6 +419,7 @@ class _Checker:
         resolver = self.resolver(top.get("resolver"))
         reroute = tuple(self.reroutes(top.get("reroute")))
         dns = self.dns(top.get("dns"))
+        gateway = self.gateway(top.get("gateway"))
 
         table: PrefixTable[Rules] = PrefixTable.from_prefixes(
             # first match wins: add in reverse so earlier groups are added last and win ties
@@ -398,6 +439,7 @@ class _Checker:
             reroute=reroute,
             dns=dns,
             catalogue=self.catalogue,
+            gateway=gateway,
             warnings=tuple(self.warnings),
             _group_table=table,
         )
@@ -564,6 +606,23 @@ class _Checker:
                        "write e.g. timeout: 3")
             timeout = 3.0
         return ResolverSettings(tuple(servers), hosts, float(timeout))
+
+    def gateway(self, raw: Any) -> GatewaySettings:
+        g = self.mapping(raw, ("gateway",), _KEYS["gateway"])
+        clients = []
+        for i, c in enumerate(self.sequence(g.get("clients"), ("gateway", "clients"))):
+            try:
+                clients.append(str(ipaddress.ip_network(str(c), strict=False)))
+            except ValueError:
+                self.error(("gateway", "clients", i), f"{c!r} is not an address or CIDR prefix",
+                           "list the client networks allowed to use the proxy and DNS filter, "
+                           "e.g. [10.0.0.0/8, 2001:db8::/32]")
+        allow = g.get("allow_proxy_host", False)
+        if not isinstance(allow, bool):
+            self.error(("gateway", "allow_proxy_host"), f"{allow!r} is not true or false",
+                       "write allow_proxy_host: false (the default) or true")
+            allow = False
+        return GatewaySettings(tuple(clients), allow)
 
     def reroutes(self, raw: Any) -> Iterable[Reroute]:
         for i, r in enumerate(self.sequence(raw, ("reroute",))):
