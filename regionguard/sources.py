@@ -350,8 +350,11 @@ class HostnameSource:
         with open(site_codes, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 region = row["region"] or catalogue.region_for_country(row["country"])
-                ev = Evidence(self.name, region or None, row["country"] or None, site_codes.name,
-                              None, "", float(row["confidence"]),
+                # `source` and `date` say where each code was seen (older tables lack them).
+                cited = row.get("source") or ""
+                ev = Evidence(self.name, region or None, row["country"] or None,
+                              f"{site_codes.name} ({cited})" if cited else site_codes.name,
+                              row.get("date") or None, "", float(row["confidence"]),
                               f"site code {row['code']} ({row['city']}); {row['note']}")
                 target = self._subdomain if row["kind"] == "subdomain" else self._zc_codes
                 target[row["code"].lower()] = ev

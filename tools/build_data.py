@@ -249,23 +249,69 @@ def oci_location(name: str) -> tuple[str, str, str]:
 
 
 # ---------------------------------------------------------------------------
-# Site codes in Zoom host names (static knowledge, see shared README)
+# Site codes in Zoom host names.  Every code needs a public source that shows
+# the code in a real Zoom name AND what place it stands for; a code whose
+# meaning cannot be sourced stays out (a wrong site code is worse than none).
 # ---------------------------------------------------------------------------
+# nDPI's test capture of a Zoom desktop client (certificate valid 2019-2021):
+# DNS answers and SNI zoomam104zc/zoomam105zc.zoom.us -> 213.19.144.104/.105 and
+# zoomfr84zc/zoomfr85zc.zoom.us -> 213.244.140.84/.85.  Zoom's own CRC labels put
+# 213.19.144.110 at "Amsterdam Netherlands" and 213.244.140.110 at "Germany": the
+# same /24s, so `am` is Amsterdam and `fr` is Frankfurt/Germany (not France).
+SRC_NDPI_ZOOM = ("github ntop/nDPI tests/cfgs/default/result/zoom.pcap.out "
+                 "@ 0110623b4ed94e49f2821073146d705856ed149f")
+# nDPI's second Zoom capture: SNI zoomsjccv154mmr.sjc.zoom.us -> 144.195.73.154,
+# served with Zoom's certificate "CN=*.sjc.zoom.us, L=San Jose, ST=California"
+# (valid 2021-04-13 .. 2022-04-20): Zoom itself says sjc is San Jose.
+SRC_NDPI_ZOOM2 = ("github ntop/nDPI tests/cfgs/default/result/zoom2.pcap.out "
+                  "@ 03784a485e7d1619ee3c3763a5f4397bb3c8d26d")
+# A Zoom Meeting SDK (web) test form in a public GitHub repository (it lists
+# Zoom's internal dev domains and SDK versions up to 3.14.0, 2025) offers the web
+# client relays `rwc<SITE>.<SITE>.zoom.us`, each labelled with its city in
+# Chinese, e.g. "rwciad.iad.zoom.us-美国-华盛顿(IAD)".  The code index that
+# holds it did not report the repository: it is cited by the index id, and the
+# codes that rest on it alone get a lower confidence.
+SRC_RWC_LIST = ("GitHub file, stored code index id 53210080565 (Zoom Meeting SDK web test "
+                "form, option list 'meeting-rwc': rwc<SITE>.<SITE>.zoom.us with city labels; "
+                "repository not reported by the index)")
+# Self-describing names (the name spells its own address) seen in public code,
+# cited as corroboration: zoomiad206247100214rwg.iad.zoom.us (index id
+# 59262361039) and zoomiad20624799165rwg.iad.zoom.us (index id 70886358385)
+# sit in 206.247.0.0/16, where Zoom labels 206.247.11.121 "US East".
+SRC_IAD_NAMES = ("names zoomiad206247100214rwg.iad.zoom.us / zoomiad20624799165rwg.iad.zoom.us "
+                 "(stored code index ids 59262361039, 70886358385) in 206.247.0.0/16 where "
+                 "zoom_crc_h323_ips_by_location.csv S8 labels 206.247.11.121 US East")
+SRC_CRC = "zoom_crc_h323_ips_by_location.csv"
+
 SITE_CODES = [
-    # code, kind, country, city, confidence, note
-    ("sjc", "subdomain", "US", "San Jose", "0.7", "confirmed by Zoom-side data (e.g. zoomsjcbb24mmr.sjc.zoom.us)"),
-    ("nyc", "subdomain", "US", "New York", "0.5", "seen in hostnames, not confirmed by Zoom"),
-    ("ams", "subdomain", "NL", "Amsterdam", "0.5", "seen in hostnames, not confirmed by Zoom"),
-    ("fra", "subdomain", "DE", "Frankfurt", "0.5", "seen in hostnames, not confirmed by Zoom"),
-    ("nrt", "subdomain", "JP", "Tokyo", "0.5", "seen in hostnames, not confirmed by Zoom"),
-    ("sin", "subdomain", "SG", "Singapore", "0.5", "seen in hostnames, not confirmed by Zoom"),
-    ("syd", "subdomain", "AU", "Sydney", "0.5", "seen in hostnames, not confirmed by Zoom"),
-    ("gru", "subdomain", "BR", "São Paulo", "0.5", "seen in hostnames, not confirmed by Zoom"),
-    ("bom", "subdomain", "IN", "Mumbai", "0.5", "seen in hostnames, not confirmed by Zoom"),
-    ("am", "zc", "NL", "Amsterdam", "0.5", "zone-controller prefix as in zoomam104zc.zoom.us; seen in hostnames, not confirmed by Zoom"),
-    ("sj", "zc", "US", "San Jose", "0.4", "inferred by analogy with 'am' (zoom<code>NNNzc.zoom.us) and subdomain sjc; not observed in the shared data"),
-    ("ny", "zc", "US", "New York", "0.4", "inferred by analogy with 'am' (zoom<code>NNNzc.zoom.us) and subdomain nyc; not observed in the shared data"),
+    # code, kind, country, city, confidence, source, date, note
+    ("sjc", "subdomain", "US", "San Jose", "0.8", f"{SRC_NDPI_ZOOM2}; {SRC_RWC_LIST}", "2021-04-13",
+     "Zoom's own certificate for *.sjc.zoom.us names San Jose; rwc list label 美国-圣何塞(SJC)"),
+    ("iad", "subdomain", "US", "Washington DC (Dulles)", "0.7", f"{SRC_RWC_LIST}; {SRC_IAD_NAMES}", "2025",
+     "rwc list label 美国-华盛顿(IAD); iad names spell addresses in 206.247.0.0/16 (Zoom: US East)"),
+    ("yyz", "subdomain", "CA", "Toronto", "0.6", SRC_RWC_LIST, "2025", "rwc list label 加拿大-多伦多(YYZ)"),
+    ("yvr", "subdomain", "CA", "Vancouver", "0.6", SRC_RWC_LIST, "2025", "rwc list label 加拿大-温哥华(YVR)"),
+    ("syd", "subdomain", "AU", "Sydney", "0.6", SRC_RWC_LIST, "2025", "rwc list label 澳大利亚-悉尼(SYD)"),
+    ("mel", "subdomain", "AU", "Melbourne", "0.6", SRC_RWC_LIST, "2025", "rwc list label 澳大利亚-墨尔本(MEL)"),
+    ("hkg", "subdomain", "HK", "Hong Kong", "0.6", SRC_RWC_LIST, "2025", "rwc list label 香港"),
+    ("nrt", "subdomain", "JP", "Tokyo", "0.6", SRC_RWC_LIST, "2025", "rwc list label 东京(NRT)"),
+    ("sin", "subdomain", "SG", "Singapore", "0.6", SRC_RWC_LIST, "2025", "rwc list label 新加坡(SIN)"),
+    ("fra", "subdomain", "DE", "Frankfurt", "0.6", SRC_RWC_LIST, "2025", "rwc list label 欧洲-德国-法兰克福(FRA)"),
+    ("ams", "subdomain", "NL", "Amsterdam", "0.6", SRC_RWC_LIST, "2025", "rwc list label 荷兰-阿姆斯特丹(AMS)"),
+    # Sites in countries without a Zoom data-center region: placed in the country, no region.
+    ("lhr", "subdomain", "GB", "London", "0.6", SRC_RWC_LIST, "2025", "rwc list label 英国-伦敦(LHR)"),
+    ("jed", "subdomain", "SA", "Jeddah", "0.6", SRC_RWC_LIST, "2025", "rwc list label 沙特-吉达(JED)"),
+    ("ruh", "subdomain", "SA", "Riyadh", "0.6", SRC_RWC_LIST, "2025", "rwc list label 沙特-利雅得(RUH)"),
+    ("ksa", "subdomain", "SA", "", "0.6", SRC_RWC_LIST, "2025",
+     "rwc list label 沙特 (Saudi Arabia, city not given)"),
+    ("am", "zc", "NL", "Amsterdam", "0.7", f"{SRC_NDPI_ZOOM}; {SRC_CRC} 213.19.144.110", "2020",
+     "zoomam104zc.zoom.us -> 213.19.144.104, same /24 as Zoom-labelled Amsterdam 213.19.144.110"),
+    ("fr", "zc", "DE", "Frankfurt", "0.7", f"{SRC_NDPI_ZOOM}; {SRC_CRC} 213.244.140.110", "2020",
+     "zoomfr84zc.zoom.us -> 213.244.140.84, same /24 as Zoom-labelled Germany 213.244.140.110 (fr is not France)"),
 ]
+# Rejected (see config/data/README.md): nyc gru bom subdomains and the ny sj zone-controller
+# codes had no source; `ca` in zoomca54150137226zc.zoom.us is not a place (the name spells
+# 54.150.137.226, AWS Tokyo); dv, frn, va, cloud, tj: meaning not sourced or already covered.
 
 # ---------------------------------------------------------------------------
 # CRC invitation sources (dates from shared/data/README.md).  None = undated;
@@ -747,10 +793,11 @@ add them to AWS_REGIONS / AWS_METRO_CODES / OCI_REGIONS in this script.""")
               ["prefix", "region", "country", "site", "kind", "confidence", "source", "date", "note"], dc_rows)
 
     # 5. site codes
-    sc_rows = [[code, kind, zoom_region(country), country, city, conf, note]
-               for code, kind, country, city, conf, note in SITE_CODES]
+    sc_rows = [[code, kind, zoom_region(country), country, city, conf, source, date, note]
+               for code, kind, country, city, conf, source, date, note in SITE_CODES]
     sc_rows.sort(key=lambda r: (r[1], r[0]))
-    write_csv(out / O_SITE_CODES, ["code", "kind", "region", "country", "city", "confidence", "note"], sc_rows)
+    write_csv(out / O_SITE_CODES,
+              ["code", "kind", "region", "country", "city", "confidence", "source", "date", "note"], sc_rows)
 
     for b in bad:
         warn(f"invalid prefix skipped: {b}")
