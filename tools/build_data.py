@@ -265,15 +265,11 @@ SRC_NDPI_ZOOM = ("github ntop/nDPI tests/cfgs/default/result/zoom.pcap.out "
 # (valid 2021-04-13 .. 2022-04-20): Zoom itself says sjc is San Jose.
 SRC_NDPI_ZOOM2 = ("github ntop/nDPI tests/cfgs/default/result/zoom2.pcap.out "
                   "@ 03784a485e7d1619ee3c3763a5f4397bb3c8d26d")
-# A Zoom Meeting SDK (web) test form in a public GitHub repository (it lists
-# Zoom's internal dev domains and SDK versions up to 3.14.0, 2025) offers the web
-# client relays `rwc<SITE>.<SITE>.zoom.us`, each labelled with its city in
-# Chinese, e.g. "rwciad.iad.zoom.us-美国-华盛顿(IAD)".  The code index that
-# holds it did not report the repository: it is cited by the index id, and the
-# codes that rest on it alone get a lower confidence.
-SRC_RWC_LIST = ("GitHub file, stored code index id 53210080565 (Zoom Meeting SDK web test "
-                "form, option list 'meeting-rwc': rwc<SITE>.<SITE>.zoom.us with city labels; "
-                "repository not reported by the index)")
+# Zoom's own Meeting SDK (web) demo form in Zoom's GitHub repository offers the web
+# client relays `rwc<SITE>.<SITE>.zoom.us`, each labelled with its city in Chinese,
+# e.g. "rwciad.iad.zoom.us-美国-华盛顿(IAD)" (SDK versions up to 3.14.0: 2025).
+SRC_RWC_LIST = ("github zoom/videosdk-ui-toolkit-web src/demo/meetingsdk/NavMeetingSDK.tsx "
+                "@ 4e59fc9123028429596a9b40c20dc75c548206da (option list 'meeting-rwc')")
 # Self-describing names (the name spells its own address) seen in public code,
 # cited as corroboration: zoomiad206247100214rwg.iad.zoom.us (index id
 # 59262361039) and zoomiad20624799165rwg.iad.zoom.us (index id 70886358385)
@@ -287,22 +283,22 @@ SITE_CODES = [
     # code, kind, country, city, confidence, source, date, note
     ("sjc", "subdomain", "US", "San Jose", "0.8", f"{SRC_NDPI_ZOOM2}; {SRC_RWC_LIST}", "2021-04-13",
      "Zoom's own certificate for *.sjc.zoom.us names San Jose; rwc list label 美国-圣何塞(SJC)"),
-    ("iad", "subdomain", "US", "Washington DC (Dulles)", "0.7", f"{SRC_RWC_LIST}; {SRC_IAD_NAMES}", "2025",
+    ("iad", "subdomain", "US", "Washington DC (Dulles)", "0.8", f"{SRC_RWC_LIST}; {SRC_IAD_NAMES}", "2025",
      "rwc list label 美国-华盛顿(IAD); iad names spell addresses in 206.247.0.0/16 (Zoom: US East)"),
-    ("yyz", "subdomain", "CA", "Toronto", "0.6", SRC_RWC_LIST, "2025", "rwc list label 加拿大-多伦多(YYZ)"),
-    ("yvr", "subdomain", "CA", "Vancouver", "0.6", SRC_RWC_LIST, "2025", "rwc list label 加拿大-温哥华(YVR)"),
-    ("syd", "subdomain", "AU", "Sydney", "0.6", SRC_RWC_LIST, "2025", "rwc list label 澳大利亚-悉尼(SYD)"),
-    ("mel", "subdomain", "AU", "Melbourne", "0.6", SRC_RWC_LIST, "2025", "rwc list label 澳大利亚-墨尔本(MEL)"),
-    ("hkg", "subdomain", "HK", "Hong Kong", "0.6", SRC_RWC_LIST, "2025", "rwc list label 香港"),
-    ("nrt", "subdomain", "JP", "Tokyo", "0.6", SRC_RWC_LIST, "2025", "rwc list label 东京(NRT)"),
-    ("sin", "subdomain", "SG", "Singapore", "0.6", SRC_RWC_LIST, "2025", "rwc list label 新加坡(SIN)"),
-    ("fra", "subdomain", "DE", "Frankfurt", "0.6", SRC_RWC_LIST, "2025", "rwc list label 欧洲-德国-法兰克福(FRA)"),
-    ("ams", "subdomain", "NL", "Amsterdam", "0.6", SRC_RWC_LIST, "2025", "rwc list label 荷兰-阿姆斯特丹(AMS)"),
+    ("yyz", "subdomain", "CA", "Toronto", "0.7", SRC_RWC_LIST, "2025", "rwc list label 加拿大-多伦多(YYZ)"),
+    ("yvr", "subdomain", "CA", "Vancouver", "0.7", SRC_RWC_LIST, "2025", "rwc list label 加拿大-温哥华(YVR)"),
+    ("syd", "subdomain", "AU", "Sydney", "0.7", SRC_RWC_LIST, "2025", "rwc list label 澳大利亚-悉尼(SYD)"),
+    ("mel", "subdomain", "AU", "Melbourne", "0.7", SRC_RWC_LIST, "2025", "rwc list label 澳大利亚-墨尔本(MEL)"),
+    ("hkg", "subdomain", "HK", "Hong Kong", "0.7", SRC_RWC_LIST, "2025", "rwc list label 香港"),
+    ("nrt", "subdomain", "JP", "Tokyo", "0.7", SRC_RWC_LIST, "2025", "rwc list label 东京(NRT)"),
+    ("sin", "subdomain", "SG", "Singapore", "0.7", SRC_RWC_LIST, "2025", "rwc list label 新加坡(SIN)"),
+    ("fra", "subdomain", "DE", "Frankfurt", "0.7", SRC_RWC_LIST, "2025", "rwc list label 欧洲-德国-法兰克福(FRA)"),
+    ("ams", "subdomain", "NL", "Amsterdam", "0.7", SRC_RWC_LIST, "2025", "rwc list label 荷兰-阿姆斯特丹(AMS)"),
     # Sites in countries without a Zoom data-center region: placed in the country, no region.
-    ("lhr", "subdomain", "GB", "London", "0.6", SRC_RWC_LIST, "2025", "rwc list label 英国-伦敦(LHR)"),
-    ("jed", "subdomain", "SA", "Jeddah", "0.6", SRC_RWC_LIST, "2025", "rwc list label 沙特-吉达(JED)"),
-    ("ruh", "subdomain", "SA", "Riyadh", "0.6", SRC_RWC_LIST, "2025", "rwc list label 沙特-利雅得(RUH)"),
-    ("ksa", "subdomain", "SA", "", "0.6", SRC_RWC_LIST, "2025",
+    ("lhr", "subdomain", "GB", "London", "0.7", SRC_RWC_LIST, "2025", "rwc list label 英国-伦敦(LHR)"),
+    ("jed", "subdomain", "SA", "Jeddah", "0.7", SRC_RWC_LIST, "2025", "rwc list label 沙特-吉达(JED)"),
+    ("ruh", "subdomain", "SA", "Riyadh", "0.7", SRC_RWC_LIST, "2025", "rwc list label 沙特-利雅得(RUH)"),
+    ("ksa", "subdomain", "SA", "", "0.7", SRC_RWC_LIST, "2025",
      "rwc list label 沙特 (Saudi Arabia, city not given)"),
     ("am", "zc", "NL", "Amsterdam", "0.7", f"{SRC_NDPI_ZOOM}; {SRC_CRC} 213.19.144.110", "2020",
      "zoomam104zc.zoom.us -> 213.19.144.104, same /24 as Zoom-labelled Amsterdam 213.19.144.110"),
