@@ -355,7 +355,8 @@ class HostnameSource:
                 ev = Evidence(self.name, region or None, row["country"] or None,
                               f"{site_codes.name} ({cited})" if cited else site_codes.name,
                               row.get("date") or None, "", float(row["confidence"]),
-                              f"site code {row['code']} ({row['city']}); {row['note']}")
+                              f"site code {row['code']}" + (f" ({row['city']})" if row["city"] else "")
+                              + f"; {row['note']}")
                 target = self._subdomain if row["kind"] == "subdomain" else self._zc_codes
                 target[row["code"].lower()] = ev
 
