@@ -307,7 +307,7 @@ SITE_CODES = [
 ]
 # Rejected (see config/data/README.md): nyc gru bom subdomains and the ny sj zone-controller
 # codes had no source; `ca` in zoomca54150137226zc.zoom.us is not a place (the name spells
-# 54.150.137.226, AWS Tokyo); dv, frn, va, cloud, tj: meaning not sourced or already covered.
+# 54.150.137.226, AWS Tokyo); dv, frn: city not sourced; cloud: not a site; tj: zoom.com.cn rule.
 
 # ---------------------------------------------------------------------------
 # CRC invitation sources (dates from shared/data/README.md).  None = undated;
