@@ -1159,7 +1159,7 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         conn = conns.admit(client, writer, loop.time())
         if conn is None:
-            log.info("regionguard dns: TCP from %s refused: %d connections open, none idle",
+            log.info("regionguard dns: TCP from %s refused: %d connections open, none in the way idle",
                      client, conns.count)
             writer.close()
             return
@@ -1169,6 +1169,8 @@ class DnsServer:
                 conns.wait(conn, loop.time())
                 first = await asyncio.wait_for(reader.readexactly(1), idle)
                 data = await asyncio.wait_for(_read_query(reader, first), read)
+                if not conn.open:
+                    break   # closed to make room just as the query came in: not answered
                 conns.busy(conn)
                 # per query: a policy reload may have changed who is let in
                 refused = self.group_of(client) == _REFUSED
