@@ -863,6 +863,10 @@ class DnsServer:
         cache or resolved with callbacks (no task, future or timer of its own): what `answer`
         does, step for step. Anything else goes the general way (`handle_udp`). `group` and
         `now`: the client's group and the time, when the caller has them already."""
+        if group == _REFUSED:   # before any parsing: a refused client costs next to nothing
+            self.stats["queries"] += 1
+            self._refuse_udp(data, addr, transport)
+            return
         pq = parse_query(data)
         if pq is None or pq.qclass != 1:
             self.spawn(self.handle_udp(data, addr, transport))
@@ -872,11 +876,9 @@ class DnsServer:
         try:
             if group is None:
                 group = self.group_of(client)
-            if group == _REFUSED:
-                reply = self.refused(data)
-                if reply is not None and not transport.is_closing():
-                    transport.sendto(reply, addr)
-                return
+                if group == _REFUSED:
+                    self._refuse_udp(data, addr, transport)
+                    return
             key = _cache_key(group, pq)
             waiter = (data, pq, group, key, addr, transport)
             canonical = self.semantic.get(key, now if now is not None else time.monotonic())
@@ -900,6 +902,11 @@ class DnsServer:
                 pending.add_done_callback(functools.partial(self._future_done, waiter))
         except Exception as e:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
             self._udp_failed((data, pq, None, None, addr, transport), e)
+
+    def _refuse_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
+        reply = self.refused(data)
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
 
     def _future_done(self, waiter: tuple, fut: asyncio.Future) -> None:
         if fut.cancelled():
