@@ -22,6 +22,7 @@ import errno
 import functools
 import gc
 import heapq
+import ipaddress
 import logging
 import math
 import random
@@ -68,8 +69,13 @@ UPSTREAM_PAYLOAD = 1232        # EDNS0 buffer size we advertise upstream (DNS fl
 MAX_UDP_REPLY = 4096           # never answer over UDP with more than this, whatever is asked
 MAX_QUERY = 4096               # a bigger UDP query is junk: read at most this many bytes
 MAX_INFLIGHT = 2048            # misses being resolved at once; beyond that, SERVFAIL at once
-MAX_TCP_CLIENTS = 256
-TCP_IDLE = 10.0
+# DNS over TCP: connections bounded in total and per client, closed when idle or stalled (see
+# _TcpConnections; the defaults are argued in README.md, "DNS filtering").
+TCP_MAX_CONNECTIONS = 512
+TCP_MAX_PER_CLIENT = 32
+TCP_IDLE_TIMEOUT = 10.0        # RFC 7766 6.2.3: "of the order of seconds"
+TCP_READ_TIMEOUT = 2.0         # dnsdist's setTCPRecvTimeout default
+FD_SPARE = 64                  # descriptors beside the TCP clients: sockets upstream, audit, ...
 UDP_RCVBUF = 4 * 1024 * 1024
 RELOAD_EVERY = 2.0
 EXIT_LISTEN = 4
@@ -89,6 +95,10 @@ class Config:
     audit_path: str | None = None
     tcp: bool = True
     audit_flush: float = 0.25   # seconds between audit batches; 0: each line at once
+    tcp_max_connections: int = TCP_MAX_CONNECTIONS
+    tcp_max_per_client: int = TCP_MAX_PER_CLIENT
+    tcp_idle_timeout: float = TCP_IDLE_TIMEOUT     # waiting for a query's first byte
+    tcp_read_timeout: float = TCP_READ_TIMEOUT     # for the rest of it, and to take the answer
 
 
 # --- upstream ---------------------------------------------------------------------------------
@@ -524,6 +534,112 @@ class _Resolution:
         return self.future
 
 
+# The group of a client that the policy's gateway.clients keeps out (DnsServer.group_of). No
+# policy group is so named, and nothing is ever cached under it: the UDP hit path, which looks
+# the client's group up anyway, misses for such a client at no extra cost, and the paths behind
+# it answer REFUSED.
+_REFUSED = "\x00refused"
+
+
+class _TcpConnection:
+    """One client's TCP connection, as _TcpConnections keeps it."""
+
+    __slots__ = ("client", "writer", "waiting", "since", "open")
+
+    def __init__(self, client: str, writer: asyncio.StreamWriter, now: float) -> None:
+        self.client = client
+        self.writer = writer
+        self.waiting = False   # for the client (its next query, or the rest of one)
+        self.since = now       # when it began to
+        self.open = True
+
+
+class _TcpConnections:
+    """The open DNS-over-TCP connections, bounded in total and per client address.
+
+    A connection waiting for its client (idle between queries, or stalled in the middle of one)
+    holds a slot for nothing; one whose query is being answered does not. So when a new
+    connection would go over a bound, the connection that has waited longest for its client
+    (among all, or among that client's own for the per-client bound) is closed to make room,
+    as RFC 7766 6.2.3 allows servers to close idle connections; only when every connection in
+    the way is busy answering is the new one refused. Idle ones time out anyway (the caller's
+    timeouts): this keeps a flood of idle or dripping connections from locking others out."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.count = 0
+        self.evicted = 0
+        self.refused = 0
+        # insertion-ordered: the first is the one waiting longest
+        self._waiting: dict[_TcpConnection, None] = {}
+        self._of: dict[str, list[_TcpConnection]] = {}
+
+    def admit(self, client: str, writer: asyncio.StreamWriter, now: float) -> _TcpConnection | None:
+        """The new connection, registered as waiting for its first query; None: refused."""
+        mine = self._of.get(client)
+        if mine is not None and len(mine) >= self.per_client:
+            oldest: _TcpConnection | None = None
+            for conn in mine:
+                if conn.waiting and (oldest is None or conn.since < oldest.since):
+                    oldest = conn
+            if oldest is None:
+                self.refused += 1
+                return None
+            self.evict(oldest)
+        if self.count >= self.total:
+            if not self._waiting:
+                self.refused += 1
+                return None
+            self.evict(next(iter(self._waiting)))
+        conn = _TcpConnection(client, writer, now)
+        self.count += 1
+        mine = self._of.get(client)
+        if mine is None:
+            mine = self._of[client] = []
+        mine.append(conn)
+        self.wait(conn, now)
+        return conn
+
+    def wait(self, conn: _TcpConnection, now: float) -> None:
+        """The connection now waits for its client (and may be closed to make room)."""
+        if conn.open:
+            self._waiting.pop(conn, None)
+            conn.waiting, conn.since = True, now
+            self._waiting[conn] = None
+
+    def busy(self, conn: _TcpConnection) -> None:
+        """A query came in whole: the connection is being answered (and is not closed)."""
+        conn.waiting = False
+        self._waiting.pop(conn, None)
+
+    def release(self, conn: _TcpConnection) -> None:
+        """Forget the connection (closed, for whatever reason); twice is harmless."""
+        if not conn.open:
+            return
+        conn.open = conn.waiting = False
+        self.count -= 1
+        self._waiting.pop(conn, None)
+        mine = self._of.get(conn.client)
+        if mine is not None:
+            mine.remove(conn)
+            if not mine:
+                del self._of[conn.client]
+
+    def evict(self, conn: _TcpConnection) -> None:
+        """Close a waiting connection to make room: its slot is free at once; its reader sees
+        the end of the stream and its handler ends."""
+        self.release(conn)
+        self.evicted += 1
+        conn.writer.close()
+
+    def close_all(self) -> None:
+        for conns in list(self._of.values()):
+            for conn in list(conns):
+                self.release(conn)
+                conn.writer.close()
+
+
 class DnsServer:
     """The resolver. `await start()`, then it serves until `close()`."""
 
@@ -543,10 +659,11 @@ class DnsServer:
         self._tasks: set[asyncio.Task] = set()
         self._udp: Any = None   # asyncio's or uvloop's datagram transport
         self._tcp: asyncio.base_events.Server | None = None
-        self._tcp_clients = 0
+        self._tcp_conns = _TcpConnections(config.tcp_max_connections, config.tcp_max_per_client)
         self._reloader: asyncio.Task | None = None
         self.address: tuple[str, int] | None = None
-        self.stats = {"queries": 0, "formerr": 0, "servfail": 0, "upstream_queries": 0}
+        self.stats = {"queries": 0, "formerr": 0, "servfail": 0, "upstream_queries": 0,
+                      "refused": 0}
 
     # --- lifecycle ---
 
@@ -586,6 +703,7 @@ class DnsServer:
             self._udp.close()
         if self._tcp:
             self._tcp.close()
+        self._tcp_conns.close_all()
         for t in list(self._tasks):
             t.cancel()
         self.upstreams.close()
@@ -617,12 +735,27 @@ class DnsServer:
     # --- helpers ---
 
     def group_of(self, client: str) -> str:
+        """The client's policy group, or _REFUSED when gateway.clients keeps it out. Remembered
+        per address until the policy changes (use_engine empties the memory)."""
         group = self._groups.get(client)
         if group is None:
             if len(self._groups) > 65536:
                 self._groups.clear()
-            group = self._groups[client] = self.engine.policy.rules_for(client).name
+            policy = self.engine.policy
+            if policy.gateway.client_allowed(client):
+                group = policy.rules_for(client).name
+            else:
+                group = _REFUSED
+            self._groups[client] = group
         return group
+
+    def refused(self, data: bytes) -> bytes | None:
+        """REFUSED for a client gateway.clients keeps out, as unbound's access-control `refuse`
+        gives it: the header alone (question and counts dropped), so never more bytes than the
+        query; nothing at all for a response or a runt. Not dropped silently: a client that hears
+        nothing retries, again and again (unbound's reason for refusing by default)."""
+        self.stats["refused"] += 1
+        return _error_reply(data, dns.rcode.REFUSED)
 
     def spawn(self, coro: Awaitable) -> None:
         task = asyncio.ensure_future(coro)
@@ -640,6 +773,8 @@ class DnsServer:
         """The reply to one query from `client` (None: send nothing). Never raises."""
         self.stats["queries"] += 1
         try:
+            if self.group_of(client) == _REFUSED:
+                return self.refused(data)
             return await self._answer(data, client, udp)
         except Exception:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
             log.exception("regionguard dns: failed to answer a query from %s", client)
@@ -728,6 +863,10 @@ class DnsServer:
         cache or resolved with callbacks (no task, future or timer of its own): what `answer`
         does, step for step. Anything else goes the general way (`handle_udp`). `group` and
         `now`: the client's group and the time, when the caller has them already."""
+        if group == _REFUSED:   # before any parsing: a refused client costs next to nothing
+            self.stats["queries"] += 1
+            self._refuse_udp(data, addr, transport)
+            return
         pq = parse_query(data)
         if pq is None or pq.qclass != 1:
             self.spawn(self.handle_udp(data, addr, transport))
@@ -737,6 +876,9 @@ class DnsServer:
         try:
             if group is None:
                 group = self.group_of(client)
+                if group == _REFUSED:
+                    self._refuse_udp(data, addr, transport)
+                    return
             key = _cache_key(group, pq)
             waiter = (data, pq, group, key, addr, transport)
             canonical = self.semantic.get(key, now if now is not None else time.monotonic())
@@ -760,6 +902,11 @@ class DnsServer:
                 pending.add_done_callback(functools.partial(self._future_done, waiter))
         except Exception as e:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
             self._udp_failed((data, pq, None, None, addr, transport), e)
+
+    def _refuse_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
+        reply = self.refused(data)
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
 
     def _future_done(self, waiter: tuple, fut: asyncio.Future) -> None:
         if fut.cancelled():
@@ -1009,28 +1156,50 @@ class DnsServer:
     # --- TCP ---
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._tcp_clients >= MAX_TCP_CLIENTS:
+        """One client's connection: length-prefixed queries, answered one after the other. The
+        first byte of each query must come within the idle timeout, the rest of it within the
+        read timeout (a length prefix then silence is not idle: it holds a reader), and the
+        answer must be taken within the read timeout too. Bounded in number (_TcpConnections)."""
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if peer else "?"
+        conns = self._tcp_conns
+        loop = asyncio.get_running_loop()
+        conn = conns.admit(client, writer, loop.time())
+        if conn is None:
+            log.info("regionguard dns: TCP from %s refused: %d connections open, none in the way idle",
+                     client, conns.count)
             writer.close()
             return
-        self._tcp_clients += 1
-        client = (writer.get_extra_info("peername") or ("?",))[0]
+        idle, read = self.config.tcp_idle_timeout, self.config.tcp_read_timeout
         try:
-            while True:
-                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
-                (length,) = struct.unpack("!H", head)
-                data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
-                reply = await self.answer(data, client, udp=False)
-                if reply is None:
-                    continue
-                writer.write(struct.pack("!H", len(reply)) + reply)
-                await writer.drain()
+            while conn.open:
+                conns.wait(conn, loop.time())
+                first = await asyncio.wait_for(reader.readexactly(1), idle)
+                data = await asyncio.wait_for(_read_query(reader, first), read)
+                if not conn.open:
+                    break   # closed to make room just as the query came in: not answered
+                conns.busy(conn)
+                # per query: a policy reload may have changed who is let in
+                refused = self.group_of(client) == _REFUSED
+                reply = self.refused(data) if refused else await self.answer(data, client, udp=False)
+                if reply is not None:
+                    writer.write(struct.pack("!H", len(reply)) + reply)
+                    await asyncio.wait_for(writer.drain(), read)
+                if refused:
+                    break   # a refused client holds no slot
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self._tcp_clients -= 1
+            conns.release(conn)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+async def _read_query(reader: asyncio.StreamReader, first: bytes) -> bytes:
+    """The rest of a length-prefixed TCP query whose first byte is `first`."""
+    second = await reader.readexactly(1)
+    return await reader.readexactly((first[0] << 8) | second[0])
 
 
 class _ServerProtocol(asyncio.DatagramProtocol):
@@ -1118,11 +1287,57 @@ def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:
         problems.append(Problem("command line", "--audit-flush-ms",
                                 f"{args.audit_flush_ms} is not between 0 and 60000",
                                 "give milliseconds, e.g. --audit-flush-ms 250 (0: write at once)"))
+    problems.extend(_tcp_problems(args))
     if problems or listen is None:
         raise ConfigError(problems)
     timeout = args.timeout if args.timeout is not None else holder.engine.policy.resolver.timeout
     return Config(listen, tuple(upstreams), float(timeout), int(args.cache_mb * 1024 * 1024),
-                  args.audit, not args.no_tcp, args.audit_flush_ms / 1000)
+                  args.audit, not args.no_tcp, args.audit_flush_ms / 1000,
+                  args.tcp_max_connections, args.tcp_max_per_client,
+                  float(args.tcp_idle_timeout), float(args.tcp_read_timeout))
+
+
+def _tcp_problems(args: argparse.Namespace) -> list[Problem]:
+    """The TCP bounds: whole numbers of connections, seconds in a sane range, and enough file
+    descriptors for every connection allowed (the soft limit is raised when the hard one lets
+    it): past the limit the server could not accept at all, UDP upstream sockets included."""
+    problems = []
+    for flag, value, example in (("--tcp-max-connections", args.tcp_max_connections, 512),
+                                 ("--tcp-max-per-client", args.tcp_max_per_client, 32)):
+        if not 1 <= value <= 1_000_000:
+            problems.append(Problem("command line", flag, f"{value} is not between 1 and 1000000",
+                                    f"give a number of connections, e.g. {flag} {example}"))
+    for flag, seconds, example in (("--tcp-idle-timeout", args.tcp_idle_timeout, 10),
+                                   ("--tcp-read-timeout", args.tcp_read_timeout, 2)):
+        if not 0 < seconds <= 3600:   # also false for NaN
+            problems.append(Problem("command line", flag, f"{seconds} is not between 0 and 3600",
+                                    f"give seconds, e.g. {flag} {example}"))
+    if not problems and not args.no_tcp:
+        needed = args.tcp_max_connections + FD_SPARE
+        have = _raise_fd_limit(needed)
+        if have < needed:
+            problems.append(Problem(
+                "command line", "--tcp-max-connections",
+                f"{args.tcp_max_connections} connections need {needed} file descriptors, and the "
+                f"limit is {have}",
+                f"give at most --tcp-max-connections {max(1, have - FD_SPARE)}, or raise the "
+                "limit (ulimit -n; LimitNOFILE= under systemd)"))
+    return problems
+
+
+def _raise_fd_limit(needed: int) -> int:
+    """Raise the soft limit on open files to `needed` if it is lower and the hard limit allows;
+    the soft limit in force after."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    except (ImportError, ValueError, OSError):
+        return needed   # no such limit here (not POSIX), or it cannot be read: nothing to check
+    return needed if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -1146,6 +1361,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write audit lines in batches this often, and at exit (default 250; "
                    "0: each line at once)")
     p.add_argument("--no-tcp", action="store_true", help="serve UDP only")
+    p.add_argument("--tcp-max-connections", type=int, default=TCP_MAX_CONNECTIONS, metavar="N",
+                   help="open TCP connections at most; when full, the one idle longest is closed "
+                   f"for a new one (default {TCP_MAX_CONNECTIONS})")
+    p.add_argument("--tcp-max-per-client", type=int, default=TCP_MAX_PER_CLIENT, metavar="N",
+                   help="open TCP connections per client address at most; beyond, the client's "
+                   f"own idle one is closed (default {TCP_MAX_PER_CLIENT})")
+    p.add_argument("--tcp-idle-timeout", type=float, default=TCP_IDLE_TIMEOUT, metavar="SECONDS",
+                   help="close a TCP connection that sends no query for this long "
+                   f"(default {TCP_IDLE_TIMEOUT:g})")
+    p.add_argument("--tcp-read-timeout", type=float, default=TCP_READ_TIMEOUT, metavar="SECONDS",
+                   help="close a TCP connection whose query, once begun, is not whole within "
+                   f"this time, or that does not take its answer (default {TCP_READ_TIMEOUT:g})")
     p.add_argument("--no-uvloop", action="store_true",
                    help="use asyncio's own event loop even when uvloop is installed")
     p.add_argument("--verbose", "-v", action="store_true")
@@ -1174,6 +1401,26 @@ def cmd_dns(args: argparse.Namespace) -> int:
         return EXIT_LISTEN
 
 
+def open_resolver_warning(host: str, restricted: bool) -> str | None:
+    """The start-up warning for a server that anyone who reaches it may use: listening beyond
+    loopback with no gateway.clients in the policy. None when there is nothing to say."""
+    if restricted:
+        return None
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+        mapped = getattr(address, "ipv4_mapped", None)
+        if (mapped or address).is_loopback:
+            return None
+    except ValueError:   # a host name: only localhost is known to be loopback
+        if host.lower().rstrip(".") == "localhost":
+            return None
+    return (f"regionguard dns: WARNING: listening on {host}, beyond loopback, and the policy has "
+            "no gateway.clients: every host that reaches this address may use this resolver "
+            "(an open resolver, usable for amplification attacks).\n"
+            "    fix: list the client networks allowed under `gateway: {clients: [...]}` in the "
+            "policy (e.g. clients: [10.0.0.0/8]), or listen on 127.0.0.1")
+
+
 async def _main(holder: EngineHolder, config: Config) -> int:
     server = DnsServer(holder, config)
     host, port = await server.start()
@@ -1188,6 +1435,9 @@ async def _main(holder: EngineHolder, config: Config) -> int:
     gc.set_threshold(20_000, 10, 10)
     ups = ", ".join(f"{h}:{p}" for h, p in config.upstreams)
     shown = f"[{host}]" if ":" in host else host
+    warning = open_resolver_warning(host, holder.engine.policy.gateway.restricted)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "
           f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id}); "
           f"hot path {_native.status()}", file=sys.stderr, flush=True)

@@ -242,11 +242,14 @@ def _read(conn: socket.socket, n: int) -> bytes:
 
 
 class DnsProcess:
-    """`regionguard dns` as a subprocess on 127.0.0.1:<free port>."""
+    """`regionguard dns` as a subprocess on 127.0.0.1:<free port> (or `listen_host`, run under
+    `prefix`, e.g. ip netns exec NS)."""
 
     def __init__(self, policy: Path, upstreams: list[str], *extra: str,
-                 audit: Path | None = None) -> None:
-        cmd = [str(BIN / "regionguard"), "dns", "--policy", str(policy), "--listen", "127.0.0.1:0"]
+                 audit: Path | None = None, listen_host: str = "127.0.0.1",
+                 prefix: tuple[str, ...] = ()) -> None:
+        cmd = [*prefix, str(BIN / "regionguard"), "dns", "--policy", str(policy),
+               "--listen", f"{listen_host}:0"]
         for u in upstreams:
             cmd += ["--upstream", u]
         if audit is not None:
@@ -261,7 +264,7 @@ class DnsProcess:
             if not line:
                 break
             lines.append(line)
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            m = re.search(rf"listening on {re.escape(listen_host)}:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
                 break
@@ -281,12 +284,12 @@ class DnsProcess:
 
 
 def ask(port: int, name: str, rdtype: str = "A", source: str = "127.0.0.1", tcp: bool = False,
-        timeout: float = 10.0, **make) -> dns.message.Message:
+        timeout: float = 10.0, server: str = "127.0.0.1", **make) -> dns.message.Message:
     import dns.query
     q = dns.message.make_query(name, rdtype, **make)
     if tcp:
-        return dns.query.tcp(q, "127.0.0.1", port=port, source=source, timeout=timeout)
-    return dns.query.udp(q, "127.0.0.1", port=port, source=source, timeout=timeout)
+        return dns.query.tcp(q, server, port=port, source=source, timeout=timeout)
+    return dns.query.udp(q, server, port=port, source=source, timeout=timeout)
 
 
 def addresses(response: dns.message.Message, rdtype: str | None = None) -> set[str]:
