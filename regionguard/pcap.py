@@ -11,6 +11,8 @@ readers, link layers, IP, TCP, UDP, DNS and TLS records); this module only decid
   datagram). The SNI comes from the TLS ClientHello, reassembled from the client's first bytes.
 - DNS responses (UDP or TCP port 53) are extracted as (time, name, addresses): every A/AAAA
   owner and every alias whose CNAME chain leads to them, as a resolver hands them to a client.
+  A UDP response counts only if it answers a query seen earlier in the capture (same ports and
+  ID), as a stub resolver would accept it: an unsolicited one teaches nothing.
 - Everything is ordered by capture time, so a caller that learns from the DNS answers has seen
   the answer before the flows that follow it are decided.
 
@@ -138,9 +140,10 @@ class _Watched(io.RawIOBase):
         return self._f.tell() - len(self._prefix)
 
 
-def _records(f: BinaryIO) -> Iterator[tuple[int, float, bytes] | CaptureProblem]:
-    """(packet number, time, link-layer frame) for each packet record; a problem for each
-    truncated or corrupt record, after which reading resumes at the next plausible record."""
+def _records(f: BinaryIO) -> Iterator[int | tuple[int, float, bytes] | CaptureProblem]:
+    """The link type, then (packet number, time, link-layer frame) for each packet record; a
+    problem for each truncated or corrupt record, after which reading resumes at the next
+    plausible record."""
     f.seek(0)
     head = f.read(4)
     f.seek(0)
@@ -156,8 +159,7 @@ def _records(f: BinaryIO) -> Iterator[tuple[int, float, bytes] | CaptureProblem]
     header_end = f.tell()
     f.seek(0)
     file_header = f.read(header_end)
-    linktype = reader.datalink()
-    yield number, -1.0, linktype.to_bytes(4, "big")   # the link type, first (time -1 marks it)
+    yield int(reader.datalink())   # first the link type, then the packets
     while True:
         start = watched.tell()
         try:
@@ -339,56 +341,44 @@ def read_capture(path: str | Path, progress: Callable[[int], None] | None = None
 
 
 def _read(f: BinaryIO, progress: Callable[[int], None] | None) -> Iterator[CaptureItem]:
-    flows: dict[tuple, _Flow] = {}
-    done: list[_Flow] = []
-    answers: list[DnsAnswer] = []
-    problems: list[CaptureProblem] = []
+    capture = _Capture()
     linktype = -1
     for item in _records(f):
         if isinstance(item, CaptureProblem):
-            problems.append(item)
+            capture.problems.append(item)
             continue
-        number, ts, frame = item
-        if ts < 0:
-            linktype = int.from_bytes(frame, "big")
+        if isinstance(item, int):
+            linktype = item
             if not _supported(linktype):
-                problems.append(CaptureProblem(None, f"link type {linktype} is not supported",
-                                               "capture on an Ethernet interface or with "
-                                               "tcpdump -i any (Linux cooked)"))
+                capture.problems.append(CaptureProblem(
+                    None, f"link type {linktype} is not supported",
+                    "capture on an Ethernet interface or with tcpdump -i any (Linux cooked)"))
                 break
             continue
+        number, ts, frame = item
         if progress and number % 4096 == 0:
             progress(f.tell())
         try:
             ip = _network(linktype, frame)
             if ip is None or _fragment_tail(ip):
                 continue
-            transport_layer = ip.data
+            segment = ip.data
             if ip.p == dpkt.ip.IP_PROTO_TCP:
-                if not isinstance(transport_layer, dpkt.tcp.TCP):
+                if not isinstance(segment, dpkt.tcp.TCP):
                     raise dpkt.UnpackError("TCP header does not decode")
             elif ip.p == dpkt.ip.IP_PROTO_UDP:
-                if not isinstance(transport_layer, dpkt.udp.UDP):
+                if not isinstance(segment, dpkt.udp.UDP):
                     raise dpkt.UnpackError("UDP header does not decode")
             else:
                 continue
             src, dst = _addresses(ip)
         except (dpkt.UnpackError, struct.error, IndexError, ValueError) as e:
-            problems.append(CaptureProblem(number, f"corrupt packet: {e or type(e).__name__}",
-                                           "the other packets were replayed"))
+            capture.problems.append(CaptureProblem(number, f"corrupt packet: {e or type(e).__name__}",
+                                                   "the other packets were replayed"))
             continue
-        _packet(flows, done, answers, number, ts, src, dst, transport_layer)
-    done.extend(flows.values())
-    items: list[tuple[float, int, int, CaptureItem]] = []
-    # At equal times a DNS answer sorts before a flow: the answer is what made the flow possible.
-    for a in answers:
-        items.append((a.time, a.packet, 0, a))
-    for flow in done:
-        items.append((flow.time, flow.packet, 1, _finish(flow)))
-    items.sort(key=lambda t: t[:3])
-    yield from problems
-    for _, _, _, it in items:
-        yield it
+        capture.packet(number, ts, src, dst, segment)
+    yield from capture.problems
+    yield from capture.in_time_order()
 
 
 def _supported(linktype: int) -> bool:
@@ -396,39 +386,67 @@ def _supported(linktype: int) -> bool:
                         LINKTYPE_IPV6, LINKTYPE_NULL, LINKTYPE_LOOP) or linktype in LINKTYPE_RAW
 
 
-def _packet(flows: dict[tuple, _Flow], done: list[_Flow], answers: list[DnsAnswer], number: int,
-            ts: float, src: str, dst: str, seg: Any) -> None:
-    tcp = isinstance(seg, dpkt.tcp.TCP)
-    transport = "tcp" if tcp else "udp"
-    a, b = (src, seg.sport), (dst, seg.dport)
-    key = (transport, *sorted((a, b)))
-    flow = flows.get(key)
-    syn = tcp and seg.flags & dpkt.tcp.TH_SYN and not seg.flags & dpkt.tcp.TH_ACK
-    if flow is not None and syn and flow.isn is not None and flow.isn != seg.seq:
-        done.append(flows.pop(key))   # the same ports reused for a new connection
-        flow = None
-    if flow is None:
-        flow = flows[key] = _Flow(ts, number, transport, a, b)
-    payload = bytes(seg.data)
-    if tcp:
-        if syn:
-            flow.client, flow.isn = a, seg.seq
-        elif seg.flags & dpkt.tcp.TH_SYN and flow.client is None:   # SYN-ACK: we missed the SYN
-            flow.client = b
-        client, _ = flow.sides()
-        if a == client:
-            flow.add_client_bytes(seg.seq, payload)
-    if seg.sport == 53 and payload:
+class _Capture:
+    """What the packets of one capture add up to: flows, DNS answers, problems."""
+
+    def __init__(self) -> None:
+        self.flows: dict[tuple, _Flow] = {}
+        self.done: list[_Flow] = []
+        self.answers: list[DnsAnswer] = []
+        self.problems: list[CaptureProblem] = []
+        # UDP DNS queries seen: (client, client port, server, id). A response is evidence only
+        # if it answers one, as a resolver's stub would accept it; an unsolicited or spoofed
+        # response in the capture teaches nothing.
+        self.queries: set[tuple[str, int, str, bytes]] = set()
+
+    def packet(self, number: int, ts: float, src: str, dst: str, seg: Any) -> None:
+        tcp = isinstance(seg, dpkt.tcp.TCP)
+        transport = "tcp" if tcp else "udp"
+        a, b = (src, seg.sport), (dst, seg.dport)
+        key = (transport, *sorted((a, b)))
+        flow = self.flows.get(key)
+        syn = tcp and seg.flags & dpkt.tcp.TH_SYN and not seg.flags & dpkt.tcp.TH_ACK
+        if flow is not None and syn and flow.isn is not None and flow.isn != seg.seq:
+            self.done.append(self.flows.pop(key))   # the same ports reused for a new connection
+            flow = None
+        if flow is None:
+            flow = self.flows[key] = _Flow(ts, number, transport, a, b)
+        payload = bytes(seg.data)
+        if tcp:
+            if syn:
+                flow.client, flow.isn = a, seg.seq
+            elif seg.flags & dpkt.tcp.TH_SYN and flow.client is None:   # SYN-ACK: SYN missed
+                flow.client = b
+            client, _ = flow.sides()
+            if a == client:
+                flow.add_client_bytes(seg.seq, payload)
+        if seg.dport == 53 and not tcp and len(payload) >= 3 and not payload[2] & 0x80:
+            self.queries.add((src, seg.sport, dst, payload[:2]))
+        if seg.sport != 53 or not payload:
+            return
         if tcp:
             flow.dns_buf += payload[:STREAM_HEAD - len(flow.dns_buf)]
             while len(flow.dns_buf) >= 2:
                 size = int.from_bytes(flow.dns_buf[:2], "big")
                 if len(flow.dns_buf) < 2 + size:
                     break
-                answers.extend(dns_answers(bytes(flow.dns_buf[2:2 + size]), ts, number))
+                self.answers.extend(dns_answers(bytes(flow.dns_buf[2:2 + size]), ts, number))
                 del flow.dns_buf[:2 + size]
-        else:
-            answers.extend(dns_answers(payload, ts, number))
+        elif (dst, seg.dport, src, payload[:2]) in self.queries:
+            self.queries.discard((dst, seg.dport, src, payload[:2]))   # one answer per query
+            self.answers.extend(dns_answers(payload, ts, number))
+
+    def in_time_order(self) -> Iterator[CaptureFlow | DnsAnswer]:
+        """DNS answers and finished flows by capture time (then packet number); at equal times
+        an answer comes first: it is what made the flow possible."""
+        items: list[tuple[float, int, int, CaptureFlow | DnsAnswer]] = []
+        for a in self.answers:
+            items.append((a.time, a.packet, 0, a))
+        for flow in [*self.done, *self.flows.values()]:
+            items.append((flow.time, flow.packet, 1, _finish(flow)))
+        items.sort(key=lambda t: t[:3])
+        for *_, item in items:
+            yield item
 
 
 def _finish(flow: _Flow) -> CaptureFlow:

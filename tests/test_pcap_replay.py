@@ -432,6 +432,24 @@ def test_dns_answers_are_extracted_before_the_flows_they_enable(captures, kind):
     assert times == sorted(times)
 
 
+def test_a_dns_response_without_its_query_is_not_evidence(captures, tmp_path):
+    """Unsolicited UDP responses (the queries cut out of the capture) are not answers a
+    resolver would have accepted; the TCP one keeps its connection."""
+    src = captures["files"]["pcap"]
+    data = src.read_bytes()
+    kept = bytearray(data[:24])
+    for at in pcap_offsets(src):
+        caplen = struct.unpack_from("<I", data, at + 8)[0]
+        frame = data[at + 16:at + 16 + caplen]
+        query = frame[12:14] == b"\x08\x00" and frame[23] == 17 and frame[36:38] == b"\x00\x35"
+        if not query:
+            kept += data[at:at + 16 + caplen]
+    cut = tmp_path / "no-queries.pcap"
+    cut.write_bytes(bytes(kept))
+    answers = {(i.name, i.addresses) for i in _items(cut) if isinstance(i, DnsAnswer)}
+    assert answers == {(SJC, (captures["sjc"],))}
+
+
 def test_read_connections_hands_dns_answers_to_observe_in_capture_order(captures):
     events: list = []
     for item in read_connections(captures["files"]["pcap"],
