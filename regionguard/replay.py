@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable
@@ -173,12 +174,30 @@ def _engine_for(policy: str | Path | Policy | Engine | None) -> Engine:
     return Engine(policy, learned=store)  # type: ignore[call-arg]
 
 
+class SessionClock:
+    """The time of the recorded session, for the learned store replay creates: the latest DNS
+    answer seen so far (the wall clock before the first). A capture is judged as of when it was
+    recorded, so an old capture's answers are not expired by today's date."""
+
+    def __init__(self) -> None:
+        self.now: float | None = None
+
+    def __call__(self) -> float:
+        return self.now if self.now is not None else time.time()
+
+    def advance(self, when: float) -> None:
+        if self.now is None or when > self.now:
+            self.now = when
+
+
 def _learned_store() -> Any:
     try:
         from .learned import LearnedStore
     except ImportError:
         return None   # no learned evidence in this build: captures' DNS answers are not used
-    return LearnedStore.in_memory()
+    store = LearnedStore.in_memory()
+    store.clock = SessionClock()
+    return store
 
 
 def _dns_observer(engine: Engine, path: Path) -> ObserveDns | None:
@@ -187,8 +206,11 @@ def _dns_observer(engine: Engine, path: Path) -> ObserveDns | None:
     if store is None or not hasattr(store, "observe"):
         return None
     source = f"capture {path}"
+    clock = getattr(store, "clock", None)
 
     def observe(when: float, name: str, addresses: tuple[str, ...]) -> None:
+        if isinstance(clock, SessionClock):
+            clock.advance(when)
         store.observe(name, addresses, source, when=when)
     return observe
 
