@@ -314,8 +314,10 @@ class _Flow:
         return self.first, self.other
 
     def add_client_bytes(self, seq: int, payload: bytes) -> None:
-        if self.isn is None or not payload or self.head_size >= STREAM_HEAD:
+        if not payload or self.head_size >= STREAM_HEAD:
             return
+        if self.isn is None:   # the capture began after the handshake: start at this segment
+            self.isn = (seq - 1) % (1 << 32)
         offset = (seq - self.isn - 1) % (1 << 32)
         if offset < STREAM_HEAD and offset not in self.head:
             self.head[offset] = payload[:STREAM_HEAD - offset]

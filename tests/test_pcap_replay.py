@@ -460,6 +460,27 @@ def test_a_dns_response_without_its_query_is_not_evidence(captures, tmp_path):
     assert answers == {(SJC, (captures["sjc"],))}
 
 
+def test_a_capture_that_begins_after_the_handshake_still_has_client_server_and_sni(captures, tmp_path):
+    """No SYN or SYN-ACK of the TLS connections (the capture began later): the well-known port
+    names the server, and the ClientHello is read from the first client segment seen."""
+    src = captures["files"]["pcap"]
+    data = src.read_bytes()
+    kept = bytearray(data[:24])
+    for at in pcap_offsets(src):
+        caplen = struct.unpack_from("<I", data, at + 8)[0]
+        frame = data[at + 16:at + 16 + caplen]
+        ip4_tcp = frame[12:14] == b"\x08\x00" and frame[23] == 6
+        ports = frame[34:38]
+        handshake = ip4_tcp and b"\x01\xbb" in (ports[:2], ports[2:]) and frame[47] & 0x02
+        if not handshake:
+            kept += data[at:at + 16 + caplen]
+    cut = tmp_path / "late-start.pcap"
+    cut.write_bytes(bytes(kept))
+    flows = {(f.transport, f.client, f.server, f.port, f.sni) for f in _items(cut) if isinstance(f, CaptureFlow)}
+    assert ("tcp", CLIENT_IP, captures["fra"], 443, FRA) in flows
+    assert ("tcp", CLIENT_IP, captures["sjc"], 443, SJC) in flows
+
+
 def test_read_connections_hands_dns_answers_to_observe_in_capture_order(captures):
     events: list = []
     for item in read_connections(captures["files"]["pcap"],
