@@ -14,10 +14,12 @@ missing."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import ipaddress
 import os
 import re
+import select
 import shutil
 import socket
 import ssl
@@ -50,6 +52,8 @@ SERVER_IP6, CLIENT_IP6 = "fd00:9::1", "fd00:9::2"
 FRA = "zoomfra12mmr.fra.zoom.us"      # site code fra: Frankfurt, DE (config/data/site-codes.csv)
 SJC = "zoomsjc7mmr.sjc.zoom.us"       # site code sjc: San Jose, US
 ALIAS = "meet-eu.zoom.us"             # a CNAME to FRA
+AMS = "zoomams3mmr.ams.zoom.us"       # site code ams: Amsterdam, NL (resolved through the tun)
+TUN_PEER, TUN_CLIENT = "10.201.9.1", "10.201.9.2"
 
 POLICY = textwrap.dedent("""
     version: 1
@@ -80,8 +84,8 @@ MISSING = _missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 
-def unplaced_zoom_addresses(policy_path: Path) -> tuple[str, str, str]:
-    """Two IPv4 and one IPv6 address in Zoom's published ranges that no address source places at
+def unplaced_zoom_addresses(policy_path: Path) -> tuple[str, str, str, str]:
+    """Three IPv4 and one IPv6 address in Zoom's published ranges that no address source places at
     the policy's min_confidence (so only learned evidence can place them)."""
     policy = load_policy(policy_path)
     locator = Locator.for_policy(policy, log_problems=False)
@@ -96,13 +100,29 @@ def unplaced_zoom_addresses(policy_path: Path) -> tuple[str, str, str]:
         else:
             address = str(ipaddress.IPv6Address(start + 10))
             bucket = v6
-        if locator.locate(address).chosen is None and len(bucket) < 2:
+        if locator.locate(address).chosen is None and len(bucket) < 3:
             bucket.append(address)
-    assert len(v4) == 2 and v6, "the bundled data places every Zoom range: pick other test addresses"
-    return v4[0], v4[1], v6[0]
+    assert len(v4) == 3 and v6, "the bundled data places every Zoom range: pick other test addresses"
+    return v4[0], v4[1], v6[0], v4[2]
 
 
 # --- the lab: servers in one namespace, clients and tcpdump in the other ------------------------
+
+
+def dns_answer(records: dict[tuple[str, str], list[str]], wire: bytes) -> bytes:
+    query = dns.message.from_wire(wire)
+    response = dns.message.make_response(query)
+    q = query.question[0]
+    name = q.name.to_text().rstrip(".")
+    rdtype = dns.rdatatype.to_text(q.rdtype)
+    cname = records.get((name, "CNAME"))
+    if cname:
+        response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "CNAME", cname[0] + "."))
+        name = cname[0]
+    values = records.get((name, rdtype), [])
+    if values:
+        response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", rdtype, *values))
+    return response.to_wire()
 
 
 class DnsServer:
@@ -121,19 +141,7 @@ class DnsServer:
             threading.Thread(target=fn, daemon=True).start()
 
     def answer(self, wire: bytes) -> bytes:
-        query = dns.message.from_wire(wire)
-        response = dns.message.make_response(query)
-        q = query.question[0]
-        name = q.name.to_text().rstrip(".")
-        rdtype = dns.rdatatype.to_text(q.rdtype)
-        cname = self.records.get((name, "CNAME"))
-        if cname:
-            response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "CNAME", cname[0] + "."))
-            name = cname[0]
-        values = self.records.get((name, rdtype), [])
-        if values:
-            response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", rdtype, *values))
-        return response.to_wire()
+        return dns_answer(self.records, wire)
 
     def _serve_udp(self) -> None:
         self.udp.settimeout(0.2)
@@ -212,6 +220,67 @@ class TlsServer:
             s.close()
 
 
+class TunPeer:
+    """The far end of a tun device (link type raw IP): answers UDP DNS queries and echoes UDP
+    8801, writing IPv4 replies back into the tun, so the kernel delivers them to the client."""
+
+    def __init__(self, fd: int, records: dict[tuple[str, str], list[str]]) -> None:
+        self.fd, self.records, self._stop = fd, records, False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def attach(name: str) -> int:
+        """Open /dev/net/tun and attach it to the device `name` (in the calling namespace)."""
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+        fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", name.encode(), 0x0001 | 0x1000))  # TUNSETIFF: TUN, NO_PI
+        return fd
+
+    def _run(self) -> None:
+        while not self._stop:
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                packet = os.read(self.fd, 65535)
+            except OSError:
+                return
+            if len(packet) < 28 or packet[0] != 0x45 or packet[9] != 17:
+                continue   # only IPv4 UDP without options (the kernel's own IPv6 chatter: ignored)
+            src, dst, (sport, dport) = packet[12:16], packet[16:20], struct.unpack_from("!HH", packet, 20)
+            payload = packet[28:]
+            if dport == 53:
+                reply = dns_answer(self.records, payload)
+            elif dport == 8801:
+                reply = b"echo:" + payload
+            else:
+                continue
+            udp = struct.pack("!HHHH", dport, sport, 8 + len(reply), 0) + reply   # checksum 0: none
+            header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, dst, src)
+            total = sum(struct.unpack("!10H", header))
+            while total > 0xFFFF:
+                total = (total & 0xFFFF) + (total >> 16)
+            header = header[:10] + struct.pack("!H", ~total & 0xFFFF) + header[12:]
+            os.write(self.fd, header + udp)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        os.close(self.fd)
+
+
+def _tun_traffic(ams: str) -> None:
+    """Through the tun: resolve AMS at the tun's far end, then UDP media to it by IP."""
+    q = dns.message.make_query(AMS, "A")
+    answer = dns.query.udp(q, TUN_PEER, timeout=5).answer
+    assert answer and answer[0][0].address == ams, answer
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.settimeout(5)
+        for i in range(3):
+            u.sendto(b"media %d" % i, (ams, 8801))
+            assert u.recvfrom(2048)[0] == b"echo:media %d" % i
+
+
 def _start_tcpdump(ns: str, out: Path, *args: str) -> subprocess.Popen:
     proc = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-U", "--immediate-mode", "-n", "-w", str(out), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -260,7 +329,7 @@ def captures(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pcap")
     policy = tmp / "policy.yaml"
     policy.write_text(POLICY)
-    fra, sjc, fra6 = unplaced_zoom_addresses(policy)
+    fra, sjc, fra6, ams = unplaced_zoom_addresses(policy)
     n = f"{os.getpid() % 10000}"
     server, client = f"rg-ps{n}", f"rg-pc{n}"
     sdev, cdev = f"rgps{n}", f"rgpc{n}"
@@ -291,17 +360,29 @@ def captures(tmp_path_factory):
             echoes = [UdpEcho(a, 8801) for a in (fra, sjc, fra6)]
             return [dns_server.stop, tls.stop, *[e.stop for e in echoes]]
         stops += run_in_netns(server, start_servers)
+        # A tun device in the client namespace: tcpdump on it writes link type raw IP.
+        tun = f"rgpt{n}"
+        sh("ip", "-n", client, "tuntap", "add", "dev", tun, "mode", "tun")
+        tun_peer = TunPeer(run_in_netns(client, lambda: TunPeer.attach(tun)), {(AMS, "A"): [ams]})
+        stops.append(tun_peer.stop)
+        sh("ip", "-n", client, "addr", "add", f"{TUN_CLIENT}/24", "dev", tun)
+        sh("ip", "-n", client, "link", "set", tun, "up")
+        sh("ip", "-n", client, "route", "add", f"{ams}/32", "dev", tun)
 
-        files = {"pcap": tmp / "eth.pcap", "sll": tmp / "any-sll.pcap", "sll2": tmp / "any-sll2.pcap"}
+        files = {"pcap": tmp / "eth.pcap", "sll": tmp / "any-sll.pcap", "sll2": tmp / "any-sll2.pcap",
+                 "tun": tmp / "tun-raw.pcap"}
         drops: list = []
+        veth_only = ("not", "host", TUN_CLIENT, "and", "not", "host", TUN_PEER, "and", "not", "host", ams)
         for _attempt in range(4):
             # A busy machine makes the kernel drop packets for one of the captures (tcpdump
             # says so at exit); the tests need complete captures, so record the session again.
             dumps = [_start_tcpdump(client, files["pcap"], "-i", cdev, "--time-stamp-precision=nano"),
-                     _start_tcpdump(client, files["sll"], "-i", "any", "-y", "LINUX_SLL"),
-                     _start_tcpdump(client, files["sll2"], "-i", "any", "-y", "LINUX_SLL2")]
+                     _start_tcpdump(client, files["sll"], "-i", "any", "-y", "LINUX_SLL", *veth_only),
+                     _start_tcpdump(client, files["sll2"], "-i", "any", "-y", "LINUX_SLL2", *veth_only),
+                     _start_tcpdump(client, files["tun"], "-i", tun)]
             try:
                 seen = run_in_netns(client, lambda: _client_traffic(fra, sjc, fra6, cert[0]))
+                run_in_netns(client, lambda: _tun_traffic(ams))
                 curl = sh("ip", "netns", "exec", client, "curl", "-s", "-S", "--max-time", "10",
                           "--cacert", str(cert[0]), "--resolve", f"{FRA}:443:{fra}",
                           f"https://{FRA}/", check=False)
@@ -324,7 +405,8 @@ def captures(tmp_path_factory):
         files["pcapng"] = to_pcapng(files["pcap"], tmp / "eth.pcapng")
         files["sll2ng"] = to_pcapng(files["sll2"], tmp / "any-sll2.pcapng")
         files["raw"] = to_raw_ip(files["pcap"], tmp / "raw.pcap")
-        yield {"files": files, "policy": policy, "fra": fra, "sjc": sjc, "fra6": fra6, "tmp": tmp}
+        yield {"files": files, "policy": policy, "fra": fra, "sjc": sjc, "fra6": fra6, "ams": ams,
+               "tmp": tmp}
     finally:
         for stop in stops:
             try:
@@ -481,6 +563,17 @@ def test_a_capture_that_begins_after_the_handshake_still_has_client_server_and_s
     assert ("tcp", CLIENT_IP, captures["sjc"], 443, SJC) in flows
 
 
+def test_a_raw_ip_capture_from_a_tun_device(captures):
+    """tcpdump on a tun device writes link type raw IP (101): flows and answers as on Ethernet."""
+    path = captures["files"]["tun"]
+    assert pcap_records(path)[0] == 101
+    items = _items(path)
+    assert [i for i in items if isinstance(i, CaptureProblem)] == []
+    flows = {(f.transport, f.client, f.server, f.port, f.sni) for f in items if isinstance(f, CaptureFlow)}
+    assert flows == {("udp", TUN_CLIENT, TUN_PEER, 53, None), ("udp", TUN_CLIENT, captures["ams"], 8801, None)}
+    assert [(i.name, i.addresses) for i in items if isinstance(i, DnsAnswer)] == [(AMS, (captures["ams"],))]
+
+
 def test_read_connections_hands_dns_answers_to_observe_in_capture_order(captures):
     events: list = []
     for item in read_connections(captures["files"]["pcap"],
@@ -540,6 +633,14 @@ def test_media_by_ip_is_placed_at_the_site_its_name_resolved_to(captures, kind):
     assert (d.region, str(d.action), d.rule) == ("US", "block", "region-disallowed"), d.reason
     assert all(r.decision.rule != "unknown-region" for r in result.zoom_rows), \
         [r.decision.to_dict() for r in result.zoom_rows if r.decision.rule == "unknown-region"]
+
+
+@needs_learned
+def test_media_through_a_tun_is_placed_by_the_name_resolved_there(captures):
+    result = replay([captures["files"]["tun"]], captures["policy"])
+    rows = {(r.decision.address, r.decision.port): r.decision for r in result.rows.values()}
+    d = rows[(captures["ams"], 8801)]
+    assert (d.region, str(d.action)) == ("NL", "allow"), d.reason
 
 
 @needs_learned
