@@ -48,6 +48,9 @@ MAX_RECORD = 4 << 20
 # it ~2 KB) or to reassemble DNS over TCP.
 STREAM_HEAD = 16 << 10
 CNAME_HOPS = 16
+# How far past a corrupt record to look for the next readable one (a bounded scan, not the
+# whole rest of a huge file byte by byte).
+MAX_RESYNC = 16 << 20
 
 # Ports on which the *server* listens: a tie-break for flows whose first packet is not the
 # client's. Zoom's own ports are here because its media relays and routers answer on them.
@@ -187,7 +190,8 @@ def _records(f: BinaryIO) -> Iterator[int | tuple[int, float, bytes] | CapturePr
                                      "the packets before it were replayed")
                 return
             resume = _resume_offset(f, start + 1, file_header, pcapng)
-            skipped = f"; skipped to byte {resume}" if resume is not None else ""
+            skipped = (f"; skipped to byte {resume}" if resume is not None else
+                       f"; no readable record in the {MAX_RESYNC >> 20} MiB after it, reading stops")
             yield CaptureProblem(number, f"corrupt record at byte {start}: "
                                  f"{e or type(e).__name__}{skipped}",
                                  "the packets before and after it were replayed")
@@ -235,7 +239,7 @@ def _scan(data: mmap.mmap, offset: int, file_header: bytes, pcapng: bool) -> int
                 return None
             return at + 16 + caplen
         check = record_end
-    for at in range(offset, size - 11):
+    for at in range(offset, min(size - 11, offset + MAX_RESYNC)):
         end = check(at)
         if end is not None and (end == size or check(end) is not None):
             return at
