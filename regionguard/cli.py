@@ -5,8 +5,8 @@ Exit codes (all commands):
   1  explain: at least one target would be blocked
   2  usage error, or an invalid policy/configuration (the message names file, field and fix)
   3  explain: a target could not be resolved
-  4  replay, report: some input unreadable (the rest was processed)
-Other commands (run, dns, replay, report, pac) register themselves from their own modules and
+  4  replay, report, coverage: some input unreadable (the rest was processed)
+Other commands (run, dns, replay, report, coverage, pac) register themselves from their own modules and
 document their codes in `regionguard COMMAND --help`.
 """
 
@@ -29,6 +29,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "regionguard.dnsserver",  # dns: the DNS front end
     "regionguard.replay",     # replay: recorded flows, offline
     "regionguard.report",     # report: audit logs for people
+    "regionguard.coverage",   # coverage: how much of Zoom the evidence places
 )
 
 EXIT_OK, EXIT_BLOCKED, EXIT_CONFIG, EXIT_RESOLVE = 0, 1, 2, 3

@@ -12,7 +12,9 @@ Formats, told apart by content (the extension only breaks ties):
 - mitmproxy flow files (`mitmdump -w`): tnetstrings of flow states, read with mitmproxy's own
   migration code so files from older mitmproxy versions work;
 - HAR 1.2 (browsers, mitmproxy's `hardump`): `serverIPAddress` is the address, when present;
-- regionguard audit logs (JSON lines, `regionguard/audit.py`), optionally gzip-compressed.
+- regionguard audit logs (JSON lines, `regionguard/audit.py`), optionally gzip-compressed;
+- packet captures, pcap and pcapng (`regionguard/pcap.py`): one connection per TCP/UDP flow, and
+  the capture's DNS answers handed to an `observe_dns` callback in capture order.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+from .pcap import CaptureProblem, DnsAnswer, is_capture, read_capture
 from .prefixes import is_address
 
 Progress = Callable[[int], None]   # called with the number of bytes read so far
@@ -43,7 +46,7 @@ class Connection:
 
     file: str
     position: str                 # where in the file: "flow 3 (byte 1234)", "entry 5", "line 17"
-    kind: str                     # http, tcp, udp, dns, har, audit
+    kind: str                     # http, tcp, udp, dns, har, audit, pcap
     client: str | None
     host: str | None              # hostname or SNI, when recorded
     address: str | None           # the address connected to, when recorded
@@ -71,7 +74,10 @@ class InputProblem:
 
 
 Record = Connection | InputProblem
-FORMATS = ("mitm", "har", "audit")
+FORMATS = ("mitm", "har", "audit", "pcap")
+# Told a capture's DNS answers, in capture order, interleaved with the connections yielded:
+# (capture time, name, addresses). Replay feeds them to the learned evidence.
+ObserveDns = Callable[[float, str, tuple[str, ...]], None]
 
 
 # --- format detection ---------------------------------------------------------------------------
@@ -87,8 +93,11 @@ def _open(path: Path) -> BinaryIO:
 
 
 def detect_format(path: str | Path) -> str:
-    """mitm, har or audit: by the first bytes, then by the extension."""
+    """mitm, har, audit or pcap: by the first bytes, then by the extension."""
     path = Path(path)
+    with open(path, "rb") as raw:
+        if is_capture(raw.read(4)):
+            return "pcap"
     with _open(path) as f:
         head = f.read(4096)
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -103,14 +112,19 @@ def detect_format(path: str | Path) -> str:
     suffix = path.suffix.lower()
     if suffix == ".har":
         return "har"
+    if suffix in (".pcap", ".pcapng", ".cap"):
+        return "pcap"   # an empty or headless capture: the pcap reader says what is wrong
     if suffix in (".jsonl", ".json", ".log", ".gz") or ".jsonl" in path.name:
         return "audit"
     return "mitm"
 
 
 def read_connections(path: str | Path, *, fmt: str | None = None,
-                     progress: Progress | None = None) -> Iterator[Record]:
-    """Every connection recorded in one file, and a problem for every part that is unreadable."""
+                     progress: Progress | None = None,
+                     observe_dns: ObserveDns | None = None) -> Iterator[Record]:
+    """Every connection recorded in one file, and a problem for every part that is unreadable.
+    For a capture, `observe_dns` is told each DNS answer before the connections that follow it
+    in capture time are yielded."""
     path = Path(path)
     name = str(path)
     try:
@@ -119,8 +133,11 @@ def read_connections(path: str | Path, *, fmt: str | None = None,
         yield InputProblem(name, "file", f"cannot read: {getattr(e, 'strerror', None) or e}",
                            "check the path and permissions")
         return
-    reader = {"mitm": _read_mitm, "har": _read_har, "audit": _read_audit}[fmt]
     try:
+        if fmt == "pcap":
+            yield from _read_pcap(path, progress, observe_dns)
+            return
+        reader = {"mitm": _read_mitm, "har": _read_har, "audit": _read_audit}[fmt]
         yield from reader(path, progress)
     except (OSError, EOFError, zlib.error) as e:
         yield InputProblem(name, "file", f"read failed: {e}", "check the file and the disk")
@@ -422,3 +439,21 @@ def _read_audit(path: Path, progress: Progress | None) -> Iterator[Record]:
             continue
         yield Connection(name, where, "audit", record.get("client") or None, host or None,
                          address or None, port, transport, record.get("action"))
+
+
+# --- packet captures ----------------------------------------------------------------------------
+
+
+def _read_pcap(path: Path, progress: Progress | None, observe_dns: ObserveDns | None
+               ) -> Iterator[Record]:
+    name = str(path)
+    for item in read_capture(path, progress):
+        if isinstance(item, CaptureProblem):
+            yield InputProblem(name, item.position, item.message, item.fix)
+        elif isinstance(item, DnsAnswer):
+            if observe_dns is not None:
+                observe_dns(item.time, item.name, item.addresses)
+        else:
+            where = f"packet {item.packet}"
+            yield Connection(name, where, "pcap", item.client, item.sni, item.server,
+                             item.port, item.transport, None)

@@ -13,6 +13,11 @@ decided without an address, which blocks it (a region that cannot be proven is n
 Identical connections (policy group of the client, host, address, port, transport) are decided
 once and counted.
 
+A packet capture's own DNS answers are learned evidence (`regionguard.learned`), as the DNS filter
+would have learned them: each replay run has its own in-memory store, fed in capture order, so a
+connection by IP alone to an address a site-coded Zoom name resolved to earlier is placed at that
+site. Nothing outside the run is read or written.
+
 Exit codes: 0 every Zoom connection complies; 1 something would be blocked (see --fail-on);
 2 usage error or invalid policy; 4 some input could not be read (the rest was replayed);
 5 = 1 and 4 together.
@@ -23,16 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ._paths import default_policy_path
 from .cli import EXIT_BLOCKED, EXIT_CONFIG, EXIT_INPUT, EXIT_OK, add_policy_argument, policy_path
 from .decision import Action, Decision, Engine
-from .flows import FORMATS, Connection, InputProblem, read_connections
+from .flows import FORMATS, Connection, InputProblem, ObserveDns, read_connections
 from .policy import Policy, load_policy
 from .progress import ProgressBar, wanted
 
@@ -155,11 +162,57 @@ class ReplayResult:
 
 
 def _engine_for(policy: str | Path | Policy | Engine | None) -> Engine:
+    """The engine to replay with: a policy's gets a fresh in-memory learned store (when
+    regionguard.learned is installed), so what one run learns never leaks into another."""
     if isinstance(policy, Engine):
         return policy
-    if isinstance(policy, Policy):
+    if not isinstance(policy, Policy):
+        policy = load_policy(policy or default_policy_path())
+    store = _learned_store()
+    if store is None:
         return Engine(policy)
-    return Engine(load_policy(policy or default_policy_path()))
+    return Engine(policy, learned=store)  # type: ignore[call-arg]
+
+
+class SessionClock:
+    """The time of the recorded session, for the learned store replay creates: the latest DNS
+    answer seen so far (the wall clock before the first). A capture is judged as of when it was
+    recorded, so an old capture's answers are not expired by today's date."""
+
+    def __init__(self) -> None:
+        self.now: float | None = None
+
+    def __call__(self) -> float:
+        return self.now if self.now is not None else time.time()
+
+    def advance(self, when: float) -> None:
+        if self.now is None or when > self.now:
+            self.now = when
+
+
+def _learned_store() -> Any:
+    try:
+        from .learned import LearnedStore
+    except ImportError:
+        return None   # no learned evidence in this build: captures' DNS answers are not used
+    store = LearnedStore.in_memory()
+    store.clock = SessionClock()
+    return store
+
+
+def _dns_observer(engine: Engine, path: Path) -> ObserveDns | None:
+    """What a capture's DNS answers are told to: the engine's learned store, if it has one."""
+    store = getattr(engine, "learned", None)
+    if store is None or not hasattr(store, "observe"):
+        return None
+    source = f"capture {path}"
+    clock = getattr(store, "clock", None)
+
+    def observe(when: float, name: str, addresses: tuple[str, ...]) -> None:
+        if isinstance(clock, SessionClock):
+            clock.advance(when)
+        store.observe(name, addresses, source, when=when)
+    return observe
 
 
 def replay(paths: Iterable[str | Path], policy: str | Path | Policy | Engine | None = None, *,
@@ -178,7 +231,8 @@ def replay(paths: Iterable[str | Path], policy: str | Path | Policy | Engine | N
         result.files.append(str(path))
         if bar:
             bar.start_file(path.name)
-        for item in read_connections(path, fmt=fmt, progress=bar.update if bar else None):
+        for item in read_connections(path, fmt=fmt, progress=bar.update if bar else None,
+                                     observe_dns=_dns_observer(engine, path)):
             if isinstance(item, InputProblem):
                 result.problem_count += 1
                 if len(result.problems) < MAX_PROBLEMS_KEPT:
@@ -327,15 +381,18 @@ def _fail_on(text: str) -> frozenset[str]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "replay", help="decide recorded sessions (mitmproxy flows, HAR, audit logs) offline",
+        "replay", help="decide recorded sessions (mitmproxy flows, HAR, audit logs, pcap) offline",
         description="Replay recorded sessions through the decision core, offline: mitmproxy flow "
-        "files (mitmdump -w), HAR files (serverIPAddress is the address) and regionguard audit "
-        "logs (JSON lines; also holds CONNECT/passthrough flows that mitmproxy does not save). "
+        "files (mitmdump -w), HAR files (serverIPAddress is the address), regionguard audit "
+        "logs (JSON lines; also holds CONNECT/passthrough flows that mitmproxy does not save) and "
+        "packet captures (.pcap, .pcapng: one connection per TCP/UDP flow, SNI from the "
+        "ClientHello; their DNS answers are learned evidence for the run). "
         "Never opens a network connection.",
         epilog="Exit codes: 0 compliant; 1 something would be blocked (--fail-on); 2 usage error "
         "or invalid policy; 4 some input unreadable (the rest was replayed); 5 both 1 and 4.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", metavar="FILE", help=".mitm, .har or audit .jsonl(.gz)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help=".mitm, .har, audit .jsonl(.gz), .pcap or .pcapng")
     add_policy_argument(p)
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="read every FILE as this format (default: detected from the content)")
