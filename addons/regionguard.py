@@ -497,6 +497,11 @@ class RegionGuard:
         name the certificate must match) from it, so `server_connect` pins the address instead."""
         req = flow.request
         if req.scheme == "https" and req.method != "CONNECT":
+            if isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):
+                # It goes to the origin through a CONNECT (to the checked address: see
+                # http_connect_upstream): origin-form there, as mitmproxy sends it in regular
+                # mode; the Host header keeps the name.
+                req.authority = ""
             return req.host
         req.data.host = address
         if req.authority and isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):

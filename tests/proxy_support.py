@@ -93,10 +93,12 @@ class Origin(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.label = address
         self.connections = 0
         self.requests: list[dict] = []
+        self.server_names: list[str | None] = []   # the TLS SNI of each handshake
         self.tls_context = None
         if tls is not None:
             self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls_context.load_cert_chain(*tls)
+            self.tls_context.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
         super().__init__((address, port), _Handler)
         self.port = self.server_address[1]
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)

@@ -453,3 +453,28 @@ def test_upstream_mode_pins_the_connect_it_forwards(start_proxy, web, tls, cert)
     assert f"server connect {DE}:{web[DE].port}" in upstream.output()
     assert [(d["action"], d["mode"]) for d in proxy.decisions(3)] == \
         [("block", "upstream"), ("allow", "upstream"), ("allow", "upstream")]
+
+
+def test_upstream_mode_sends_absolute_form_https_as_a_connect_to_the_checked_address(
+        start_proxy, tls, cert):
+    """`GET https://de.zoom.us/…` in absolute form, through upstream mode with the origin's
+    certificate verified: the upstream proxy gets a CONNECT to the checked address (it cannot
+    resolve the lab's names; a name would give 502 or land anywhere), while the TLS server
+    name and the Host header stay the name. A disallowed one never leaves the proxy."""
+    upstream = start_proxy(None, command="bare")
+    proxy = start_proxy(None, "--mode", f"upstream:http://127.0.0.1:{upstream.port}",
+                        "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}")
+    port = tls[DE].port
+    names_before = len(tls[DE].server_names)
+    allowed = _absolute_form_get(proxy, f"https://de.zoom.us:{port}/pinned")
+    assert allowed.status == 200, proxy.output() + upstream.output()
+    assert f"server connect {DE}:{port}" in upstream.output()
+    assert tls[DE].server_names[names_before:] == ["de.zoom.us"]           # SNI kept
+    assert tls[DE].requests[-1] == {"path": "/pinned", "host": f"de.zoom.us:{port}"}  # Host kept
+    before = tls[IN].connections
+    blocked = _absolute_form_get(proxy, f"https://in.zoom.us:{tls[IN].port}/x")
+    assert blocked.status == 403 and blocked.headers["X-Regionguard-Region"] == "IN"
+    assert tls[IN].connections == before
+    assert "in.zoom.us" not in upstream.output()
+    assert [(d["action"], d["host"], d["connect_to"]) for d in proxy.decisions(2)] == \
+        [("allow", "de.zoom.us", DE), ("block", "in.zoom.us", None)]
