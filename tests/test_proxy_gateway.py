@@ -98,11 +98,15 @@ def test_remote_clients_never_reach_the_proxy_hosts_own_services(lab, target):
     assert (line["action"], line["rule"], line["client"]) == ("block", "proxy-host", CLIENT_IP)
 
 
-def test_allow_proxy_host_lets_remote_clients_reach_it(lab):
-    _policy(lab, "gateway: {allow_proxy_host: true}")
+def test_allow_proxy_host_is_the_switch_that_lets_remote_clients_reach_it(lab):
     own = _origins(lab, "127.0.0.1")["127.0.0.1"]
-    proxy = _proxy(lab)
-    r = _curl_in(lab["client"], "-x", f"http://{ROUTER_IP}:{proxy.port}", f"http://127.0.0.1:{own.port}/")
+    url = f"http://127.0.0.1:{own.port}/"
+    _policy(lab, "")
+    closed = _proxy(lab)
+    assert status_of(_curl_in(lab["client"], "-x", f"http://{ROUTER_IP}:{closed.port}", url)) == 403
+    _policy(lab, "gateway: {allow_proxy_host: true}")
+    opened = _proxy(lab)
+    r = _curl_in(lab["client"], "-x", f"http://{ROUTER_IP}:{opened.port}", url)
     assert status_of(r) == 200 and own.connections == 1
 
 
