@@ -178,5 +178,12 @@ def test_zoom_stays_blocked_when_the_script_fails_to_reload(tmp_path, policy, we
             assert status_of(r) == 403 and "X-Regionguard-Rule: not-enforcing" in r.stdout, r.stdout
         assert web[DE].connections == before
         assert status_of(curl("-x", proxy.url, other)) == 200     # not Zoom's: untouched
+        # Mended: the reloaded addon enforces again and the guard steps aside.
+        in_force = proxy.output().count("in force")
+        time.sleep(1.1)
+        shutil.copy(ADDON, script)
+        _wait(lambda: proxy.output().count("in force") > in_force)
+        assert status_of(curl("-x", proxy.url, de_by_name)) == 200
+        assert status_of(curl("-x", proxy.url, f"http://in.zoom.us:{web[IN].port}/")) == 403
     finally:
         proxy.stop()
