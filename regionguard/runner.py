@@ -6,6 +6,11 @@
 Every option regionguard does not know is mitmdump's and is passed on unchanged (`--mode`,
 `--listen-host`, `--listen-port`, `--set ...`). The proxy listens on loopback unless the operator
 names another address, so a gateway mode never opens to the network by accident.
+
+Never a proxy without its policy: every regionguard_* value (command line and mitmproxy's
+config.yaml) is checked with the addon's own rules before mitmproxy starts, each option is
+passed once, the addon is put in mitmproxy's addon chain directly (not as a `-s` script, which
+mitmproxy drops when it fails), and nothing listens until the addon says its policy is in force.
 Exit codes: 0 normal stop, 2 invalid policy or option, otherwise mitmdump's.
 """
 
