@@ -98,6 +98,20 @@ def test_remote_clients_never_reach_the_proxy_hosts_own_services(lab, target):
     assert (line["action"], line["rule"], line["client"]) == ("block", "proxy-host", CLIENT_IP)
 
 
+@pytest.mark.parametrize("mode, scheme", [("socks5", "socks5h"), ("socks5", "socks5")])
+def test_socks5_remote_clients_never_reach_the_proxy_host_either(lab, mode, scheme):
+    """Decided by address in `server_connect` (SOCKS5 by name or by address)."""
+    _policy(lab, "")
+    own = _origins(lab, "127.0.0.1")["127.0.0.1"]
+    proxy = _proxy(lab, "--mode", mode)
+    r = _curl_in(lab["client"], "--proxy", f"{scheme}://{ROUTER_IP}:{proxy.port}",
+                 f"http://own.example:{own.port}/" if scheme == "socks5h" else
+                 f"http://127.0.0.1:{own.port}/")
+    assert r.returncode != 0 and own.connections == 0, r.stdout + proxy.output()
+    [line] = proxy.decisions(1)
+    assert (line["action"], line["rule"], line["hook"]) == ("block", "proxy-host", "server_connect")
+
+
 def test_allow_proxy_host_is_the_switch_that_lets_remote_clients_reach_it(lab):
     own = _origins(lab, "127.0.0.1")["127.0.0.1"]
     url = f"http://127.0.0.1:{own.port}/"
