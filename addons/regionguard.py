@@ -20,12 +20,15 @@ import asyncio
 import html
 import importlib
 import inspect
+import ipaddress
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy import dns as mdns
 from mitmproxy.proxy import mode_specs, server_hooks
 from mitmproxy.tls import ClientHelloData
 
@@ -50,13 +53,13 @@ from regionguard.decision import Action, Decision  # noqa: E402
 from regionguard.enforce import Enforcer, Verdict, plain_address  # noqa: E402
 from regionguard.errors import ConfigError  # noqa: E402
 from regionguard.pac import pac_text  # noqa: E402
-from regionguard.policy import parse_hostport  # noqa: E402
 from regionguard.prefixes import is_address  # noqa: E402
+from regionguard.proxyoptions import OPTIONS, PREFIX, OptionProblem, check_values, parse_value  # noqa: E402
 from regionguard.reload import EngineHolder  # noqa: E402
+from regionguard.zoom import ZoomCatalogue  # noqa: E402
 
 log = logging.getLogger("regionguard")
 
-INTERCEPT_CHOICES = ("none", "non-zoom", "all")
 EXPLICIT_MODES = (mode_specs.RegularMode, mode_specs.UpstreamMode)
 _MARKS = {Action.BLOCK: ":no_entry:", Action.REROUTE: ":twisted_rightwards_arrows:",
           Action.MONITOR: ":eyes:", Action.ALLOW: ":white_check_mark:"}
@@ -97,6 +100,75 @@ def _mode_name(client: Any) -> str:
     return getattr(mode, "type_name", "") or ""
 
 
+GUARD_NAME = "regionguard_guard"
+BLOCKED_TARGET = "blocked.regionguard.invalid"   # RFC 6761: no resolver ever answers .invalid
+REFUSED_REPORT_EVERY = 60.0   # seconds between reports of one refused client address
+REFUSED_TRACKED = 4096        # refused addresses remembered for that
+
+
+class ZoomGuard:
+    """Blocks Zoom whenever no RegionGuard of this script enforces a good configuration.
+
+    It sits in mitmproxy's addon chain itself, not in this script's list, so it stays when the
+    script is absent: unloaded, failed to reload after an edit, or never configured (bad
+    options, bad policy). mitmproxy then has no addon that decides anything, and without this
+    it would be a plain proxy. Zoom is known by the last good policy's `is_zoom`, else by the
+    bundled catalogue (names and ranges); if even that cannot load, everything is blocked."""
+
+    def __init__(self) -> None:
+        self.name = GUARD_NAME
+        self.enforcing: object | None = None   # the RegionGuard in force, if any
+        self.problem = "regionguard is not loaded"
+        self._is_zoom: Any = None
+
+    def arm(self, addon: object, is_zoom: Any) -> None:
+        self.enforcing, self._is_zoom = addon, is_zoom
+
+    def disarm(self, addon: object, problem: str) -> None:
+        if self.enforcing is addon or self.enforcing is None:
+            self.enforcing, self.problem = None, problem
+
+    def _zoom(self, host: str | None, address: str | None) -> bool:
+        try:
+            if self._is_zoom is None:
+                catalogue = ZoomCatalogue.load()
+                self._is_zoom = lambda h, a: catalogue.is_zoom_host(h) or catalogue.range_of(a) is not None
+            if host and is_address(host):
+                host, address = None, address or host
+            return bool(self._is_zoom(host, plain_address(address)))
+        except Exception:  # noqa: BLE001 - cannot tell: treat it as Zoom's
+            return True
+
+    def _why(self) -> str:
+        return f"regionguard is not enforcing ({self.problem}): Zoom traffic is blocked"
+
+    def _refuse_request(self, flow: http.HTTPFlow) -> None:
+        if self.enforcing is None and flow.response is None and self._zoom(flow.request.host, None):
+            flow.response = http.Response.make(
+                403, f"{self._why()}\n".encode(),
+                {"Content-Type": "text/plain; charset=utf-8", "X-Regionguard-Rule": "not-enforcing",
+                 "Connection": "close"})
+
+    http_connect = _refuse_request
+    requestheaders = _refuse_request
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server = data.server
+        if self.enforcing is not None or server.error or not server.address:
+            return
+        if self._zoom(server.sni, None) or self._zoom(server.address[0], None):
+            server.error = self._why()
+
+    def tls_clienthello(self, data: ClientHelloData) -> None:
+        if self.enforcing is None:
+            data.ignore_connection = True   # never intercept while nothing decides
+
+    def dns_request(self, flow: Any) -> None:
+        if self.enforcing is None and flow.response is None and any(
+                self._zoom(str(q.name), None) for q in flow.request.questions):
+            flow.response = flow.request.fail(mdns.response_codes.REFUSED)
+
+
 class RegionGuard:
     def __init__(self) -> None:
         self.holder: EngineHolder | None = None
@@ -118,76 +190,69 @@ class RegionGuard:
         self._audit_pass = False
         self._intercept = "none"
         self._pac_path = "/proxy.pac"
+        self._bad_options: dict[str, str] = {}
+        self.configured_once = False
+        self._refused: dict[str, tuple[float, int]] = {}   # address → (last reported, since)
+        self._guard = ZoomGuard()   # replaced by the one in mitmproxy's chain in load()
 
     # --- options ------------------------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
-        loader.add_option("regionguard_policy", str, "",
-                          f"Region policy YAML file (default: {default_policy_path()}).")
-        loader.add_option("regionguard_audit", str, "",
-                          "Audit log: one JSON line per decision appended here (empty: off).")
-        loader.add_option("regionguard_audit_max_bytes", int, 50 * 1024 * 1024,
-                          "Rotate the audit log when it would grow beyond this many bytes.")
-        loader.add_option("regionguard_audit_backups", int, 5,
-                          "Rotated audit logs to keep (FILE.1 … FILE.N).")
-        loader.add_option("regionguard_audit_flush_ms", int, 250,
-                          "Write queued audit lines every this many milliseconds, from a thread "
-                          "(written at exit too); 0: write each line before the connection "
-                          "goes on.")
-        loader.add_option("regionguard_audit_pass", bool, False,
-                          "Also audit connections that are not Zoom's (action pass).")
-        loader.add_option("regionguard_intercept", str, "none",
-                          "TLS interception: none (pass every TLS connection through; no CA "
-                          "needed), non-zoom (mitmproxy's own behaviour for non-Zoom traffic; Zoom "
-                          "always passes through), all. Enforcement never needs interception.",
-                          choices=INTERCEPT_CHOICES)
-        loader.add_option("regionguard_reload", int, 1,
-                          "Check the policy file for changes every this many seconds (0: never).")
-        loader.add_option("regionguard_pac_path", str, "/proxy.pac",
-                          "Serve a PAC file (Zoom's domains through this proxy) at this path on "
-                          "the proxy's own address (empty: off).")
-        loader.add_option("regionguard_pac_proxy", str, "",
-                          "HOST:PORT the PAC file names (default: the address the client reached).")
+        for option in OPTIONS:
+            loader.add_option(option.name, option.kind, option.default, option.help,
+                              choices=option.choices)
+        # Reported by configure(), which mitmproxy calls next: at start-up its error makes
+        # mitmproxy exit; where it cannot (a script reload), the guard keeps Zoom blocked.
+        self._bad_options = self._take_bad_options(loader.master.options)
+        guard = loader.master.addons.get(GUARD_NAME)
+        if guard is None:
+            guard = ZoomGuard()
+            loader.master.addons.add(guard)
+        self._guard = guard
+        guard.disarm(self, "regionguard is loaded but not configured yet")
+
+    @staticmethod
+    def _take_bad_options(options: Any) -> dict[str, str]:
+        """Check the values waiting for our options (`--set`, config.yaml) before mitmproxy
+        converts them: a value it cannot convert makes it drop this whole script without a word,
+        leaving a proxy with no policy. Bad ones are taken out and returned, name → problem."""
+        bad = {}
+        for name, raw in list(options.deferred.items()):
+            if not name.startswith(PREFIX):
+                continue
+            try:
+                parse_value(name, getattr(raw, "val", raw))
+            except OptionProblem as e:
+                bad[name] = str(e)
+                del options.deferred[name]
+        return bad
 
     def configure(self, updated: set[str]) -> None:
+        self.configured_once = True
         try:
             self._configure(updated)
         except exceptions.OptionsError as e:
             if self._running:
                 raise   # a live change (mitmweb, console): mitmproxy rejects it and says why
             # At startup an error log makes mitmproxy exit (code 1) with this message alone,
-            # instead of a traceback around it.
-            log.error("regionguard: %s", e)
+            # instead of a traceback around it. Until it does, the guard blocks Zoom.
+            self._guard.disarm(self, str(e))
+            log.error("regionguard: %s\nZoom traffic is blocked until this is fixed", e)
+
+    def not_enforcing(self) -> str | None:
+        """Why this addon is not enforcing a policy, or None when it is."""
+        return None if self._guard.enforcing is self else self._guard.problem
 
     def _configure(self, updated: set[str]) -> None:
         opts = ctx.options
-        # mitmproxy does not enforce `choices=` itself: check here, with the fix.
-        if opts.regionguard_intercept not in INTERCEPT_CHOICES:
-            raise exceptions.OptionsError(
-                f"regionguard_intercept: {opts.regionguard_intercept!r} is not valid; "
-                f"use one of {', '.join(INTERCEPT_CHOICES)}")
-        if opts.regionguard_audit_max_bytes < 1024:
-            raise exceptions.OptionsError(
-                f"regionguard_audit_max_bytes: {opts.regionguard_audit_max_bytes} is too small; "
-                "give at least 1024 (bytes)")
-        if opts.regionguard_audit_backups < 0:
-            raise exceptions.OptionsError("regionguard_audit_backups: must be 0 or more")
-        if not 0 <= opts.regionguard_audit_flush_ms <= 60_000:
-            raise exceptions.OptionsError(
-                f"regionguard_audit_flush_ms: {opts.regionguard_audit_flush_ms} is out of range; "
-                "give 0 (write every line at once) to 60000 milliseconds")
-        if opts.regionguard_reload < 0:
-            raise exceptions.OptionsError(
-                f"regionguard_reload: {opts.regionguard_reload} is negative; give seconds, or 0 "
-                "to never reload")
-        if opts.regionguard_pac_path and not opts.regionguard_pac_path.startswith("/"):
-            raise exceptions.OptionsError(
-                f"regionguard_pac_path: {opts.regionguard_pac_path!r} must start with '/', "
-                "e.g. /proxy.pac (or be empty to turn the PAC file off)")
-        if opts.regionguard_pac_proxy and parse_hostport(opts.regionguard_pac_proxy, 0) is None:
-                raise exceptions.OptionsError(
-                    f"regionguard_pac_proxy: {opts.regionguard_pac_proxy!r} is not HOST:PORT, "
-                    "e.g. 127.0.0.1:8080")
+        if self._running:   # a live change sets these options again: checked below
+            for name in updated & self._bad_options.keys():
+                del self._bad_options[name]
+        if self._bad_options:
+            raise exceptions.OptionsError("\n".join(self._bad_options.values()))
+        problems = check_values({o.name: getattr(opts, o.name) for o in OPTIONS})
+        if problems:
+            raise exceptions.OptionsError("\n".join(problems))
         if "regionguard_policy" in updated or self.holder is None:
             path = Path(opts.regionguard_policy) if opts.regionguard_policy else default_policy_path()
             try:
@@ -215,12 +280,31 @@ class RegionGuard:
         self._pac_path = opts.regionguard_pac_path
         if "regionguard_pac_proxy" in updated:
             self._pac_cache.clear()
+        holder = self.holder
+        self._guard.arm(self, lambda host, address: holder.engine.is_zoom(host, address))
 
     def running(self) -> None:
         self._running = True
+        problem = self.not_enforcing()
+        if problem is not None:
+            log.error("regionguard: not enforcing (%s); Zoom traffic is blocked", problem)
+            return
+        self._warn_open_gateway()
         self._announce_pac()
         if self._reload_task is None and ctx.options.regionguard_reload > 0:
             self._reload_task = asyncio.get_running_loop().create_task(self._reload_loop())
+
+    def _warn_open_gateway(self) -> None:
+        """Listening beyond loopback with no `gateway.clients`: anyone who reaches the address
+        may use the proxy. Allowed (a lab), but said at start-up."""
+        if self.holder is None or self.holder.engine.policy.gateway.restricted:
+            return
+        for host, port, name in _listen_addresses():
+            if not _loopback_only(host):
+                log.warning("regionguard: warning: %s listens on %s, beyond loopback, and the "
+                            "policy has no gateway.clients: anyone who reaches it may use it; "
+                            "list the client networks allowed in the policy's gateway.clients "
+                            "(e.g. [10.0.0.0/8])", name, _hostport(host or "*", port))
 
     @staticmethod
     def _announce_pac() -> None:
@@ -239,6 +323,7 @@ class RegionGuard:
                              host, port, path)
 
     def done(self) -> None:
+        self._guard.disarm(self, "regionguard was unloaded")
         if self._reload_task is not None:
             self._reload_task.cancel()
             self._reload_task = None
@@ -412,11 +497,57 @@ class RegionGuard:
         name the certificate must match) from it, so `server_connect` pins the address instead."""
         req = flow.request
         if req.scheme == "https" and req.method != "CONNECT":
+            if isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):
+                # It goes to the origin through a CONNECT (to the checked address: see
+                # http_connect_upstream): origin-form there, as mitmproxy sends it in regular
+                # mode; the Host header keeps the name.
+                req.authority = ""
             return req.host
         req.data.host = address
         if req.authority and isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):
             req.authority = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         return address
+
+    # --- upstream mode: the CONNECT sent to the upstream proxy ----------------------------------
+
+    async def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy is about to send the upstream proxy a CONNECT. A client's own CONNECT was
+        pinned to its checked address in `http_connect`; an absolute-form `GET https://NAME/`
+        reaches here with the name, which the upstream proxy would resolve itself, landing
+        anywhere: send the checked address instead (the TLS server name and the Host header
+        inside the tunnel stay the name), or a target that cannot connect."""
+        try:
+            await self._connect_upstream(flow)
+        except Exception as e:  # noqa: BLE001 - never let a failing hook open the gate
+            req = flow.request
+            if self._fail_closed(req.host, None, req.port, "tcp", None, e) is not None:
+                self._retarget_connect(flow.request, BLOCKED_TARGET, 9)
+
+    async def _connect_upstream(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        host, port = req.host, req.port
+        if is_address(host):
+            return   # an address: the client's CONNECT or request was decided by it already
+        decided = self._decided.get(flow.client_conn.id)
+        verdict = decided.pop((host, port), None) if decided else None
+        if verdict is None:   # not seen at the HTTP level (should not happen): decide it now
+            peer = flow.client_conn.peername
+            verdict = await self._current_enforcer().verdict(peer[0] if peer else None, host,
+                                                             None, port, "tcp")
+            self._record(verdict, flow.client_conn, "http_connect_upstream")
+        if verdict.blocked:
+            log.warning("regionguard: upstream CONNECT to %s:%s blocked", host, port)
+            self._retarget_connect(req, BLOCKED_TARGET, 9)
+            return
+        self._retarget_connect(req, verdict.address, port)
+
+    @staticmethod
+    def _retarget_connect(req: http.Request, host: str, port: int) -> None:
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        req.data.host, req.data.port = host, port
+        req.authority = authority
+        if "Host" in req.headers:
+            req.headers["Host"] = authority
 
     # --- every mode: the server connection ----------------------------------------------------
 
@@ -467,6 +598,42 @@ class RegionGuard:
             server.sni = host
         server.address = (verdict.address, port)
         self._by_server[server.id] = verdict
+
+    # --- gateway: who may use the proxy ---------------------------------------------------------
+
+    def client_connected(self, client: Any) -> None:
+        """Refuse a client outside the policy's `gateway.clients` before it sends anything."""
+        holder = self.holder
+        if holder is None:
+            return   # not enforcing: the guard blocks Zoom for everyone
+        peer = client.peername[0] if client.peername else None
+        try:
+            allowed = holder.engine.policy.gateway.client_allowed(peer)
+        except Exception:  # noqa: BLE001 - cannot tell: refuse
+            log.exception("regionguard: client check failed for %s: refused", peer)
+            allowed = False
+        if allowed:
+            return
+        client.error = f"regionguard: client {peer} is not in the policy's gateway.clients"
+        self._report_refused(peer, client, holder.engine.policy.version_id)
+
+    def _report_refused(self, peer: str | None, client: Any, version: str) -> None:
+        """One log and audit line per refused address per REFUSED_REPORT_EVERY seconds, with the
+        count refused since: a client that hammers the proxy cannot flood the log."""
+        now = time.monotonic()
+        key = peer or "?"
+        last, count = self._refused.get(key, (0.0, 0))
+        if last and now - last < REFUSED_REPORT_EVERY:
+            self._refused[key] = (last, count + 1)
+            return
+        if key not in self._refused and len(self._refused) >= REFUSED_TRACKED:
+            self._refused.clear()   # bounded memory: forget, at worst report some again
+        self._refused[key] = (now, 0)
+        log.warning("regionguard: refused client %s (not in gateway.clients)%s", key,
+                    f"; {count} more refused since the last report" if count else "")
+        self.audit.write_raw({"time": timestamp(), "event": "client-refused", "client": peer,
+                              "mode": _mode_name(client), "front_end": "mitmproxy",
+                              "refused_since_last_report": count, "policy_version": version})
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._by_server.pop(data.server.id, None)
@@ -529,6 +696,30 @@ class RegionGuard:
         flow.response = http.Response.make(
             200, body, {"Content-Type": "application/x-ns-proxy-autoconfig", "Cache-Control": "no-cache"})
         return True
+
+
+def _listen_addresses() -> list[tuple[str, int, str]]:
+    """(host, port, mode) for each mode that listens on a socket; host "" = every address."""
+    out = []
+    for spec in ctx.options.mode:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue
+        if mode.type_name == "local":
+            continue   # redirects local processes; listens on no address
+        out.append((mode.listen_host(ctx.options.listen_host),
+                    mode.listen_port(ctx.options.listen_port) or 0, mode.type_name))
+    return out
+
+
+def _loopback_only(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(plain_address(host) or "").is_loopback
+    except ValueError:
+        return False   # "" (every address) or a name: assume it reaches the network
 
 
 def _hostport(host_header: str, port: int) -> str:

@@ -44,6 +44,27 @@ def plain_address(address: str | None) -> str | None:
     return str(ip)
 
 
+def reaches_proxy_host(address: str | None) -> bool:
+    """Does a connection to this address land on the proxy host itself: loopback (127/8, ::1),
+    link-local (169.254/16, fe80::/10) or unspecified (0.0.0.0, ::, which connect locally), in
+    IPv4-mapped form too?"""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(plain_address(address) or "")
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified
+
+
+def is_remote_client(client: str | None) -> bool:
+    """A client on another host (not loopback); unknown counts as remote (the stricter case)."""
+    try:
+        return not ipaddress.ip_address(plain_address(client) or "").is_loopback
+    except ValueError:
+        return True
+
+
 def _blocked(decision: Decision, why: str) -> Decision:
     return dataclasses.replace(decision, action=Action.BLOCK, reason=f"{decision.reason}; {why}")
 
@@ -70,7 +91,21 @@ class Enforcer:
         """Decide a connection to `address` (if known) for `host` (name or SNI, if known).
 
         With an address, the address decides (a name or SNI only adds weak evidence). With only a
-        name, every address it resolves to is decided and the first usable one is pinned."""
+        name, every address it resolves to is decided and the first usable one is pinned.
+        Whatever it is, a remote client never reaches the proxy host's own loopback or
+        link-local services unless the policy's `gateway.allow_proxy_host` says so."""
+        verdict = await self._verdict(client, host, address, port, transport)
+        if (verdict.address is not None and reaches_proxy_host(verdict.address)
+                and not self.engine.policy.gateway.allow_proxy_host and is_remote_client(client)):
+            d = verdict.decision
+            return Verdict(dataclasses.replace(
+                d, action=Action.BLOCK, rule="proxy-host", would=None,
+                reason=f"{verdict.address} is the proxy host itself, which remote clients may not "
+                       "reach (the policy's gateway.allow_proxy_host is off)"), None)
+        return verdict
+
+    async def _verdict(self, client: str | None, host: str | None, address: str | None, port: int,
+                       transport: str) -> Verdict:
         engine = self.engine
         client = plain_address(client)
         address = plain_address(address)

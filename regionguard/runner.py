@@ -6,12 +6,18 @@
 Every option regionguard does not know is mitmdump's and is passed on unchanged (`--mode`,
 `--listen-host`, `--listen-port`, `--set ...`). The proxy listens on loopback unless the operator
 names another address, so a gateway mode never opens to the network by accident.
+
+Never a proxy without its policy: every regionguard_* value (command line and mitmproxy's
+config.yaml) is checked with the addon's own rules before mitmproxy starts, each option is
+passed once, the addon is put in mitmproxy's addon chain directly (not as a `-s` script, which
+mitmproxy drops when it fails), and nothing listens until the addon says its policy is in force.
 Exit codes: 0 normal stop, 2 invalid policy or option, otherwise mitmdump's.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import os
 import shutil
@@ -20,6 +26,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
+
+import yaml
 
 from ._paths import default_policy_path
 from .cli import EXIT_CONFIG
@@ -27,6 +36,7 @@ from .errors import ConfigError
 from .pac import register_pac
 from .policy import load_policy, parse_hostport
 from .prefixes import is_address
+from .proxyoptions import PREFIX, OptionProblem, parse_sets, parse_value
 
 ADDON = Path(__file__).resolve().parent.parent / "addons" / "regionguard.py"
 
@@ -88,13 +98,151 @@ def local_mode_problem(modes: list[str]) -> str | None:
     return None
 
 
-def mitmdump_args(args: argparse.Namespace, extra: list[str], policy: Path) -> list[str]:
-    argv = ["-s", str(ADDON), "--set", f"regionguard_policy={policy}"]
+def _given_sets(extra: list[str]) -> tuple[list[str], list[str]]:
+    """The `--set` specifications and `-s` scripts among mitmdump's options, read as mitmdump's
+    own parser reads those two (`--set X`, `--set=X`, `-s X`, `--scripts X`)."""
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--set", action="append", dest="setoptions", default=[])
+    p.add_argument("-s", "--scripts", action="append", dest="scripts", default=[])
+    known, _ = p.parse_known_args(extra)
+    return known.setoptions, known.scripts
+
+
+class RunOptionError(Exception):
+    """An option of `regionguard run` is bad; the message says which and how to fix it."""
+
+
+def checked_options(args: argparse.Namespace, extra: list[str]) -> tuple[Path, dict[str, object]]:
+    """(the policy file, the regionguard_* options given with --set), every value checked with
+    the addon's own rules (regionguard.proxyoptions) before mitmproxy starts, so a bad one can
+    never make mitmproxy drop the addon. Each option may come from one place only."""
+    specs, scripts = _given_sets(extra)
+    values, problems = parse_sets(specs)
+    in_file, file_problems = _config_file_options(specs)
+    problems += file_problems
+    for name in sorted(in_file.keys() & values.keys()):
+        problems.append(f"{name}: given twice (--set and the mitmproxy config file); give it once")
+    if problems:
+        raise RunOptionError("\n".join(problems))
+    given_policy = ("regionguard_policy" in values or "regionguard_policy" in in_file)
+    given_audit = ("regionguard_audit" in values or "regionguard_audit" in in_file)
+    values = {**in_file, **values}
+    for script in scripts:
+        if Path(script).expanduser().resolve() == ADDON:
+            raise RunOptionError(f"-s {script}: regionguard run loads its addon itself; remove "
+                                 "the -s option (or run mitmdump -s ... directly)")
+    if args.policy is not None and given_policy:
+        raise RunOptionError("the policy is given twice (--policy and --set regionguard_policy); "
+                             "give it once, with --policy FILE")
+    if args.audit is not None and given_audit:
+        raise RunOptionError("the audit log is given twice (--audit and --set regionguard_audit); "
+                             "give it once, with --audit FILE")
+    if args.policy is not None:
+        policy = Path(args.policy).resolve()
+    elif values.get("regionguard_policy"):
+        policy = Path(str(values["regionguard_policy"])).resolve()
+    else:
+        policy = default_policy_path()
+    return policy, values
+
+
+def _config_file_options(specs: list[str]) -> tuple[dict[str, object], list[str]]:
+    """regionguard_* options in mitmproxy's config file (CONFDIR/config.yaml, which mitmproxy
+    reads after --set and lets override it), checked like the command line's."""
+    confdir = Path("~/.mitmproxy")
+    for spec in specs:
+        name, eq, value = spec.partition("=")
+        if name == "confdir" and eq:
+            confdir = Path(value)
+    values: dict[str, object] = {}
+    problems: list[str] = []
+    for path in (confdir.expanduser() / "config.yaml", confdir.expanduser() / "config.yml"):
+        try:
+            data = yaml.safe_load(path.read_text()) if path.is_file() else None
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+            problems.append(f"{path}: cannot read mitmproxy's config file: {e}")
+            continue
+        if not isinstance(data, dict):
+            continue
+        for name, raw in data.items():
+            if not str(name).startswith(PREFIX):
+                continue
+            try:
+                values[str(name)] = parse_value(str(name), raw)
+            except OptionProblem as e:
+                problems.append(f"{path}: {e}")
+    return values, problems
+
+
+def mitmdump_args(args: argparse.Namespace, extra: list[str], policy: Path,
+                  values: dict[str, object]) -> list[str]:
+    """mitmdump's command line: the operator's options, plus the policy and audit options when
+    the operator gave them as --policy/--audit (never a second time)."""
+    argv = []
+    if "regionguard_policy" not in values:
+        argv += ["--set", f"regionguard_policy={policy}"]
     if args.audit:
         argv += ["--set", f"regionguard_audit={Path(args.audit).resolve()}"]
     if not _gives(extra, "--listen-host"):
         argv += ["--listen-host", "127.0.0.1"]
     return argv + list(extra)
+
+
+def load_addon_module() -> ModuleType:
+    """addons/regionguard.py, loaded as mitmproxy loads a script (its directory on sys.path
+    while it runs, for the DNS addon beside it)."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(ADDON.parent))
+    try:
+        loader = importlib.machinery.SourceFileLoader("__regionguard_addon__", str(ADDON))
+        spec = importlib.util.spec_from_loader(loader.name, loader)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        return module
+    finally:
+        sys.path[:] = saved
+
+
+def run_mitmdump(argv: list[str], policy: Path) -> int | str | None:
+    """mitmdump, in this process, with the addon in mitmproxy's own addon chain rather than as
+    a `-s` script: a script is loaded later, in a task, and mitmproxy drops it (and runs on as a
+    plain proxy) when it fails. Before anything listens, the addon must say its policy is in
+    force, else exit 2."""
+    from mitmproxy import hooks
+    from mitmproxy.tools import cmdline, dump, main
+
+    module = load_addon_module()
+
+    class EnforcingMaster(dump.DumpMaster):
+        def __init__(self, opts, *a, **kw) -> None:
+            super().__init__(opts, *a, **kw)
+            self.addons.add(*module.addons)
+
+        async def run(self) -> None:
+            addon = self.addons.get("regionguard")
+            if addon is None:
+                problem = "the regionguard addon is not loaded"
+            else:
+                if not addon.configured_once:
+                    # not configured yet (no option of its own changed): configure it now
+                    self.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(self.options.keys())))
+                problem = addon.not_enforcing()
+                if problem is None and addon.holder.path.resolve() != policy.resolve():
+                    problem = f"the policy in force is {addon.holder.path}, not {policy}"
+            if problem is not None:
+                print(f"regionguard run: not starting: {problem}", file=sys.stderr)
+                sys.exit(EXIT_CONFIG)
+            await super().run()
+
+    def extra(args: argparse.Namespace) -> dict:   # as mitmdump's own entry point
+        if args.filter_args:
+            v = " ".join(args.filter_args)
+            return {"save_stream_filter": v, "readfile_filter": v, "dumper_filter": v}
+        return {}
+
+    main.run(EnforcingMaster, cmdline.mitmdump, argv, extra)
+    return None
 
 
 class DnsStartError(Exception):
@@ -153,7 +301,11 @@ def stop(child: subprocess.Popen, timeout: float = 10) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     extra = list(getattr(args, "extra", []) or [])
-    policy = Path(args.policy).resolve() if args.policy else default_policy_path()
+    try:
+        policy, values = checked_options(args, extra)
+    except RunOptionError as e:
+        print(f"regionguard run: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         loaded = load_policy(policy)   # fail here, with file, field and fix, not in mitmproxy's log
     except ConfigError as e:
@@ -163,8 +315,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         print(f"regionguard run: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    from mitmproxy.tools.main import mitmdump  # imported late: `regionguard pac` needs no mitmproxy
-
     try:
         child = (start_dns(policy, loaded.resolver.nameservers, args.dns, args.audit)
                  if args.dns else None)
@@ -172,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"regionguard run: {e}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        result = mitmdump(mitmdump_args(args, extra, policy))
+        result = run_mitmdump(mitmdump_args(args, extra, policy, values), policy)
     except SystemExit as e:
         result = e.code
     finally:

@@ -93,10 +93,12 @@ class Origin(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.label = address
         self.connections = 0
         self.requests: list[dict] = []
+        self.server_names: list[str | None] = []   # the TLS SNI of each handshake
         self.tls_context = None
         if tls is not None:
             self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls_context.load_cert_chain(*tls)
+            self.tls_context.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
         super().__init__((address, port), _Handler)
         self.port = self.server_address[1]
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -206,17 +208,20 @@ class Proxy:
 
     def __init__(self, policy: Path, workdir: Path, *extra: str, audit: bool = True,
                  listen_host: str = "127.0.0.1", command: str = "run",
-                 env: dict | None = None, prefix: tuple[str, ...] = ()) -> None:
+                 env: dict | None = None, prefix: tuple[str, ...] = (),
+                 script: Path | None = None) -> None:
         self.audit = workdir / f"audit-{time.monotonic_ns()}.jsonl"
         self.log_path = workdir / f"proxy-{time.monotonic_ns()}.log"
-        if command == "run":
-            cmd = [str(BIN / "regionguard"), "run", "--policy", str(policy)]
+        if command in ("run", "run-no-policy"):   # run-no-policy: the test passes it itself
+            cmd = [str(BIN / "regionguard"), "run"]
+            if command == "run":
+                cmd += ["--policy", str(policy)]
             if audit:
                 cmd += ["--audit", str(self.audit)]
         elif command == "bare":   # mitmproxy without regionguard (e.g. an upstream proxy)
             cmd = [str(BIN / "mitmdump"), "--set", "ignore_hosts=.*"]
         else:   # bare mitmdump with the addon script, as the README documents
-            cmd = [str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "regionguard.py"),
+            cmd = [str(BIN / "mitmdump"), "-s", str(script or ROOT / "addons" / "regionguard.py"),
                    "--set", f"regionguard_policy={policy}"]
             if audit:
                 cmd += ["--set", f"regionguard_audit={self.audit}"]

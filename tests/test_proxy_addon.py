@@ -137,3 +137,39 @@ def test_an_error_anywhere_in_a_hook_fails_closed_for_zoom(tmp_path, monkeypatch
             assert data.server.error and "fail closed" in data.server.error
 
     asyncio.run(run())
+
+
+def test_an_unconfigured_addon_leaves_zoom_blocked_by_the_guard(tmp_path):
+    """A bad option the proxy could not stop for: the guard (in mitmproxy's chain, not the
+    script's) refuses Zoom and nothing else until the options are good."""
+    module = load_addon_module()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    addon = module.RegionGuard()
+
+    async def run():
+        with taddons.context(addon) as tctx:
+            guard = tctx.master.addons.get("regionguard_guard")
+            assert guard is not None
+            tctx.configure(addon, regionguard_policy=str(policy), regionguard_reload=-1)
+            assert "regionguard_reload: -1 is out of range" in addon.not_enforcing()
+            zoom, by_address, other = (_connect_flow("de.zoom.us"), _connect_flow("170.114.0.1"),
+                                       _connect_flow("plain.example"))
+            for f in (zoom, by_address, other):
+                guard.http_connect(f)
+            assert zoom.response.status_code == 403 and by_address.response.status_code == 403
+            assert zoom.response.headers["X-Regionguard-Rule"] == "not-enforcing"
+            assert other.response is None
+            f = tflow.tflow()
+            f.server_conn.address, f.server_conn.error = ("170.114.0.1", 8801), None
+            data = server_hooks.ServerConnectionHookData(server=f.server_conn, client=f.client_conn)
+            guard.server_connect(data)
+            assert data.server.error and "not enforcing" in data.server.error
+            tctx.configure(addon, regionguard_reload=1)          # good again: enforcing
+            assert addon.not_enforcing() is None
+            later = _connect_flow("de.zoom.us")
+            guard.http_connect(later)
+            assert later.response is None                        # the addon decides now
+            addon.done()
+
+    asyncio.run(run())
