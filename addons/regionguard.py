@@ -49,6 +49,7 @@ from regionguard.audit import AuditLog, timestamp  # noqa: E402
 from regionguard.decision import Action, Decision  # noqa: E402
 from regionguard.enforce import Enforcer, Verdict, plain_address  # noqa: E402
 from regionguard.errors import ConfigError  # noqa: E402
+from regionguard.learned import default_state_dir, open_state  # noqa: E402
 from regionguard.pac import pac_text  # noqa: E402
 from regionguard.policy import parse_hostport  # noqa: E402
 from regionguard.prefixes import is_address  # noqa: E402
@@ -118,6 +119,7 @@ class RegionGuard:
         self._audit_pass = False
         self._intercept = "none"
         self._pac_path = "/proxy.pac"
+        self._learned: Any = None   # the LearnedStore; False: learning is off
 
     # --- options ------------------------------------------------------------------------------
 
@@ -148,6 +150,10 @@ class RegionGuard:
                           "the proxy's own address (empty: off).")
         loader.add_option("regionguard_pac_proxy", str, "",
                           "HOST:PORT the PAC file names (default: the address the client reached).")
+        loader.add_option("regionguard_state_dir", str, "",
+                          "Where learned evidence (site-coded Zoom names the proxy resolved, and "
+                          f"the DNS filter's) is kept (default: {default_state_dir()}; 'off': "
+                          "learn nothing).")
 
     def configure(self, updated: set[str]) -> None:
         try:
@@ -188,10 +194,15 @@ class RegionGuard:
                 raise exceptions.OptionsError(
                     f"regionguard_pac_proxy: {opts.regionguard_pac_proxy!r} is not HOST:PORT, "
                     "e.g. 127.0.0.1:8080")
-        if "regionguard_policy" in updated or self.holder is None:
+        if "regionguard_policy" in updated or "regionguard_state_dir" in updated \
+                or self.holder is None:
             path = Path(opts.regionguard_policy) if opts.regionguard_policy else default_policy_path()
+            if self._learned is None or "regionguard_state_dir" in updated:
+                if self._learned not in (None, False):
+                    self._learned.close()
+                self._learned = open_state(opts.regionguard_state_dir or None) or False
             try:
-                holder = EngineHolder(path)
+                holder = EngineHolder(path, self._learned or None)
             except ConfigError as e:
                 raise exceptions.OptionsError(f"regionguard_policy: invalid policy:\n{e}") from None
             except OSError as e:
@@ -243,6 +254,8 @@ class RegionGuard:
             self._reload_task.cancel()
             self._reload_task = None
         self.audit.close()
+        if self._learned:
+            self._learned.close()   # writes what is still pending
 
     async def _reload_loop(self) -> None:
         while True:
