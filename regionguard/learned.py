@@ -196,7 +196,9 @@ class LearnedStore:
             try:
                 rows = self._open_db()
             except (sqlite3.Error, OSError) as e:
-                self._fail(f"cannot open: {e}")
+                # A warning, not an error: the front end runs on without this source (an error
+                # at start-up makes mitmproxy exit).
+                self._fail(f"cannot open: {e}", logging.WARNING)
                 return
             self._load(rows)
             self._thread = threading.Thread(target=self._run, name="regionguard-learned",
@@ -534,11 +536,11 @@ class LearnedStore:
             self._rebuild()
             self.generation += 1
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, level: int = logging.ERROR) -> None:
         """Switch the source off: nothing learned is used, so nothing it placed stays placed."""
         where = self.path if self.path is not None else "memory"
         self.problem = why
-        log.error("regionguard: learned evidence store %s is unusable (%s): the `learned` source "
+        log.log(level, "regionguard: learned evidence store %s is unusable (%s): the `learned` source "
                   "is OFF, and addresses only it could place stay unknown (blocked by default). "
                   "fix: move the file away (a new one is made) or give a writable --state-dir",
                   where, why)
