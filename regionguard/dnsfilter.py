@@ -149,6 +149,8 @@ class AnswerFilter:
         self._fact_ids: dict[tuple, int] = {}
         self._cache_on = True
         self._checked = 0
+        # Learned evidence (regionguard/learned.py) can change any address's decision.
+        engine.locator.also_forget(self._decisions.clear)
 
     # --- decisions ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ Amsterdam address on its loopback."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -229,3 +230,22 @@ def test_a_learned_address_in_an_allowed_region_is_reached_by_ip(tmp_path, monke
             except Exception:  # noqa: BLE001 - tear everything down regardless
                 pass
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_the_dns_filter_places_a_site_coded_answer_by_what_it_says(tmp_path, zone):
+    """The upstream's answer for a site-coded name is observed before it is filtered: its
+    Amsterdam address is kept (Europe is allowed); a Singapore one is dropped by region."""
+    audit = tmp_path / "dns.jsonl"
+    dns = DnsProcess(policy_for(tmp_path, zone), [zone.address], "--state-dir",
+                     str(tmp_path / "state"), audit=audit)
+    try:
+        kept = ask(dns.port, NL_NAME)
+        assert NL_ADDR in dns_support.addresses(kept), kept
+        dropped = ask(dns.port, SG_NAME)
+        assert SG_ADDR not in dns_support.addresses(dropped)
+    finally:
+        dns.close()
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    placed = {r["address"]: r for r in lines if r.get("address")}
+    assert placed[NL_ADDR]["evidence_source"] == "learned" and placed[NL_ADDR]["action"] == "allow"
+    assert placed[SG_ADDR]["rule"] == "region-disallowed" and placed[SG_ADDR]["region"] == "SG"
