@@ -128,9 +128,10 @@ class Engine:
         self._memo: dict[tuple, Decision] = {}
         self._memo_get = self._memo.get
         self._memo_size = 50_000
-        # A new sighting can change any decision about its address (or block): forget them
-        # when the locator forgets its own (a no-op without learned evidence).
-        self.locator.also_forget(self._memo.clear)
+        if learned is not None:
+            # A new sighting can change any decision about its address (or block): forget
+            # them when the locator forgets its own.
+            self.locator.also_forget(self._memo.clear)
 
     @classmethod
     def from_policy_file(cls, path: str | Path, *, learned: LearnedStore | None = None) -> Engine:

@@ -150,7 +150,8 @@ class AnswerFilter:
         self._cache_on = True
         self._checked = 0
         # Learned evidence (regionguard/learned.py) can change any address's decision.
-        engine.locator.also_forget(self._decisions.clear)
+        if engine.learned is not None:
+            engine.locator.also_forget(self._decisions.clear)
 
     # --- decisions ----------------------------------------------------------------------------
 
