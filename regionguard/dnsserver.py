@@ -698,8 +698,9 @@ class DnsServer:
         scan = scan_response(data)
         if scan is None:
             return "parse"
-        if self.engine.learned is not None:   # before the filter: the answer may place itself
-            self.engine.learned.observe_scan(scan.records, self.learned_source)
+        learned = self.engine.learned
+        if learned is not None:   # before the filter: the answer may place itself
+            learned.observe_scan(scan.records, self.learned_source)
         name = scan.qname   # the upstream's echo of our question: checked equal (case aside)
         result = self.filter.filter_scan(client, name, qtype, scan)
         if result is None:
@@ -943,8 +944,9 @@ class DnsServer:
         """Filter a parsed response (block, reroute, HTTPS hints...), audit, cache under `key`;
         the wire relative to `uq`."""
         name, rdtype = wire_name(key[1]), key[2]
-        if self.engine.learned is not None:
-            self.engine.learned.observe_message(response, self.learned_source)
+        learned = self.engine.learned
+        if learned is not None:
+            learned.observe_message(response, self.learned_source)
         flt = self.filter
         result = flt.filter(client, uq, response)
         message = result.message if result.message is not None else response   # filtered in place

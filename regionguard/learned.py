@@ -148,14 +148,21 @@ CREATE TABLE IF NOT EXISTS learned (
     source TEXT NOT NULL,
     first_seen REAL NOT NULL,
     last_seen REAL NOT NULL,
+    written REAL NOT NULL,  -- when a process last wrote the row: what the others read anew
     PRIMARY KEY (address, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS learned_last_seen ON learned (last_seen);
+CREATE INDEX IF NOT EXISTS learned_written ON learned (written);
 """
 _SELECT = ("SELECT address, name, source, first_seen, last_seen FROM learned "
            "WHERE last_seen >= ?")
-_UPSERT = ("INSERT INTO learned (address, name, source, first_seen, last_seen) VALUES (?,?,?,?,?) "
+_SELECT_WRITTEN = ("SELECT address, name, source, first_seen, last_seen FROM learned "
+                   "WHERE written >= ?")
+WRITE_SLACK = 5.0   # seconds: a row committed late by another process is still read anew
+_UPSERT = ("INSERT INTO learned (address, name, source, first_seen, last_seen, written) "
+           "VALUES (?,?,?,?,?,?) "
            "ON CONFLICT (address, name) DO UPDATE SET source = excluded.source, "
+           "written = excluded.written, "
            "first_seen = min(first_seen, excluded.first_seen), "
            "last_seen = max(last_seen, excluded.last_seen)")
 
@@ -192,6 +199,8 @@ class LearnedStore:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._resettle = False
+        self._data_version = 0
+        self._synced = 0.0
         if path is not None:
             try:
                 rows = self._open_db()
@@ -511,6 +520,7 @@ class LearnedStore:
             limit = self.clock() - self.ttl_days * _DAY
             rows = db.execute(_SELECT, (limit,)).fetchall()
             self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
+            self._synced = time.time()
         except BaseException:
             db.close()
             raise
@@ -535,6 +545,40 @@ class LearnedStore:
             self._evict()
             self._rebuild()
             self.generation += 1
+
+    def _merge(self, rows: list[tuple]) -> bool:
+        """Take in rows another process wrote; True when the evidence changed."""
+        limit = self.clock() - self.ttl_days * _DAY
+        changed: set[str] = set()
+        with self._lock:
+            for address, name, source, first, last in rows:
+                if last < limit:
+                    continue
+                try:
+                    address = ipaddress.ip_address(address).compressed
+                except ValueError:
+                    continue
+                names = self._by_address.setdefault(address, {})
+                old = names.get(name)
+                if old is None:
+                    self._count += 1
+                    changed.add(address)
+                elif old.last_seen >= last and old.first_seen <= first:
+                    continue
+                names[name] = Sighting(address, name, source,
+                                       min(first, old.first_seen) if old else first,
+                                       max(last, old.last_seen) if old else last)
+                changed.add(address)
+            if not changed:
+                return False
+            if self._count > self.max_entries:
+                self._evict()
+                self._rebuild()
+            else:
+                for address in changed:
+                    self._recompute(address)
+            self.generation += 1
+        return True
 
     def _fail(self, why: str, level: int = logging.ERROR) -> None:
         """Switch the source off: nothing learned is used, so nothing it placed stays placed."""
@@ -569,7 +613,8 @@ class LearnedStore:
         if pending:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(_UPSERT, [tuple(s) for s in pending])
+                written = time.time()
+                db.executemany(_UPSERT, [(*s, written) for s in pending])
                 db.execute("DELETE FROM learned WHERE last_seen < ?",
                            (self.clock() - self.ttl_days * _DAY,))
                 count = db.execute("SELECT count(*) FROM learned").fetchone()[0]
@@ -582,13 +627,12 @@ class LearnedStore:
                 db.execute("ROLLBACK") if db.in_transaction else None
                 raise
         version = db.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._data_version:   # another process wrote
+        if version != self._data_version:   # another process wrote: read what it wrote
             self._data_version = version
-            limit = self.clock() - self.ttl_days * _DAY
-            rows = db.execute(_SELECT, (limit,)).fetchall()
-            self._load(rows)
-            self._resettle = True
-            self._notify()
+            since, self._synced = self._synced - WRITE_SLACK, time.time()
+            if self._merge(db.execute(_SELECT_WRITTEN, (since,)).fetchall()):
+                self._resettle = True
+                self._notify()
         elif self._resettle:
             # A lookup that raced with the swap above may have memoised the old answer: tell the
             # subscribers once more, a tick later.

@@ -18,11 +18,14 @@ import textwrap
 import time
 from itertools import count
 
+import dns.exception
 import pytest
 
 from regionguard.learned import DB_NAME
+from regionguard.runner import stop
 from tests import dns_support
 from tests.dns_support import DnsProcess, ZoneServer, ask
+from tests.ports import free_port
 from tests.proxy_support import Origin, Proxy, curl, run_in_netns, sh, status_of
 
 SG_NAME, SG_ADDR = "zoomsin1mmr.sin.zoom.us", "170.114.11.5"   # site sin: SG, not allowed
@@ -249,3 +252,34 @@ def test_the_dns_filter_places_a_site_coded_answer_by_what_it_says(tmp_path, zon
     placed = {r["address"]: r for r in lines if r.get("address")}
     assert placed[NL_ADDR]["evidence_source"] == "learned" and placed[NL_ADDR]["action"] == "allow"
     assert placed[SG_ADDR]["rule"] == "region-disallowed" and placed[SG_ADDR]["region"] == "SG"
+
+
+def test_mitmproxys_dns_mode_learns_too(tmp_path, zone):
+    """addons/regionguard.py in mitmproxy's DNS mode: the upstream's answer places itself, and
+    the proxy addon's state directory keeps it."""
+    state = tmp_path / "state"
+    port = free_port()
+    cmd = [str(dns_support.BIN / "mitmdump"), "-q", "--set", "listen_host=127.0.0.1",
+           "--mode", f"reverse:dns://{zone.address}@{port}",
+           "-s", str(dns_support.ROOT / "addons" / "regionguard.py"),
+           "--set", f"regionguard_policy={policy_for(tmp_path, zone)}",
+           "--set", f"regionguard_state_dir={state}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:   # bounded: mitmdump needs a few seconds to start
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                kept = ask(port, NL_NAME, timeout=1)
+                break
+            except (dns.exception.Timeout, OSError):
+                assert time.monotonic() < deadline, "mitmdump did not answer DNS"
+        assert NL_ADDR in dns_support.addresses(kept), kept
+    finally:
+        stop(proc)
+    r = subprocess.run([str(dns_support.BIN / "regionguard"), "explain", NL_ADDR, "--json",
+                        "--state-dir", str(state), "--port", str(PORT)],
+                       capture_output=True, text=True, timeout=120)
+    entry = json.loads(r.stdout)["addresses"][0]
+    assert entry["chosen_source"] == "learned" and entry["region"] == "NL"
+    assert "mitmproxy dns mode" in entry["decision"]["evidence_dataset"]
