@@ -303,11 +303,9 @@ class LearnedStore:
                 recorded += 1
             if changed:
                 if self._count > self.max_entries:
-                    self._evict()
-                    self._rebuild()
-                else:
-                    for address in changed:
-                        self._recompute(address)
+                    changed.update(self._evict())
+                for address in changed:
+                    self._recompute(address)
                 self.generation += 1
         if changed:
             self._notify()
@@ -459,14 +457,22 @@ class LearnedStore:
         for start, _members in by_block.items():
             self._respread(start, SPREAD_V4 if start >> 32 == 0xFFFF else SPREAD_V6)
 
-    def _evict(self) -> None:
-        """Drop the oldest sightings (by last seen) down to the bound (lock held)."""
-        excess = self._count - self.max_entries
-        if excess <= 0:
-            return
+    def _low_water(self) -> int:
+        """Evicting goes a tenth below the bound, so a full store sorts once per many sightings,
+        not once per sighting."""
+        return self.max_entries - max(1, self.max_entries // 10)
+
+    def _evict(self) -> set[str]:
+        """Drop the oldest sightings (by last seen) when over the bound (lock held); returns
+        the addresses whose answers must be recomputed."""
+        if self._count <= self.max_entries:
+            return set()
+        excess = self._count - self._low_water()
         every = [s for names in self._by_address.values() for s in names.values()]
-        for s in sorted(every, key=lambda s: s.last_seen)[:excess]:
+        gone = sorted(every, key=lambda s: s.last_seen)[:excess]
+        for s in gone:
             self._forget(s)
+        return {s.address for s in gone}
 
     def _forget(self, s: Sighting) -> None:
         names = self._by_address[s.address]
@@ -572,11 +578,9 @@ class LearnedStore:
             if not changed:
                 return False
             if self._count > self.max_entries:
-                self._evict()
-                self._rebuild()
-            else:
-                for address in changed:
-                    self._recompute(address)
+                changed.update(self._evict())
+            for address in changed:
+                self._recompute(address)
             self.generation += 1
         return True
 
