@@ -293,10 +293,12 @@ class Locator:
             return Locator._locate(self, None, host)
         loc = Locator._locate(self, address, None)
         store = self.learned
-        try:
-            key = address_key(address)
-        except ValueError:
-            key = None
+        key = None
+        if store is not None and (store.exact or store.spread):   # nothing learned: no cost
+            try:
+                key = address_key(address)
+            except ValueError:
+                pass
         found: tuple[Evidence, ...] | None = None
         if key is not None and store is not None:
             found = store.exact.get(key)
