@@ -170,7 +170,7 @@ _UPSERT = ("INSERT INTO learned (address, name, source, first_seen, last_seen, w
 class LearnedStore:
     """Sightings of site-coded Zoom names and their addresses, and the evidence they give.
 
-    `exact` (address key → answers) and `spread` (block start → answer) are what the locator
+    `exact` (address key → answers) and `spread` (block start → (answer,)) are what the locator
     reads; both are plain dicts, replaced or updated atomically. `generation` changes whenever
     what they say changes, and subscribers (locators, engines) are told so they drop memos."""
 
@@ -186,7 +186,8 @@ class LearnedStore:
         self.problem: str | None = None
         self.generation = 0
         self.exact: dict[int, tuple[Evidence, ...]] = {}
-        self.spread: dict[int, Evidence] = {}
+        # one answer per block, as a 1-tuple: the locator's memo knows it by identity
+        self.spread: dict[int, tuple[Evidence]] = {}
         self._by_address: dict[str, dict[str, Sighting]] = {}   # address → name → sighting
         self._count = 0
         self._by_block: dict[int, set[str]] = {}       # block start → learned addresses in it
@@ -434,11 +435,11 @@ class LearnedStore:
         block = block_text(start, length)
         shown = ", ".join(addresses[:3]) + (f" and {len(addresses) - 3} more"
                                               if len(addresses) > 3 else "")
-        self.spread[start] = Evidence(
+        self.spread[start] = (Evidence(
             SOURCE, region, country, "learned (spread to the block)", None, block,
             SPREAD_CONFIDENCE,
             f"spread: every learned address in {block} ({shown}) is {region or country}; "
-            f"not this address itself")
+            f"not this address itself"),)
 
     def _rebuild(self) -> None:
         """Recompute every answer from the sightings (lock held)."""

@@ -25,7 +25,7 @@ from ._paths import data_dir
 from .errors import Problem
 from .evidence import Evidence, Location
 from .hostnames import normalise_host
-from .learned import LearnedStore, block_end, block_of
+from .learned import SPREAD_V4, SPREAD_V6, LearnedStore, block_end, block_of
 from .policy import SOURCES, EvidenceSettings, Policy
 from .prefixes import address_key, merge
 from .regions import Catalogue
@@ -50,6 +50,7 @@ _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _from_bytes = int.from_bytes
+_S4, _S6 = 32 - SPREAD_V4, 128 - SPREAD_V6   # learned.block_of's shifts, inlined below
 
 
 class AddressSource(Protocol):
@@ -118,6 +119,8 @@ class Locator:
         # `_locate` runs, untouched.
         self.learned = learned if learned is not None and "learned" in rank else None
         self._spread_ok: dict[int, bool] = {}
+        # id(learned answers) → id(other answers' Location) → (that Location, the answers, merged)
+        self._learned_memo: dict[int, dict[int, tuple[Location, tuple, Location]]] = {}
         self._also_forget: list[Callable[[], None]] = []
         if self.learned is not None:
             self.learned.subscribe(self._learned_changed)
@@ -303,14 +306,30 @@ class Locator:
         if key is not None and store is not None:
             found = store.exact.get(key)
             if found is None and store.spread:
-                spread = store.spread.get(block_of(key)[0])
-                if spread is not None and self._may_spread(key, spread, loc):
-                    found = (spread,)
+                # block_of(key)[0], inlined: no tuple per lookup (allocations wake the collector)
+                spread = store.spread.get(key >> _S4 << _S4 if key >> 32 == 0xFFFF
+                                          else key >> _S6 << _S6)
+                if spread is not None and self._may_spread(key, spread[0], loc):
+                    found = spread
         if found:
-            rank = self._rank
-            evidence = tuple(sorted(loc.evidence + found, key=lambda e: rank[e.source]))
-            chosen, regions, zoom = self._conclude(evidence)
-            loc = _location(evidence, chosen, regions, zoom)
+            # Addresses with the same other answers (often one interned Location) and the same
+            # learned answers (objects the store keeps until they change) share one result.
+            # Both are kept in the entry, so their ids cannot be reused while it lives.
+            by_loc = self._learned_memo.get(id(found))
+            hit = by_loc.get(id(loc)) if by_loc is not None else None
+            if hit is not None and hit[0] is loc and hit[1] is found:
+                loc = hit[2]
+            else:
+                rank = self._rank
+                evidence = tuple(sorted(loc.evidence + found, key=lambda e: rank[e.source]))
+                chosen, regions, zoom = self._conclude(evidence)
+                merged = _location(evidence, chosen, regions, zoom)
+                if by_loc is None:
+                    if len(self._learned_memo) >= self._memo_size:
+                        self._learned_memo.clear()
+                    by_loc = self._learned_memo[id(found)] = {}
+                by_loc[id(loc)] = (loc, found, merged)
+                loc = merged
         if not host:
             return loc
         host = normalise_host(host)
@@ -352,6 +371,7 @@ class Locator:
         self._memo.clear()
         self._shared.clear()
         self._spread_ok.clear()
+        self._learned_memo.clear()
 
     def describe(self) -> list[str]:
         """One line per active source, in precedence order, for `explain` and logs."""
