@@ -361,14 +361,6 @@ class HostnameSource:
         fixed = self._region_domains.match(host)
         if fixed is not None:
             return self._domains[fixed]
-        return self._site_of(host)
-
-    def site_of(self, host: str) -> Evidence | None:
-        """The answer of the site code in a Zoom name alone (no domain-wide region): what a
-        resolution of this name teaches about its addresses (regionguard.learned)."""
-        return self._site_of(normalise_host(host))
-
-    def _site_of(self, host: str) -> Evidence | None:
         if host not in self._zoom_domains:  # label-wise: "evilzoom.us" is not Zoom's
             return None
         labels = host.split(".")
@@ -383,6 +375,14 @@ class HostnameSource:
             if ev is not None:
                 return ev._replace(matched=f"zoom{m.group(1)}…zc")
         return None
+
+    def site_of(self, host: str) -> Evidence | None:
+        """The answer of the site code in a Zoom name alone (not a domain-wide region): what a
+        resolution of this name teaches about its addresses (regionguard.learned)."""
+        host = normalise_host(host)
+        if self._region_domains.match(host) is not None:
+            return None
+        return self.lookup_host(host)
 
 
 __all__ = [
