@@ -112,6 +112,10 @@ class SiteCodes:
         self._source = HostnameSource(data_dir() / "site-codes.csv", zoom.domain_regions,
                                       zoom.domains, load_catalogue())
         self._memo: dict[str, Evidence | None] = {}
+        self._zoom_domains = zoom.domains
+
+    def is_zoom(self, name: str) -> bool:
+        return name in self._zoom_domains
 
     def site_of(self, name: str) -> Evidence | None:
         try:
@@ -135,10 +139,6 @@ def site_codes() -> SiteCodes:
     if _site_codes is None:
         _site_codes = SiteCodes()
     return _site_codes
-
-
-class StoreError(Exception):
-    """The store cannot be used (corrupt, unwritable): the learned source is off."""
 
 
 _SCHEMA = """
@@ -316,7 +316,8 @@ class LearnedStore:
 
     def observe_records(self, records: Iterable[tuple[str, str, str]], source: str) -> int:
         """Observe a DNS answer given as (owner, type, value) records (CNAME chains followed):
-        every name of a chain is tied to the A/AAAA addresses at its end."""
+        every name of a chain is tied to the A/AAAA addresses at its end, as long as the chain
+        stays in Zoom's domains (a site-coded name aliased to a CDN says nothing of the CDN)."""
         cname: dict[str, str] = {}
         found: dict[str, list[str]] = {}
         for owner, rdtype, value in records:
@@ -332,9 +333,9 @@ class LearnedStore:
             if self._sites.site_of(name) is None:
                 continue
             end, hops = name, 0
-            while end in cname and hops < 16:
+            while end in cname and hops < 16 and self._sites.is_zoom(end):
                 end, hops = cname[end], hops + 1
-            if end in found:
+            if end in found and self._sites.is_zoom(end):
                 total += self.observe(name, found[end], source)
         return total
 

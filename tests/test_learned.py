@@ -71,6 +71,15 @@ def test_a_site_coded_name_places_its_address_with_provenance(tmp_path):
     assert "* learned" in text and NL_NAME in text and "first seen" in text
 
 
+def test_a_dns_answer_teaches_along_zoom_chains_only():
+    store = LearnedStore.in_memory()
+    assert store.observe_records([(NL_NAME, "CNAME", "zoomam104zc.cloud.zoom.us."),
+                                  ("zoomam104zc.cloud.zoom.us", "A", A)], "dns-filter upstream") == 2
+    assert store.observe_records([(US_NAME, "CNAME", "edge.cdn-example.net."),
+                                  ("edge.cdn-example.net", "A", D)], "dns-filter upstream") == 0
+    assert {s.address for s in store.sightings()} == {A}   # both names of the chain, one address
+
+
 def test_the_engine_without_a_store_is_unchanged(tmp_path):
     store = LearnedStore.in_memory()
     store.observe(NL_NAME, [A], "capture test.pcap")
