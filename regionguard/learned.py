@@ -113,6 +113,7 @@ class SiteCodes:
                                       zoom.domains, load_catalogue())
         self._memo: dict[str, Evidence | None] = {}
         self._zoom_domains = zoom.domains
+        self._site_labels = self._source.site_labels()
 
     def is_zoom(self, name: str) -> bool:
         return name in self._zoom_domains
@@ -122,6 +123,11 @@ class SiteCodes:
             return self._memo[name]
         except KeyError:
             pass
+        lower = name.lower()
+        # A site code is a whole label or sits in a first label `zoom<code>…`: most names have
+        # neither, and are turned away without the hostname source's full parse.
+        if not lower.startswith("zoom") and self._site_labels.isdisjoint(lower.split(".")[1:]):
+            return None
         ev = self._source.site_of(name)
         if ev is not None and (ev.confidence < MIN_SITE_CONFIDENCE or not ev.places):
             ev = None
@@ -345,12 +351,14 @@ class LearnedStore:
         if self.problem is not None:
             return 0
         site_of = self._sites.site_of
-        answers = [r for r in records if r.section == 0]
-        if not any(site_of(r.owner) is not None
-                   or (r.rdtype == 5 and site_of(r.value) is not None) for r in answers):
+        for r in records:   # most answers hold no site-coded name: site_of turns them away fast
+            if r.section == 0 and (site_of(r.owner) is not None
+                                   or (r.rdtype == 5 and site_of(r.value) is not None)):
+                break
+        else:
             return 0
         return self.observe_records([(r.owner, _RDTYPES.get(r.rdtype, ""), r.value)
-                                     for r in answers], source)
+                                     for r in records if r.section == 0], source)
 
     def observe_message(self, response, source: str) -> int:  # a dns.message.Message
         """Observe a parsed DNS answer (dnspython)."""
