@@ -208,6 +208,7 @@ class LearnedStore:
         self._resettle = False
         self._data_version = 0
         self._synced = 0.0
+        self._newest = 0.0   # in memory: the newest sighting's time (see _now)
         if path is not None:
             try:
                 rows = self._open_db()
@@ -234,8 +235,17 @@ class LearnedStore:
     @classmethod
     def in_memory(cls, *, ttl_days: float = DEFAULT_TTL_DAYS,
                   max_entries: int = DEFAULT_MAX_ENTRIES) -> LearnedStore:
-        """A store that lives as long as this object (replay, tests)."""
+        """A store that lives as long as this object (replay, tests). Ages count from its newest
+        sighting (`observe(..., when=)`), not from the wall clock: a capture replayed a year
+        later learns what it would have learned live."""
         return cls(None, ttl_days=ttl_days, max_entries=max_entries)
+
+    def _now(self) -> float:
+        """The time ages are measured from: the clock; for an in-memory store (replay), its
+        newest sighting, so a capture made long ago is judged by its own time."""
+        if self.path is None and self._newest:
+            return self._newest
+        return self.clock()
 
     @property
     def enabled(self) -> bool:
@@ -283,7 +293,9 @@ class LearnedStore:
         if self._sites.site_of(name) is None:
             return 0
         now = self.clock() if when is None else float(when)
-        if now < self.clock() - self.ttl_days * _DAY:
+        if self.path is None and now > self._newest:
+            self._newest = now
+        if now < self._now() - self.ttl_days * _DAY:
             return 0   # already expired: remembering it would only be evicted again
         recorded = 0
         changed: set[str] = set()
@@ -493,7 +505,7 @@ class LearnedStore:
 
     def expire(self, now: float | None = None) -> int:
         """Forget sightings older than the TTL; returns how many."""
-        now = self.clock() if now is None else now
+        now = self._now() if now is None else now
         limit = now - self.ttl_days * _DAY
         with self._lock:
             old = [s for names in self._by_address.values() for s in names.values()

@@ -163,6 +163,16 @@ def test_sightings_expire(tmp_path):
     assert d["addresses"][0]["decision"]["rule"] == "unknown-region"
 
 
+def test_an_in_memory_store_judges_age_by_its_own_newest_sighting():
+    """Replay: a capture from last year still teaches; its own old sightings still expire."""
+    store = LearnedStore.in_memory(ttl_days=30)
+    year_ago = time.time() - 365 * DAY
+    assert store.observe(NL_NAME, [A], "capture old.pcap", when=year_ago) == 1
+    assert store.observe(US_NAME, [D], "capture old.pcap", when=year_ago - 40 * DAY) == 0
+    engine = Engine(load_policy(CONFIG / "policy.yaml"), learned=store)
+    assert engine.decide(None, None, A, 8801, "udp").region == "NL"
+
+
 def test_learned_ttl_days_is_checked():
     r = subprocess.run([str(BIN / "regionguard"), "validate", "/dev/stdin"],
                        input="version: 1\nevidence: {learned_ttl_days: -3}\n",
