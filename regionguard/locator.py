@@ -328,6 +328,8 @@ class Locator:
                     if len(self._learned_memo) >= self._memo_size:
                         self._learned_memo.clear()
                     by_loc = self._learned_memo[id(found)] = {}
+                elif len(by_loc) >= 256:   # Locations made afresh per lookup (no interning)
+                    by_loc.clear()
                 by_loc[id(loc)] = (loc, found, merged)
                 loc = merged
         if not host:
