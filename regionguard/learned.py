@@ -56,7 +56,6 @@ DEFAULT_MAX_ENTRIES = 100_000
 POLL_SECONDS = 0.5         # how often writes are flushed and other processes' writes noticed
 DB_NAME = "learned.sqlite3"
 
-_V4_BASE = 0xFFFF_0000_0000
 _DAY = 86400.0
 
 
