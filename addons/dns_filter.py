@@ -193,6 +193,9 @@ class DnsFilter:
         response = dns.message.from_wire(flow.response.packed)
         peer = getattr(flow.client_conn, "peername", None)
         client = peer[0] if peer else None
+        learned = flt.engine.learned
+        if learned is not None:   # the answer mitmproxy's upstream gave, before it is filtered
+            learned.observe_message(response, "dns-filter upstream (mitmproxy dns mode)")
         result = flt.filter(client, query, response)
         message = result.message
         if result.outcome == "reroute":

@@ -52,6 +52,7 @@ from regionguard.audit import AuditLog, timestamp  # noqa: E402
 from regionguard.decision import Action, Decision  # noqa: E402
 from regionguard.enforce import Enforcer, Verdict, plain_address  # noqa: E402
 from regionguard.errors import ConfigError  # noqa: E402
+from regionguard.learned import open_state  # noqa: E402
 from regionguard.pac import pac_text  # noqa: E402
 from regionguard.prefixes import is_address  # noqa: E402
 from regionguard.proxyoptions import OPTIONS, PREFIX, OptionProblem, check_values, parse_value  # noqa: E402
@@ -194,6 +195,7 @@ class RegionGuard:
         self.configured_once = False
         self._refused: dict[str, tuple[float, int]] = {}   # address → (last reported, since)
         self._guard = ZoomGuard()   # replaced by the one in mitmproxy's chain in load()
+        self._learned: Any = None   # the LearnedStore; False: learning is off
 
     # --- options ------------------------------------------------------------------------------
 
@@ -253,10 +255,15 @@ class RegionGuard:
         problems = check_values({o.name: getattr(opts, o.name) for o in OPTIONS})
         if problems:
             raise exceptions.OptionsError("\n".join(problems))
-        if "regionguard_policy" in updated or self.holder is None:
+        if "regionguard_policy" in updated or "regionguard_state_dir" in updated \
+                or self.holder is None:
             path = Path(opts.regionguard_policy) if opts.regionguard_policy else default_policy_path()
+            if self._learned is None or "regionguard_state_dir" in updated:
+                if self._learned not in (None, False):
+                    self._learned.close()
+                self._learned = open_state(opts.regionguard_state_dir or None) or False
             try:
-                holder = EngineHolder(path)
+                holder = EngineHolder(path, self._learned or None)
             except ConfigError as e:
                 raise exceptions.OptionsError(f"regionguard_policy: invalid policy:\n{e}") from None
             except OSError as e:
@@ -328,6 +335,8 @@ class RegionGuard:
             self._reload_task.cancel()
             self._reload_task = None
         self.audit.close()
+        if self._learned:
+            self._learned.close()   # writes what is still pending
 
     async def _reload_loop(self) -> None:
         while True:

@@ -69,13 +69,18 @@ def _exchanges(n: int, de: str, us: str) -> tuple[list[bytes], list[bytes]]:
     return queries, answers
 
 
-async def run(n: int, audit: Path | None, profile: bool) -> float:
+async def run(n: int, audit: Path | None, profile: bool, learned: bool = False) -> float:
     de, us = zone_addresses()
     with tempfile.TemporaryDirectory(prefix="bench-miss-") as tmp:
         policy = Path(tmp) / "policy.yaml"
         policy.write_text("version: 1\naccount: {type: paid, default_region: DE}\n"
                           "regions: {opt_in: [Europe]}\n")
-        server = DnsServer(EngineHolder(policy), Config(("127.0.0.1", 0), (UPSTREAM,), 3.0,
+        store = None
+        if learned:   # as `regionguard dns` runs by default: upstream answers are observed
+            from regionguard.learned import LearnedStore
+
+            store = LearnedStore.open(Path(tmp) / "state")
+        server = DnsServer(EngineHolder(policy, store), Config(("127.0.0.1", 0), (UPSTREAM,), 3.0,
                                                         64 << 20, str(audit) if audit else None))
         front, clients = _ServerProtocol(server), _KeptTransport()
         front.transport = clients
@@ -99,6 +104,8 @@ async def run(n: int, audit: Path | None, profile: bool) -> float:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         server.audit.close()
+        if store is not None:
+            store.close()
         last = dns.message.from_wire(clients.sent[-1])
         got = [rd.address for rrset in last.answer for rd in rrset]
         if len(clients.sent) != n or got != [de]:
@@ -112,14 +119,17 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100_000, help="misses (each a new name)")
     parser.add_argument("--audit", action="store_true", help="write the audit log as well")
     parser.add_argument("--profile", action="store_true", help="cProfile it (slower: for shares)")
+    parser.add_argument("--learned", action="store_true",
+                        help="with a learned evidence store (regionguard dns's default)")
     args = parser.parse_args()
     if args.n < 1:
         parser.error(f"--n {args.n}: give a number of misses of 1 or more, e.g. --n 100000")
     with tempfile.TemporaryDirectory(prefix="bench-miss-audit-") as tmp:
         audit = Path(tmp) / "audit.jsonl" if args.audit else None
-        per_miss = asyncio.run(run(args.n, audit, args.profile))
+        per_miss = asyncio.run(run(args.n, audit, args.profile, args.learned))
     print(f"bench_dns_miss_path: {per_miss * 1e6:.1f} us of Python per miss over {args.n} misses"
-          f"{' with the audit log' if args.audit else ''} ({sys.implementation.name} "
+          f"{' with the audit log' if args.audit else ''}"
+          f"{' with a learned store' if args.learned else ''} ({sys.implementation.name} "
           f"{sys.version.split()[0]})")
     return 0
 

@@ -57,15 +57,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200_000, help="lookups per measurement (bounded)")
     ap.add_argument("--policy", default=str(default_policy_path()))
+    ap.add_argument("--learned", type=int, default=0, metavar="N",
+                    help="also give the engine an in-memory learned store holding N of the "
+                    "sampled addresses (regionguard/learned.py); 0: no store, as by default")
     args = ap.parse_args()
     n = min(args.n, 2_000_000)
 
     t0 = time.perf_counter()
     engine = Engine(load_policy(args.policy))
     load_s = time.perf_counter() - t0
-    loc = engine.locator
     rnd = random.Random(8805)
     addrs = sample_addresses(n, rnd, engine)
+    if args.learned:
+        from regionguard.learned import LearnedStore
+
+        store = LearnedStore.in_memory(max_entries=max(args.learned, 1))
+        for a in rnd.sample(addrs, min(args.learned, len(addrs))):
+            store.observe(f"zoomam{rnd.randint(1, 999)}zc.zoom.us", [a], "bench")
+        engine = Engine(engine.policy, learned=store)
+        print(f"  {store.describe()}")
+    loc = engine.locator
 
     uncached = per_call_ns(lambda a: loc._locate(a, None), addrs)
     loc.clear_memo()

@@ -30,6 +30,7 @@ from typing import Any
 
 from .evidence import Location
 from .hostnames import normalise_host
+from .learned import LearnedStore
 from .locator import Locator
 from .policy import CHINA, Policy, Rules, load_policy
 from .zoom import Classification, ZoomCatalogue
@@ -115,17 +116,26 @@ class Engine:
     """A policy, the locator over its evidence, and Zoom's catalogue: everything `decide` needs."""
 
     def __init__(self, policy: Policy, locator: Locator | None = None,
-                 zoom: ZoomCatalogue | None = None) -> None:
+                 zoom: ZoomCatalogue | None = None, *, learned: LearnedStore | None = None) -> None:
         self.policy = policy
         self.zoom = zoom or ZoomCatalogue.load()
-        self.locator = locator or Locator.for_policy(policy, self.zoom)
+        # `learned`: what regionguard's own resolutions taught (regionguard/learned.py). The
+        # front ends observe into it; the locator reads it. None: the source is off.
+        self.learned = learned
+        if learned is not None and policy.evidence.learned_ttl_days is not None:
+            learned.set_ttl(policy.evidence.learned_ttl_days)
+        self.locator = locator or Locator.for_policy(policy, self.zoom, learned=learned)
         self._memo: dict[tuple, Decision] = {}
         self._memo_get = self._memo.get
         self._memo_size = 50_000
+        if learned is not None:
+            # A new sighting can change any decision about its address (or block): forget
+            # them when the locator forgets its own.
+            self.locator.also_forget(self._memo.clear)
 
     @classmethod
-    def from_policy_file(cls, path: str | Path) -> Engine:
-        return cls(load_policy(path))
+    def from_policy_file(cls, path: str | Path, *, learned: LearnedStore | None = None) -> Engine:
+        return cls(load_policy(path), learned=learned)
 
     # --- the decision ----------------------------------------------------------------------
 

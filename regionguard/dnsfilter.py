@@ -149,6 +149,9 @@ class AnswerFilter:
         self._fact_ids: dict[tuple, int] = {}
         self._cache_on = True
         self._checked = 0
+        # Learned evidence (regionguard/learned.py) can change any address's decision.
+        if engine.learned is not None:
+            engine.locator.also_forget(self._decisions.clear)
 
     # --- decisions ----------------------------------------------------------------------------
 

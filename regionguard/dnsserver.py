@@ -60,6 +60,7 @@ from .dnscache import (
 )
 from .dnsfilter import AnswerFilter, FilterResult, cache_ttl
 from .errors import ConfigError, Problem
+from .learned import add_state_dir_argument, open_state
 from .policy import parse_hostport
 from .reload import EngineHolder
 
@@ -664,6 +665,8 @@ class DnsServer:
         self.address: tuple[str, int] | None = None
         self.stats = {"queries": 0, "formerr": 0, "servfail": 0, "upstream_queries": 0,
                       "refused": 0}
+        self.learned_source = "dns-filter upstream " + ", ".join(
+            f"{h}:{p}" for h, p in config.upstreams)
 
     # --- lifecycle ---
 
@@ -830,6 +833,9 @@ class DnsServer:
         scan = scan_response(data)
         if scan is None:
             return "parse"
+        learned = self.engine.learned
+        if learned is not None:   # before the filter: the answer may place itself
+            learned.observe_scan(scan.records, self.learned_source)
         name = scan.qname   # the upstream's echo of our question: checked equal (case aside)
         result = self.filter.filter_scan(client, name, qtype, scan)
         if result is None:
@@ -1085,6 +1091,9 @@ class DnsServer:
         """Filter a parsed response (block, reroute, HTTPS hints...), audit, cache under `key`;
         the wire relative to `uq`."""
         name, rdtype = wire_name(key[1]), key[2]
+        learned = self.engine.learned
+        if learned is not None:
+            learned.observe_message(response, self.learned_source)
         flt = self.filter
         result = flt.filter(client, uq, response)
         message = result.message if result.message is not None else response   # filtered in place
@@ -1376,13 +1385,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-uvloop", action="store_true",
                    help="use asyncio's own event loop even when uvloop is installed")
     p.add_argument("--verbose", "-v", action="store_true")
+    add_state_dir_argument(p)
     p.set_defaults(func=cmd_dns)
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
-    holder = EngineHolder(policy_path(args))
+    learned = open_state(args.state_dir)   # upstream answers teach it; the proxy reads it too
+    holder = EngineHolder(policy_path(args), learned)
     config = build_config(args, holder)
     loop_factory = None
     if not args.no_uvloop:
@@ -1399,6 +1410,9 @@ def cmd_dns(args: argparse.Namespace) -> int:
               f"{e.strerror or e}\n    fix: choose a free port with --listen HOST:PORT "
               "(ports below 1024 need root)", file=sys.stderr)
         return EXIT_LISTEN
+    finally:
+        if learned is not None:
+            learned.close()
 
 
 def open_resolver_warning(host: str, restricted: bool) -> str | None:

@@ -84,7 +84,7 @@ class Enforcer:
 
     def __init__(self, engine: Engine, resolver: NameResolver | None = None) -> None:
         self.engine = engine
-        self.resolver = resolver or NameResolver(engine.policy.resolver)
+        self.resolver = resolver or NameResolver(engine.policy.resolver, engine.learned)
 
     async def verdict(self, client: str | None, host: str | None, address: str | None, port: int,
                       transport: str = "tcp") -> Verdict:

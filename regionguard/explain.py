@@ -17,6 +17,7 @@ from .cli import (
 )
 from .decision import Action, Decision, Engine
 from .errors import ConfigError, Problem
+from .learned import LearnedStore, add_state_dir_argument, open_state
 from .locator import Locator
 from .policy import ResolverSettings, load_policy, parse_hostport
 from .prefixes import is_address
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nameserver", action="append", metavar="HOST:PORT",
                    help="resolve with this server instead of the policy's (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per target per line")
+    add_state_dir_argument(p)
     p.set_defaults(func=cmd_explain)
 
     v = sub.add_parser("validate", help="check a policy file; exit 0 if valid, 2 if not")
@@ -99,7 +101,19 @@ def _address_arg(text: str) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    engine = Engine(load_policy(policy_path(args)))
+    # Read only: explain shows what was learned, and its own look-ups teach nothing.
+    learned = open_state(args.state_dir)
+    if learned is not None and learned.problem:
+        print(f"regionguard explain: {learned.describe()}", file=sys.stderr)
+    try:
+        return _explain(args, learned)
+    finally:
+        if learned is not None:
+            learned.close()
+
+
+def _explain(args: argparse.Namespace, learned: LearnedStore | None) -> int:
+    engine = Engine(load_policy(policy_path(args)), learned=learned)
     try:
         resolver = NameResolver(_resolver_settings(engine, args.nameserver))
     except UsageError as e:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import socket
 from bisect import bisect_right as _bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -25,8 +25,9 @@ from ._paths import data_dir
 from .errors import Problem
 from .evidence import Evidence, Location
 from .hostnames import normalise_host
+from .learned import SPREAD_V4, SPREAD_V6, LearnedStore, block_end, block_of
 from .policy import SOURCES, EvidenceSettings, Policy
-from .prefixes import merge
+from .prefixes import address_key, merge
 from .regions import Catalogue
 from .sources import (
     AwsSource,
@@ -49,6 +50,7 @@ _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _from_bytes = int.from_bytes
+_S4, _S6 = 32 - SPREAD_V4, 128 - SPREAD_V6   # learned.block_of's shifts, inlined below
 
 
 class AddressSource(Protocol):
@@ -85,7 +87,8 @@ _NOTHING = _Static((), None, frozenset(), None, Location(None, None, None, (), F
 class Locator:
     def __init__(self, static: Sequence[StaticSource], per_address: Sequence[AddressSource],
                  per_host: Sequence[HostSource], settings: EvidenceSettings | None = None,
-                 memo_size: int = 200_000, problems: Sequence[Problem] = ()) -> None:
+                 memo_size: int = 200_000, problems: Sequence[Problem] = (),
+                 learned: LearnedStore | None = None) -> None:
         settings = settings or EvidenceSettings()
         rank = {name: i for i, name in enumerate(settings.precedence)}
         self._rank = rank
@@ -111,13 +114,26 @@ class Locator:
         single = self.per_address[0] if len(self.per_address) == 1 else None
         self._single = single.lookup if single is not None and getattr(single, "interned", False) else None
         self._memo_size = memo_size
+        # Learned evidence (regionguard/learned.py): read from the store's in-memory snapshot;
+        # the store says when it changed, and the memos are dropped. Without a store the plain
+        # `_locate` runs, untouched.
+        self.learned = learned if learned is not None and "learned" in rank else None
+        self._spread_ok: dict[int, bool] = {}
+        # id(learned answers) → id(other answers' Location) → (that Location, the answers, merged)
+        self._learned_memo: dict[int, dict[int, tuple[Location, tuple, Location]]] = {}
+        self._also_forget: list[Callable[[], None]] = []
+        if self.learned is not None:
+            self.learned.subscribe(self._learned_changed)
+            self._locate = self._locate_learned  # type: ignore[method-assign]
 
     # --- construction ---------------------------------------------------------------------
 
     @classmethod
     def for_policy(cls, policy: Policy, zoom: ZoomCatalogue | None = None,
-                   data: Path | None = None, log_problems: bool = True) -> Locator:
-        """Every source the policy asks for, over the bundled data in `data` (config/data).
+                   data: Path | None = None, log_problems: bool = True,
+                   learned: LearnedStore | None = None) -> Locator:
+        """Every source the policy asks for, over the bundled data in `data` (config/data), and
+        what `learned` remembers of names regionguard resolved (when the policy wants `learned`).
         Problems found are logged as warnings unless the caller shows them itself."""
         data = data or data_dir()
         catalogue: Catalogue = policy.catalogue
@@ -162,7 +178,8 @@ class Locator:
                                         "pip install iptocc"))
         for p in problems if log_problems else ():
             log.warning("%s", p)
-        return cls(static, per_address, per_host, policy.evidence, problems=problems)
+        return cls(static, per_address, per_host, policy.evidence, problems=problems,
+                   learned=learned)
 
     # --- lookups ----------------------------------------------------------------------------
 
@@ -244,6 +261,9 @@ class Locator:
         loc = self._combine(static, extra, self._needs_sort)
         if not by_name:
             return loc
+        return self._with_names(loc, by_name)
+
+    def _with_names(self, loc: Location, by_name: list[Evidence]) -> Location:
         # The address decides (decision rule 5): answers about the name are shown and can make a
         # conflict, but never place an address that no address source places, so a fronted SNI
         # cannot carry a connection to an unplaced or disallowed address.
@@ -267,9 +287,93 @@ class Locator:
         chosen, regions, zoom = self._conclude(evidence)
         return _location(evidence, chosen, regions, zoom)
 
+    # --- learned evidence ---------------------------------------------------------------------
+
+    def _locate_learned(self, address: str | None, host: str | None) -> Location:
+        """`_locate` plus what the learned store says about the address. Names a client gives
+        (`host`) only add hostname evidence, as always: they never teach the store."""
+        if address is None:
+            return Locator._locate(self, None, host)
+        loc = Locator._locate(self, address, None)
+        store = self.learned
+        key = None
+        if store is not None and (store.exact or store.spread):   # nothing learned: no cost
+            try:
+                key = address_key(address)
+            except ValueError:
+                pass
+        found: tuple[Evidence, ...] | None = None
+        if key is not None and store is not None:
+            found = store.exact.get(key)
+            if found is None and store.spread:
+                # block_of(key)[0], inlined: no tuple per lookup (allocations wake the collector)
+                spread = store.spread.get(key >> _S4 << _S4 if key >> 32 == 0xFFFF
+                                          else key >> _S6 << _S6)
+                if spread is not None and self._may_spread(key, spread[0], loc):
+                    found = spread
+        if found:
+            # Addresses with the same other answers (often one interned Location) and the same
+            # learned answers (objects the store keeps until they change) share one result.
+            # Both are kept in the entry, so their ids cannot be reused while it lives.
+            by_loc = self._learned_memo.get(id(found))
+            hit = by_loc.get(id(loc)) if by_loc is not None else None
+            if hit is not None and hit[0] is loc and hit[1] is found:
+                loc = hit[2]
+            else:
+                rank = self._rank
+                evidence = tuple(sorted(loc.evidence + found, key=lambda e: rank[e.source]))
+                chosen, regions, zoom = self._conclude(evidence)
+                merged = _location(evidence, chosen, regions, zoom)
+                if by_loc is None:
+                    if len(self._learned_memo) >= self._memo_size:
+                        self._learned_memo.clear()
+                    by_loc = self._learned_memo[id(found)] = {}
+                elif len(by_loc) >= 256:   # Locations made afresh per lookup (no interning)
+                    by_loc.clear()
+                by_loc[id(loc)] = (loc, found, merged)
+                loc = merged
+        if not host:
+            return loc
+        host = normalise_host(host)
+        by_name = [ev for ev in (s.lookup_host(host) for s in self.per_host) if ev is not None]
+        return self._with_names(loc, by_name) if by_name else loc
+
+    def _may_spread(self, key: int, spread: Evidence, loc: Location) -> bool:
+        """A block's learned placement reaches this address only when no other trusted source
+        disagrees, about the address or anywhere in the block."""
+        minimum = self._min_confidence
+        for ev in loc.evidence:
+            if ev.confidence >= minimum and ev.places and ev.region != spread.region:
+                return False
+        start, length = block_of(key)
+        ok = self._spread_ok.get(start)
+        if ok is None:
+            ok = True
+            end = block_end(start, length)
+            i = max(_bisect_right(self._starts, start) - 1, 0)
+            while i < len(self._starts) and self._starts[i] <= end:
+                if self._ends[i] >= start and self._values[i].regions - {spread.region}:
+                    ok = False
+                    break
+                i += 1
+            self._spread_ok[start] = ok
+        return ok
+
+    def also_forget(self, clear: Callable[[], None]) -> None:
+        """Call `clear` whenever learned evidence changes (an engine's decision memo)."""
+        if self.learned is not None:
+            self._also_forget.append(clear)
+
+    def _learned_changed(self) -> None:
+        self.clear_memo()
+        for clear in self._also_forget:
+            clear()
+
     def clear_memo(self) -> None:
         self._memo.clear()
         self._shared.clear()
+        self._spread_ok.clear()
+        self._learned_memo.clear()
 
     def describe(self) -> list[str]:
         """One line per active source, in precedence order, for `explain` and logs."""
@@ -277,6 +381,8 @@ class Locator:
         lines += [f"{s.name}: per address ({getattr(s, 'dataset', '') or getattr(s, 'path', '')})"
                   for s in self.per_address]
         lines += [f"{s.name}: per hostname" for s in self.per_host]
+        if self.learned is not None:
+            lines.append(self.learned.describe())
         return lines
 
 

@@ -33,7 +33,9 @@ ACCOUNT_TYPES = ("paid", "free")
 DISALLOWED_ACTIONS = ("block", "reroute", "monitor")
 UNKNOWN_ACTIONS = ("block", "allow", "monitor")
 CONFLICT_MODES = ("precedence", "strict")
-SOURCES = ("override", "zoom-dc", "cloud", "geofeed", "geoip", "hostname", "fallback")
+# `learned` (names regionguard resolved itself, regionguard/learned.py) ranks by its confidence,
+# 0.75: below the operators' own range data (zoom-dc, cloud 0.9, geofeed 0.8), above GeoIP.
+SOURCES = ("override", "zoom-dc", "cloud", "geofeed", "learned", "geoip", "hostname", "fallback")
 SERVICES = ("web", "meeting", "tunnel", "crc", "cdn", "phone")
 BLOCK_ANSWERS = ("nxdomain", "nodata", "refused", "zero")
 CHINA = "CN"
@@ -47,7 +49,7 @@ _KEYS = {
     "actions": ("disallowed", "unknown", "exempt_services"),
     "override": ("match", "region", "country", "zoom", "note"),
     "group": ("name", "clients", "client", "regions", "actions"),
-    "evidence": ("precedence", "conflicts", "min_confidence"),
+    "evidence": ("precedence", "conflicts", "min_confidence", "learned_ttl_days"),
     "data": ("geoip", "geofeeds", "datacenters", "cloud"),
     "resolver": ("nameservers", "hosts", "timeout"),
     "reroute": ("match", "to"),
@@ -84,6 +86,7 @@ class EvidenceSettings:
     precedence: tuple[str, ...] = SOURCES
     conflicts: str = "precedence"
     min_confidence: float = 0.5
+    learned_ttl_days: float | None = None   # None: the learned store's own (30 days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,7 +551,14 @@ class _Checker:
             self.error(("evidence", "min_confidence"), f"{min_conf!r} is not a number from 0 to 1",
                        "write e.g. min_confidence: 0.5")
             min_conf = 0.5
-        return EvidenceSettings(precedence, conflicts, float(min_conf))
+        ttl = ev.get("learned_ttl_days")
+        if ttl is not None and (not _is_number(ttl) or not 0 < ttl <= 3650):
+            self.error(("evidence", "learned_ttl_days"),
+                       f"{ttl!r} is not a number of days from above 0 to 3650",
+                       "write e.g. learned_ttl_days: 30")
+            ttl = None
+        return EvidenceSettings(precedence, conflicts, float(min_conf),
+                                None if ttl is None else float(ttl))
 
     def path_list(self, raw: Any, path: tuple, what: str) -> tuple[Path, ...]:
         out = []

@@ -103,6 +103,9 @@ OPTIONS: tuple[ProxyOption, ...] = (
     ProxyOption("regionguard_pac_proxy", str, "",
                 "HOST:PORT the PAC file names (default: the address the client reached).",
                 _check_pac_proxy),
+    ProxyOption("regionguard_state_dir", str, "",
+                "Where learned evidence (site-coded Zoom names the proxy resolved, and the DNS "
+                "filter's) is kept (default: $XDG_STATE_HOME/regionguard; 'off': learn nothing)."),
 )
 BY_NAME: dict[str, ProxyOption] = {o.name: o for o in OPTIONS}
 

@@ -14,16 +14,18 @@ from pathlib import Path
 
 from .decision import Engine
 from .errors import ConfigError
+from .learned import LearnedStore
 from .policy import load_policy
 
 log = logging.getLogger(__name__)
 
 
 class EngineHolder:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, learned: LearnedStore | None = None) -> None:
         self.path = Path(path)
+        self.learned = learned   # learned evidence, shared by every engine this holder makes
         self._stamp = self._stat()
-        self.engine = Engine(load_policy(self.path))  # the first load must succeed
+        self.engine = Engine(load_policy(self.path), learned=learned)  # the first load must succeed
         self.last_error: ConfigError | None = None
 
     def _stat(self) -> tuple[int, int] | None:
@@ -47,7 +49,7 @@ class EngineHolder:
 
     def reload(self) -> ConfigError | None:
         try:
-            engine = Engine(load_policy(self.path))
+            engine = Engine(load_policy(self.path), learned=self.learned)
         except ConfigError as e:
             return self._keep(e)
         except OSError as e:

@@ -2,6 +2,10 @@
 
 The policy's `resolver:` section picks the name servers (`host:port`; the system's by default)
 and static `hosts` for labs and tests. Sync for the CLI, async for the mitmproxy addon.
+
+With a LearnedStore, every answer a name server gave is observed (regionguard/learned.py): this
+is regionguard's own resolution, so a site-coded Zoom name in it places the addresses it maps
+to. The policy's static `hosts` and literal addresses teach nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import dns.resolver
 import dns.rrset
 
 from .hostnames import normalise_host
+from .learned import LearnedStore
 from .policy import ResolverSettings
 from .prefixes import is_address
 
@@ -45,8 +50,12 @@ def _configure(resolver: dns.resolver.Resolver, settings: ResolverSettings) -> N
 
 
 class NameResolver:
-    def __init__(self, settings: ResolverSettings) -> None:
+    def __init__(self, settings: ResolverSettings, learned: LearnedStore | None = None,
+                 source: str = "proxy resolver") -> None:
         self.settings = settings
+        self.learned = learned
+        servers = ", ".join(f"{h}:{p}" for h, p in settings.nameservers) or "system resolver"
+        self.source = f"{source} ({servers})"
         configure = not settings.nameservers
         try:
             self._sync = dns.resolver.Resolver(configure=configure)
@@ -76,6 +85,7 @@ class NameResolver:
                 outcomes.append(self._sync.resolve(name, rdtype, search=False))
             except dns.exception.DNSException as e:
                 outcomes.append(e)
+        self._observe(outcomes)
         return _answer(name, outcomes)
 
     async def aresolve(self, name: str) -> Answer:
@@ -86,7 +96,20 @@ class NameResolver:
         outcomes = await asyncio.gather(
             *(self._async.resolve(name, rdtype, search=False) for rdtype in ADDRESS_TYPES),
             return_exceptions=True)
+        self._observe(outcomes)
         return _answer(name, outcomes)
+
+    def _observe(self, outcomes: Iterable[object]) -> None:
+        """Teach the learned store what the name servers answered (names with a site code)."""
+        learned = self.learned
+        if learned is None:
+            return
+        records = [(rrset.name.to_text(omit_final_dot=True), dns.rdatatype.to_text(rrset.rdtype),
+                    rd.to_text())
+                   for outcome in outcomes if isinstance(outcome, dns.resolver.Answer)
+                   for rrset in outcome.response.answer for rd in rrset]
+        if records:
+            learned.observe_records(records, self.source)
 
     async def aquery(self, name: str, rdtype: int) -> dns.message.Message | None:
         """The answer message for (name, rdtype), as a DNS front end relays it: from the static

@@ -33,6 +33,7 @@ import yaml
 from ._paths import default_policy_path
 from .cli import EXIT_CONFIG
 from .errors import ConfigError
+from .learned import add_state_dir_argument
 from .pac import register_pac
 from .policy import load_policy, parse_hostport
 from .prefixes import is_address
@@ -56,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dns", metavar="HOST:PORT", default=None,
                    help="also run the filtering DNS server (`regionguard dns`) on HOST:PORT "
                    "beside the proxy, stopped with it")
+    add_state_dir_argument(p)
     p.set_defaults(func=cmd_run, accepts_extra=True)
     register_pac(sub)
 
@@ -126,6 +128,7 @@ def checked_options(args: argparse.Namespace, extra: list[str]) -> tuple[Path, d
         raise RunOptionError("\n".join(problems))
     given_policy = ("regionguard_policy" in values or "regionguard_policy" in in_file)
     given_audit = ("regionguard_audit" in values or "regionguard_audit" in in_file)
+    given_state = ("regionguard_state_dir" in values or "regionguard_state_dir" in in_file)
     values = {**in_file, **values}
     for script in scripts:
         if Path(script).expanduser().resolve() == ADDON:
@@ -137,6 +140,9 @@ def checked_options(args: argparse.Namespace, extra: list[str]) -> tuple[Path, d
     if args.audit is not None and given_audit:
         raise RunOptionError("the audit log is given twice (--audit and --set regionguard_audit); "
                              "give it once, with --audit FILE")
+    if getattr(args, "state_dir", None) is not None and given_state:
+        raise RunOptionError("the state directory is given twice (--state-dir and --set "
+                             "regionguard_state_dir); give it once, with --state-dir DIR")
     if args.policy is not None:
         policy = Path(args.policy).resolve()
     elif values.get("regionguard_policy"):
@@ -183,6 +189,9 @@ def mitmdump_args(args: argparse.Namespace, extra: list[str], policy: Path,
         argv += ["--set", f"regionguard_policy={policy}"]
     if args.audit:
         argv += ["--set", f"regionguard_audit={Path(args.audit).resolve()}"]
+    state_dir = getattr(args, "state_dir", None)
+    if state_dir:
+        argv += ["--set", f"regionguard_state_dir={_state_dir_value(state_dir)}"]
     if not _gives(extra, "--listen-host"):
         argv += ["--listen-host", "127.0.0.1"]
     return argv + list(extra)
@@ -245,12 +254,17 @@ def run_mitmdump(argv: list[str], policy: Path) -> int | str | None:
     return None
 
 
+def _state_dir_value(state_dir: str) -> str:
+    return state_dir if state_dir.strip().lower() == "off" else str(Path(state_dir).resolve())
+
+
 class DnsStartError(Exception):
     """The DNS child could not be started; the message says why and what to do."""
 
 
 def start_dns(policy: Path, nameservers: tuple[tuple[str, int], ...], listen: str,
-              audit: str | None = None, timeout: float = 15.0) -> subprocess.Popen:
+              audit: str | None = None, timeout: float = 15.0,
+              state_dir: str | None = None) -> subprocess.Popen:
     """Start `regionguard dns` beside the proxy and wait until it accepts TCP on its address, so
     the proxy never runs with a DNS server that died at start-up. `nameservers`: the policy's
     resolver name servers (the policy is already loaded)."""
@@ -265,6 +279,8 @@ def start_dns(policy: Path, nameservers: tuple[tuple[str, int], ...], listen: st
     if audit:  # its own file: two processes must not rotate one log
         path = Path(audit).resolve()
         cmd += ["--audit", str(path.with_name(path.stem + ".dns" + path.suffix))]
+    if state_dir:   # the same learned evidence as the proxy
+        cmd += ["--state-dir", _state_dir_value(state_dir)]
     # The proxy resolves through the policy's name servers; when that is this very server, the
     # DNS child forwards to the system's resolvers instead of to itself.
     if not nameservers or hostport in nameservers:
@@ -316,8 +332,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"regionguard run: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        child = (start_dns(policy, loaded.resolver.nameservers, args.dns, args.audit)
-                 if args.dns else None)
+        child = (start_dns(policy, loaded.resolver.nameservers, args.dns, args.audit,
+                           state_dir=args.state_dir) if args.dns else None)
     except DnsStartError as e:
         print(f"regionguard run: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -380,6 +380,18 @@ class HostnameSource:
                 return ev._replace(matched=f"zoom{m.group(1)}…zc")
         return None
 
+    def site_labels(self) -> frozenset[str]:
+        """The site codes that are whole labels (`HOST.SITE.zoom.us`)."""
+        return frozenset(self._subdomain)
+
+    def site_of(self, host: str) -> Evidence | None:
+        """The answer of the site code in a Zoom name alone (not a domain-wide region): what a
+        resolution of this name teaches about its addresses (regionguard.learned)."""
+        host = normalise_host(host)
+        if self._region_domains.match(host) is not None:
+            return None
+        return self.lookup_host(host)
+
 
 __all__ = [
     "AwsSource", "CloudLocations", "CountryFallbackSource", "GeofeedSource", "GeoIPSource",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -13,6 +14,19 @@ from tests.ports import free_port  # noqa: F401 - the tests import it from here
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
 BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_home(tmp_path_factory):
+    """Learned evidence (regionguard/learned.py) is kept under $XDG_STATE_HOME by default: the
+    processes the tests start use a private one, never the user's."""
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
 
 
 @pytest.fixture
