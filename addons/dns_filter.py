@@ -6,14 +6,18 @@ WireGuard, local and DNS modes, gets the same filtering as `regionguard dns`.
 (addons/regionguard.py includes this addon; with it, the `regionguard_policy` and audit options
 are the proxy addon's.) The filtering itself is regionguard.dnsfilter, shared with the server.
 - `dns_request`: with no usable policy, a query for a Zoom name is refused (fail closed);
-- `dns_response`: the answer is filtered for the asking client (its group by source address);
-  a `reroute` is resolved with the policy's resolver and answered with the allowed addresses.
+- `dns_response`: the answer is filtered for the asking client (its group by source address):
+  every address in every section, whatever the rcode; a `reroute` is resolved with the policy's
+  resolver and answered with the allowed addresses. What is filtered is the message mitmproxy
+  will send (`flow.response.packed`), as dnspython reads it; a message dnspython cannot read
+  gets SERVFAIL unless its bytes are proven to carry no Zoom name or address (ZoomBytes).
 Every hook is wrapped: an internal error turns a Zoom answer into SERVFAIL, never lets it through.
 """
 
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import logging
 import sys
 import time
@@ -47,7 +51,7 @@ _import_package()
 
 from regionguard._paths import default_policy_path  # noqa: E402
 from regionguard.audit import AuditLog  # noqa: E402
-from regionguard.dnsfilter import AnswerFilter, FilterResult  # noqa: E402
+from regionguard.dnsfilter import AnswerFilter, FilterResult, ZoomBytes  # noqa: E402
 from regionguard.errors import ConfigError  # noqa: E402
 from regionguard.reload import EngineHolder  # noqa: E402
 from regionguard.resolve import NameResolver  # noqa: E402
@@ -142,25 +146,46 @@ class DnsFilter:
         return audit if isinstance(audit, AuditLog) else self._own_audit
 
     def _points_at_zoom(self, flow: Any) -> bool:
-        """For the fail-closed paths: does the question, a CNAME or an answer address of this
-        flow point at Zoom (by domain, published range, or the policy's `zoom: true`)? Garbage
-        counts as Zoom's: nothing proves it is not."""
+        """For the fail-closed paths: might this flow carry a Zoom name or address (by domain,
+        published range, or the policy's `zoom: true`)? Read as mitmproxy reads it: the
+        question, and every record of every section: its owner, a CNAME/DNAME target, an A or
+        AAAA address (embedded IPv4 included); an address record or HTTPS/SVCB record that
+        cannot be read counts unless its bytes are proven to hold nothing of Zoom's
+        (ZoomBytes). Anything unreadable beyond that counts as Zoom's."""
         flt = self._filter
         is_zoom = flt.engine.is_zoom if flt is not None else _catalogue_is_zoom
+        proof = flt.zoom_bytes if flt is not None else _catalogue_bytes()
         try:
-            names = [str(q.name) for q in flow.request.questions]
-            addresses: list[str] = []
-            if flow.response is not None:
-                for rr in [*flow.response.answers, *flow.response.additionals]:
-                    if rr.type in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                        addresses.append(str(rr.ipv4_address if rr.type == dns.rdatatype.A
-                                             else rr.ipv6_address))
-                    elif rr.type == dns.rdatatype.CNAME:
-                        names.append(rr.domain_name)
+            if any(is_zoom(host=str(q.name)) for q in flow.request.questions):
+                return True
+            if flow.response is None:
+                return False
+            response = flow.response
+            for rr in [*response.answers, *response.authorities, *response.additionals]:
+                if is_zoom(host=rr.name):
+                    return True
+                kind, data = rr.type, rr.data
+                if kind in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                    if len(data) == (4 if kind == dns.rdatatype.A else 16):
+                        if is_zoom(address=str(ipaddress.ip_address(data))):
+                            return True
+                    elif proof.might_carry(data):
+                        return True
+                elif kind in (dns.rdatatype.HTTPS, dns.rdatatype.SVCB):
+                    if proof.might_carry(data):
+                        return True
+                elif kind in (dns.rdatatype.CNAME, dns.rdatatype.DNAME):
+                    try:
+                        target = rr.domain_name
+                    except Exception:  # noqa: BLE001 - a name that cannot be read
+                        if proof.might_carry(data):
+                            return True
+                    else:
+                        if is_zoom(host=target):
+                            return True
         except Exception:  # noqa: BLE001 - unreadable: assume the worst
             return True
-        return (any(is_zoom(host=n) for n in names)
-                or any(is_zoom(address=a) for a in addresses))
+        return False
 
     # --- hooks ----------------------------------------------------------------------------------
 
@@ -189,17 +214,34 @@ class DnsFilter:
             if self._points_at_zoom(flow):
                 flow.response = flow.request.fail(dns.rcode.REFUSED)
             return
-        query = dns.message.from_wire(flow.request.packed)
-        response = dns.message.from_wire(flow.response.packed)
+        wire = flow.response.packed   # exactly what mitmproxy will send the client
+        try:
+            response = dns.message.from_wire(wire)
+        except Exception:  # noqa: BLE001 - dnspython raises many kinds for what it cannot read
+            if self._points_at_zoom(flow):
+                log.warning("regionguard dns: an answer that cannot be read and might be Zoom's: "
+                            "SERVFAIL")
+                flow.response = flow.request.fail(dns.rcode.SERVFAIL)
+            return
+        try:
+            query = dns.message.from_wire(flow.request.packed)
+            readable_query = True
+        except Exception:  # noqa: BLE001 - filter against the answer's question instead
+            query = dns.message.Message(id=response.id)
+            query.question = list(response.question)
+            readable_query = False
         peer = getattr(flow.client_conn, "peername", None)
         client = peer[0] if peer else None
         result = flt.filter(client, query, response)
         message = result.message
+        if result.changed and not readable_query:
+            flow.response = flow.request.fail(dns.rcode.SERVFAIL)   # nothing to rebuild it for
+            return
         if result.outcome == "reroute":
             message = await self._reroute(flt, client, query, result)
         if result.zoom:
             decision = result.audit_decision()
-            if decision is not None:
+            if decision is not None and query.question:
                 q = query.question[0]
                 self._audit().record(decision, mode="mitmproxy", front_end="dns",
                                      dns_qname=q.name.to_text(omit_final_dot=True).lower(),
@@ -228,10 +270,23 @@ class DnsFilter:
 
 
 def _catalogue_is_zoom(host: str | None = None, address: str | None = None) -> bool:
-    """Zoom's by domain or published range, when no policy (and its overrides) is in force."""
+    """Zoom's by domain or published range (embedded IPv4 included), when no policy (and its
+    overrides) is in force."""
     from regionguard.zoom import ZoomCatalogue
     zoom = ZoomCatalogue.load()
     return zoom.is_zoom_host(host) or zoom.range_of(address) is not None
+
+
+_CATALOGUE_BYTES: list[ZoomBytes] = []
+
+
+def _catalogue_bytes() -> ZoomBytes:
+    """The proof of no-Zoom by Zoom's domains and published ranges alone, for when no policy
+    (and its overrides) is in force."""
+    if not _CATALOGUE_BYTES:
+        from regionguard.zoom import ZoomCatalogue
+        _CATALOGUE_BYTES.append(ZoomBytes(ZoomCatalogue.load()))
+    return _CATALOGUE_BYTES[0]
 
 
 addons = [DnsFilter()]
