@@ -17,7 +17,6 @@ Every hook is wrapped: an internal error turns a Zoom answer into SERVFAIL, neve
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import logging
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import dns.message
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
 from mitmproxy import ctx
 from mitmproxy import dns as mdns
@@ -51,7 +51,7 @@ _import_package()
 
 from regionguard._paths import default_policy_path  # noqa: E402
 from regionguard.audit import AuditLog  # noqa: E402
-from regionguard.dnsfilter import AnswerFilter, FilterResult, ZoomBytes  # noqa: E402
+from regionguard.dnsfilter import AnswerFilter, FilterResult, ZoomBytes, addresses_of  # noqa: E402
 from regionguard.errors import ConfigError  # noqa: E402
 from regionguard.reload import EngineHolder  # noqa: E402
 from regionguard.resolve import NameResolver  # noqa: E402
@@ -147,11 +147,11 @@ class DnsFilter:
 
     def _points_at_zoom(self, flow: Any) -> bool:
         """For the fail-closed paths: might this flow carry a Zoom name or address (by domain,
-        published range, or the policy's `zoom: true`)? Read as mitmproxy reads it: the
-        question, and every record of every section: its owner, a CNAME/DNAME target, an A or
-        AAAA address (embedded IPv4 included); an address record or HTTPS/SVCB record that
-        cannot be read counts unless its bytes are proven to hold nothing of Zoom's
-        (ZoomBytes). Anything unreadable beyond that counts as Zoom's."""
+        published range, or the policy's `zoom: true`)? Read record by record as mitmproxy
+        frames it: the question; every record's owner, CNAME/DNAME target, A/AAAA address
+        (IPv4 inside IPv6 included), HTTPS/SVCB target and hints. A record dnspython cannot
+        read counts unless its bytes are proven to hold nothing of Zoom's (ZoomBytes);
+        anything else that cannot be read counts as Zoom's."""
         flt = self._filter
         is_zoom = flt.engine.is_zoom if flt is not None else _catalogue_is_zoom
         proof = flt.zoom_bytes if flt is not None else _catalogue_bytes()
@@ -162,27 +162,8 @@ class DnsFilter:
                 return False
             response = flow.response
             for rr in [*response.answers, *response.authorities, *response.additionals]:
-                if is_zoom(host=rr.name):
+                if is_zoom(host=rr.name) or _record_might_be_zoom(rr, is_zoom, proof):
                     return True
-                kind, data = rr.type, rr.data
-                if kind in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                    if len(data) == (4 if kind == dns.rdatatype.A else 16):
-                        if is_zoom(address=str(ipaddress.ip_address(data))):
-                            return True
-                    elif proof.might_carry(data):
-                        return True
-                elif kind in (dns.rdatatype.HTTPS, dns.rdatatype.SVCB):
-                    if proof.might_carry(data):
-                        return True
-                elif kind in (dns.rdatatype.CNAME, dns.rdatatype.DNAME):
-                    try:
-                        target = rr.domain_name
-                    except Exception:  # noqa: BLE001 - a name that cannot be read
-                        if proof.might_carry(data):
-                            return True
-                    else:
-                        if is_zoom(host=target):
-                            return True
         except Exception:  # noqa: BLE001 - unreadable: assume the worst
             return True
         return False
@@ -267,6 +248,24 @@ class DnsFilter:
                     return made
         result.outcome = "blocked"
         return flt.block_response(query, result.name)
+
+
+def _record_might_be_zoom(rr: Any, is_zoom: Any, proof: ZoomBytes) -> bool:
+    """One mitmproxy record (its names already decompressed): does it name or hold Zoom's?"""
+    data = rr.data
+    try:
+        rd = dns.rdata.from_wire(rr.class_, rr.type, data, 0, len(data))
+    except Exception:  # noqa: BLE001 - a record dnspython cannot read: only a proof clears it
+        return proof.might_carry(data)
+    if rr.type in (dns.rdatatype.CNAME, dns.rdatatype.DNAME, dns.rdatatype.HTTPS,
+                   dns.rdatatype.SVCB) and is_zoom(host=rd.target.to_text(omit_final_dot=True)):
+        return True
+    if rr.type in (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.HTTPS, dns.rdatatype.SVCB):
+        found = addresses_of(rd)
+        if found is None:
+            return proof.might_carry(data)
+        return any(is_zoom(address=a) for a in found)
+    return False
 
 
 def _catalogue_is_zoom(host: str | None = None, address: str | None = None) -> bool:

@@ -354,7 +354,7 @@ class AnswerFilter:
                             break
                 elif rdtype in ADDRESS_TYPES or rdtype in (HTTPS, SVCB):
                     for rd in rrset:
-                        addresses = _addresses_of(rd)
+                        addresses = addresses_of(rd)
                         if addresses is None:
                             unreadable.append(rd.to_digestable())
                             continue
@@ -496,7 +496,7 @@ class AnswerFilter:
         host = owner if name is None or self._zoom_host(owner) else name
         kept = []
         for rd in rrset:
-            addresses = _addresses_of(rd)
+            addresses = addresses_of(rd)
             if addresses is not None and all(self._allows(result, client, host, a)
                                              for a in addresses):
                 kept.append(rd)
@@ -623,7 +623,7 @@ def _rrset_like(rrset: dns.rrset.RRset, rdatas: list) -> dns.rrset.RRset | None:
     return new
 
 
-def _addresses_of(rd: Any) -> list[str] | None:
+def addresses_of(rd: Any) -> list[str] | None:
     """The addresses an A, AAAA, HTTPS or SVCB rdata hands a client (for HTTPS/SVCB: its
     hints); None when the filter cannot read it: another class's A (Chaosnet), a generic
     rdata of a wrong length, an HTTPS/SVCB of an unknown class."""

@@ -11,6 +11,7 @@ to these clients, who are outside China.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import random
 import re
@@ -439,11 +440,15 @@ def _embedded(address) -> list:
 def leaks(reply: bytes | None, disallowed: tuple[str, ...] = DISALLOWED) -> list[str]:
     """Every disallowed address a client could take from `reply`: as dnspython reads it, every
     A/AAAA (any class; one it cannot read as an address counts by its bytes), every HTTPS/SVCB
-    hint, the IPv4 inside an IPv6 address, in every section. A reply dnspython cannot parse
-    leaks if any 4 of its bytes are a disallowed IPv4 address or 16 a disallowed IPv6 one."""
+    hint, the IPv4 inside an IPv6 address, in every section. A reply dnspython cannot parse is
+    read record by record as mitmproxy frames it: a record dnspython cannot read leaks if any 4
+    of its bytes are a disallowed IPv4 address or 16 a disallowed IPv6 one; a reply nothing can
+    frame, if any of its bytes do."""
     import ipaddress
 
+    import dns.rdata
     import dns.rdtypes.svcbbase as svcb
+    from mitmproxy.dns import DNSMessage
     nets = [ipaddress.ip_network(n) for n in disallowed]
 
     def bad(address) -> bool:
@@ -457,27 +462,60 @@ def leaks(reply: bytes | None, disallowed: tuple[str, ...] = DISALLOWED) -> list
 
     if reply is None:
         return []
+    out: list[str] = []
     try:
         message = dns.message.from_wire(reply)
-    except Exception:  # noqa: BLE001 - what dnspython cannot read counts by its bytes
-        return from_bytes(reply)
-    out: list[str] = []
-    for section in (message.answer, message.authority, message.additional):
-        for rrset in section:
-            for rd in rrset:
-                if isinstance(rd, svcb.SVCBBase):
-                    for key in (svcb.ParamKey.IPV4HINT, svcb.ParamKey.IPV6HINT):
-                        param = rd.params.get(key)
-                        for a in (param.addresses if param is not None else ()):
-                            if bad(ipaddress.ip_address(a)):
-                                out.append(a)
-                elif rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                    address = getattr(rd, "address", None)
-                    if isinstance(address, str):
-                        if bad(ipaddress.ip_address(address)):
-                            out.append(address)
-                    else:
-                        out += from_bytes(rd.to_digestable())
-                elif rrset.rdtype in (dns.rdatatype.HTTPS, dns.rdatatype.SVCB):
-                    out += from_bytes(rd.to_digestable())   # an HTTPS rdata of another class
+        rdatas = [(rrset.rdtype, rd) for section in (message.answer, message.authority,
+                                                      message.additional)
+                  for rrset in section for rd in rrset]
+    except Exception:  # noqa: BLE001 - not a message for dnspython: record by record
+        try:
+            framed = DNSMessage.unpack(reply)
+        except Exception:  # noqa: BLE001 - not even framed: every byte counts
+            return from_bytes(reply)
+        rdatas = []
+        for rr in [*framed.answers, *framed.authorities, *framed.additionals]:
+            try:
+                rdatas.append((rr.type, dns.rdata.from_wire(rr.class_, rr.type, rr.data, 0,
+                                                            len(rr.data))))
+            except Exception:  # noqa: BLE001 - unreadable: its bytes count
+                out += from_bytes(rr.data)
+    for rdtype, rd in rdatas:
+        if isinstance(rd, svcb.SVCBBase):
+            for key in (svcb.ParamKey.IPV4HINT, svcb.ParamKey.IPV6HINT):
+                param = rd.params.get(key)
+                out += [a for a in (param.addresses if param is not None else ())
+                        if bad(ipaddress.ip_address(a))]
+        elif rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            address = getattr(rd, "address", None)
+            if isinstance(address, str):
+                out += [address] if bad(ipaddress.ip_address(address)) else []
+            else:
+                out += from_bytes(rd.to_digestable())   # not an IN address: its bytes count
+        elif rdtype in (dns.rdatatype.HTTPS, dns.rdatatype.SVCB):
+            out += from_bytes(rd.to_digestable())   # an HTTPS rdata of another class
     return out
+
+
+@contextlib.contextmanager
+def both_front_ends(tmp: Path, policy_text: str = POLICY):
+    """The test upstream and, in front of it, both DNS front ends under one policy: yields
+    (zone, {"dns": port of `regionguard dns`, "mitmproxy": port of mitmdump in reverse DNS
+    mode with addons/regionguard.py}). Fails if mitmdump logged a traceback through our code
+    (mitmproxy's own strip_dns_https_records addon logs one for a malformed HTTPS record)."""
+    zone = ZoneServer()
+    policy = tmp / "policy.yaml"
+    policy.write_text(policy_text)
+    server = mitm = None
+    try:
+        server = DnsProcess(policy, [zone.address])
+        mitm = MitmDns("regionguard.py", zone.port, policy)
+        yield zone, {"dns": server.port, "mitmproxy": mitm.port}
+    finally:
+        out = mitm.close() if mitm is not None else ""
+        if server is not None:
+            server.close()
+        zone.close()
+    ours = [line for line in out.splitlines() if line.strip().startswith('File "')
+            and (str(ROOT) in line or "/regionguard/" in line)]
+    assert not ours, out

@@ -21,9 +21,7 @@ import pytest
 from dns_support import (
     CN_ADDRESS,
     POLICY,
-    DnsProcess,
-    MitmDns,
-    ZoneServer,
+    both_front_ends,
     exchange,
     leaks,
     rdata,
@@ -43,23 +41,9 @@ _serial = itertools.count()
 
 @pytest.fixture(scope="module")
 def fronts(tmp_path_factory):
-    """The upstream and both front ends, started once: {"dns": port, "mitmproxy": port}."""
-    tmp = tmp_path_factory.mktemp("failclosed")
-    zone = ZoneServer()
-    policy = tmp / "policy.yaml"
-    policy.write_text(POLICY)
-    server = mitm = None
-    try:
-        server = DnsProcess(policy, [zone.address])
-        mitm = MitmDns("regionguard.py", zone.port, policy)
-        yield zone, {"dns": server.port, "mitmproxy": mitm.port}
-    finally:
-        if mitm is not None:
-            out = mitm.close()
-            assert "Traceback" not in out, out
-        if server is not None:
-            server.close()
-        zone.close()
+    """The upstream and both front ends, started once: (zone, {"dns": port, "mitmproxy": port})."""
+    with both_front_ends(tmp_path_factory.mktemp("failclosed")) as started:
+        yield started
 
 
 def name(zoom: bool) -> str:
