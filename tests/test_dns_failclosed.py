@@ -201,6 +201,18 @@ def test_ipv6_addresses_embedding_a_disallowed_ipv4_are_filtered(fronts, front, 
         assert "2001:db8:de::50" in addresses(reply)
 
 
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("mapped", ["::ffff:203.0.113.9", "::203.0.113.9", "64:ff9b::203.0.113.9"])
+def test_a_mapped_address_beside_an_unparseable_record_is_not_relayed(fronts, front, mapped):
+    # The case from the issue: a TXT whose string runs past its rdata (mitmproxy frames it,
+    # dnspython cannot read it) beside an AAAA carrying a US address (a policy `zoom: true`
+    # network) as IPv4 inside IPv6, for a name that is not Zoom's.
+    reply = ask_crafted(fronts, front, name(False), lambda q: wire_of(q, [
+        aaaa(0, qn(q), mapped), aaaa(0, qn(q), "2001:db8:ffff::50"),
+        rec(2, "o.example.net.", TXT, b"\x05ab")]), rdtype="AAAA")
+    assert reply is not None and leaks(reply) == []
+
+
 def test_is_zoom_knows_ipv4_inside_ipv6(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
@@ -256,3 +268,24 @@ def test_the_mitmproxy_mode_relays_an_unreadable_answer_only_when_proven_harmles
                                               rdata("A", CN_ADDRESS) + b"\x00")]))
     assert zoomish is not None and struct.unpack("!H", zoomish[2:4])[0] & 0xF == dns.rcode.SERVFAIL
 
+
+
+def test_embedded_ipv4_agrees_with_ipaddress():
+    """zoom.embedded_ipv4 (compiled on the hot path) against the standard library's reading of
+    IPv4-mapped (ipv4_mapped), NAT64 and IPv4-compatible addresses, on random addresses."""
+    import ipaddress
+    import random
+
+    from regionguard.zoom import embedded_ipv4
+    rng = random.Random(12)
+    prefixes = [bytes(10) + b"\xff\xff", bytes(12), bytes.fromhex("0064ff9b") + bytes(8),
+                bytes.fromhex("0064ff9b0001") + bytes(6), bytes(11) + b"\x01"]
+    for _ in range(3000):
+        packed = rng.choice(prefixes) + rng.randbytes(4) if rng.random() < 0.8 else rng.randbytes(16)
+        v6 = ipaddress.IPv6Address(packed)
+        tail = str(ipaddress.IPv4Address(packed[12:]))
+        expected = (str(v6.ipv4_mapped) if v6.ipv4_mapped else
+                    tail if packed[:12] in (bytes(12), bytes.fromhex("0064ff9b") + bytes(8)) else None)
+        assert embedded_ipv4(str(v6)) == expected, str(v6)
+        assert embedded_ipv4(v6.exploded.upper()) == expected
+    assert embedded_ipv4("192.0.2.1") is None and embedded_ipv4("not an address") is None
