@@ -334,11 +334,13 @@ class AnswerFilter:
         return self._survey(qname, response)[0]
 
     def _survey(self, qname: str, response: dns.message.Message
-                ) -> tuple[str | None, bool, list[bytes]]:
+                ) -> tuple[str | None, bool, list[bytes | None]]:
         """(zoom_name(), whether that name leads to the answer — the query name or an alias
         target, so that the addresses of other names are the Zoom name's too —, the rdata of
-        every address-bearing record the filter cannot read)."""
-        unreadable: list[bytes] = []
+        every address-bearing record the filter cannot read: its wire bytes when dnspython kept
+        them (generic rdata), else None — a Chaosnet A holds a name that may be compressed on
+        the wire, so no bytes of ours prove what a client reads there)."""
+        unreadable: list[bytes | None] = []
         zoom_host = self._zoom_host
         chained: str | None = qname if zoom_host(qname) else None
         owned: str | None = None
@@ -356,7 +358,7 @@ class AnswerFilter:
                     for rd in rrset:
                         addresses = addresses_of(rd)
                         if addresses is None:
-                            unreadable.append(rd.to_digestable())
+                            unreadable.append(rd.data if isinstance(rd, GenericRdata) else None)
                             continue
                         if rdtype in (HTTPS, SVCB) and chained is None:
                             target = _text(rd.target)
@@ -381,8 +383,8 @@ class AnswerFilter:
         q = query.question[0] if query.question else None
         qname = _text(q.name) if q is not None else ""
         name, chained, unreadable = self._survey(qname, response)
-        if unreadable and (name is not None
-                           or any(self.zoom_bytes.might_carry(b) for b in unreadable)):
+        if unreadable and (name is not None or any(b is None or self.zoom_bytes.might_carry(b)
+                                                    for b in unreadable)):
             return self._unreadable(client, query, name or qname)
         if name is None:
             return FilterResult(response)

@@ -257,6 +257,11 @@ def test_an_unreadable_record_passes_only_when_proven_harmless(flt):
                           rec(2, "o.example.net.", A, rdata("A", CN_ADDRESS) + b"\x00",
                               rdclass=0x1234)])
     assert flt.filter("127.0.0.1", q, zoomish).outcome == "blocked"
+    # a Chaosnet A: dnspython reads a name and a 16-bit address, which a client reading any
+    # class's A as 4 bytes would not; its wire bytes are not dnspython's to give: blocked
+    chaos = _parsed(q, [a(0, qn(q), "192.0.2.50"), rec(2, "o.example.net.", A, b"\x00\x12\x34",
+                                                       rdclass=3)])
+    assert flt.filter("127.0.0.1", q, chaos).outcome == "blocked"
 
 
 def test_the_mitmproxy_mode_relays_an_unreadable_answer_only_when_proven_harmless(fronts):
