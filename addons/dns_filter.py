@@ -6,8 +6,11 @@ WireGuard, local and DNS modes, gets the same filtering as `regionguard dns`.
 (addons/regionguard.py includes this addon; with it, the `regionguard_policy` and audit options
 are the proxy addon's.) The filtering itself is regionguard.dnsfilter, shared with the server.
 - `dns_request`: with no usable policy, a query for a Zoom name is refused (fail closed);
-- `dns_response`: the answer is filtered for the asking client (its group by source address);
-  a `reroute` is resolved with the policy's resolver and answered with the allowed addresses.
+- `dns_response`: the answer is filtered for the asking client (its group by source address):
+  every address in every section, whatever the rcode; a `reroute` is resolved with the policy's
+  resolver and answered with the allowed addresses. What is filtered is the message mitmproxy
+  will send (`flow.response.packed`), as dnspython reads it; a message dnspython cannot read
+  gets SERVFAIL unless its bytes are proven to carry no Zoom name or address (ZoomBytes).
 Every hook is wrapped: an internal error turns a Zoom answer into SERVFAIL, never lets it through.
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 
 import dns.message
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
 from mitmproxy import ctx
 from mitmproxy import dns as mdns
@@ -47,7 +51,7 @@ _import_package()
 
 from regionguard._paths import default_policy_path  # noqa: E402
 from regionguard.audit import AuditLog  # noqa: E402
-from regionguard.dnsfilter import AnswerFilter, FilterResult  # noqa: E402
+from regionguard.dnsfilter import AnswerFilter, FilterResult, ZoomBytes, addresses_of  # noqa: E402
 from regionguard.errors import ConfigError  # noqa: E402
 from regionguard.reload import EngineHolder  # noqa: E402
 from regionguard.resolve import NameResolver  # noqa: E402
@@ -142,25 +146,27 @@ class DnsFilter:
         return audit if isinstance(audit, AuditLog) else self._own_audit
 
     def _points_at_zoom(self, flow: Any) -> bool:
-        """For the fail-closed paths: does the question, a CNAME or an answer address of this
-        flow point at Zoom (by domain, published range, or the policy's `zoom: true`)? Garbage
-        counts as Zoom's: nothing proves it is not."""
+        """For the fail-closed paths: might this flow carry a Zoom name or address (by domain,
+        published range, or the policy's `zoom: true`)? Read record by record as mitmproxy
+        frames it: the question; every record's owner, CNAME/DNAME target, A/AAAA address
+        (IPv4 inside IPv6 included), HTTPS/SVCB target and hints. A record dnspython cannot
+        read counts unless its bytes are proven to hold nothing of Zoom's (ZoomBytes);
+        anything else that cannot be read counts as Zoom's."""
         flt = self._filter
         is_zoom = flt.engine.is_zoom if flt is not None else _catalogue_is_zoom
+        proof = flt.zoom_bytes if flt is not None else _catalogue_bytes()
         try:
-            names = [str(q.name) for q in flow.request.questions]
-            addresses: list[str] = []
-            if flow.response is not None:
-                for rr in [*flow.response.answers, *flow.response.additionals]:
-                    if rr.type in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                        addresses.append(str(rr.ipv4_address if rr.type == dns.rdatatype.A
-                                             else rr.ipv6_address))
-                    elif rr.type == dns.rdatatype.CNAME:
-                        names.append(rr.domain_name)
+            if any(is_zoom(host=str(q.name)) for q in flow.request.questions):
+                return True
+            if flow.response is None:
+                return False
+            response = flow.response
+            for rr in [*response.answers, *response.authorities, *response.additionals]:
+                if is_zoom(host=rr.name) or _record_might_be_zoom(rr, is_zoom, proof):
+                    return True
         except Exception:  # noqa: BLE001 - unreadable: assume the worst
             return True
-        return (any(is_zoom(host=n) for n in names)
-                or any(is_zoom(address=a) for a in addresses))
+        return False
 
     # --- hooks ----------------------------------------------------------------------------------
 
@@ -189,8 +195,22 @@ class DnsFilter:
             if self._points_at_zoom(flow):
                 flow.response = flow.request.fail(dns.rcode.REFUSED)
             return
-        query = dns.message.from_wire(flow.request.packed)
-        response = dns.message.from_wire(flow.response.packed)
+        wire = flow.response.packed   # exactly what mitmproxy will send the client
+        try:
+            response = dns.message.from_wire(wire)
+        except Exception:  # noqa: BLE001 - dnspython raises many kinds for what it cannot read
+            if self._points_at_zoom(flow):
+                log.warning("regionguard dns: an answer that cannot be read and might be Zoom's: "
+                            "SERVFAIL")
+                flow.response = flow.request.fail(dns.rcode.SERVFAIL)
+            return
+        try:
+            query = dns.message.from_wire(flow.request.packed)
+            readable_query = True
+        except Exception:  # noqa: BLE001 - filter against the answer's question instead
+            query = dns.message.Message(id=response.id)
+            query.question = list(response.question)
+            readable_query = False
         peer = getattr(flow.client_conn, "peername", None)
         client = peer[0] if peer else None
         learned = flt.engine.learned
@@ -198,11 +218,14 @@ class DnsFilter:
             learned.observe_message(response, "dns-filter upstream (mitmproxy dns mode)")
         result = flt.filter(client, query, response)
         message = result.message
+        if result.changed and not readable_query:
+            flow.response = flow.request.fail(dns.rcode.SERVFAIL)   # nothing to rebuild it for
+            return
         if result.outcome == "reroute":
             message = await self._reroute(flt, client, query, result)
         if result.zoom:
             decision = result.audit_decision()
-            if decision is not None:
+            if decision is not None and query.question:
                 q = query.question[0]
                 self._audit().record(decision, mode="mitmproxy", front_end="dns",
                                      dns_qname=q.name.to_text(omit_final_dot=True).lower(),
@@ -230,11 +253,42 @@ class DnsFilter:
         return flt.block_response(query, result.name)
 
 
+def _record_might_be_zoom(rr: Any, is_zoom: Any, proof: ZoomBytes) -> bool:
+    """One mitmproxy record (its names already decompressed): does it name or hold Zoom's?"""
+    data = rr.data
+    try:
+        rd = dns.rdata.from_wire(rr.class_, rr.type, data, 0, len(data))
+    except Exception:  # noqa: BLE001 - a record dnspython cannot read: only a proof clears it
+        return proof.might_carry(data)
+    if rr.type in (dns.rdatatype.CNAME, dns.rdatatype.DNAME, dns.rdatatype.HTTPS,
+                   dns.rdatatype.SVCB) and is_zoom(host=rd.target.to_text(omit_final_dot=True)):
+        return True
+    if rr.type in (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.HTTPS, dns.rdatatype.SVCB):
+        found = addresses_of(rd)
+        if found is None:
+            return proof.might_carry(data)
+        return any(is_zoom(address=a) for a in found)
+    return False
+
+
 def _catalogue_is_zoom(host: str | None = None, address: str | None = None) -> bool:
-    """Zoom's by domain or published range, when no policy (and its overrides) is in force."""
+    """Zoom's by domain or published range (embedded IPv4 included), when no policy (and its
+    overrides) is in force."""
     from regionguard.zoom import ZoomCatalogue
     zoom = ZoomCatalogue.load()
     return zoom.is_zoom_host(host) or zoom.range_of(address) is not None
+
+
+_CATALOGUE_BYTES: list[ZoomBytes] = []
+
+
+def _catalogue_bytes() -> ZoomBytes:
+    """The proof of no-Zoom by Zoom's domains and published ranges alone, for when no policy
+    (and its overrides) is in force."""
+    if not _CATALOGUE_BYTES:
+        from regionguard.zoom import ZoomCatalogue
+        _CATALOGUE_BYTES.append(ZoomBytes(ZoomCatalogue.load()))
+    return _CATALOGUE_BYTES[0]
 
 
 addons = [DnsFilter()]

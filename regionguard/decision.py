@@ -33,7 +33,7 @@ from .hostnames import normalise_host
 from .learned import LearnedStore
 from .locator import Locator
 from .policy import CHINA, Policy, Rules, load_policy
-from .zoom import Classification, ZoomCatalogue
+from .zoom import Classification, ZoomCatalogue, embedded_ipv4
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +256,15 @@ class Engine:
 
     def is_zoom(self, host: str | None = None, address: str | None = None) -> bool:
         """Zoom's by domain, published range, or a policy override saying `zoom: true` (so a
-        front end's fail-closed path also covers the endpoints a policy declares Zoom's)."""
+        front end's fail-closed path also covers the endpoints a policy declares Zoom's). An
+        IPv6 address that embeds an IPv4 one (::ffff:a.b.c.d, ::a.b.c.d, 64:ff9b::a.b.c.d) is
+        also tested as that IPv4 address, as `decide` places it."""
         if self.zoom.is_zoom_host(host) or self.zoom.range_of(address) is not None:
             return True
-        return any(o.zoom and _override_matches(o, host, address) for o in self.policy.overrides)
+        v4 = embedded_ipv4(address) if address else None
+        return any(o.zoom and (_override_matches(o, host, address)
+                               or (v4 is not None and _override_matches(o, None, v4)))
+                   for o in self.policy.overrides)
 
 
 def _override_matches(override, host: str | None, address: str | None) -> bool:

@@ -323,7 +323,7 @@ class Record(NamedTuple):
 
 
 class Scan(NamedTuple):
-    rcode: int
+    rcode: int                               # with the EDNS extended rcode, if any
     flags: int
     question_end: int
     records: tuple[Record, ...]
@@ -354,6 +354,8 @@ def scan_response(wire: bytes) -> Scan | None:
         pos += 4
         question_end = pos
         records = []
+        rcode = flags & 0x000F
+        seen_opt = False
         # Owners are mostly one compression pointer to the question's name (0xC00C), or to a
         # name read before: what read_name gives for a name that is just a pointer to `target`
         # depends on the target only (its text, and the pointers followed from there).
@@ -401,6 +403,12 @@ def scan_response(wire: bytes) -> Scan | None:
                     return None
                 value = socket.inet_ntop(socket.AF_INET6, wire[pos:rdata_end])
             elif rdtype == _OPT:
+                # One OPT, in the additional section (RFC 6891); anything else goes to dnspython.
+                # Its TTL field's top byte extends the rcode: BADVERS is no NOERROR.
+                if section != 2 or seen_opt:
+                    return None
+                seen_opt = True
+                rcode |= wire[ttl_at] << 4
                 value = ""
             elif rdtype == CNAME_TYPE:
                 found = []
@@ -429,8 +437,7 @@ def scan_response(wire: bytes) -> Scan | None:
             pos = rdata_end
         if pos != n:
             return None
-        return Scan(flags & 0x000F, flags, question_end, tuple(records), tuple(pointers),
-                    qname)
+        return Scan(rcode, flags, question_end, tuple(records), tuple(pointers), qname)
     except (WireFormatError, struct.error, IndexError):
         return None
 

@@ -1,12 +1,19 @@
 """Filter DNS answers by Zoom region: the one implementation behind `regionguard dns` and the
 mitmproxy addon's DNS hooks. Pure: dnspython messages in, dnspython messages out, no I/O.
 
-A response is Zoom's when the query name, any name along its CNAME chain (or an HTTPS/SVCB
-target) is a Zoom domain, or any address in it (A, AAAA, or an SVCB hint) lies in Zoom's ranges
-or is placed as Zoom's by a policy override. Every address of a Zoom response, in every section,
-is decided by the Engine for the asking client; disallowed ones are dropped, so a hint or an
-additional record cannot smuggle an address past the filter. Anything else is relayed untouched
-after that one cheap scan.
+A response is Zoom's when the query name, any owner name or CNAME/DNAME target in any section
+(or an HTTPS/SVCB target) is a Zoom domain, or any address in it (A, AAAA, or an SVCB hint, in
+any section) lies in Zoom's ranges or is placed as Zoom's by a policy override. Every address of
+a Zoom response, in every section and under every rcode (NXDOMAIN, SERVFAIL, an EDNS extended
+rcode...), is decided by the Engine for the asking client; disallowed ones are dropped, so a
+hint, an authority or additional record, or an error answer cannot smuggle an address past the
+filter. An IPv6 address that embeds an IPv4 one (zoom.embedded_ipv4) is decided as both.
+Anything else is relayed untouched after that one cheap scan.
+
+Fail closed: an address record the filter cannot read (an A of another class, a generic HTTPS
+rdata...) turns the whole answer into the block answer when the answer is Zoom's, or might be:
+`ZoomBytes.might_carry` proves bytes harmless only when no Zoom name label and no Zoom address
+appears anywhere in them. Front ends give SERVFAIL for a message nobody can parse.
 
 What the caller does with a `FilterResult`:
 - `outcome == "reroute"`: resolve `reroute_to` (with the same qtype, through this filter) and
@@ -17,6 +24,7 @@ What the caller does with a `FilterResult`:
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,19 +35,25 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
 import dns.rdtypes.svcbbase as svcb
 import dns.rrset
+from dns.rdata import GenericRdata
 
 from .decision import Action, Decision, Engine
 from .dnscache import A_TYPE, AAAA_TYPE, CNAME_TYPE, Scan
 from .hostnames import normalise_host
+from .prefixes import PrefixTable, network_range
+from .zoom import ZoomCatalogue, embedded_ipv4
 
 log = logging.getLogger(__name__)
 
 A, AAAA = dns.rdatatype.A, dns.rdatatype.AAAA
-CNAME, SOA = dns.rdatatype.CNAME, dns.rdatatype.SOA
+CNAME, SOA, DNAME = dns.rdatatype.CNAME, dns.rdatatype.SOA, dns.rdatatype.DNAME
 HTTPS, SVCB = dns.rdatatype.HTTPS, dns.rdatatype.SVCB
 ADDRESS_TYPES = (A, AAAA)
+_V4_BASE = 0xFFFF_0000_0000   # IPv4's place among prefix keys (prefixes.address_key)
 HINT_KEYS = (svcb.ParamKey.IPV4HINT, svcb.ParamKey.IPV6HINT)
 BLOCK_TTL = 60              # how long clients may cache a block answer (and our synthesized SOA)
 DNS_PORT, DNS_TRANSPORT = 443, "tcp"   # what a resolved Zoom address is for: HTTPS
@@ -50,6 +64,79 @@ def decide_address(engine: Engine, client: str | None, name: str, address: str) 
     """The decision for one answer address of `name`: as if the client connected to it over
     HTTPS, which is what a resolved Zoom name is for. Fails closed (decide_safely)."""
     return engine.decide_safely(client, name, address, DNS_PORT, DNS_TRANSPORT)
+
+
+def _may_embed_ipv4(address: str) -> bool:
+    """A cheap text test, true for every IPv6 address embedding an IPv4 one as canonical text
+    (inet_ntop, dnspython) writes it: ::ffff:a.b.c.d, ::a.b.c.d and 64:ff9b::a.b.c.d."""
+    return address.startswith("::") or address.startswith("64:ff9b:")
+
+
+def _stricter(a: tuple[Decision, str | None], b: tuple[Decision, str | None]
+              ) -> tuple[Decision, str | None]:
+    """Of two decisions for one address, the one that stands: a block over the rest, then a
+    monitor."""
+    da, db = a[0], b[0]
+    if db.blocks and not da.blocks:
+        return b
+    if db.action is Action.MONITOR and not da.blocks and da.action is not Action.MONITOR:
+        return b
+    return a
+
+
+class ZoomBytes:
+    """Proof that bytes the filter cannot read as records carry nothing of Zoom's: no label of a
+    Zoom name (Zoom's domains, the policy's `zoom: true` host rules) appears in them, ignoring
+    case, and no 4 of them are a Zoom IPv4 address nor 16 a Zoom IPv6 address (published ranges,
+    the policy's `zoom: true` networks; an embedded IPv4 is itself 4 of the bytes). A lookup per
+    byte: only for messages or records that cannot be read, never on the common path."""
+
+    def __init__(self, zoom: ZoomCatalogue, host_globs: Iterable[str] = (),
+                 networks: Iterable[str] = ()) -> None:
+        markers: list[bytes] = []
+        for domain in zoom.domains:
+            markers.append(max(domain.split("."), key=len).encode())
+        anything = False
+        for glob in host_globs:
+            literal = [label for label in glob.lower().split(".")
+                       if label and not any(c in label for c in "*?[]")]
+            if literal:
+                markers.append(max(literal, key=len).encode())
+            else:
+                anything = True   # a rule like "*" makes every name Zoom's
+        self.markers = tuple(markers)
+        self.anything = anything
+        self.ranges = zoom.ranges
+        items = [(*network_range(n), True) for n in networks]
+        self.networks: PrefixTable[bool] | None = PrefixTable(items) if items else None
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> ZoomBytes:
+        overrides = [o for o in engine.policy.overrides if o.zoom]
+        return cls(engine.zoom, [o.match for o in overrides if not o.is_network],
+                   [o.match for o in overrides if o.is_network])
+
+    def _zoom_key(self, key: int) -> bool:
+        if self.ranges.get_key(key) is not None:
+            return True
+        return self.networks is not None and self.networks.get_key(key) is not None
+
+    def might_carry(self, data: bytes) -> bool:
+        """True unless `data` is proven to hold no Zoom name and no Zoom address."""
+        if self.anything:
+            return True
+        lowered = data.lower()
+        for marker in self.markers:
+            if marker in lowered:
+                return True
+        n = len(data)
+        for i in range(n - 3):
+            if self._zoom_key(_V4_BASE | int.from_bytes(data[i:i + 4], "big")):
+                return True
+        for i in range(n - 15):
+            if self._zoom_key(int.from_bytes(data[i:i + 16], "big")):
+                return True
+        return False
 
 
 class FilterResult:
@@ -144,6 +231,7 @@ class AnswerFilter:
         # Overrides may declare addresses Zoom's (labs, tests); only then is the locator asked.
         self._overrides_zoom = any(o.zoom for o in engine.policy.overrides if o.is_network)
         self._per_host = engine.locator.per_host
+        self.zoom_bytes = ZoomBytes.for_engine(engine)
         self._decisions: dict[tuple, Decision] = {}
         self._facts: dict[str, int] = {}
         self._fact_ids: dict[tuple, int] = {}
@@ -218,65 +306,103 @@ class AnswerFilter:
                     return real, real.host
         return cached, name
 
+    def decide_embedded(self, client: str | None, host: str, address: str
+                        ) -> tuple[Decision, str | None]:
+        """decide_unnamed() for an address that may embed an IPv4 one (see _may_embed_ipv4):
+        both are decided, and the stricter decision stands."""
+        found = self.decide_unnamed(client, host, address)
+        v4 = embedded_ipv4(address)
+        if v4 is None:
+            return found
+        return _stricter(found, self.decide_unnamed(client, host, v4))
+
     # --- is it Zoom's? ----------------------------------------------------------------------
 
     def _zoom_address(self, address: str) -> bool:
-        if self._range_of(address) is not None:
+        if self._range_of(address) is not None:   # embedded IPv4 included (ZoomCatalogue)
             return True
-        return self._overrides_zoom and self.engine.locator.locate(address).zoom is True
+        if not self._overrides_zoom:
+            return False
+        locate = self.engine.locator.locate
+        if locate(address).zoom is True:
+            return True
+        v4 = embedded_ipv4(address)
+        return v4 is not None and locate(v4).zoom is True
 
     def zoom_name(self, qname: str, response: dns.message.Message) -> str | None:
         """The name to decide this response's addresses for, when the response is Zoom's: the
-        query name if it is a Zoom domain, else the first Zoom domain along the chain, else (an
-        address in Zoom's ranges) the query name. None when the response is not Zoom's."""
-        if self._zoom_host(qname):
-            return qname
+        query name if it is a Zoom domain, else the first Zoom domain among the CNAME, DNAME
+        and HTTPS/SVCB targets of any section, else among the owner names, else (an address in
+        Zoom's ranges, in any section) the query name. None when the response is not Zoom's."""
+        return self._survey(qname, response)[0]
+
+    def _survey(self, qname: str, response: dns.message.Message
+                ) -> tuple[str | None, bool, list[bytes | None]]:
+        """(zoom_name(), whether that name leads to the answer — the query name or an alias
+        target, so that the addresses of other names are the Zoom name's too —, the rdata of
+        every address-bearing record the filter cannot read: its wire bytes when dnspython kept
+        them (generic rdata), else None — a Chaosnet A holds a name that may be compressed on
+        the wire, so no bytes of ours prove what a client reads there)."""
+        unreadable: list[bytes | None] = []
+        zoom_host = self._zoom_host
+        chained: str | None = qname if zoom_host(qname) else None
+        owned: str | None = None
         by_address = False
-        for section in (response.answer, response.additional):
+        for section in (response.answer, response.authority, response.additional):
             for rrset in section:
                 rdtype = rrset.rdtype
-                if rdtype == CNAME:
+                if chained is None and rdtype in (CNAME, DNAME):
                     for rd in rrset:
                         target = _text(rd.target)
-                        if self._zoom_host(target):
-                            return target
-                elif rdtype in ADDRESS_TYPES:
-                    if not by_address:
-                        by_address = any(self._zoom_address(rd.address) for rd in rrset)
-                elif rdtype in (HTTPS, SVCB):
+                        if zoom_host(target):
+                            chained = target
+                            break
+                elif rdtype in ADDRESS_TYPES or rdtype in (HTTPS, SVCB):
                     for rd in rrset:
-                        target = _text(rd.target)
-                        if target and self._zoom_host(target):
-                            return target
+                        addresses = addresses_of(rd)
+                        if addresses is None:
+                            unreadable.append(rd.data if isinstance(rd, GenericRdata) else None)
+                            continue
+                        if rdtype in (HTTPS, SVCB) and chained is None:
+                            target = _text(rd.target)
+                            if target and zoom_host(target):
+                                chained = target
                         if not by_address:
-                            by_address = any(self._zoom_address(a) for a in _hints(rd))
-                if self._zoom_host(_text(rrset.name)):
-                    return _text(rrset.name)
-        return qname if by_address else None
+                            by_address = any(self._zoom_address(a) for a in addresses)
+                if owned is None and chained is None:
+                    owner = _text(rrset.name)
+                    if zoom_host(owner):
+                        owned = owner
+        if chained is not None:
+            return chained, True, unreadable
+        return owned or (qname if by_address else None), False, unreadable
 
     # --- the filter -------------------------------------------------------------------------
 
     def filter(self, client: str | None, query: dns.message.Message,
                response: dns.message.Message) -> FilterResult:
-        """Filter `response` (modified in place) for `client`, who asked `query`."""
-        if not query.question or response.rcode() != dns.rcode.NOERROR:
-            return FilterResult(response)
-        q = query.question[0]
-        qname = _text(q.name)
-        name = self.zoom_name(qname, response)
+        """Filter `response` (modified in place) for `client`, who asked `query`: every address
+        in every section, whatever the rcode."""
+        q = query.question[0] if query.question else None
+        qname = _text(q.name) if q is not None else ""
+        name, chained, unreadable = self._survey(qname, response)
+        if unreadable and (name is not None or any(b is None or self.zoom_bytes.might_carry(b)
+                                                    for b in unreadable)):
+            return self._unreadable(client, query, name or qname)
         if name is None:
             return FilterResult(response)
         result = FilterResult(response, zoom=True, outcome="allowed", name=name)
         had_address = False
-        for section in (response.answer, response.additional):
+        for section in (response.answer, response.authority, response.additional):
             keep_sets = []
             for rrset in section:
                 if rrset.rdtype in ADDRESS_TYPES:
-                    if section is response.answer and rrset.rdtype == q.rdtype:
+                    if section is response.answer and q is not None and rrset.rdtype == q.rdtype:
                         had_address = True
-                    kept = self._filter_addresses(client, name, rrset, result)
+                    kept = self._filter_addresses(client, name if chained else None, rrset,
+                                                  result)
                 elif rrset.rdtype in (HTTPS, SVCB):
-                    kept = self._filter_svcb(client, name, rrset, result)
+                    kept = self._filter_svcb(client, name if chained else None, rrset, result)
                 else:
                     kept = rrset
                 if kept is not None:
@@ -286,7 +412,7 @@ class AnswerFilter:
             result.outcome = "filtered"
         elif any(d.action is Action.MONITOR for d in result.decisions):
             result.outcome = "monitor"
-        if had_address and not any(r.rdtype == q.rdtype for r in response.answer):
+        if q is not None and had_address and not any(r.rdtype == q.rdtype for r in response.answer):
             # Nothing allowed left for what was asked: reroute if the policy says so and names
             # an alternative, else the configured block answer.
             target = None
@@ -305,13 +431,16 @@ class AnswerFilter:
         records to drop are in `drop`, `message` is None. None when the answer must be replaced
         (block or reroute): the caller then runs `filter` on the parsed message.
 
-        Runs once per cache miss: the common case (the query name is Zoom's, its addresses are
-        owned by it) asks `_zoom_host` once and reads each address's decision from the cache."""
-        if scan.rcode != 0:
-            return FilterResult(None)
+        Every A and AAAA of every section is decided, whatever the rcode. Runs once per cache
+        miss: the common case (the query name is Zoom's, its addresses are owned by it) asks
+        `_zoom_host` once and reads each address's decision from the cache."""
         zoom_host = self._zoom_host
         records = scan.records
-        name = qname if zoom_host(qname) else self._zoom_name_scanned(qname, records)
+        if zoom_host(qname):
+            name: str | None = qname
+            chained = True
+        else:
+            name, chained = self._zoom_name_scanned(qname, records)
         if name is None:
             return FilterResult(None)
         result = FilterResult(None, True, "allowed", name)
@@ -320,10 +449,17 @@ class AnswerFilter:
         had_address = kept_address = monitored = False
         for i, r in enumerate(records):
             rdtype = r.rdtype
-            if (rdtype != A_TYPE and rdtype != AAAA_TYPE) or r.section == 1:
+            if rdtype != A_TYPE and rdtype != AAAA_TYPE:
                 continue
             owner = r.owner
-            d, host = decide(client, owner if owner == name or zoom_host(owner) else name, r.value)
+            value = r.value
+            # Another name's address is the Zoom name's when that name leads to the answer (a
+            # Zoom query name, or a CNAME into Zoom's domains); else it is decided as its own.
+            host_for = owner if owner == name or zoom_host(owner) or not chained else name
+            if rdtype == AAAA_TYPE and _may_embed_ipv4(value):
+                d, host = self.decide_embedded(client, host_for, value)
+            else:
+                d, host = decide(client, host_for, value)
             decisions.append(d)
             hosts.append(host)
             asked = rdtype == qtype and r.section == 0
@@ -343,37 +479,40 @@ class AnswerFilter:
             result.outcome = "monitor"
         return result
 
-    def _zoom_name_scanned(self, qname: str, records: tuple) -> str | None:
-        """zoom_name() for a scanned response whose query name is not Zoom's."""
+    def _zoom_name_scanned(self, qname: str, records: tuple) -> tuple[str | None, bool]:
+        """_survey()'s (name, chained) for a scanned response whose query name is not Zoom's."""
         zoom_host = self._zoom_host
         by_address = False
+        owned: str | None = None
         for r in records:
-            if r.section == 1:
-                continue
             if r.rdtype == CNAME_TYPE and zoom_host(r.value):
-                return r.value
-            if r.owner != qname and zoom_host(r.owner):
-                return r.owner
+                return r.value, True
+            if owned is None and r.owner != qname and zoom_host(r.owner):
+                owned = r.owner
             if not by_address and r.rdtype in (A_TYPE, AAAA_TYPE):
                 by_address = self._zoom_address(r.value)
-        return qname if by_address else None
+        return owned or (qname if by_address else None), False
 
-    def _filter_addresses(self, client: str | None, name: str, rrset: dns.rrset.RRset,
+    def _filter_addresses(self, client: str | None, name: str | None, rrset: dns.rrset.RRset,
                           result: FilterResult) -> dns.rrset.RRset | None:
+        """`rrset` without its disallowed addresses (None: none left). `name`: the Zoom name
+        another name's addresses are decided for (None: each is decided as its own)."""
         owner = _text(rrset.name)
-        host = owner if self._zoom_host(owner) else name
+        host = owner if name is None or self._zoom_host(owner) else name
         kept = []
         for rd in rrset:
-            if self._allows(result, client, host, rd.address):
+            addresses = addresses_of(rd)
+            if addresses is not None and all(self._allows(result, client, host, a)
+                                             for a in addresses):
                 kept.append(rd)
         if len(kept) == len(rrset):
             return rrset
         return _rrset_like(rrset, kept)
 
-    def _filter_svcb(self, client: str | None, name: str, rrset: dns.rrset.RRset,
+    def _filter_svcb(self, client: str | None, name: str | None, rrset: dns.rrset.RRset,
                      result: FilterResult) -> dns.rrset.RRset | None:
         owner = _text(rrset.name)
-        host = owner if self._zoom_host(owner) else name
+        host = owner if name is None or self._zoom_host(owner) else name
         changed = False
         out = []
         for rd in rrset:
@@ -404,11 +543,34 @@ class AnswerFilter:
 
     def _allows(self, result: FilterResult, client: str | None, host: str, address: str) -> bool:
         """Decide one answer address, recorded in `result`; True when it may stay."""
-        d, name = self.decide_unnamed(client, host, address)
+        d, name = (self.decide_embedded(client, host, address) if _may_embed_ipv4(address)
+                   else self.decide_unnamed(client, host, address))
         result.decisions.append(d)
         result.hosts.append(name)
         (result.dropped if d.blocks else result.kept).append(address)
         return not d.blocks
+
+    def _unreadable(self, client: str | None, query: dns.message.Message, name: str
+                    ) -> FilterResult:
+        """Fail closed on an answer with address records the filter cannot read: the block
+        answer (SERVFAIL without a question to answer), audited as rule `unreadable-answer`."""
+        log.warning("regionguard dns: answer for %s has address records that cannot be read; "
+                    "blocked", name or "?")
+        d = Decision(Action.BLOCK, "unreadable-answer",
+                     "the answer holds address records the filter cannot read: fail closed",
+                     True, host=name or None, port=DNS_PORT, transport=DNS_TRANSPORT,
+                     client=client, policy_version=self.engine.policy.version_id)
+        result = FilterResult(None, zoom=True, outcome="blocked", name=name or None)
+        result.decisions.append(d)
+        result.hosts.append(name or None)
+        if query.question:
+            result.message = self.block_response(query, name or None)
+        else:
+            r = dns.message.make_response(query)
+            r.flags |= dns.flags.RA
+            r.set_rcode(dns.rcode.SERVFAIL)
+            result.message = r
+        return result
 
     # --- synthesized answers ------------------------------------------------------------------
 
@@ -464,6 +626,23 @@ def _rrset_like(rrset: dns.rrset.RRset, rdatas: list) -> dns.rrset.RRset | None:
     for rd in rdatas:
         new.add(rd)
     return new
+
+
+def addresses_of(rd: Any) -> list[str] | None:
+    """The addresses an A, AAAA, HTTPS or SVCB rdata hands a client (for HTTPS/SVCB: its
+    hints); None when the filter cannot read it: another class's A (Chaosnet), a generic
+    rdata of a wrong length, an HTTPS/SVCB of an unknown class."""
+    if isinstance(rd, (dns.rdtypes.IN.A.A, dns.rdtypes.IN.AAAA.AAAA)):
+        return [rd.address]
+    if isinstance(rd, svcb.SVCBBase):
+        return list(_hints(rd))
+    if isinstance(rd, GenericRdata):
+        data = rd.data
+        if rd.rdtype == A and len(data) == 4:
+            return [socket.inet_ntop(socket.AF_INET, data)]
+        if rd.rdtype == AAAA and len(data) == 16:
+            return [socket.inet_ntop(socket.AF_INET6, data)]
+    return None
 
 
 def _hints(rd: Any) -> Iterable[str]:   # an HTTPS or SVCB rdata

@@ -1,9 +1,11 @@
 """Is a destination Zoom's, and which Zoom service is it?
 
 By name: Zoom's domains and their subdomains (case and trailing dot normalised). By address:
-Zoom's published IPv4/IPv6 ranges. The service follows from port, transport and name:
-web/API, meeting media, tunnel (TCP 443 to a meeting server), CRC, CDN, phone. Domains, ports
-and name patterns are data (config/zoom.yaml, config/data/zoom-ranges.csv).
+Zoom's published IPv4/IPv6 ranges; an IPv6 address that embeds an IPv4 one (IPv4-mapped
+::ffff:a.b.c.d, IPv4-compatible ::a.b.c.d, NAT64 64:ff9b::a.b.c.d) is tested as that IPv4
+address too, since a connection to it can reach the IPv4 host. The service follows from port,
+transport and name: web/API, meeting media, tunnel (TCP 443 to a meeting server), CRC, CDN,
+phone. Domains, ports and name patterns are data (config/zoom.yaml, config/data/zoom-ranges.csv).
 """
 
 from __future__ import annotations
@@ -21,6 +23,35 @@ import yaml
 from ._paths import config_dir
 from .hostnames import DomainSet, normalise_host
 from .prefixes import PrefixTable, address_key
+
+_V4_BASE = 0xFFFF_0000_0000          # where IPv4 sits among the keys (prefixes.address_key)
+_IPV4_COMPATIBLE_HIGH = 0            # ::a.b.c.d: the top 96 bits of the key
+_NAT64_HIGH = 0x0064_FF9B_0000_0000_0000_0000   # 64:ff9b::/96 (RFC 6052 well-known)
+
+
+def embedded_ipv4_key(key: int) -> int:
+    """The key of the IPv4 address an IPv6 key embeds (IPv4-mapped, IPv4-compatible, NAT64
+    well-known prefix); -1 when it embeds none. An IPv4 key is its own (it is the mapped form)."""
+    high = key >> 32
+    if high == 0xFFFF:
+        return key
+    if high == _IPV4_COMPATIBLE_HIGH or high == _NAT64_HIGH:
+        return _V4_BASE | (key & 0xFFFF_FFFF)
+    return -1
+
+
+def embedded_ipv4(address: str) -> str | None:
+    """The IPv4 address (dotted) an IPv6 address embeds, as embedded_ipv4_key; None when it is
+    not an IPv6 address or embeds none."""
+    if ":" not in address:
+        return None
+    try:
+        key = embedded_ipv4_key(address_key(address))
+    except ValueError:
+        return None
+    if key < 0:
+        return None
+    return f"{(key >> 24) & 255}.{(key >> 16) & 255}.{(key >> 8) & 255}.{key & 255}"
 
 
 class ZoomRange(NamedTuple):
@@ -84,9 +115,15 @@ class ZoomCatalogue:
         if not address:
             return None
         try:
-            return self.ranges.get_key(address_key(address))
+            key = address_key(address)
         except ValueError:
             return None
+        found = self.ranges.get_key(key)
+        if found is None and key >> 32 != 0xFFFF:   # not IPv4 (mapped is IPv4's own key)
+            v4 = embedded_ipv4_key(key)
+            if v4 >= 0:
+                found = self.ranges.get_key(v4)
+        return found
 
     def classify(self, host: str | None, address: str | None, port: int, transport: str = "tcp",
                  zoom_override: bool | None = None) -> Classification:

@@ -4,11 +4,14 @@ Zoom-like zone, the policy that places its addresses, and a `regionguard dns` su
 Addresses are documentation/test ranges, placed into regions by the policy's overrides (and
 declared Zoom's there): 198.51.100.0/24 and 2001:db8:de::/48 are DE, 203.0.113.0/24 and
 2001:db8:5::/48 are US, 100.70.0.0/24 is IN. 192.0.2.0/24 is nobody's (not Zoom).
+CN_ADDRESS is a real Zoom address in China (bundled data: labelled CN by Zoom), so never allowed
+to these clients, who are outside China.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import random
 import re
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.flags
@@ -33,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 ECH = base64.b64encode(b"\x00\x05abcde").decode()
+CN_ADDRESS = "221.122.88.195"
 BIG_ADDRESSES = [f"203.0.113.{i}" for i in range(100, 200)] + [f"198.51.100.{i}" for i in range(100, 140)]
 
 # name → list of (type, ttl, rdata text). Names are absolute, lower case.
@@ -61,6 +66,12 @@ ZONE: dict[str, list[tuple[str, int, str]]] = {
                          ("TXT", 300, '"hello"')],
     "mail.zoom.us.": [("MX", 300, "10 mx.zoom.us.")],
     "big.zoom.us.": [("A", 300, a) for a in BIG_ADDRESSES],
+    # every name under these is its own (no cache shares it): for tests that mutate answers
+    "*.cn.zoom.us.": [("A", 300, CN_ADDRESS), ("A", 300, "198.51.100.50"),
+                      ("AAAA", 300, f"::ffff:{CN_ADDRESS}"), ("AAAA", 300, "2001:db8:de::50"),
+                      ("HTTPS", 300, f'1 . alpn="h2" ipv4hint="{CN_ADDRESS},198.51.100.50"')],
+    "*.plain.example.net.": [("A", 300, "192.0.2.50"), ("AAAA", 300, "2001:db8:ffff::50"),
+                             ("TXT", 300, '"not zoom"')],
 }
 SOA = "ns.zoom-test. hostmaster.zoom-test. 1 3600 600 86400 30"
 
@@ -115,11 +126,12 @@ def zone_answer(query: dns.message.Message) -> dns.message.Message:
             r.answer.append(dns.rrset.from_text(owner, cname[0][1], "IN", "CNAME", cname[0][2]))
             name = cname[0][2]
             continue
-        wanted = [rec for rec in records if dns.rdatatype.from_text(rec[0]) == q.rdtype]
-        if wanted:
-            rrset = dns.rrset.from_text_list(owner, min(t for _, t, _ in wanted), "IN", q.rdtype,
-                                             [d for _, _, d in wanted])
-            r.answer.append(rrset)
+        wanted = [rec for rec in records if dns.rdatatype.from_text(rec[0]) == q.rdtype
+                  or q.rdtype == dns.rdatatype.ANY]
+        for rdtype in dict.fromkeys(dns.rdatatype.from_text(t) for t, _, _ in wanted):
+            same = [rec for rec in wanted if dns.rdatatype.from_text(rec[0]) == rdtype]
+            r.answer.append(dns.rrset.from_text_list(owner, min(t for _, t, _ in same), "IN",
+                                                     rdtype, [d for _, _, d in same]))
         break
     if not r.answer or r.rcode() == dns.rcode.NXDOMAIN:
         if not any(s.rdtype == q.rdtype for s in r.answer):
@@ -131,12 +143,15 @@ class ZoneServer:
     """An upstream resolver on 127.0.0.1 (UDP and TCP, one port) in a thread.
 
     mode: "normal"; "dead" (reads and never answers); "garbage" (answers random bytes with the
-    query's ID); "slow" (answers after `delay` seconds). `queries` counts what it received."""
+    query's ID); "slow" (answers after `delay` seconds). `queries` counts what it received.
+    `answer`, when set: a function (query, transport) → the reply's bytes (None: no reply), in
+    place of the zone's answer (tests that hand-craft or mutate answers set it)."""
 
     def __init__(self, mode: str = "normal", delay: float = 0.0) -> None:
         self.mode = mode
         self.delay = delay
         self.queries: list[tuple[str, str, str]] = []   # (transport, name, type)
+        self.answer: Callable[[dns.message.Message, str], bytes | None] | None = None
         for _attempt in range(50):   # a free UDP port whose TCP twin is free too
             self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.udp.bind(("127.0.0.1", 0))
@@ -178,6 +193,8 @@ class ZoneServer:
                              dns.rdatatype.to_text(q.rdtype)))
         if self.delay:
             time.sleep(self.delay)
+        if self.answer is not None:
+            return self.answer(query, transport)
         response = zone_answer(query)
         if transport == "udp":
             limit = query.payload if query.edns >= 0 else 512
@@ -299,3 +316,209 @@ def addresses(response: dns.message.Message, rdtype: str | None = None) -> set[s
                 rdtype is None or rrset.rdtype == dns.rdatatype.from_text(rdtype)):
             out.update(rd.address for rd in rrset)
     return out
+
+
+# --- hand-made and mutated answers (tests/test_dns_failclosed*.py) --------------------------------
+
+# One record as it goes on the wire, names uncompressed: (section 0-2, owner, type, class, ttl,
+# rdata). A message is a header, the question and these; counts may be made to lie.
+Record = tuple[int, str, int, int, int, bytes]
+
+
+def rdata(rdtype: str, text: str) -> bytes:
+    """The wire rdata of a record given as text (no compression)."""
+    import dns.rdata
+    return dns.rdata.from_text("IN", rdtype, text).to_digestable()
+
+
+def records_of(message: dns.message.Message) -> list[Record]:
+    """The records of a (real) answer, every section, OPT included, rdata uncompressed."""
+    out: list[Record] = []
+    for section, rrsets in enumerate((message.answer, message.authority, message.additional)):
+        for rrset in rrsets:
+            for rd in rrset:
+                out.append((section, rrset.name.to_text(), rrset.rdtype, rrset.rdclass,
+                            rrset.ttl, rd.to_digestable()))
+    if message.edns >= 0:
+        options = b"".join(struct.pack("!HH", o.otype, len(w)) + w
+                           for o in message.options for w in [o.to_wire()])
+        out.append((2, ".", 41, message.payload, message.ednsflags, options))
+    return out
+
+
+def wire_of(query: dns.message.Message, records: list[Record], rcode: int = 0,
+            flags: int = 0x8180, counts: tuple[int, int, int] | None = None,
+            trailing: bytes = b"") -> bytes:
+    """A response to `query` holding `records` in order (sections need not be in order: the
+    counts say what a reader takes for which section; `counts` overrides them)."""
+    an, ns, ar = counts if counts is not None else tuple(
+        sum(1 for r in records if r[0] == s) for s in range(3))
+    head = struct.pack("!HHHHHH", query.id, (flags & ~0xF) | (rcode & 0xF), 1,
+                       an & 0xFFFF, ns & 0xFFFF, ar & 0xFFFF)
+    q = query.question[0]
+    body = q.name.to_wire() + struct.pack("!HH", q.rdtype, q.rdclass)
+    for _section, owner, rdtype, rdclass, ttl, data in sorted(records, key=lambda r: r[0]):
+        body += dns.name.from_text(owner).to_wire()
+        body += struct.pack("!HHIH", rdtype & 0xFFFF, rdclass & 0xFFFF, ttl & 0xFFFFFFFF,
+                            len(data)) + data
+    return head + body + trailing
+
+
+def exchange(port: int, query: dns.message.Message, tcp: bool = False,
+             source: str = "127.0.0.1", timeout: float = 3.0) -> bytes | None:
+    """Send a dnspython query, return the reply's raw bytes (None: no reply in time), so a reply
+    dnspython cannot parse is still seen."""
+    wire = query.to_wire()
+    family = socket.AF_INET
+    try:
+        if tcp:
+            with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                          source_address=(source, 0)) as s:
+                s.sendall(struct.pack("!H", len(wire)) + wire)
+                (length,) = struct.unpack("!H", _read(s, 2))
+                return _read(s, length)
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.bind((source, 0))
+            s.sendto(wire, ("127.0.0.1", port))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                data = s.recv(65535)
+                if data[:2] == wire[:2]:
+                    return data
+    except (TimeoutError, OSError, ValueError):
+        return None
+    return None
+
+
+class MitmDns:
+    """mitmdump in reverse DNS mode on 127.0.0.1:<free port> in front of `upstream`, with an addon
+    script of addons/ (regionguard.py includes the DNS filter)."""
+
+    def __init__(self, script: str, upstream: int, policy: Path, *extra: str) -> None:
+        from tests.ports import free_port
+        self.port = free_port()
+        cmd = [str(BIN / "mitmdump"), "-q", "--set", "listen_host=127.0.0.1",
+               "--mode", f"reverse:dns://127.0.0.1:{upstream}@{self.port}",
+               "-s", str(ROOT / "addons" / script), "--set", f"regionguard_policy={policy}", *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:   # bounded: mitmdump needs a few seconds to start
+            if self.proc.poll() is not None:
+                raise RuntimeError("mitmdump exited:\n" + self.proc.stdout.read())
+            try:
+                ask(self.port, "www.example.org", timeout=1)
+                return
+            except Exception:  # noqa: BLE001 - not answering yet
+                continue
+        self.close()
+        raise RuntimeError("mitmdump did not answer DNS")
+
+    def close(self) -> str:
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate(timeout=15)
+        return out or ""
+
+
+# What the default clients (127.0.0.1: DE only, outside China) must never be handed.
+DISALLOWED = ("203.0.113.0/24", "100.70.0.0/24", "221.122.88.128/25", "2001:db8:5::/48")
+
+
+def _embedded(address) -> list:
+    """The IPv4 addresses an IPv6 one embeds: mapped, compatible, NAT64 well-known prefix."""
+    import ipaddress
+    if address.version == 4:
+        return []
+    packed = address.packed
+    if packed[:12] in (bytes(10) + b"\xff\xff", bytes(12), bytes.fromhex("0064ff9b") + bytes(8)):
+        return [ipaddress.IPv4Address(packed[12:])]
+    return []
+
+
+def leaks(reply: bytes | None, disallowed: tuple[str, ...] = DISALLOWED) -> list[str]:
+    """Every disallowed address a client could take from `reply`: as dnspython reads it, every
+    A/AAAA (any class; one it cannot read as an address counts by its bytes), every HTTPS/SVCB
+    hint, the IPv4 inside an IPv6 address, in every section. A reply dnspython cannot parse is
+    read record by record as mitmproxy frames it: a record dnspython cannot read leaks if any 4
+    of its bytes are a disallowed IPv4 address or 16 a disallowed IPv6 one; a reply nothing can
+    frame, if any of its bytes do."""
+    import ipaddress
+
+    import dns.rdata
+    import dns.rdtypes.svcbbase as svcb
+    from mitmproxy.dns import DNSMessage
+    nets = [ipaddress.ip_network(n) for n in disallowed]
+
+    def bad(address) -> bool:
+        return any(a.version == n.version and a in n
+                   for a in [address, *_embedded(address)] for n in nets)
+
+    def from_bytes(data: bytes) -> list[str]:
+        found = [ipaddress.ip_address(data[i:i + 4]) for i in range(len(data) - 3)]
+        found += [ipaddress.ip_address(data[i:i + 16]) for i in range(len(data) - 15)]
+        return [str(a) for a in found if bad(a)]
+
+    if reply is None:
+        return []
+    out: list[str] = []
+    try:
+        message = dns.message.from_wire(reply)
+        rdatas = [(rrset.rdtype, rd) for section in (message.answer, message.authority,
+                                                      message.additional)
+                  for rrset in section for rd in rrset]
+    except Exception:  # noqa: BLE001 - not a message for dnspython: record by record
+        try:
+            framed = DNSMessage.unpack(reply)
+        except Exception:  # noqa: BLE001 - not even framed: every byte counts
+            return from_bytes(reply)
+        rdatas = []
+        for rr in [*framed.answers, *framed.authorities, *framed.additionals]:
+            try:
+                rdatas.append((rr.type, dns.rdata.from_wire(rr.class_, rr.type, rr.data, 0,
+                                                            len(rr.data))))
+            except Exception:  # noqa: BLE001 - unreadable: its bytes count
+                out += from_bytes(rr.data)
+    for rdtype, rd in rdatas:
+        if isinstance(rd, svcb.SVCBBase):
+            for key in (svcb.ParamKey.IPV4HINT, svcb.ParamKey.IPV6HINT):
+                param = rd.params.get(key)
+                out += [a for a in (param.addresses if param is not None else ())
+                        if bad(ipaddress.ip_address(a))]
+        elif rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            address = getattr(rd, "address", None)
+            if isinstance(address, str):
+                out += [address] if bad(ipaddress.ip_address(address)) else []
+            else:
+                out += from_bytes(rd.to_digestable())   # not an IN address: its bytes count
+        elif rdtype in (dns.rdatatype.HTTPS, dns.rdatatype.SVCB):
+            out += from_bytes(rd.to_digestable())   # an HTTPS rdata of another class
+    return out
+
+
+@contextlib.contextmanager
+def both_front_ends(tmp: Path, policy_text: str = POLICY):
+    """The test upstream and, in front of it, both DNS front ends under one policy: yields
+    (zone, {"dns": port of `regionguard dns`, "mitmproxy": port of mitmdump in reverse DNS
+    mode with addons/regionguard.py}). Fails if mitmdump logged a traceback through our code
+    (mitmproxy's own strip_dns_https_records addon logs one for a malformed HTTPS record)."""
+    zone = ZoneServer()
+    policy = tmp / "policy.yaml"
+    policy.write_text(policy_text)
+    server = mitm = None
+    try:
+        server = DnsProcess(policy, [zone.address])
+        mitm = MitmDns("regionguard.py", zone.port, policy)
+        yield zone, {"dns": server.port, "mitmproxy": mitm.port}
+    finally:
+        out = mitm.close() if mitm is not None else ""
+        if server is not None:
+            server.close()
+        zone.close()
+    ours = [line for line in out.splitlines() if line.strip().startswith('File "')
+            and (str(ROOT) in line or "/regionguard/" in line)]
+    assert not ours, out
