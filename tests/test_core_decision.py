@@ -175,8 +175,10 @@ def test_engine_invariants(engine, address, port_transport):
             assert d.region != "CN"
     if d.region == "CN" and d.service == "tunnel":
         assert d.action == Action.BLOCK
-    if not d.location.known:
-        assert d.action != Action.ALLOW or rules.unknown_action == "allow"
+    if not d.location.known:   # held unless out of the governed scope (other: allow by default)
+        assert d.action != Action.ALLOW or rules.unknown_action == "allow" or (
+            d.scope == "other" and d.rule == "out-of-scope")
+    assert d.scope == ("governed" if d.service in rules.governed else "other")
 
 
 def test_a_hostname_never_places_an_address_no_address_source_places(eu):
