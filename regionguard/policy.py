@@ -524,6 +524,11 @@ class _Checker:
             for i, s in enumerate(names):
                 self.choice(s, where + (i,), tuple(classes), s)
             governed = frozenset(s for s in names if s in classes)
+            left_out = sorted(default - governed)
+            if left_out and "governed" in scope:
+                self.warn(where, f"leaves out {', '.join(left_out)}, which Zoom's region setting "
+                          "governs: that traffic is not held to the allowed regions",
+                          f"add {', '.join(left_out)} to scope.governed unless that is the intent")
         other = self.choice(scope.get("other", parent.get("other")), path + ("scope", "other"),
                             OTHER_ACTIONS, "allow")
         return governed, other

@@ -390,3 +390,13 @@ def test_live_dns_filter_keeps_web_answers_and_filters_meeting_servers(tmp_path,
 def test_readme_has_the_scope_paragraph():
     readme = (CONFIG.parent / "README.md").read_text()
     assert "**Scope.**" in readme and "`unknown-service`" in readme
+
+
+def test_a_governed_list_that_leaves_out_meeting_traffic_is_warned_about(tmp_path):
+    path = tmp_path / "loose.yaml"
+    path.write_text("version: 1\naccount: {type: paid, default_region: DE}\n"
+                    "scope: {governed: [zone-controller, tunnel, crc, unknown-service, web]}\n")
+    r = run("validate", str(path))
+    assert r.returncode == 0
+    assert ("warning: " in r.stderr and "scope.governed: leaves out meeting, relay" in r.stderr
+            and "add meeting, relay to scope.governed" in r.stderr), r.stderr
