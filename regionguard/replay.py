@@ -295,7 +295,8 @@ def junit_xml(result: ReplayResult, include_pass: bool = False) -> bytes:
         d = r.decision
         case = ET.SubElement(suite, "testcase", classname=f"regionguard.replay.{policy_name}",
                              name=f"{d.host or '-'} {d.address or '-'}:{d.port}/{d.transport}")
-        detail = (f"{d.reason}\nregion: {d.region or 'unknown'}; evidence: {evidence_text(d)}; "
+        detail = (f"{d.reason}\nregion: {d.region or 'unknown'}; service: {d.service or '-'} "
+                  f"(scope {d.scope or '-'}); evidence: {evidence_text(d)}; "
                   f"rule: {d.rule}; seen {r.count}x, first at {r.first_file}: {r.first_position}")
         if r.fails(result.fail_on):
             failure = ET.SubElement(case, "failure", type=str(d.action),

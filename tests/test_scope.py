@@ -357,6 +357,9 @@ def test_live_proxy_holds_meeting_servers_and_lets_web_and_logging_through(tmp_p
     assert r.returncode == 1
     row = next(line for line in r.stdout.splitlines() if line.startswith("1  zoom.us "))
     assert "web" in row and "other" in row and "ALLOW out-of-scope" in row
+    junit = tmp_path / "replay.xml"
+    run("replay", str(proxy.audit), "--policy", str(policy), "--junit", str(junit))
+    assert "service: web (scope other)" in junit.read_text()
 
 
 # --- live: regionguard dns + dnspython ---------------------------------------------------------
