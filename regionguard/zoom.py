@@ -227,8 +227,9 @@ def _load(directory: str) -> ZoomCatalogue:
     unknown = sorted({service for service, _ in ports} - set(services))
     if unknown:
         raise ValueError(f"zoom.yaml: ports: {', '.join(unknown)} not in `services:`")
-    web_ports = frozenset((proto, int(p)) for proto, ports in (raw.get("web_ports") or {}).items()
-                          for p in ports)
+    web_ports = frozenset((proto, int(number))
+                          for proto, numbers in (raw.get("web_ports") or {}).items()
+                          for number in numbers)
     return ZoomCatalogue(
         domains=DomainSet(raw.get("domains") or ()),
         domain_regions={normalise_host(k): v for k, v in (raw.get("domain_regions") or {}).items()},
