@@ -9,10 +9,15 @@ Design rules (the invariants every front end — proxy addon, DNS filter, replay
 3. Fail closed: a Zoom endpoint whose region no trusted source proves gets the policy's
    `actions.unknown` (block by default). An exception inside a front end must also block Zoom
    traffic (front ends wrap `decide`; see `Engine.decide_safely`).
-4. Zoom's hard rules come first and cannot be relaxed by exemptions: a China tunnel server is
-   always blocked; clients outside China never reach CN.
-5. The address decides, not the name: a hostname only adds weak evidence, so an SNI naming an
-   allowed host cannot carry a connection to an address in a disallowed region.
+4. Zoom's hard rules come first and cannot be relaxed by scope: a China tunnel server is always
+   blocked; clients outside China never reach CN, whatever the service.
+5. The address decides the region, not the name: a hostname only adds weak evidence, so an SNI
+   naming an allowed host cannot carry a connection to an address in a disallowed region.
+   The service class (port first, then name) decides the scope: a class in the policy's
+   `scope.governed` (by default those Zoom's region setting governs) is held to the allowed
+   regions; the rest of Zoom's traffic gets `scope.other` (allow and audit, by default). Only
+   names a rule in config/zoom.yaml recognises leave the governed scope; an unrecognised one is
+   `unknown-service`, governed.
 6. Every Decision names the rule that decided and carries the evidence, so it can be explained
    and audited without recomputation.
 """
@@ -36,6 +41,11 @@ from .policy import CHINA, Policy, Rules, load_policy
 from .zoom import Classification, ZoomCatalogue, embedded_ipv4
 
 log = logging.getLogger(__name__)
+
+GOVERNED = "governed"      # a class the policy's allowed regions hold (scope.governed)
+OTHER = "other"            # the rest of Zoom's traffic: scope.other decides
+# TCP 443 to a meeting server: Zoom removed these HTTPS tunnel servers in mainland China.
+CN_TUNNEL_SERVICES = frozenset({"tunnel", "zone-controller"})
 
 
 class Action(StrEnum):
@@ -65,6 +75,7 @@ class Decision:
     policy_version: str = ""
     location: Location | None = field(default=None, compare=False)
     zoom_why: str = ""
+    scope: str | None = None             # GOVERNED | OTHER for Zoom traffic, None when not Zoom
 
     @property
     def blocks(self) -> bool:
@@ -77,7 +88,7 @@ class Decision:
         return Decision(self.action, self.rule, self.reason, self.zoom, self.service, self.region,
                         self.country, self.group, self.would, host, self.address, self.port,
                         self.transport, self.client, self.policy_version, self.location,
-                        self.zoom_why)
+                        self.zoom_why, self.scope)
 
     @property
     def evidence_source(self) -> str | None:
@@ -95,6 +106,7 @@ class Decision:
             "zoom": self.zoom,
             "zoom_why": self.zoom_why,
             "service": self.service,
+            "scope": self.scope,
             "region": self.region,
             "country": self.country,
             "group": self.group,
@@ -168,21 +180,41 @@ class Engine:
         return self._decide_zoom(rules, cls, location, base)
 
     def _decide_zoom(self, rules: Rules, cls: Classification, loc: Location, base: dict) -> Decision:
+        scope = GOVERNED if cls.service in rules.governed else OTHER
+
         def make(action: Action, rule: str, reason: str, would: Action | None = None) -> Decision:
             return Decision(action, rule, reason, True, cls.service, loc.region, loc.country,
-                            rules.name, would, location=loc, **base)
+                            rules.name, would, location=loc, scope=scope, **base)
 
         region = loc.region
         where = loc.summary()
-        if region == CHINA and cls.service == "tunnel":
+        if scope == OTHER and rules.other_action == "block":
+            return make(Action.BLOCK, "out-of-scope",
+                        f"service {cls.service} is outside the policy's governed scope and "
+                        f"scope.other is block; {where}")
+        if region == CHINA and cls.service in CN_TUNNEL_SERVICES:
             return make(Action.BLOCK, "cn-tunnel-removed",
                         f"Zoom removed its HTTPS tunnel servers in mainland China; {where}")
         if region == CHINA and rules.location == "outside-china":
             return self._disallowed(rules, make, "outside-china-never-cn",
                                     f"clients outside China are never routed to China; {where}")
-        if cls.service in rules.exempt_services:
-            return make(Action.ALLOW, "exempt-service",
-                        f"service {cls.service} is exempt in this policy; {where}")
+        if scope == GOVERNED:
+            return self._held(rules, make, loc, where)
+        if rules.other_action == "allow":
+            return make(Action.ALLOW, "out-of-scope",
+                        f"service {cls.service} is outside the policy's governed scope "
+                        f"(scope.other: allow); {where}")
+        # monitor: the region rules decide, and what they would stop is let through and marked
+        held = self._held(rules, make, loc, where)
+        if not held.blocks:
+            return held
+        return make(Action.MONITOR, held.rule, f"{held.reason}; not enforced: service "
+                    f"{cls.service} is outside the governed scope (scope.other: monitor)",
+                    would=held.action)
+
+    def _held(self, rules: Rules, make, loc: Location, where: str) -> Decision:
+        """The region rules: unknown, conflicts, allowed or not."""
+        region = loc.region
         if not loc.known:
             reason = f"region of this Zoom endpoint is unknown ({where})"
             if rules.unknown_action == "allow":

@@ -250,7 +250,7 @@ class AnswerFilter:
         if fid is None:
             zoom = self.engine.zoom
             facts = (zoom.domains.match(host), host in zoom.crc_domains,
-                     zoom.is_meeting_server_name(host),
+                     zoom.name_class(host),   # the service class the name gives (zoom.yaml names)
                      tuple([src.lookup_host(host) for src in self._per_host]))
             fid = self._fact_ids.get(facts)
             if fid is None:

@@ -19,10 +19,11 @@ from .decision import Action, Decision, Engine
 from .errors import ConfigError, Problem
 from .learned import LearnedStore, add_state_dir_argument, open_state
 from .locator import Locator
-from .policy import ResolverSettings, load_policy, parse_hostport
+from .policy import ResolverSettings, Rules, load_policy, parse_hostport
 from .prefixes import is_address
 from .regions import load_catalogue
 from .resolve import NameResolver, ResolveError
+from .zoom import service_classes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -160,6 +161,7 @@ def _as_json(target: str, how: str, decisions: list[Decision], overall: Decision
             "zoom": d.zoom,
             "zoom_why": d.zoom_why,
             "service": d.service,
+            "scope": d.scope,
             "conflict": loc.conflict if loc else False,
             "chosen_source": loc.chosen.source if loc and loc.chosen else None,
             "evidence": [e.to_dict() | {"accepted": e.confidence
@@ -175,7 +177,7 @@ def _as_json(target: str, how: str, decisions: list[Decision], overall: Decision
         "addresses": addresses,
         "decision": None if overall is None else {
             "action": str(overall.action), "rule": overall.rule, "reason": overall.reason,
-            "address": overall.address,
+            "address": overall.address, "scope": overall.scope,
         },
     }
 
@@ -196,7 +198,7 @@ def _print_text(target: str, how: str, decisions: list[Decision], overall: Decis
         place = d.region or (f"no Zoom region (country {d.country})" if d.country else "unknown")
         line = f"  {d.address:<39} region {place:<12}"
         if d.zoom:
-            line += f" service {d.service:<8} group {d.group}"
+            line += f" service {d.service:<8} scope {d.scope or '-':<8} group {d.group}"
         out.write(f"{line}  {_MARK[d.action]} [{d.rule}]" +
                   (f" would {d.would}" if d.would else "") + "\n")
         out.write(f"      zoom: {'yes' if d.zoom else 'no'} — {d.zoom_why}\n")
@@ -242,12 +244,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{f}: OK (policy {policy.version_id}; {policy.account_type} account, default "
               f"region {policy.default_region}; allowed {' '.join(sorted(r.allowed))}; "
               f"{len(policy.groups)} group(s))")
+        print(f"  {_scope_text(r)}")
         for g in policy.groups:
             print(f"  group {g.name} ({', '.join(g.clients)}): {g.location}, allowed "
-                  f"{' '.join(sorted(g.allowed))}")
+                  f"{' '.join(sorted(g.allowed))}"
+                  + ("" if (g.governed, g.other_action) == (r.governed, r.other_action)
+                     else f"; {_scope_text(g)}"))
         print(f"  CRC regions enabled: {' '.join(sorted(policy.enabled_crc_regions()))}; "
               f"dial-in countries enabled: {' '.join(sorted(policy.enabled_dialin_countries()))}")
     return status
+
+
+def _scope_text(rules: Rules) -> str:
+    """`scope: governed A B; other Zoom traffic (C D): allow`, classes in config/zoom.yaml order."""
+    classes = list(service_classes())
+    governed = [c for c in classes if c in rules.governed]
+    other = [c for c in classes if c not in rules.governed]
+    return (f"scope: governed {' '.join(governed) or '(none)'}; other Zoom traffic "
+            f"({' '.join(other) or 'none'}): {rules.other_action}")
 
 
 # --- regions ------------------------------------------------------------------------------------

@@ -5,7 +5,10 @@ Zoom's rules, enforced here at load time (and relied on by the decision engine):
 - a free account is fixed to its default region: opt lists on it are an error;
 - clients outside China never reach CN: CN in their allowed set is an error; clients in China
   reach CN only when CN is opted in;
-- one allowed set per client group governs meeting servers, CRC endpoints and dial-in countries.
+- one allowed set per client group governs meeting servers, CRC endpoints and dial-in countries;
+- scope: the allowed set holds the service classes Zoom's region setting governs (meeting and
+  webinar traffic); other Zoom traffic (web, login, logging, CDN) is allowed and audited unless
+  `scope:` says otherwise. The hard rules above hold for every class.
 
 `load_policy()` returns an immutable Policy or raises PolicyError listing every problem, each with
 file, line, field, bad value and fix.
@@ -27,6 +30,7 @@ import yaml
 from .errors import PolicyError, Problem
 from .prefixes import PrefixTable, is_address
 from .regions import Catalogue, load_catalogue
+from .zoom import service_classes
 
 LOCATIONS = ("outside-china", "china")
 ACCOUNT_TYPES = ("paid", "free")
@@ -36,19 +40,21 @@ CONFLICT_MODES = ("precedence", "strict")
 # `learned` (names regionguard resolved itself, regionguard/learned.py) ranks by its confidence,
 # 0.75: below the operators' own range data (zoom-dc, cloud 0.9, geofeed 0.8), above GeoIP.
 SOURCES = ("override", "zoom-dc", "cloud", "geofeed", "learned", "geoip", "hostname", "fallback")
-SERVICES = ("web", "meeting", "tunnel", "crc", "cdn", "phone")
+OTHER_ACTIONS = ("allow", "monitor", "block")
 BLOCK_ANSWERS = ("nxdomain", "nodata", "refused", "zero")
 CHINA = "CN"
 
 _TOP_KEYS = ("version", "name", "description", "account", "regions", "client", "actions",
-             "overrides", "groups", "evidence", "data", "resolver", "reroute", "dns", "gateway")
+             "overrides", "groups", "evidence", "data", "resolver", "reroute", "dns", "gateway",
+             "scope")
 _KEYS = {
     "account": ("type", "default_region"),
     "regions": ("opt_in", "opt_out"),
     "client": ("location",),
-    "actions": ("disallowed", "unknown", "exempt_services"),
+    "actions": ("disallowed", "unknown", "exempt_services"),   # exempt_services: an error (scope)
+    "scope": ("governed", "other"),
     "override": ("match", "region", "country", "zoom", "note"),
-    "group": ("name", "clients", "client", "regions", "actions"),
+    "group": ("name", "clients", "client", "regions", "actions", "scope"),
     "evidence": ("precedence", "conflicts", "min_confidence", "learned_ttl_days"),
     "data": ("geoip", "geofeeds", "datacenters", "cloud"),
     "resolver": ("nameservers", "hosts", "timeout"),
@@ -77,7 +83,8 @@ class Rules:
     allowed: frozenset[str]
     disallowed_action: str
     unknown_action: str
-    exempt_services: frozenset[str]
+    governed: frozenset[str]       # service classes held to `allowed` (scope.governed)
+    other_action: str              # what the rest of Zoom's traffic gets (scope.other)
     clients: tuple[str, ...] = ()
 
 
@@ -496,11 +503,54 @@ class _Checker:
                                  path + ("actions", "disallowed"), DISALLOWED_ACTIONS, "block")
         unknown = self.choice(actions.get("unknown", parent_actions.get("unknown")),
                               path + ("actions", "unknown"), UNKNOWN_ACTIONS, "block")
-        exempt_raw = actions.get("exempt_services", parent_actions.get("exempt_services"))
-        exempt = set()
-        for i, s in enumerate(self.sequence(exempt_raw, path + ("actions", "exempt_services"))):
-            exempt.add(self.choice(s, path + ("actions", "exempt_services", i), SERVICES, "web"))
-        return Rules(name, location, allowed, disallowed, unknown, frozenset(exempt), clients)
+        governed, other = self.scope(section, path, inherit, actions)
+        return Rules(name, location, allowed, disallowed, unknown, governed, other, clients)
+
+    def scope(self, section: dict, path: tuple, inherit: dict, actions: dict
+              ) -> tuple[frozenset[str], str]:
+        """`scope:` (inherited per key from the top level): which service classes the allowed
+        regions govern, by default those Zoom's region setting governs; and what other Zoom
+        traffic gets: allow (audited), monitor (let through, audited as what the region rules
+        would do) or block."""
+        classes = service_classes()
+        default = frozenset(n for n, c in classes.items() if c.governed)
+        if "exempt_services" in actions:
+            self.exempt_services_error(path + ("actions", "exempt_services"),
+                                       actions["exempt_services"], default, classes)
+        scope = self.mapping(section.get("scope"), path + ("scope",), _KEYS["scope"])
+        parent = inherit.get("scope") if isinstance(inherit.get("scope"), dict) else {}
+        governed = default
+        raw = scope.get("governed", parent.get("governed"))
+        if raw is not None:
+            where = path + ("scope", "governed") if "governed" in scope else ("scope", "governed")
+            names = [str(s) for s in self.sequence(raw, where)]
+            for i, s in enumerate(names):
+                self.choice(s, where + (i,), tuple(classes), s)
+            governed = frozenset(s for s in names if s in classes)
+            left_out = sorted(default - governed)
+            if left_out and "governed" in scope:
+                self.warn(where, f"leaves out {', '.join(left_out)}, which Zoom's region setting "
+                          "governs: that traffic is not held to the allowed regions",
+                          f"add {', '.join(left_out)} to scope.governed unless that is the intent")
+        other = self.choice(scope.get("other", parent.get("other")), path + ("scope", "other"),
+                            OTHER_ACTIONS, "allow")
+        return governed, other
+
+    def exempt_services_error(self, path: tuple, raw: Any, default: frozenset[str],
+                              classes: dict) -> None:
+        """`actions.exempt_services` (before scope): an error that gives both exact rewrites.
+        Accepting it would keep two spellings of one thing, and any translation changes what
+        the file meant without the admin noticing: either everything still held to the region
+        (what made Zoom's web and login fail) or silently less held."""
+        exempt = {str(s) for s in self.sequence(raw, path)}
+        held = [n for n in classes if n not in exempt]
+        self.error(path, "no longer supported: replaced by `scope:`, which holds only the service "
+                   "classes Zoom's region setting governs to the allowed regions and allows and "
+                   "audits the rest of Zoom's traffic",
+                   "delete exempt_services to hold only " + ", ".join(sorted(default))
+                   + " (the new default); or, to keep holding everything but "
+                   + ", ".join(sorted(exempt)) + " to the region policy as before, write "
+                   + f"`scope: {{governed: [{', '.join(held)}]}}` instead")
 
     def overrides(self, raw: Any) -> Iterable[Override]:
         for i, o in enumerate(self.sequence(raw, ("overrides",))):

@@ -286,7 +286,7 @@ def evidence_text(d: Decision) -> str:
 def format_table(result: ReplayResult, include_pass: bool = False) -> str:
     rows = result.sorted_rows(include_pass)
     groups = bool(result.policy.groups)
-    head = ("N", "HOST", "ADDRESS", "PORT", "REGION", "SERVICE", "EVIDENCE", "DECISION")
+    head = ("N", "HOST", "ADDRESS", "PORT", "REGION", "SERVICE", "SCOPE", "EVIDENCE", "DECISION")
     if groups:
         head = ("GROUP", *head)
     body = []
@@ -296,7 +296,7 @@ def format_table(result: ReplayResult, include_pass: bool = False) -> str:
         decision = f"{str(d.action).upper()} {d.rule}" + (f" (would {d.would})" if d.would else "")
         address = d.address or "(not recorded)"
         cells = (str(r.count), d.host or "-", address, f"{d.port}/{d.transport}", region,
-                 d.service or "-", evidence_text(d), decision)
+                 d.service or "-", d.scope or "-", evidence_text(d), decision)
         body.append((d.group or "-", *cells) if groups else cells)
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
@@ -349,7 +349,8 @@ def junit_xml(result: ReplayResult, include_pass: bool = False) -> bytes:
         d = r.decision
         case = ET.SubElement(suite, "testcase", classname=f"regionguard.replay.{policy_name}",
                              name=f"{d.host or '-'} {d.address or '-'}:{d.port}/{d.transport}")
-        detail = (f"{d.reason}\nregion: {d.region or 'unknown'}; evidence: {evidence_text(d)}; "
+        detail = (f"{d.reason}\nregion: {d.region or 'unknown'}; service: {d.service or '-'} "
+                  f"(scope {d.scope or '-'}); evidence: {evidence_text(d)}; "
                   f"rule: {d.rule}; seen {r.count}x, first at {r.first_file}: {r.first_position}")
         if r.fails(result.fail_on):
             failure = ET.SubElement(case, "failure", type=str(d.action),

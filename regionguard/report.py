@@ -1,5 +1,8 @@
 """`regionguard report`: where did the meeting traffic go, and what was stopped? From audit logs.
 
+Totals by region, service, scope (`governed`: held to the policy's regions; `other`: Zoom traffic
+outside the governed scope, such as web and login), client group and action.
+
     regionguard report audit.jsonl audit.jsonl.1             # summary in the terminal
     regionguard report audit.jsonl --html report.html        # self-contained page: charts and map
     regionguard report audit.jsonl --png charts.png          # the charts alone (needs matplotlib)
@@ -72,6 +75,10 @@ class Summary:
     policy_versions: Counter[str] = field(default_factory=Counter)
     region_action: Counter[tuple[str, str]] = field(default_factory=Counter)
     service_action: Counter[tuple[str, str]] = field(default_factory=Counter)
+    scope_action: Counter[tuple[str, str]] = field(default_factory=Counter)   # governed | other
+    # the map's: meeting traffic only (scope governed; lines from before scope count as governed)
+    governed_region_action: Counter[tuple[str, str]] = field(default_factory=Counter)
+    governed_country_action: Counter[tuple[str, str]] = field(default_factory=Counter)
     group_action: Counter[tuple[str, str]] = field(default_factory=Counter)
     country_action: Counter[tuple[str, str]] = field(default_factory=Counter)  # no Zoom region
     hour_action: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -100,9 +107,15 @@ class Summary:
         self.zoom += 1
         region = r.get("region") or ("no-region" if r.get("country") else "unknown")
         self.region_action[(region, action)] += 1
+        governed = r.get("scope") != "other"
+        if governed:
+            self.governed_region_action[(region, action)] += 1
         if not r.get("region") and r.get("country"):
             self.country_action[(str(r["country"]), action)] += 1
+            if governed:
+                self.governed_country_action[(str(r["country"]), action)] += 1
         self.service_action[(str(r.get("service") or "-"), action)] += 1
+        self.scope_action[(str(r.get("scope") or "-"), action)] += 1
         self.group_action[(str(r.get("group") or "-"), action)] += 1
         if action in STOPPED or (action == "monitor" and r.get("would") in STOPPED):
             self.blocked_hosts.add(str(r.get("host") or r.get("address") or "-"))
@@ -144,6 +157,7 @@ class Summary:
             "by_front_end": dict(self.by_front_end.most_common()),
             "by_region": nested(self.region_action),
             "by_service": nested(self.service_action),
+            "by_scope": nested(self.scope_action),
             "by_group": nested(self.group_action),
             "no_region_countries": nested(self.country_action),
             "by_hour": nested(self.hour_action),
@@ -214,6 +228,7 @@ def format_text(s: Summary, top: int = 10) -> str:
         out.append("by action: " + "  ".join(f"{a} {s.by_action[a]:,}" for a in s.actions_seen()))
     actions = [a for a in s.actions_seen() if a != "pass"]
     for title, counter in (("region", s.region_action), ("service", s.service_action),
+                           ("scope", s.scope_action),
                            ("client group", s.group_action),
                            ("country without a Zoom region", s.country_action)):
         lines = _grid(title, s.table(counter), actions)

@@ -101,8 +101,8 @@ def _place_label(text: str, x: float, y: float, r: float,
 
 def world_map(s: Summary) -> str:
     cat = load_catalogue()
-    regions = {k: (counts, total) for k, counts, total in s.table(s.region_action)}
-    no_region = {k: (counts, total) for k, counts, total in s.table(s.country_action)}
+    regions = {k: (counts, total) for k, counts, total in s.table(s.governed_region_action)}
+    no_region = {k: (counts, total) for k, counts, total in s.table(s.governed_country_action)}
     parts = [f'<svg class="map" viewBox="0 0 {MAP_W} {MAP_H}" role="img" '
              f'aria-label="World map of Zoom regions reached">',
              f'<rect width="{MAP_W}" height="{MAP_H}" fill="#e8f1f8"/>']
@@ -245,7 +245,8 @@ def render_html(s: Summary, title: str = "regionguard report", top: int = 10) ->
     actions = s.actions_seen()
     zoom_actions = [a for a in actions if a != "pass"]
     stopped = sum(n for a, n in s.by_action.items() if a in STOPPED)
-    unknown = sum(n for (region, _), n in s.region_action.items() if region == "unknown")
+    unknown = sum(n for (region, _), n in s.governed_region_action.items() if region == "unknown")
+    other = sum(n for (scope, _), n in s.scope_action.items() if scope == "other")
     cards = [("decisions", f"{s.decisions:,}", ""), ("Zoom", f"{s.zoom:,}", ""),
              ("allowed", f"{s.by_action.get('allow', 0):,}", "ok"),
              ("stopped", f"{stopped:,}", "stop"),
@@ -264,10 +265,14 @@ def render_html(s: Summary, title: str = "regionguard report", top: int = 10) ->
             "what was allowed, monitored and stopped. Countries are shaded green (all allowed), "
             "amber (some stopped), red (all stopped) or orange (no Zoom region)."
             + (f" {unknown:,} Zoom decision(s) had no provable region and are not on the map."
-               if unknown else "") + "</p>",
+               if unknown else "")
+            + (f" The map shows the governed scope (meeting and webinar traffic) only: {other:,} "
+               "decision(s) for Zoom traffic outside it (web, login, logging, CDN) are counted "
+               "under By scope." if other else "") + "</p>",
             "<h2>Decisions</h2>", legend(actions),
             bar_chart("By region", s.table(s.region_action), zoom_actions),
             bar_chart("By service", s.table(s.service_action), zoom_actions),
+            bar_chart("By scope", s.table(s.scope_action), zoom_actions),
             bar_chart("By client group", s.table(s.group_action), zoom_actions),
             timeline(s, actions)]
     blocked = s.blocked_hosts.most_common(top)

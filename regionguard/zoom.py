@@ -1,11 +1,15 @@
-"""Is a destination Zoom's, and which Zoom service is it?
+"""Is a destination Zoom's, and which Zoom service (class) is it?
 
 By name: Zoom's domains and their subdomains (case and trailing dot normalised). By address:
 Zoom's published IPv4/IPv6 ranges; an IPv6 address that embeds an IPv4 one (IPv4-mapped
 ::ffff:a.b.c.d, IPv4-compatible ::a.b.c.d, NAT64 64:ff9b::a.b.c.d) is tested as that IPv4
-address too, since a connection to it can reach the IPv4 host. The service follows from port,
-transport and name: web/API, meeting media, tunnel (TCP 443 to a meeting server), CRC, CDN,
-phone. Domains, ports and name patterns are data (config/zoom.yaml, config/data/zoom-ranges.csv).
+address too, since a connection to it can reach the IPv4 host.
+
+The service class follows, in this order, from a CRC domain; the transport and port (media,
+relays, H.323/SIP); a range Zoom publishes for one service (phone, CDN); on the web ports, the
+name (zone controllers, multimedia routers, web, logging, CDN, push); else `unknown-service`.
+Whether a class is governed by Zoom's region setting is data too (`services:`), and so are
+domains, ports and name patterns (config/zoom.yaml, config/data/zoom-ranges.csv).
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ class Classification(NamedTuple):
     range: ZoomRange | None
 
 
+UNKNOWN_SERVICE = "unknown-service"   # what no rule classes: governed by default (fail closed)
+TUNNEL = "tunnel"
+_NAME_CACHE = 50_000                  # names remembered by name_class (bounded)
+
+
 def _port_ranges(specs: list) -> tuple[tuple[int, int], ...]:
     out = []
     for spec in specs:
@@ -76,19 +85,30 @@ def _port_ranges(specs: list) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+class ServiceClass(NamedTuple):
+    name: str
+    governed: bool     # does Zoom's data-center region setting govern it (the default scope)?
+    what: str
+
+
 @dataclass(frozen=True)
 class ZoomCatalogue:
     domains: DomainSet
     domain_regions: dict[str, dict]
     ports: dict[tuple[str, str], tuple[tuple[int, int], ...]]   # (service, transport) → ranges
-    meeting_server_names: tuple[re.Pattern, ...]
+    name_rules: tuple[tuple[str, re.Pattern], ...]              # (service, full-name pattern)
     crc_domains: DomainSet
     site_codes: frozenset[str]       # subdomain site codes: HOST.SITE.zoom.us is a meeting server
     ranges: PrefixTable[ZoomRange]
     ranges_source: str
-    # derived in __post_init__: (transport, port) → service, and all name patterns as one search
+    services: dict[str, ServiceClass] = field(default_factory=dict)
+    range_services: frozenset[str] = frozenset({"phone", "cdn"})
+    web_ports: frozenset[tuple[str, int]] = frozenset({("tcp", 80), ("tcp", 443), ("udp", 443)})
+    # derived in __post_init__: (transport, port) → service, all name rules as one expression
     _port_services: dict[tuple[str, int], str] = field(init=False, repr=False, compare=False)
-    _meeting_server_name: Callable[[str], object] = field(init=False, repr=False, compare=False)
+    _name_match: Callable[[str], re.Match[str] | None] = field(init=False, repr=False, compare=False)
+    _name_services: dict[str, str] = field(init=False, repr=False, compare=False)
+    _name_classes: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # (transport, port) → service, expanded once: port lists are short ranges.
@@ -98,11 +118,15 @@ class ZoomCatalogue:
                 for port in range(lo, hi + 1):
                     table[(proto, port)] = service
         object.__setattr__(self, "_port_services", table)
-        # One expression for all meeting-server name patterns: one scan of the name, not one
-        # per pattern (the DNS filter asks this of every new Zoom name).
-        joined = "|".join(f"(?:{p.pattern})" for p in self.meeting_server_names)
-        object.__setattr__(self, "_meeting_server_name", re.compile(joined).search if joined
+        # One expression for all name rules, each its own named group: one scan of the name,
+        # not one per rule (the DNS filter asks this of every new Zoom name); the group that
+        # matched says the rule, the first in the file where several could.
+        names = {f"r{i}": service for i, (service, _) in enumerate(self.name_rules)}
+        joined = "|".join(f"(?P<r{i}>{p.pattern})" for i, (_, p) in enumerate(self.name_rules))
+        object.__setattr__(self, "_name_services", names)
+        object.__setattr__(self, "_name_match", re.compile(joined).fullmatch if joined
                            else lambda host: None)
+        object.__setattr__(self, "_name_classes", {})
 
     @classmethod
     def load(cls, directory: Path | None = None) -> ZoomCatalogue:
@@ -142,10 +166,30 @@ class ZoomCatalogue:
             return Classification(False, None, "not a Zoom domain or range", None)
         return Classification(True, self._service(host, rng, port, transport), why, rng)
 
+    def is_governed(self, service: str | None) -> bool:
+        """Does Zoom's region setting govern this class (the default scope)? Unknown: yes."""
+        known = self.services.get(service or UNKNOWN_SERVICE)
+        return known is None or known.governed
+
+    def name_class(self, host: str) -> str:
+        """The class a (normalised) name gives a connection on a web port: the first name rule
+        that matches the whole name; else `tunnel` for HOST.SITE.zoom.us; else "" (none)."""
+        found = self._name_classes.get(host)
+        if found is None:
+            m = self._name_match(host)
+            if m is not None and m.lastgroup is not None:
+                found = self._name_services[m.lastgroup]
+            else:
+                found = TUNNEL if self._at_site(host) else ""
+            if len(self._name_classes) >= _NAME_CACHE:
+                self._name_classes.clear()
+            self._name_classes[host] = found
+        return found
+
     def is_meeting_server_name(self, host: str) -> bool:
-        """Does `host` (normalised) name a meeting server: a meeting-server name pattern, or
-        HOST.SITE.zoom.us. A TCP 443 connection to one is a tunnel."""
-        return self._meeting_server_name(host) is not None or self._at_site(host)
+        """Does `host` (normalised) name a meeting server: a zone controller, a multimedia
+        router or HOST.SITE.zoom.us."""
+        return self.name_class(host) in (TUNNEL, "zone-controller")
 
     def _at_site(self, host: str) -> bool:
         return (host.count(".") == 3 and host.endswith(".zoom.us")
@@ -157,16 +201,47 @@ class ZoomCatalogue:
         service = self._port_services.get((transport, port))
         if service is not None:
             return service
-        if rng is not None and rng.service in ("phone", "cdn"):
+        if rng is not None and rng.service in self.range_services:
             return rng.service
-        if transport == "tcp" and port == 443:
-            if host and self.is_meeting_server_name(host):
-                return "tunnel"
-            if host is None and rng is not None:
-                return "tunnel"   # an unnamed TCP 443 connection straight to a Zoom server
-        if port in (80, 443):
-            return "web"
-        return "meeting"
+        if (transport, port) in self.web_ports:
+            if host:
+                return self.name_class(host) or UNKNOWN_SERVICE
+            if transport == "tcp" and port == 443:
+                return TUNNEL   # an unnamed TCP 443 connection straight to a Zoom server
+        return UNKNOWN_SERVICE
+
+
+@cache
+def service_classes(directory: str | None = None) -> dict[str, ServiceClass]:
+    """The service classes of config/zoom.yaml, by name (for the policy checker: cheap, no
+    ranges loaded)."""
+    with open(Path(directory or config_dir()) / "zoom.yaml", encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    return _services(raw)
+
+
+def _services(raw: dict) -> dict[str, ServiceClass]:
+    out = {}
+    for name, spec in (raw.get("services") or {}).items():
+        spec = spec or {}
+        out[str(name)] = ServiceClass(str(name), bool(spec.get("governed", True)),
+                                      str(spec.get("what") or ""))
+    if UNKNOWN_SERVICE not in out:
+        out[UNKNOWN_SERVICE] = ServiceClass(UNKNOWN_SERVICE, True, "Zoom traffic no rule classes")
+    return out
+
+
+def _name_rules(raw: dict, services: dict[str, ServiceClass]) -> tuple[tuple[str, re.Pattern], ...]:
+    rules = []
+    for i, rule in enumerate(raw.get("names") or ()):
+        service, pattern = str(rule["service"]), re.compile(str(rule["match"]))
+        if service not in services:
+            raise ValueError(f"zoom.yaml: names[{i}]: service {service!r} is not in `services:`")
+        if pattern.groups:
+            raise ValueError(f"zoom.yaml: names[{i}]: {pattern.pattern!r} has a capturing group; "
+                             "write (?:...) instead")
+        rules.append((service, pattern))
+    return tuple(rules)
 
 
 @cache
@@ -186,13 +261,23 @@ def _load(directory: str) -> ZoomCatalogue:
                                                    row["date"])))
     with open(base / "data" / "site-codes.csv", newline="", encoding="utf-8") as f:
         site_codes = frozenset(r["code"].lower() for r in csv.DictReader(f) if r["kind"] == "subdomain")
+    services = _services(raw)
+    unknown = sorted({service for service, _ in ports} - set(services))
+    if unknown:
+        raise ValueError(f"zoom.yaml: ports: {', '.join(unknown)} not in `services:`")
+    web_ports = frozenset((proto, int(number))
+                          for proto, numbers in (raw.get("web_ports") or {}).items()
+                          for number in numbers)
     return ZoomCatalogue(
         domains=DomainSet(raw.get("domains") or ()),
         domain_regions={normalise_host(k): v for k, v in (raw.get("domain_regions") or {}).items()},
         ports=ports,
-        meeting_server_names=tuple(re.compile(p) for p in raw.get("meeting_server_names") or ()),
+        name_rules=_name_rules(raw, services),
         crc_domains=DomainSet(raw.get("crc_domains") or ()),
         site_codes=site_codes,
         ranges=PrefixTable.from_prefixes(items),
         ranges_source=ranges_path.name,
+        services=services,
+        range_services=frozenset(raw.get("range_services") or ()),
+        web_ports=web_ports,
     )

@@ -35,8 +35,10 @@ def test_disallowed_region_is_blocked_naming_the_rule(eu):
 
 
 def test_unknown_region_fails_closed(eu):
-    d = eu.decide("10.0.0.1", "zoom.us", "170.114.10.10", 443)
-    assert d.action == Action.BLOCK and d.rule == "unknown-region" and d.service == "web"
+    # (was zoom.us: web is no longer held to the region policy; tests/test_scope.py)
+    d = eu.decide("10.0.0.1", "zoomfr12zc.zoom.us", "170.114.10.10", 443)
+    assert d.action == Action.BLOCK and d.rule == "unknown-region"
+    assert (d.service, d.scope) == ("zone-controller", "governed")
 
 
 def test_country_without_zoom_region_is_disallowed(eu):
@@ -63,7 +65,7 @@ def test_china_tunnel_servers_are_always_blocked(office):
 
 @pytest.mark.parametrize("host,address,port,transport,service", [
     (None, "159.124.47.249", 8801, "udp", "meeting"),
-    (None, "159.124.47.249", 3478, "udp", "meeting"),
+    (None, "159.124.47.249", 3478, "udp", "relay"),
     (None, "159.124.47.249", 8802, "tcp", "meeting"),
     (None, "159.124.47.249", 1720, "tcp", "crc"),
     (None, "159.124.47.249", 5061, "tcp", "crc"),
@@ -72,6 +74,8 @@ def test_china_tunnel_servers_are_always_blocked(office):
     ("edge7.ams.zoom.us", "159.124.47.249", 443, "tcp", "tunnel"),
     (None, "159.124.47.249", 443, "tcp", "tunnel"),
     ("zoom.us", "159.124.47.249", 443, "tcp", "web"),
+    ("zoomfr12zc.zoom.us", "159.124.47.249", 443, "tcp", "zone-controller"),
+    (None, "159.124.47.249", 8001, "tcp", "unknown-service"),
     (None, "173.231.92.10", 443, "tcp", "phone"),
     (None, "52.84.151.10", 443, "tcp", "cdn"),
 ])
@@ -79,9 +83,9 @@ def test_services(eu, host, address, port, transport, service):
     assert eu.decide(None, host, address, port, transport).service == service
 
 
-def test_exempt_cdn_is_allowed_even_though_anycast_has_no_region(eu):
+def test_cdn_is_allowed_out_of_scope_even_though_anycast_has_no_region(eu):
     d = eu.decide(None, None, "52.84.151.10", 443)
-    assert d.action == Action.ALLOW and d.rule == "exempt-service"
+    assert d.action == Action.ALLOW and d.rule == "out-of-scope" and d.scope == "other"
 
 
 @pytest.mark.parametrize("mode,action,would", [("monitor", Action.MONITOR, Action.BLOCK),
@@ -96,7 +100,7 @@ def test_monitor_and_reroute(write_policy, mode, action, would):
     """)))
     d = engine.decide(None, None, "206.247.11.121", 8801, "udp")
     assert (d.action, d.would) == (action, would)
-    u = engine.decide(None, "zoom.us", "170.114.10.10", 443)
+    u = engine.decide(None, None, "170.114.10.10", 443)
     assert u.action == Action.MONITOR and u.would == Action.BLOCK
     assert engine.reroute_target("x.zoom.us") == "eu01.zoom.us"
     assert engine.reroute_target("example.org") is None
@@ -166,13 +170,15 @@ def test_engine_invariants(engine, address, port_transport):
     rules = engine.policy.rules_for("10.0.0.1")
     assert d.zoom  # every address of the Zoom table is in Zoom's ranges or the table itself
     if d.action == Action.ALLOW:
-        assert d.region in rules.allowed or d.rule == "exempt-service"
+        assert d.region in rules.allowed or d.rule == "out-of-scope"
         if rules.location == "outside-china":
             assert d.region != "CN"
     if d.region == "CN" and d.service == "tunnel":
         assert d.action == Action.BLOCK
-    if not d.location.known:
-        assert d.action != Action.ALLOW or rules.unknown_action == "allow"
+    if not d.location.known:   # held unless out of the governed scope (other: allow by default)
+        assert d.action != Action.ALLOW or rules.unknown_action == "allow" or (
+            d.scope == "other" and d.rule == "out-of-scope")
+    assert d.scope == ("governed" if d.service in rules.governed else "other")
 
 
 def test_a_hostname_never_places_an_address_no_address_source_places(eu):
