@@ -248,16 +248,16 @@ class RegionGuard:
         while True:
             await asyncio.sleep(ctx.options.regionguard_reload or 1)
             try:
-                self.check_policy()
+                await self.check_policy()
             except Exception:  # noqa: BLE001 - a reload problem must not stop future reloads
                 log.exception("regionguard: policy reload check failed")
 
-    def check_policy(self) -> None:
+    async def check_policy(self) -> None:
         holder = self.holder
         if holder is None:
             return
         before = holder.engine
-        error = holder.check()
+        error = await holder.check_async()   # parsed off the event loop
         if error is not None:
             self.audit.write_raw({"time": timestamp(), "event": "policy-reload", "ok": False,
                                   "policy": str(holder.path), "error": str(error),

@@ -594,17 +594,25 @@ class DnsServer:
     async def _watch_policy(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_EVERY)
-            self.holder.check()
-            if self.holder.engine is not self.engine:
-                # `regionguard dns` freezes its startup objects (see _main): the old policy's
-                # must become collectable again, and the new one's be frozen in turn.
-                frozen = gc.get_freeze_count() > 0
-                if frozen:
-                    gc.unfreeze()
-                self.use_engine(self.holder.engine)
-                if frozen:
-                    gc.collect()
-                    gc.freeze()
+            try:
+                # parsed in a worker thread: answers keep flowing while a policy loads
+                await self.holder.check_async()
+                if self.holder.engine is not self.engine:
+                    self._swap_engine()
+            except Exception:  # noqa: BLE001 - one failed reload must not end the watching
+                log.exception("regionguard dns: policy reload of %s failed; the running policy "
+                              "stays in force", self.holder.path)
+
+    def _swap_engine(self) -> None:
+        # `regionguard dns` freezes its startup objects (see _main): the old policy's
+        # must become collectable again, and the new one's be frozen in turn.
+        frozen = gc.get_freeze_count() > 0
+        if frozen:
+            gc.unfreeze()
+        self.use_engine(self.holder.engine)
+        if frozen:
+            gc.collect()
+            gc.freeze()
 
     def use_engine(self, engine) -> None:
         """Swap in a new policy: answers filtered under the old one must not be served."""
