@@ -44,7 +44,7 @@ import dns.rdatatype
 import dns.resolver
 
 from . import _native
-from .audit import AuditLog
+from .audit import AuditLog, check_audit_path
 from .cli import EXIT_CONFIG, add_policy_argument, policy_path
 from .dnscache import (
     Query,
@@ -1126,6 +1126,9 @@ def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:
         problems.append(Problem("command line", "--audit-flush-ms",
                                 f"{args.audit_flush_ms} is not between 0 and 60000",
                                 "give milliseconds, e.g. --audit-flush-ms 250 (0: write at once)"))
+    unwritable = check_audit_path(args.audit) if args.audit else None
+    if unwritable is not None:   # said now, before listening, not at the first lost line
+        problems.append(unwritable)
     if problems or listen is None:
         raise ConfigError(problems)
     timeout = args.timeout if args.timeout is not None else holder.engine.policy.resolver.timeout

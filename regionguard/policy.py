@@ -547,7 +547,8 @@ class _Checker:
             if country is None and region:
                 countries = self.catalogue.regions[region].countries
                 country = countries[0] if countries else None
-            if region is None and country is None and o.get("zoom") is None:
+            if o.get("region") in (None, "none", "None") and o.get("country") is None \
+                    and o.get("zoom") is None:
                 self.error(path, "says nothing", "give a `region`, a `country` or `zoom: true/false`")
             zoom = o.get("zoom")
             if zoom is not None and not isinstance(zoom, bool):
@@ -571,7 +572,8 @@ class _Checker:
         code = value.strip().upper()
         known = iso_countries()
         if code not in known:
-            close = difflib.get_close_matches(code, sorted(known), n=3)
+            close = ([_RESERVED_CODES[code]] if code in _RESERVED_CODES
+                     else difflib.get_close_matches(code, sorted(known), n=3))
             self.error(path, f"{value!r} is not an ISO 3166-1 alpha-2 country code",
                        (f"did you mean {' or '.join(map(repr, close))}? " if close else "")
                        + "write the two-letter code, e.g. DE, US, JP (the list: "
@@ -716,6 +718,10 @@ class _Checker:
 
 # a hostname, or a pattern of one with `*` wildcards, as the classifier compares them (lower case)
 _HOST_PATTERN = re.compile(r"^(?=.{1,253}$)[a-z0-9_*](?:[a-z0-9_*.-]*[a-z0-9_*])?$")
+
+
+# codes ISO 3166 reserves for other uses, which people write for the country's own code
+_RESERVED_CODES = {"UK": "GB", "EL": "GR"}
 
 
 @functools.cache

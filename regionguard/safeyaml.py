@@ -98,7 +98,7 @@ def _line_map(root: yaml.Node | None, fail: Any) -> dict[tuple, int]:
                 if not isinstance(key, yaml.ScalarNode):
                     raise fail("a key must be plain text, not a list or mapping",
                                "write `name: value`", line)
-                if key.value == "<<" and key.style is None:
+                if key.tag == "tag:yaml.org,2002:merge":   # an unquoted <<
                     raise fail("merge keys (<<) are not allowed in a policy",
                                "write the keys out in full", line)
                 if key.value in seen:
