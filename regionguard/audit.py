@@ -138,12 +138,13 @@ class AuditLog:
     """Appends JSON lines to `path`; rotates to path.1 … path.N when it would exceed max_bytes.
 
     flush_interval > 0 queues lines for a writer thread (see the module docstring); max_pending
-    bounds that queue, batch_lines is the queue length that wakes the writer early."""
+    bounds that queue, batch_lines is the queue length that wakes the writer early. Lost lines
+    are reported at the first loss, then at most every `report_every` seconds."""
 
     def __init__(self, path: str | Path | None, max_bytes: int = 50 * 1024 * 1024,
                  backups: int = 5, counters: Counters | None = None, *,
                  flush_interval: float = 0.0, max_pending: int = 65_536,
-                 batch_lines: int = 1024) -> None:
+                 batch_lines: int = 1024, report_every: float = 60.0) -> None:
         self.path = Path(path) if path else None
         self.max_bytes = max_bytes
         self.backups = backups
@@ -151,6 +152,7 @@ class AuditLog:
         self.flush_interval = flush_interval if self.path is not None else 0.0
         self.max_pending = max_pending
         self.batch_lines = batch_lines
+        self.report_every = report_every
         self._lock = threading.Lock()           # the file and its size
         self._file: BinaryIO | None = None
         self._size = 0
@@ -361,9 +363,9 @@ class AuditLog:
         self._complain(error)
 
     def _complain(self, error: object) -> None:
-        """Say that lines are lost: at once the first time, then at most once a minute."""
+        """Say that lines are lost: at once the first time, then at most every report_every s."""
         now = time.monotonic()
-        if self._last_complaint is None or now - self._last_complaint >= 60:
+        if self._last_complaint is None or now - self._last_complaint >= self.report_every:
             self._last_complaint = now
             log.error("regionguard: audit lines lost, audit log %s: %s (decisions still enforced; "
                       "%d line(s) lost so far)", self.path, error, self.counters.audit_failures)
