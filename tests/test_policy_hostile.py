@@ -177,7 +177,7 @@ def test_error_text_is_bounded_whatever_the_file_holds():
     ("resolver: {hosts: {de.zoom.us: 2130706433}}", "resolver.hosts.de.zoom.us"),
     ("resolver: {hosts: {1: 127.0.0.1}}", "resolver.hosts[1]"),
     ("resolver: {timeout: true}", "resolver.timeout"),
-    ("resolver: {timeout: 1e9}", "resolver.timeout"),
+    ("resolver: {timeout: 100000.0}", "resolver.timeout"),
     ("reroute: [{match: 1, to: us01.zoom.us}]", "reroute[0].match"),
     ("reroute: [{match: '*.zoom.us', to: [us01.zoom.us]}]", "reroute[0].to"),
     ("reroute: [{match: '*.zoom.us', to: 'not a host'}]", "reroute[0].to"),
