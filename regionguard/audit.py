@@ -18,10 +18,10 @@ logged at the first loss, then at most once a minute with the running count, and
 writing works again. Lines are lost when
 - a write fails (full file system, unwritable path, I/O error);
 - the open file is deleted, or its directory removed: writes to it still "succeed", into a file
-  no one can read. At most once a second, before writing, the path is compared with the open
-  file; when the file has gone, the lines written to it are counted lost and a new file is
-  started at the path (its directory created again). A file renamed away (rotated by another
-  program) is not a loss: the log just reopens the path.
+  no one can read. Before each write (a batch, or a line when unbuffered) the path is compared
+  with the open file (one stat); when the file has gone, the lines written to it are counted
+  lost and a new file is started at the path (its directory created again). A file renamed
+  away (rotated by another program) is not a loss: the log just reopens the path.
 `check_audit_path()` tells a front end at start-up, before it listens, that a path cannot be
 written at all. The size cap with rotation holds line by line. Counters keep totals by action,
 rule, region and service for the front ends' status output.
@@ -160,7 +160,6 @@ class AuditLog:
         self._failing = False          # the last write failed: say so when one succeeds again
         self._file_id: tuple[int, int] | None = None   # (device, inode) of the open file
         self._file_lines = 0           # lines written to the open file
-        self._next_watch = 0.0         # when to look again whether the open file is still there
         self._lines = LineEncoder()   # keeps each decision's encoded fields between lines
         # Buffered mode. _pending is replaced, never emptied in place, under _pending_lock.
         self._pending: list[_Entry] = []
@@ -270,8 +269,7 @@ class AuditLog:
         chunk_size = 0
         written = 0
         try:
-            if self._file is not None and time.monotonic() >= self._next_watch:
-                self._next_watch = time.monotonic() + 1.0
+            if self._file is not None:
                 self._watch_file()
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -367,7 +365,7 @@ class AuditLog:
         now = time.monotonic()
         if self._last_complaint is None or now - self._last_complaint >= self.report_every:
             self._last_complaint = now
-            log.error("regionguard: audit lines lost, audit log %s: %s (decisions still enforced; "
+            log.error("regionguard: cannot write audit log %s: %s (decisions still enforced; "
                       "%d line(s) lost so far)", self.path, error, self.counters.audit_failures)
 
     def close(self) -> None:
