@@ -11,9 +11,9 @@
 - no anchors, aliases, explicit tags or merge keys: a configuration file needs none of them;
 - nesting at most MAX_DEPTH collections deep;
 - keys are plain scalars, each at most once per mapping (the error names both lines).
-The rules are checked on the parser's event stream before anything is built, so the work is
-linear in the (bounded) size of the file, and the first broken rule stops the reading with one
-Problem naming the file, line and fix.
+The document is built from the parser's event stream in one pass that checks the rules as it
+goes, so the work is linear in the (bounded) size of the file and the first broken rule stops
+the reading with one Problem naming the file, line and fix.
 """
 
 from __future__ import annotations
@@ -44,14 +44,7 @@ def load_yaml(text: str, filename: str, error: type[ConfigError] = ConfigError
         raise fail(f"the file is {size} bytes, more than the {MAX_BYTES} a policy may have",
                    "split the file or remove what is not needed (a policy is a few kilobytes)")
     try:
-        _check_events(text, fail)
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            lines = _line_map(node, fail)
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
+        return _read(text, fail)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
@@ -60,58 +53,106 @@ def load_yaml(text: str, filename: str, error: type[ConfigError] = ConfigError
                    mark.line + 1 if mark else None) from None
     except (ValueError, OverflowError) as e:   # e.g. an integer too long to convert
         raise fail(f"a value cannot be read: {_short(str(e))}", "shorten or quote the value") from None
-    return data, lines
 
 
-def _check_events(text: str, fail: Any) -> None:
-    depth = 0
+class _Frame:
+    """A mapping or list being filled, with its path and, in a mapping, the key read last."""
+
+    __slots__ = ("container", "path", "key", "key_line", "has_key")
+
+    def __init__(self, container: dict | list, path: tuple) -> None:
+        self.container = container
+        self.path = path
+        self.key: Any = None
+        self.key_line = 0
+        self.has_key = False
+
+
+def _read(text: str, fail: Any) -> tuple[Any, dict[tuple, int]]:
+    """Build the document from the parser's events in one pass, checking every rule as it goes:
+    nothing is composed or constructed before it is known to be allowed."""
+    resolver = yaml.resolver.Resolver()
+    constructor = yaml.constructor.SafeConstructor()
+    lines: dict[tuple, int] = {}
+    stack: list[_Frame] = []
+    root: Any = None
+    documents = 0
     for event in yaml.parse(text, Loader=_Loader):
-        line = event.start_mark.line + 1 if event.start_mark else None
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+        kind = type(event)
+        if kind is yaml.DocumentStartEvent:
+            documents += 1
+            if documents > 1:
+                raise fail("more than one YAML document (a second `---`)",
+                           "keep one policy per file", event.start_mark.line + 1)
+            continue
+        if kind in (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent):
+            continue
+        if kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+            stack.pop()
+            continue
+        line = event.start_mark.line + 1
+        if kind is yaml.AliasEvent or event.anchor is not None:
             raise fail("anchors and aliases (&name, *name) are not allowed in a policy",
                        "write each value out in full where it is used", line)
-        if getattr(event, "tag", None) is not None:
+        if event.tag is not None:
             raise fail(f"explicit YAML tags ({_short(str(event.tag))}) are not allowed in a policy",
                        "remove the tag; quote the value if it must be read as text", line)
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise fail(f"nested more than {MAX_DEPTH} levels deep",
-                           "a policy nests a few levels at most: compare with config/policy.yaml",
-                           line)
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-
-
-def _line_map(root: yaml.Node | None, fail: Any) -> dict[tuple, int]:
-    """Path → line for every node; rejects duplicate, merge and non-scalar keys. Iterative: the
-    depth is already bounded, but a walk needs no recursion."""
-    lines: dict[tuple, int] = {}
-    stack: list[tuple[yaml.Node, tuple]] = [(root, ())] if root is not None else []
-    while stack:
-        node, path = stack.pop()
-        lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, int] = {}
-            for key, value in node.value:
-                line = key.start_mark.line + 1
-                if not isinstance(key, yaml.ScalarNode):
+        value: Any
+        if kind is yaml.ScalarEvent:
+            value = _scalar(event, resolver, constructor)
+        elif kind is yaml.MappingStartEvent:
+            value = {}
+        else:
+            value = []
+        if stack:
+            frame = stack[-1]
+            container = frame.container
+            if isinstance(container, list):
+                path = frame.path + (len(container),)
+                container.append(value)
+                lines.setdefault(path, line)
+            elif not frame.has_key:
+                if kind is not yaml.ScalarEvent:
                     raise fail("a key must be plain text, not a list or mapping",
                                "write `name: value`", line)
-                if key.tag == "tag:yaml.org,2002:merge":   # an unquoted <<
+                if event.implicit[0] and event.value == "<<":
                     raise fail("merge keys (<<) are not allowed in a policy",
                                "write the keys out in full", line)
-                if key.value in seen:
-                    raise fail(f"key {_short(key.value)!r} given twice in one mapping (first at line "
-                               f"{seen[key.value]}); YAML would silently keep only the last",
-                               "keep one of the two and remove the other", line)
-                seen[key.value] = line
-                lines[path + (key.value,)] = line
-                stack.append((value, path + (key.value,)))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, value in enumerate(node.value):
-                stack.append((value, path + (i,)))
-    return lines
+                if value in container:
+                    raise fail(f"key {_short(str(event.value))!r} given twice in one mapping "
+                               f"(first at line {lines.get(frame.path + (value,))}); YAML would "
+                               "silently keep only the last", "keep one of the two and remove the other",
+                               line)
+                frame.key, frame.key_line, frame.has_key = value, line, True
+                continue
+            else:
+                path = frame.path + (frame.key,)
+                container[frame.key] = value
+                lines[path] = frame.key_line
+                frame.has_key = False
+        else:
+            path = ()
+            root = value
+            lines[path] = line
+        if kind is not yaml.ScalarEvent:
+            if len(stack) >= MAX_DEPTH:
+                raise fail(f"nested more than {MAX_DEPTH} levels deep",
+                           "a policy nests a few levels at most: compare with config/policy.yaml", line)
+            stack.append(_Frame(value, path))
+    return root, lines
+
+
+def _scalar(event: yaml.ScalarEvent, resolver: Any, constructor: Any) -> Any:
+    """What YAML makes of a scalar: text when quoted; when plain, by YAML 1.1's implicit types
+    (null, bool, int, float, timestamp), as yaml.safe_load does."""
+    if not event.implicit[0]:
+        return event.value
+    tag = resolver.resolve(yaml.ScalarNode, event.value, (True, False))
+    build = constructor.yaml_constructors.get(tag)
+    if tag == "tag:yaml.org,2002:str" or build is None:   # `<<` and `=` stay text (<< refused as a key)
+        return event.value
+    node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+    return build(constructor, node)
 
 
 def _short(text: str, limit: int = 80) -> str:

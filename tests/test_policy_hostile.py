@@ -12,11 +12,14 @@ import subprocess
 import time
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from regionguard import PolicyError, parse_policy
 from regionguard.errors import MAX_SHOWN
-from regionguard.safeyaml import MAX_BYTES, MAX_DEPTH
-from tests.conftest import BIN
+from regionguard.safeyaml import MAX_BYTES, MAX_DEPTH, load_yaml
+from tests.conftest import BIN, CONFIG
 
 HEAD = "version: 1\naccount: {type: paid, default_region: US}\n"
 
@@ -231,3 +234,27 @@ def test_override_match_must_be_an_address_prefix_or_hostname_pattern():
                      "  - {match: 2001:db8::/32, region: DE}\n  - {match: 192.0.2.7, zoom: false}\n",
                      "p.yaml")
     assert [o.match for o in p.overrides] == ["*.lab.example", "2001:db8::/32", "192.0.2.7"]
+
+
+# --- the reader builds what yaml.safe_load builds, for every YAML it accepts ---
+
+_scalars = (st.none() | st.booleans() | st.integers(-10**12, 10**12)
+            | st.floats(allow_nan=False, width=64) | st.text(max_size=20) | st.dates())
+_keys = st.text(max_size=12) | st.integers(0, 99) | st.booleans()
+_documents = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(_keys, inner, max_size=4), max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=_documents, flow=st.sampled_from([None, True, False]))
+def test_the_reader_builds_what_safe_load_builds(document, flow):
+    text = yaml.safe_dump(document, default_flow_style=flow, allow_unicode=True)
+    data, lines = load_yaml(text, "p.yaml")
+    assert data == yaml.safe_load(text)
+    assert lines[()] >= 1
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG / "examples").glob("*.yaml")) + [CONFIG / "policy.yaml"])
+def test_the_reader_reads_the_shipped_policies_as_safe_load_does(path):
+    text = path.read_text()
+    assert load_yaml(text, str(path))[0] == yaml.safe_load(text)
