@@ -58,7 +58,7 @@ def test_answers_keep_flowing_while_a_big_policy_is_read(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     big = tmp_path / "big.yaml"
-    big.write_text(big_policy(12_000))
+    big.write_text(big_policy(30_000))
     reading = _reading_time(big)
     zone = ZoneServer()
     server = DnsProcess(policy, [zone.address])
@@ -122,7 +122,7 @@ def test_the_proxy_keeps_answering_while_a_big_policy_is_read(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_text())
     big = tmp_path / "big.yaml"
-    big.write_text(big_policy(12_000, policy.read_text(), "[US, DE]", "[US, DE, IN]"))
+    big.write_text(big_policy(30_000, policy.read_text(), "[US, DE]", "[US, DE, IN]"))
     reading = _reading_time(big)
     proxy = Proxy(policy, tmp_path, command="mitmdump")
     try:
