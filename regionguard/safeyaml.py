@@ -36,8 +36,8 @@ def load_yaml(text: str, filename: str, error: type[ConfigError] = ConfigError
     """Parse `text` under the rules above. Returns the document and a map from each path (keys
     and list indices) to its 1-based line. Raises `error` with the first problem found."""
 
-    def fail(message: str, fix: str, line: int | None = None) -> ConfigError:
-        return error([Problem(filename, "", message, fix, line)])
+    def fail(message: str, fix: str, line: int | None = None, path: tuple = ()) -> ConfigError:
+        return error([Problem(filename, _dotted(path), message, fix, line)])
 
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_BYTES:
@@ -77,6 +77,16 @@ def _read(text: str, fail: Any) -> tuple[Any, dict[tuple, int]]:
     stack: list[_Frame] = []
     root: Any = None
     documents = 0
+
+    def here() -> tuple:
+        """The path of the node the current event starts (for error messages)."""
+        if not stack:
+            return ()
+        frame = stack[-1]
+        if isinstance(frame.container, list):
+            return frame.path + (len(frame.container),)
+        return frame.path + (frame.key,) if frame.has_key else frame.path
+
     for event in yaml.parse(text, Loader=_Loader):
         kind = type(event)
         if kind is yaml.DocumentStartEvent:
@@ -93,10 +103,10 @@ def _read(text: str, fail: Any) -> tuple[Any, dict[tuple, int]]:
         line = event.start_mark.line + 1
         if kind is yaml.AliasEvent or event.anchor is not None:
             raise fail("anchors and aliases (&name, *name) are not allowed in a policy",
-                       "write each value out in full where it is used", line)
+                       "write each value out in full where it is used", line, here())
         if event.tag is not None:
             raise fail(f"explicit YAML tags ({_short(str(event.tag))}) are not allowed in a policy",
-                       "remove the tag; quote the value if it must be read as text", line)
+                       "remove the tag; quote the value if it must be read as text", line, here())
         value: Any
         if kind is yaml.ScalarEvent:
             value = _scalar(event, resolver, constructor)
@@ -114,15 +124,15 @@ def _read(text: str, fail: Any) -> tuple[Any, dict[tuple, int]]:
             elif not frame.has_key:
                 if kind is not yaml.ScalarEvent:
                     raise fail("a key must be plain text, not a list or mapping",
-                               "write `name: value`", line)
+                               "write `name: value`", line, frame.path)
                 if event.implicit[0] and event.value == "<<":
                     raise fail("merge keys (<<) are not allowed in a policy",
-                               "write the keys out in full", line)
+                               "write the keys out in full", line, frame.path)
                 if value in container:
                     raise fail(f"key {_short(str(event.value))!r} given twice in one mapping "
                                f"(first at line {lines.get(frame.path + (value,))}); YAML would "
                                "silently keep only the last", "keep one of the two and remove the other",
-                               line)
+                               line, frame.path + (value,))
                 frame.key, frame.key_line, frame.has_key = value, line, True
                 continue
             else:
@@ -137,7 +147,8 @@ def _read(text: str, fail: Any) -> tuple[Any, dict[tuple, int]]:
         if kind is not yaml.ScalarEvent:
             if len(stack) >= MAX_DEPTH:
                 raise fail(f"nested more than {MAX_DEPTH} levels deep",
-                           "a policy nests a few levels at most: compare with config/policy.yaml", line)
+                           "a policy nests a few levels at most: compare with config/policy.yaml", line,
+                           path)
             stack.append(_Frame(value, path))
     return root, lines
 
@@ -153,6 +164,14 @@ def _scalar(event: yaml.ScalarEvent, resolver: Any, constructor: Any) -> Any:
         return event.value
     node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
     return build(constructor, node)
+
+
+def _dotted(path: tuple) -> str:
+    """('overrides', 0, 'match') → 'overrides[0].match', as the policy checker writes fields."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) and not isinstance(p, bool) else (f".{p}" if out else str(p))
+    return _short(out)
 
 
 def _short(text: str, limit: int = 80) -> str:
