@@ -19,7 +19,9 @@ import functools
 import hashlib
 import ipaddress
 import math
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +221,10 @@ def load_policy(path: str | Path, catalogue: Catalogue | None = None) -> Policy:
     """Read, check and build a policy. Raises PolicyError with every problem found."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            # a FIFO would block the reader forever, a device (/dev/zero) never end
+            raise PolicyError([Problem(str(path), "", "not a regular file (a directory, device, FIFO "
+                                       "or socket)", "give the path of a policy YAML file")])
         with open(path, "rb") as f:
             # read at most one byte more than a policy may have: a huge file (or /dev/zero)
             # is refused without reading it all
@@ -226,9 +232,6 @@ def load_policy(path: str | Path, catalogue: Catalogue | None = None) -> Policy:
         text = data.decode("utf-8")
     except FileNotFoundError:
         raise PolicyError([Problem(str(path), "", "file not found",
-                                   "give the path of a policy YAML file (see config/policy.yaml)")]) from None
-    except IsADirectoryError:
-        raise PolicyError([Problem(str(path), "", "is a directory, not a file",
                                    "give the path of a policy YAML file (see config/policy.yaml)")]) from None
     except UnicodeDecodeError as e:
         raise PolicyError([Problem(str(path), "", f"not UTF-8 text (byte {e.start})",

@@ -118,11 +118,14 @@ def test_an_oversized_file_is_refused_before_it_is_read_in_full(tmp_path):
     assert code == 2 and "more than the" in out and len(out) < 2000
 
 
-def test_an_endless_file_is_refused(tmp_path):
+def test_an_endless_or_blocking_file_is_refused(tmp_path):
     link = tmp_path / "zero.yaml"
     link.symlink_to("/dev/zero")         # reads forever: the old loader read it into memory
-    code, out, peak_kib = validate(link, timeout=30)
-    assert code == 2 and "more than the" in out and peak_kib < 300 * 1024
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)                      # blocks a reader until someone writes
+    for path in (link, fifo):
+        code, out, peak_kib = validate(path, timeout=30)
+        assert code == 2 and "not a regular file" in out and peak_kib < 300 * 1024
 
 
 def test_error_text_is_bounded_whatever_the_file_holds():
