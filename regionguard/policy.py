@@ -604,7 +604,10 @@ class _Checker:
     def path_list(self, raw: Any, path: tuple, what: str) -> tuple[Path, ...]:
         out = []
         for i, p in enumerate(self.sequence(raw, path)):
-            if self.text(p, path + (i,), "GeoLite2-Country.mmdb") is None or "\0" in p:
+            if self.text(p, path + (i,), "GeoLite2-Country.mmdb") is None:
+                continue
+            if "\0" in p:
+                self.error(path + (i,), "a path cannot hold a NUL character", "fix the file name")
                 continue
             full = (self.base / p).resolve() if not Path(p).is_absolute() else Path(p)
             if not full.is_file():
@@ -696,7 +699,8 @@ class _Checker:
             for key, example in (("match", '"*.zoom.us"'), ("to", "us01.zoom.us")):
                 value = self.text(r[key], ("reroute", i, key), f"{key}: {example}")
                 value = value.strip().lower().rstrip(".") if value is not None else None
-                if value is not None and not _HOST_PATTERN.match(value):
+                if value is not None and (not _HOST_PATTERN.match(value)
+                                          or key == "to" and "*" in value):
                     self.error(("reroute", i, key), f"{value!r} is not a hostname"
                                + (" pattern" if key == "match" else ""), f"write e.g. {key}: {example}")
                     value = None

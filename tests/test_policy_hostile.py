@@ -187,6 +187,8 @@ def test_error_text_is_bounded_whatever_the_file_holds():
     ("reroute: [{match: 1, to: us01.zoom.us}]", "reroute[0].match"),
     ("reroute: [{match: '*.zoom.us', to: [us01.zoom.us]}]", "reroute[0].to"),
     ("reroute: [{match: '*.zoom.us', to: 'not a host'}]", "reroute[0].to"),
+    ("reroute: [{match: '*.zoom.us', to: '*.zoom.us'}]", "reroute[0].to"),
+    ('data: {geoip: ["a\\0b.mmdb"]}', "data.geoip[0]"),
     ("dns: {strip_ech: 1}", "dns.strip_ech"),
     ("dns: {max_ttl: true}", "dns.max_ttl"),
     ("dns: {max_ttl: 1.5}", "dns.max_ttl"),
