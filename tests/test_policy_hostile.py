@@ -1,15 +1,14 @@
 """Policy files that can hurt: whatever the YAML, loading it is bounded in time, memory and error
 text, and every value the policy reads has the type and names what the reader expects.
 
-The hostile files go through a real `regionguard validate` subprocess, watched for time (a
-deadline), memory (its peak resident size, from wait4) and output size."""
+The hostile files go through a real `regionguard validate` subprocess, bounded in time (a
+deadline), memory (an address-space limit) and output size."""
 
 from __future__ import annotations
 
 import os
-import signal
+import resource
 import subprocess
-import time
 
 import pytest
 import yaml
@@ -28,37 +27,33 @@ ALIAS_BOMB = HEAD + "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + ""
     f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefg", "bcdefgh", strict=True))
 
 
-def validate(path, timeout: float = 60.0) -> tuple[int, str, int]:
-    """Run `regionguard validate PATH`: (exit code, output, peak RSS in KiB). Killed at timeout."""
-    with open(path.parent / "out.txt", "wb") as out:
-        proc = subprocess.Popen([str(BIN / "regionguard"), "validate", str(path)],
-                                stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.send_signal(signal.SIGKILL)
-                pid, status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = -9
-                pytest.fail(f"regionguard validate {path.name} still running after {timeout}s")
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    text = (path.parent / "out.txt").read_text(errors="replace")
-    return proc.returncode, text, usage.ru_maxrss
+MEMORY_LIMIT = 1024 * 1024 * 1024   # address space for the validating process: the bomb took 2 GB
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def validate(path, timeout: float = 60.0) -> tuple[int, str]:
+    """Run `regionguard validate PATH` with at most MEMORY_LIMIT of memory (beyond it, allocations
+    fail): (exit code, output). Killed, and the test failed, at `timeout`."""
+    try:
+        r = subprocess.run([str(BIN / "regionguard"), "validate", str(path)], capture_output=True,
+                           text=True, errors="replace", timeout=timeout, preexec_fn=_limit_memory)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"regionguard validate {path.name} still running after {timeout}s")
+    return r.returncode, r.stdout + r.stderr
 
 
 def test_alias_bomb_is_refused_in_bounded_time_memory_and_text(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(ALIAS_BOMB)
     assert len(ALIAS_BOMB) < 600
-    code, out, peak_kib = validate(path, timeout=30)
+    code, out = validate(path, timeout=30)     # 13 s and 2 GB before
     assert code == 2
     assert "anchors and aliases" in out and f"{path}:3" in out      # file and line
-    assert "fix:" in out and "Traceback" not in out
+    assert "fix:" in out and "Traceback" not in out and "MemoryError" not in out
     assert len(out) < 2000                                       # not 35 MB of expanded lists
-    assert peak_kib < 300 * 1024                                  # not 2 GB
 
 
 def test_even_a_harmless_alias_or_anchor_is_refused():
@@ -72,7 +67,7 @@ def test_even_a_harmless_alias_or_anchor_is_refused():
 def test_deep_nesting_is_an_error_not_a_recursion_crash(tmp_path, depth):
     path = tmp_path / "deep.yaml"
     path.write_text(HEAD + "overrides: " + "[" * depth + "]" * depth + "\n")
-    code, out, _ = validate(path)
+    code, out = validate(path)
     assert code == 2, out
     assert "Traceback" not in out and "RecursionError" not in out
     assert "nested more than" in out and f"{path}:3" in out
@@ -114,7 +109,7 @@ def test_an_oversized_file_is_refused_before_it_is_read_in_full(tmp_path):
         line = "  " + "x" * 1000 + "\n"
         for _ in range(MAX_BYTES // len(line) + 10):
             f.write(line)
-    code, out, _ = validate(path)
+    code, out = validate(path)
     assert code == 2 and "more than the" in out and len(out) < 2000
 
 
@@ -124,8 +119,8 @@ def test_an_endless_or_blocking_file_is_refused(tmp_path):
     fifo = tmp_path / "fifo.yaml"
     os.mkfifo(fifo)                      # blocks a reader until someone writes
     for path in (link, fifo):
-        code, out, peak_kib = validate(path, timeout=30)
-        assert code == 2 and "not a regular file" in out and peak_kib < 300 * 1024
+        code, out = validate(path, timeout=30)
+        assert code == 2 and "not a regular file" in out
 
 
 def test_error_text_is_bounded_whatever_the_file_holds():
