@@ -21,6 +21,7 @@ import ipaddress
 import math
 import os
 import re
+import reprlib
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -292,7 +293,7 @@ class _Checker:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {value!r}",
+            self.error(path, f"expected a mapping, got {_show(value)}",
                        f"write `{_dotted(path)}:` followed by indented `key: value` lines")
             return {}
         keys = tuple(keys)
@@ -309,7 +310,7 @@ class _Checker:
         if value is None:
             return []
         if not isinstance(value, list):
-            self.error(path, f"expected a list, got {_kind(value)} {value!r}",
+            self.error(path, f"expected a list, got {_kind(value)} {_show(value)}",
                        "write a YAML list: [A, B] (or one `- item` per line)")
             return []
         return value
@@ -319,7 +320,7 @@ class _Checker:
         or a date: say so, instead of using str() of what YAML made of it."""
         if isinstance(value, str):
             return value
-        self.error(path, f"expected text, got {_kind(value)} {value!r}",
+        self.error(path, f"expected text, got {_kind(value)} {_show(value)}",
                    f"write it as text, quoted if YAML would read it otherwise: {example}")
         return None
 
@@ -327,7 +328,8 @@ class _Checker:
         """An int in [low, high]; YAML's true/false (which Python counts as ints) and floats are not."""
         if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
             return value
-        self.error(path, f"{value!r} is not a whole number from {low} to {high}", f"write e.g. {example}")
+        self.error(path, f"{_show(value)} is not a whole number from {low} to {high}",
+                   f"write e.g. {example}")
         return None
 
     def choice(self, value: Any, path: tuple, choices: tuple[str, ...], default: str) -> str:
@@ -336,7 +338,7 @@ class _Checker:
         if not isinstance(value, str) or value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1)
             fix = f"use one of: {', '.join(choices)}" + (f" (did you mean {close[0]!r}?)" if close else "")
-            self.error(path, f"{value!r} is not a valid value", fix)
+            self.error(path, f"{_show(value)} is not a valid value", fix)
             return default
         return value
 
@@ -364,11 +366,11 @@ class _Checker:
         if code is None:
             expanded = self.catalogue.expand(str(value))
             if expanded:
-                self.error(path, f"{value!r} is a group of regions ({', '.join(sorted(expanded))}), "
+                self.error(path, f"{_show(value)} is a group of regions ({', '.join(sorted(expanded))}), "
                            "but a single region is needed", f"pick one of {', '.join(sorted(expanded))}")
             else:
                 close = self.catalogue.suggest(str(value))
-                self.error(path, f"unknown region {value!r}",
+                self.error(path, f"unknown region {_show(value)}",
                            (f"did you mean {' or '.join(map(repr, close))}? " if close else "")
                            + "use one of " + " ".join(sorted(self.catalogue.codes)))
         return code
@@ -422,7 +424,7 @@ class _Checker:
                 try:
                     clients.append(str(ipaddress.ip_network(c, strict=False)))
                 except ValueError:
-                    self.error(gpath + ("clients", j), f"{c!r} is not an address or CIDR prefix",
+                    self.error(gpath + ("clients", j), f"{_show(c)} is not an address or CIDR prefix",
                                "write client networks like 10.20.0.0/16 or 2001:db8::/32")
             if not clients and "clients" not in g:
                 self.error(gpath + ("clients",), "missing",
@@ -555,7 +557,7 @@ class _Checker:
                 self.error(path, "says nothing", "give a `region`, a `country` or `zoom: true/false`")
             zoom = o.get("zoom")
             if zoom is not None and not isinstance(zoom, bool):
-                self.error(path + ("zoom",), f"{zoom!r} is not true or false", "write zoom: true")
+                self.error(path + ("zoom",), f"{_show(zoom)} is not true or false", "write zoom: true")
                 zoom = None
             note = o.get("note")
             if note is not None:
@@ -577,7 +579,7 @@ class _Checker:
         if code not in known:
             close = ([_RESERVED_CODES[code]] if code in _RESERVED_CODES
                      else difflib.get_close_matches(code, sorted(known), n=3))
-            self.error(path, f"{value!r} is not an ISO 3166-1 alpha-2 country code",
+            self.error(path, f"{_show(value)} is not an ISO 3166-1 alpha-2 country code",
                        (f"did you mean {' or '.join(map(repr, close))}? " if close else "")
                        + "write the two-letter code, e.g. DE, US, JP (the list: "
                        "config/data/iso3166-alpha2.csv)")
@@ -596,7 +598,7 @@ class _Checker:
                                 "precedence")
         min_conf = ev.get("min_confidence", 0.5)
         if not _is_number(min_conf) or not 0 <= min_conf <= 1:
-            self.error(("evidence", "min_confidence"), f"{min_conf!r} is not a number from 0 to 1",
+            self.error(("evidence", "min_confidence"), f"{_show(min_conf)} is not a number from 0 to 1",
                        "write e.g. min_confidence: 0.5")
             min_conf = 0.5
         return EvidenceSettings(precedence, conflicts, float(min_conf))
@@ -624,7 +626,7 @@ class _Checker:
         for key in ("datacenters", "cloud"):
             value = d.get(key, True)
             if not isinstance(value, bool):
-                self.error(("data", key), f"{value!r} is not true or false", f"write {key}: true")
+                self.error(("data", key), f"{_show(value)} is not true or false", f"write {key}: true")
                 value = True
             flags[key] = value
         return DataSettings(self.path_list(d.get("geoip"), ("data", "geoip"), "GeoIP database"),
@@ -639,7 +641,7 @@ class _Checker:
                 continue
             parsed = parse_hostport(ns, 53)
             if parsed is None:
-                self.error(("resolver", "nameservers", i), f"{ns!r} is not HOST:PORT",
+                self.error(("resolver", "nameservers", i), f"{_show(ns)} is not HOST:PORT",
                            "write an address with an optional port: 127.0.0.1:5353 or [::1]:53")
             else:
                 servers.append(parsed)
@@ -659,12 +661,12 @@ class _Checker:
                 if isinstance(a, str) and is_address(a):
                     good.append(str(a))
                 else:
-                    self.error(("resolver", "hosts", name), f"{a!r} is not an IP address",
+                    self.error(("resolver", "hosts", name), f"{_show(a)} is not an IP address",
                                "map each name to an address or a list of addresses")
             hosts[str(name).lower().rstrip(".")] = tuple(good)
         timeout = r.get("timeout", 3.0)
         if not _is_number(timeout) or not 0 < timeout <= 60:
-            self.error(("resolver", "timeout"), f"{timeout!r} is not a number of seconds above 0 "
+            self.error(("resolver", "timeout"), f"{_show(timeout)} is not a number of seconds above 0 "
                        "and at most 60", "write e.g. timeout: 3")
             timeout = 3.0
         return ResolverSettings(tuple(servers), hosts, float(timeout))
@@ -678,12 +680,12 @@ class _Checker:
             try:
                 clients.append(str(ipaddress.ip_network(c, strict=False)))
             except ValueError:
-                self.error(("gateway", "clients", i), f"{c!r} is not an address or CIDR prefix",
+                self.error(("gateway", "clients", i), f"{_show(c)} is not an address or CIDR prefix",
                            "list the client networks allowed to use the proxy and DNS filter, "
                            "e.g. [10.0.0.0/8, 2001:db8::/32]")
         allow = g.get("allow_proxy_host", False)
         if not isinstance(allow, bool):
-            self.error(("gateway", "allow_proxy_host"), f"{allow!r} is not true or false",
+            self.error(("gateway", "allow_proxy_host"), f"{_show(allow)} is not true or false",
                        "write allow_proxy_host: false (the default) or true")
             allow = False
         return GatewaySettings(tuple(clients), allow)
@@ -701,7 +703,7 @@ class _Checker:
                 value = value.strip().lower().rstrip(".") if value is not None else None
                 if value is not None and (not _HOST_PATTERN.match(value)
                                           or key == "to" and "*" in value):
-                    self.error(("reroute", i, key), f"{value!r} is not a hostname"
+                    self.error(("reroute", i, key), f"{_show(value)} is not a hostname"
                                + (" pattern" if key == "match" else ""), f"write e.g. {key}: {example}")
                     value = None
                 names.append(value)
@@ -713,7 +715,7 @@ class _Checker:
         answer = self.choice(d.get("block_answer"), ("dns", "block_answer"), BLOCK_ANSWERS, "nxdomain")
         strip = d.get("strip_ech", False)
         if not isinstance(strip, bool):
-            self.error(("dns", "strip_ech"), f"{strip!r} is not true or false", "write strip_ech: true")
+            self.error(("dns", "strip_ech"), f"{_show(strip)} is not true or false", "write strip_ech: true")
             strip = False
         # RFC 2181: a TTL is at most 2^31 - 1 seconds
         max_ttl = self.whole_number(d.get("max_ttl", 86400), ("dns", "max_ttl"), 0, 2**31 - 1,
@@ -737,6 +739,14 @@ def iso_countries() -> frozenset[str]:
     with open(data_dir() / "iso3166-alpha2.csv", encoding="utf-8", newline="") as f:
         rows = csv.reader(line for line in f if not line.startswith("#"))
         return frozenset(row[0] for row in rows if row and row[0] != "code")
+
+
+# a value quoted in an error: enough to recognise it, never the whole of a huge list or string
+_SHORT = reprlib.Repr(maxlevel=2, maxlist=5, maxdict=5, maxstring=60, maxother=60)
+
+
+def _show(value: Any) -> str:
+    return _SHORT.repr(value)
 
 
 def _kind(value: Any) -> str:
