@@ -119,7 +119,7 @@ class DnsFilter:
                 log.error("regionguard dns: policy %s unusable, Zoom names are refused: %s", path, e)
                 return None
             self._failed_path = None
-        self._holder.check()
+        self._holder.check_soon()   # parsed off the event loop; swapped in when done
         return self._holder
 
     def _current(self) -> AnswerFilter | None:

@@ -48,7 +48,7 @@ def _import_package() -> None:
 _import_package()
 
 from regionguard._paths import default_policy_path  # noqa: E402
-from regionguard.audit import AuditLog, timestamp  # noqa: E402
+from regionguard.audit import AuditLog, check_audit_path, timestamp  # noqa: E402
 from regionguard.decision import Action, Decision  # noqa: E402
 from regionguard.enforce import Enforcer, Verdict, plain_address  # noqa: E402
 from regionguard.errors import ConfigError  # noqa: E402
@@ -277,6 +277,10 @@ class RegionGuard:
         if updated & {"regionguard_audit", "regionguard_audit_max_bytes",
                       "regionguard_audit_backups", "regionguard_audit_flush_ms"} \
                 or self.audit.path is None and opts.regionguard_audit:
+            unwritable = check_audit_path(opts.regionguard_audit, "regionguard_audit") \
+                if opts.regionguard_audit else None
+            if unwritable is not None:   # at start-up, not at the first lost line
+                raise exceptions.OptionsError(str(unwritable))
             old = self.audit
             self.audit = AuditLog(opts.regionguard_audit or None, opts.regionguard_audit_max_bytes,
                                   opts.regionguard_audit_backups, counters=old.counters,
@@ -342,16 +346,16 @@ class RegionGuard:
         while True:
             await asyncio.sleep(ctx.options.regionguard_reload or 1)
             try:
-                self.check_policy()
+                await self.check_policy()
             except Exception:  # noqa: BLE001 - a reload problem must not stop future reloads
                 log.exception("regionguard: policy reload check failed")
 
-    def check_policy(self) -> None:
+    async def check_policy(self) -> None:
         holder = self.holder
         if holder is None:
             return
         before = holder.engine
-        error = holder.check()
+        error = await holder.check_async()   # parsed off the event loop
         if error is not None:
             self.audit.write_raw({"time": timestamp(), "event": "policy-reload", "ok": False,
                                   "policy": str(holder.path), "error": str(error),

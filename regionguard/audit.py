@@ -12,9 +12,19 @@ Two ways to write, chosen by `flush_interval`:
   `flush_interval` seconds of lines. The queue is bounded: a log that cannot keep up (a hung
   disk) loses lines, counted and reported, never memory or a decision.
 
-Either way a write that fails (full disk, unwritable path) is counted and logged once per minute;
-the decision it records stands, and the size cap with rotation holds line by line. Counters keep
-totals by action, rule, region and service for the front ends' status output.
+Either way a line that cannot be written is lost, never a decision: the decision it records
+stands. Lost lines are counted (`Counters.audit_failures`, for status output and metrics) and
+logged at the first loss, then at most once a minute with the running count, and once more when
+writing works again. Lines are lost when
+- a write fails (full file system, unwritable path, I/O error);
+- the open file is deleted, or its directory removed: writes to it still "succeed", into a file
+  no one can read. Before each write (a batch, or a line when unbuffered) the path is compared
+  with the open file (one stat); when the file has gone, the lines written to it are counted
+  lost and a new file is started at the path (its directory created again). A file renamed
+  away (rotated by another program) is not a loss: the log just reopens the path.
+`check_audit_path()` tells a front end at start-up, before it listens, that a path cannot be
+written at all. The size cap with rotation holds line by line. Counters keep totals by action,
+rule, region and service for the front ends' status output.
 """
 
 from __future__ import annotations
@@ -31,8 +41,10 @@ from typing import Any, BinaryIO
 
 from .auditline import LineEncoder, audit_record, encode, timestamp
 from .decision import Decision
+from .errors import Problem
 
-__all__ = ["AuditLog", "Counters", "audit_record", "timestamp"]   # the line's, here for users
+__all__ = ["AuditLog", "Counters", "audit_record", "check_audit_path",   # the line's, here for users
+           "timestamp"]
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +57,17 @@ class Counters:
         # One count per (action, rule, region, service): a single increment per decision on the
         # hot path; the totals by each are summed when asked for.
         self._by_key: Counter[tuple[str, str, str, str]] = Counter()
-        self.audit_failures = 0
+        self.audit_failures = 0     # audit lines lost (not written, or written to a deleted file)
 
     def count(self, decision: Decision) -> None:
         key = (decision.action, decision.rule, decision.region or "none", decision.service or "none")
         with self._lock:
             self._by_key[key] += 1
+
+    def lost(self, lines: int) -> None:
+        """Count audit lines lost (called from the writer thread and the event loop alike)."""
+        with self._lock:
+            self.audit_failures += lines
 
     def _totals(self, index: int) -> Counter[str]:
         with self._lock:
@@ -97,16 +114,37 @@ def _flush_at_exit() -> None:
         audit.flush()
 
 
+def check_audit_path(path: str | Path, option: str = "--audit") -> Problem | None:
+    """Can the audit log at `path` be written? None if so, else the problem, for a front end to
+    report at start-up, before it listens (exit 2), rather than at its first decision. Creates
+    the directory and the (empty) file, as the first line would."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        reason = e.strerror or str(e)
+        if isinstance(e, (FileExistsError, NotADirectoryError)):   # a file where a directory is
+            reason = f"{e.filename or path.parent} is not a directory"
+        return Problem(str(path), option, f"the audit log cannot be written: {reason}",
+                       "give a file in a writable directory (the directory is created if missing)")
+    return None
+
+
 class AuditLog:
     """Appends JSON lines to `path`; rotates to path.1 … path.N when it would exceed max_bytes.
 
     flush_interval > 0 queues lines for a writer thread (see the module docstring); max_pending
-    bounds that queue, batch_lines is the queue length that wakes the writer early."""
+    bounds that queue, batch_lines is the queue length that wakes the writer early. Lost lines
+    are reported at the first loss, then at most every `report_every` seconds."""
 
     def __init__(self, path: str | Path | None, max_bytes: int = 50 * 1024 * 1024,
                  backups: int = 5, counters: Counters | None = None, *,
                  flush_interval: float = 0.0, max_pending: int = 65_536,
-                 batch_lines: int = 1024) -> None:
+                 batch_lines: int = 1024, report_every: float = 60.0) -> None:
         self.path = Path(path) if path else None
         self.max_bytes = max_bytes
         self.backups = backups
@@ -114,10 +152,14 @@ class AuditLog:
         self.flush_interval = flush_interval if self.path is not None else 0.0
         self.max_pending = max_pending
         self.batch_lines = batch_lines
+        self.report_every = report_every
         self._lock = threading.Lock()           # the file and its size
         self._file: BinaryIO | None = None
         self._size = 0
-        self._last_complaint = 0.0
+        self._last_complaint: float | None = None   # when lost lines were last reported
+        self._failing = False          # the last write failed: say so when one succeeds again
+        self._file_id: tuple[int, int] | None = None   # (device, inode) of the open file
+        self._file_lines = 0           # lines written to the open file
         self._lines = LineEncoder()   # keeps each decision's encoded fields between lines
         # Buffered mode. _pending is replaced, never emptied in place, under _pending_lock.
         self._pending: list[_Entry] = []
@@ -178,7 +220,7 @@ class AuditLog:
         if lost:
             # Not _failed(): that waits for the file lock, which a write stuck on a hung disk
             # holds; the caller is a proxy's event loop and must not wait.
-            self.counters.audit_failures += 1
+            self.counters.lost(1)
             self._complain(f"{self.max_pending} lines queued and not yet written")
             return
         if queued == 1:
@@ -227,30 +269,66 @@ class AuditLog:
         chunk_size = 0
         written = 0
         try:
+            if self._file is not None:
+                self._watch_file()
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
+                self._open()
                 self._size = self._file.seek(0, os.SEEK_END)
             for line in lines:
                 n = len(line)   # ASCII (the encoder escapes everything else): bytes = characters
                 if self._size + chunk_size and self._size + chunk_size + n > self.max_bytes:
                     if chunk:
-                        self._append("".join(chunk).encode(), chunk_size)
+                        self._append("".join(chunk).encode(), chunk_size, len(chunk))
                         written += len(chunk)
                         chunk, chunk_size = [], 0
                     self._rotate()
                 chunk.append(line)
                 chunk_size += n
             if chunk:
-                self._append("".join(chunk).encode(), chunk_size)
+                self._append("".join(chunk).encode(), chunk_size, len(chunk))
         except Exception as e:  # noqa: BLE001 - the audit log must never open the gate
             self._failed_locked(e, len(lines) - written)
+            return
+        if self._failing and lines:
+            self._failing = False
+            log.warning("regionguard: audit log %s is written again (%d line(s) lost in all)",
+                        self.path, self.counters.audit_failures)
 
-    def _append(self, data: bytes, size: int) -> None:
+    def _open(self) -> None:
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
+        st = os.fstat(self._file.fileno())
+        self._file_id = (st.st_dev, st.st_ino)
+        self._file_lines = 0
+
+    def _watch_file(self) -> None:
+        """Is the open file still the one at the path? If it was deleted (its directory removed,
+        say), the lines written to it are lost: count them, say so, and let the next write start
+        a new file. If it was renamed away (rotated by another program), just reopen the path."""
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._file_id:
+                return
+        except OSError:
+            pass
+        deleted = os.fstat(self._file.fileno()).st_nlink == 0
+        lost = self._file_lines
+        self._file.close()
+        self._file = None
+        if not deleted:
+            log.info("regionguard: audit log %s was moved away; starting a new one", self.path)
+            return
+        self.counters.lost(lost)
+        self._failing = True
+        self._complain(f"the open file was deleted or its directory removed, with the {lost} "
+                       "line(s) written to it since it was opened; a new file is started there")
+
+    def _append(self, data: bytes, size: int, lines: int) -> None:
         view = memoryview(data)
         while view:   # an unbuffered file may write less than asked
             view = view[self._file.write(view):]
         self._size += size
+        self._file_lines += lines
 
     def _rotate(self) -> None:
         self._file.close()
@@ -263,7 +341,7 @@ class AuditLog:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
+        self._open()
         self._size = 0
 
     def _failed(self, error: Exception) -> None:
@@ -272,7 +350,8 @@ class AuditLog:
 
     def _failed_locked(self, error: Exception, lost: int) -> None:
         """Count `lost` lines, drop the file (the next write opens it again), say so."""
-        self.counters.audit_failures += lost
+        self.counters.lost(lost)
+        self._failing = True
         if self._file is not None:
             try:
                 self._file.close()
@@ -282,8 +361,9 @@ class AuditLog:
         self._complain(error)
 
     def _complain(self, error: object) -> None:
+        """Say that lines are lost: at once the first time, then at most every report_every s."""
         now = time.monotonic()
-        if now - self._last_complaint > 60:
+        if self._last_complaint is None or now - self._last_complaint >= self.report_every:
             self._last_complaint = now
             log.error("regionguard: cannot write audit log %s: %s (decisions still enforced; "
                       "%d line(s) lost so far)", self.path, error, self.counters.audit_failures)

@@ -45,7 +45,7 @@ import dns.rdatatype
 import dns.resolver
 
 from . import _native
-from .audit import AuditLog
+from .audit import AuditLog, check_audit_path
 from .cli import EXIT_CONFIG, add_policy_argument, policy_path
 from .dnscache import (
     Query,
@@ -715,17 +715,25 @@ class DnsServer:
     async def _watch_policy(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_EVERY)
-            self.holder.check()
-            if self.holder.engine is not self.engine:
-                # `regionguard dns` freezes its startup objects (see _main): the old policy's
-                # must become collectable again, and the new one's be frozen in turn.
-                frozen = gc.get_freeze_count() > 0
-                if frozen:
-                    gc.unfreeze()
-                self.use_engine(self.holder.engine)
-                if frozen:
-                    gc.collect()
-                    gc.freeze()
+            try:
+                # parsed in a worker thread: answers keep flowing while a policy loads
+                await self.holder.check_async()
+                if self.holder.engine is not self.engine:
+                    self._swap_engine()
+            except Exception:  # noqa: BLE001 - one failed reload must not end the watching
+                log.exception("regionguard dns: policy reload of %s failed; the running policy "
+                              "stays in force", self.holder.path)
+
+    def _swap_engine(self) -> None:
+        # `regionguard dns` freezes its startup objects (see _main): the old policy's
+        # must become collectable again, and the new one's be frozen in turn.
+        frozen = gc.get_freeze_count() > 0
+        if frozen:
+            gc.unfreeze()
+        self.use_engine(self.holder.engine)
+        if frozen:
+            gc.collect()
+            gc.freeze()
 
     def use_engine(self, engine) -> None:
         """Swap in a new policy: answers filtered under the old one must not be served."""
@@ -1297,6 +1305,9 @@ def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:
                                 f"{args.audit_flush_ms} is not between 0 and 60000",
                                 "give milliseconds, e.g. --audit-flush-ms 250 (0: write at once)"))
     problems.extend(_tcp_problems(args))
+    unwritable = check_audit_path(args.audit) if args.audit else None
+    if unwritable is not None:   # said now, before listening, not at the first lost line
+        problems.append(unwritable)
     if problems or listen is None:
         raise ConfigError(problems)
     timeout = args.timeout if args.timeout is not None else holder.engine.policy.resolver.timeout

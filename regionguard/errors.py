@@ -17,8 +17,19 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        text = f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-        return f"{text}\n    fix: {self.fix}" if self.fix else text
+        field, message = _bounded(self.field, 200), _bounded(self.message, MAX_TEXT)
+        text = f"{where}: {field}: {message}" if field else f"{where}: {message}"
+        return f"{text}\n    fix: {_bounded(self.fix, MAX_TEXT)}" if self.fix else text
+
+
+# An error is read by people: a bad value quoted in full (a megabyte-long string, a huge list)
+# or ten thousand bad entries would bury it. Texts are cut, and at most MAX_SHOWN problems shown.
+MAX_TEXT = 400
+MAX_SHOWN = 20
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
 class RegionguardError(Exception):
@@ -30,7 +41,10 @@ class ConfigError(RegionguardError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
+        shown = [str(p) for p in self.problems[:MAX_SHOWN]]
+        if len(self.problems) > MAX_SHOWN:
+            shown.append(f"… and {len(self.problems) - MAX_SHOWN} more problem(s); fix these first")
+        super().__init__("\n".join(shown))
 
 
 class PolicyError(ConfigError):

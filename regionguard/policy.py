@@ -16,20 +16,26 @@ file, line, field, bad value and fix.
 
 from __future__ import annotations
 
+import csv
 import difflib
+import functools
 import hashlib
 import ipaddress
 import math
+import os
+import re
+import reprlib
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ._paths import data_dir
 from .errors import PolicyError, Problem
 from .prefixes import PrefixTable, is_address
 from .regions import Catalogue, load_catalogue
+from .safeyaml import MAX_BYTES, load_yaml
 from .zoom import service_classes
 
 LOCATIONS = ("outside-china", "china")
@@ -226,27 +232,31 @@ def load_policy(path: str | Path, catalogue: Catalogue | None = None) -> Policy:
     """Read, check and build a policy. Raises PolicyError with every problem found."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            # a FIFO would block the reader forever, a device (/dev/zero) never end
+            raise PolicyError([Problem(str(path), "", "not a regular file (a directory, device, FIFO "
+                                       "or socket)", "give the path of a policy YAML file")])
+        with open(path, "rb") as f:
+            # read at most one byte more than a policy may have: a huge file (or /dev/zero)
+            # is refused without reading it all
+            data = f.read(MAX_BYTES + 1)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise PolicyError([Problem(str(path), "", "file not found",
                                    "give the path of a policy YAML file (see config/policy.yaml)")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PolicyError([Problem(str(path), "", f"cannot read: {e}", "check the file")]) from None
+    except UnicodeDecodeError as e:
+        raise PolicyError([Problem(str(path), "", f"not UTF-8 text (byte {e.start})",
+                                   "save the file as UTF-8")]) from None
+    except OSError as e:
+        raise PolicyError([Problem(str(path), "", f"cannot read: {e.strerror or e}",
+                                   "check the file and its permissions")]) from None
     return parse_policy(text, str(path), catalogue)
 
 
 def parse_policy(text: str, filename: str = "<policy>", catalogue: Catalogue | None = None) -> Policy:
+    """Check and build a policy from its text (see regionguard.safeyaml for what YAML is read)."""
     catalogue = catalogue or load_catalogue()
-    try:
-        raw = yaml.safe_load(text)
-        lines = _line_map(yaml.compose(text))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        problem = getattr(e, "problem", None) or str(e)
-        raise PolicyError([Problem(filename, "", f"not valid YAML: {problem}",
-                                   "fix the YAML syntax at that line (indentation, quotes, colons)",
-                                   line)]) from None
+    raw, lines = load_yaml(text, filename, PolicyError)
     checker = _Checker(filename, lines, catalogue, Path(filename).parent)
     policy = checker.build(raw, text)
     if checker.problems:
@@ -256,28 +266,6 @@ def parse_policy(text: str, filename: str = "<policy>", catalogue: Catalogue | N
 
 
 # --- internals -------------------------------------------------------------------------------------
-
-
-def _line_map(node: yaml.Node | None) -> dict[tuple, int]:
-    """YAML path (keys and indices) → 1-based line, for error messages. Also flags duplicates."""
-    lines: dict[tuple, int] = {}
-
-    def walk(n: yaml.Node, path: tuple) -> None:
-        lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                key = k.value
-                if path + (key,) in lines:
-                    lines[("__duplicate__",) + path + (key,)] = k.start_mark.line + 1
-                lines[path + (key,)] = k.start_mark.line + 1
-                walk(v, path + (key,))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                walk(v, path + (i,))
-
-    if node is not None:
-        walk(node, ())
-    return lines
 
 
 def _dotted(path: tuple) -> str:
@@ -315,7 +303,7 @@ class _Checker:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {value!r}",
+            self.error(path, f"expected a mapping, got {_show(value)}",
                        f"write `{_dotted(path)}:` followed by indented `key: value` lines")
             return {}
         keys = tuple(keys)
@@ -327,29 +315,49 @@ class _Checker:
         return value
 
     def sequence(self, value: Any, path: tuple) -> list:
+        """A YAML list. A lone scalar is not taken as a list of one: `clients: 10.0.0.0/8,
+        10.1.0.0/16` is one string, and `opt_in: true` a mistake, not a region."""
         if value is None:
             return []
-        if isinstance(value, (str, int, float)):
-            return [value]
         if not isinstance(value, list):
-            self.error(path, f"expected a list, got {value!r}", "write a YAML list: [A, B]")
+            self.error(path, f"expected a list, got {_kind(value)} {_show(value)}",
+                       "write a YAML list: [A, B] (or one `- item` per line)")
             return []
         return value
+
+    def text(self, value: Any, path: tuple, example: str) -> str | None:
+        """A string. YAML reads unquoted `NO`, `on`, `1.10` or `2024-01-01` as a boolean, a number
+        or a date: say so, instead of using str() of what YAML made of it."""
+        if isinstance(value, str):
+            return value
+        self.error(path, f"expected text, got {_kind(value)} {_show(value)}",
+                   f"write it as text, quoted if YAML would read it otherwise: {example}")
+        return None
+
+    def whole_number(self, value: Any, path: tuple, low: int, high: int, example: str) -> int | None:
+        """An int in [low, high]; YAML's true/false (which Python counts as ints) and floats are not."""
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        self.error(path, f"{_show(value)} is not a whole number from {low} to {high}",
+                   f"write e.g. {example}")
+        return None
 
     def choice(self, value: Any, path: tuple, choices: tuple[str, ...], default: str) -> str:
         if value is None:
             return default
-        if value not in choices:
+        if not isinstance(value, str) or value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1)
             fix = f"use one of: {', '.join(choices)}" + (f" (did you mean {close[0]!r}?)" if close else "")
-            self.error(path, f"{value!r} is not a valid value", fix)
+            self.error(path, f"{_show(value)} is not a valid value", fix)
             return default
         return value
 
     def region_names(self, values: list, path: tuple) -> set[str]:
         out: set[str] = set()
         for i, name in enumerate(values):
-            codes = self.catalogue.expand(str(name))
+            if self.text(name, path + (i,), "[US, Europe]") is None:
+                continue
+            codes = self.catalogue.expand(name)
             if codes is None:
                 close = self.catalogue.suggest(str(name))
                 fix = ((f"did you mean {' or '.join(map(repr, close))}? " if close else "")
@@ -362,15 +370,17 @@ class _Checker:
         return out
 
     def one_region(self, value: Any, path: tuple) -> str | None:
-        code = self.catalogue.region_code(str(value))
+        if self.text(value, path, "US") is None:
+            return None
+        code = self.catalogue.region_code(value)
         if code is None:
             expanded = self.catalogue.expand(str(value))
             if expanded:
-                self.error(path, f"{value!r} is a group of regions ({', '.join(sorted(expanded))}), "
+                self.error(path, f"{_show(value)} is a group of regions ({', '.join(sorted(expanded))}), "
                            "but a single region is needed", f"pick one of {', '.join(sorted(expanded))}")
             else:
                 close = self.catalogue.suggest(str(value))
-                self.error(path, f"unknown region {value!r}",
+                self.error(path, f"unknown region {_show(value)}",
                            (f"did you mean {' or '.join(map(repr, close))}? " if close else "")
                            + "use one of " + " ".join(sorted(self.catalogue.codes)))
         return code
@@ -384,9 +394,13 @@ class _Checker:
             raw = {}
         top = self.mapping(raw, (), _TOP_KEYS)
         version = top.get("version")
-        if version != 1:
+        if type(version) is not int or version != 1:   # True == 1.0 == 1 in Python, not here
             self.error(("version",), f"unsupported version {version!r}" if version is not None
                        else "missing", "write `version: 1` at the top")
+
+        for key in ("name", "description"):
+            if top.get(key) is not None:
+                self.text(top[key], (key,), f'{key}: "..."')
 
         account = self.mapping(top.get("account"), ("account",), _KEYS["account"])
         account_type = self.choice(account.get("type"), ("account", "type"), ACCOUNT_TYPES, "paid")
@@ -404,18 +418,23 @@ class _Checker:
         for i, g in enumerate(self.sequence(top.get("groups"), ("groups",))):
             gpath = ("groups", i)
             g = self.mapping(g, gpath, _KEYS["group"])
-            name = str(g.get("name") or f"group-{i + 1}")
-            if not g.get("name"):
+            raw_name = g.get("name")
+            given = (self.text(raw_name, gpath + ("name",), "name: shanghai-office")
+                     if raw_name is not None else None)
+            name = given or f"group-{i + 1}"
+            if raw_name is None or raw_name == "":
                 self.error(gpath + ("name",), "missing", "give every group a unique `name`")
             elif name in names or name == "default":
                 self.error(gpath + ("name",), f"duplicate group name {name!r}", "use a unique name")
             names.add(name)
             clients = []
             for j, c in enumerate(self.sequence(g.get("clients"), gpath + ("clients",))):
+                if self.text(c, gpath + ("clients", j), "10.20.0.0/16") is None:
+                    continue
                 try:
-                    clients.append(str(ipaddress.ip_network(str(c), strict=False)))
+                    clients.append(str(ipaddress.ip_network(c, strict=False)))
                 except ValueError:
-                    self.error(gpath + ("clients", j), f"{c!r} is not an address or CIDR prefix",
+                    self.error(gpath + ("clients", j), f"{_show(c)} is not an address or CIDR prefix",
                                "write client networks like 10.20.0.0/16 or 2001:db8::/32")
             if not clients and "clients" not in g:
                 self.error(gpath + ("clients",), "missing",
@@ -556,11 +575,14 @@ class _Checker:
         for i, o in enumerate(self.sequence(raw, ("overrides",))):
             path = ("overrides", i)
             o = self.mapping(o, path, _KEYS["override"])
-            match = str(o.get("match") or "").strip()
-            if not match:
+            if o.get("match") is None or o.get("match") == "":
                 self.error(path + ("match",), "missing",
                            "give an address, a CIDR prefix or a hostname pattern such as *.lab.example")
                 continue
+            match = self.text(o["match"], path + ("match",), '"203.0.113.0/24" or "*.lab.example"')
+            if match is None:
+                continue
+            match = match.strip()
             is_network = False
             try:
                 ipaddress.ip_network(match, strict=True)
@@ -571,34 +593,65 @@ class _Checker:
                                "clear the host bits, e.g. 203.0.113.0/24")
                     continue
                 match = match.lower().rstrip(".")   # as names are compared: normalise_host
+                if not _HOST_PATTERN.match(match):
+                    self.error(path + ("match",), f"{match!r} is neither an address, a CIDR prefix "
+                               "nor a hostname pattern", "write e.g. 203.0.113.0/24 or *.lab.example "
+                               "(letters, digits, '-', '.', '*'; international names as xn--…)")
+                    continue
             region = None
             if o.get("region") not in (None, "none", "None"):
                 region = self.one_region(o["region"], path + ("region",))
-            country = str(o["country"]).upper() if o.get("country") else None
+            country = self.country(o.get("country"), path + ("country",))
             if country is None and region:
                 countries = self.catalogue.regions[region].countries
                 country = countries[0] if countries else None
-            if region is None and country is None and o.get("zoom") is None:
+            if o.get("region") in (None, "none", "None") and o.get("country") is None \
+                    and o.get("zoom") is None:
                 self.error(path, "says nothing", "give a `region`, a `country` or `zoom: true/false`")
             zoom = o.get("zoom")
             if zoom is not None and not isinstance(zoom, bool):
-                self.error(path + ("zoom",), f"{zoom!r} is not true or false", "write zoom: true")
+                self.error(path + ("zoom",), f"{_show(zoom)} is not true or false", "write zoom: true")
                 zoom = None
-            yield Override(match, is_network, region, country, zoom, str(o.get("note") or ""))
+            note = o.get("note")
+            if note is not None:
+                note = self.text(note, path + ("note",), 'note: "lab network"')
+            yield Override(match, is_network, region, country, zoom, note or "")
+
+    def country(self, value: Any, path: tuple) -> str | None:
+        """An ISO 3166-1 alpha-2 code (config/data/iso3166-alpha2.csv), upper-cased."""
+        if value is None:
+            return None
+        if value is False:   # YAML 1.1 reads an unquoted NO (Norway) as false
+            self.error(path, "YAML read this as false (unquoted NO is a boolean in YAML)",
+                       'quote the code: country: "NO"')
+            return None
+        if self.text(value, path, 'country: "DE"') is None:
+            return None
+        code = value.strip().upper()
+        known = iso_countries()
+        if code not in known:
+            close = ([_RESERVED_CODES[code]] if code in _RESERVED_CODES
+                     else difflib.get_close_matches(code, sorted(known), n=3))
+            self.error(path, f"{_show(value)} is not an ISO 3166-1 alpha-2 country code",
+                       (f"did you mean {' or '.join(map(repr, close))}? " if close else "")
+                       + "write the two-letter code, e.g. DE, US, JP (the list: "
+                       "config/data/iso3166-alpha2.csv)")
+            return None
+        return code
 
     def evidence(self, raw: Any) -> EvidenceSettings:
         ev = self.mapping(raw, ("evidence",), _KEYS["evidence"])
         precedence = SOURCES
         if "precedence" in ev:
-            items = [str(s) for s in self.sequence(ev["precedence"], ("evidence", "precedence"))]
+            items = self.sequence(ev["precedence"], ("evidence", "precedence"))
             for i, s in enumerate(items):
                 self.choice(s, ("evidence", "precedence", i), SOURCES, s)
-            precedence = tuple(dict.fromkeys(s for s in items if s in SOURCES))
+            precedence = tuple(dict.fromkeys(s for s in items if isinstance(s, str) and s in SOURCES))
         conflicts = self.choice(ev.get("conflicts"), ("evidence", "conflicts"), CONFLICT_MODES,
                                 "precedence")
         min_conf = ev.get("min_confidence", 0.5)
         if not _is_number(min_conf) or not 0 <= min_conf <= 1:
-            self.error(("evidence", "min_confidence"), f"{min_conf!r} is not a number from 0 to 1",
+            self.error(("evidence", "min_confidence"), f"{_show(min_conf)} is not a number from 0 to 1",
                        "write e.g. min_confidence: 0.5")
             min_conf = 0.5
         ttl = ev.get("learned_ttl_days")
@@ -613,7 +666,12 @@ class _Checker:
     def path_list(self, raw: Any, path: tuple, what: str) -> tuple[Path, ...]:
         out = []
         for i, p in enumerate(self.sequence(raw, path)):
-            full = (self.base / str(p)).resolve() if not Path(str(p)).is_absolute() else Path(str(p))
+            if self.text(p, path + (i,), "GeoLite2-Country.mmdb") is None:
+                continue
+            if "\0" in p:
+                self.error(path + (i,), "a path cannot hold a NUL character", "fix the file name")
+                continue
+            full = (self.base / p).resolve() if not Path(p).is_absolute() else Path(p)
             if not full.is_file():
                 self.warn(path + (i,), f"{what} {str(full)!r} not found: that source is off, and "
                           "addresses only it could place stay unknown (blocked by default)",
@@ -628,7 +686,7 @@ class _Checker:
         for key in ("datacenters", "cloud"):
             value = d.get(key, True)
             if not isinstance(value, bool):
-                self.error(("data", key), f"{value!r} is not true or false", f"write {key}: true")
+                self.error(("data", key), f"{_show(value)} is not true or false", f"write {key}: true")
                 value = True
             flags[key] = value
         return DataSettings(self.path_list(d.get("geoip"), ("data", "geoip"), "GeoIP database"),
@@ -639,9 +697,11 @@ class _Checker:
         r = self.mapping(raw, ("resolver",), _KEYS["resolver"])
         servers = []
         for i, ns in enumerate(self.sequence(r.get("nameservers"), ("resolver", "nameservers"))):
-            parsed = parse_hostport(str(ns), 53)
+            if self.text(ns, ("resolver", "nameservers", i), '"127.0.0.1:5353"') is None:
+                continue
+            parsed = parse_hostport(ns, 53)
             if parsed is None:
-                self.error(("resolver", "nameservers", i), f"{ns!r} is not HOST:PORT",
+                self.error(("resolver", "nameservers", i), f"{_show(ns)} is not HOST:PORT",
                            "write an address with an optional port: 127.0.0.1:5353 or [::1]:53")
             else:
                 servers.append(parsed)
@@ -652,18 +712,22 @@ class _Checker:
                        'write hosts: {"de.zoom.us": "127.0.1.1"}')
             raw_hosts = {}
         for name, addrs in raw_hosts.items():
+            if self.text(name, ("resolver", "hosts", name), '"de.zoom.us": "127.0.1.1"') is None:
+                continue
             good = []
-            for a in self.sequence(addrs, ("resolver", "hosts", name)):
-                if is_address(str(a)):
+            # one address, or a list of them
+            for a in self.sequence([addrs] if isinstance(addrs, str) else addrs,
+                                   ("resolver", "hosts", name)):
+                if isinstance(a, str) and is_address(a):
                     good.append(str(a))
                 else:
-                    self.error(("resolver", "hosts", name), f"{a!r} is not an IP address",
+                    self.error(("resolver", "hosts", name), f"{_show(a)} is not an IP address",
                                "map each name to an address or a list of addresses")
             hosts[str(name).lower().rstrip(".")] = tuple(good)
         timeout = r.get("timeout", 3.0)
-        if not _is_number(timeout) or timeout <= 0:
-            self.error(("resolver", "timeout"), f"{timeout!r} is not a positive number of seconds",
-                       "write e.g. timeout: 3")
+        if not _is_number(timeout) or not 0 < timeout <= 60:
+            self.error(("resolver", "timeout"), f"{_show(timeout)} is not a number of seconds above 0 "
+                       "and at most 60", "write e.g. timeout: 3")
             timeout = 3.0
         return ResolverSettings(tuple(servers), hosts, float(timeout))
 
@@ -671,15 +735,17 @@ class _Checker:
         g = self.mapping(raw, ("gateway",), _KEYS["gateway"])
         clients = []
         for i, c in enumerate(self.sequence(g.get("clients"), ("gateway", "clients"))):
+            if self.text(c, ("gateway", "clients", i), '"10.0.0.0/8"') is None:
+                continue
             try:
-                clients.append(str(ipaddress.ip_network(str(c), strict=False)))
+                clients.append(str(ipaddress.ip_network(c, strict=False)))
             except ValueError:
-                self.error(("gateway", "clients", i), f"{c!r} is not an address or CIDR prefix",
+                self.error(("gateway", "clients", i), f"{_show(c)} is not an address or CIDR prefix",
                            "list the client networks allowed to use the proxy and DNS filter, "
                            "e.g. [10.0.0.0/8, 2001:db8::/32]")
         allow = g.get("allow_proxy_host", False)
         if not isinstance(allow, bool):
-            self.error(("gateway", "allow_proxy_host"), f"{allow!r} is not true or false",
+            self.error(("gateway", "allow_proxy_host"), f"{_show(allow)} is not true or false",
                        "write allow_proxy_host: false (the default) or true")
             allow = False
         return GatewaySettings(tuple(clients), allow)
@@ -691,21 +757,73 @@ class _Checker:
                 self.error(("reroute", i), "needs both `match` and `to`",
                            'write {match: "*.zoom.us", to: us01.zoom.us}')
                 continue
-            yield Reroute(str(r["match"]).lower().rstrip("."), str(r["to"]).lower().rstrip("."))
+            names = []
+            for key, example in (("match", '"*.zoom.us"'), ("to", "us01.zoom.us")):
+                value = self.text(r[key], ("reroute", i, key), f"{key}: {example}")
+                value = value.strip().lower().rstrip(".") if value is not None else None
+                if value is not None and (not _HOST_PATTERN.match(value)
+                                          or key == "to" and "*" in value):
+                    self.error(("reroute", i, key), f"{_show(value)} is not a hostname"
+                               + (" pattern" if key == "match" else ""), f"write e.g. {key}: {example}")
+                    value = None
+                names.append(value)
+            if None not in names:
+                yield Reroute(names[0], names[1])
 
     def dns(self, raw: Any) -> DnsSettings:
         d = self.mapping(raw, ("dns",), _KEYS["dns"])
         answer = self.choice(d.get("block_answer"), ("dns", "block_answer"), BLOCK_ANSWERS, "nxdomain")
         strip = d.get("strip_ech", False)
         if not isinstance(strip, bool):
-            self.error(("dns", "strip_ech"), f"{strip!r} is not true or false", "write strip_ech: true")
+            self.error(("dns", "strip_ech"), f"{_show(strip)} is not true or false", "write strip_ech: true")
             strip = False
-        max_ttl = d.get("max_ttl", 86400)
-        if not isinstance(max_ttl, int) or isinstance(max_ttl, bool) or max_ttl < 0:
-            self.error(("dns", "max_ttl"), f"{max_ttl!r} is not a whole number of seconds",
-                       "write e.g. max_ttl: 3600")
+        # RFC 2181: a TTL is at most 2^31 - 1 seconds
+        max_ttl = self.whole_number(d.get("max_ttl", 86400), ("dns", "max_ttl"), 0, 2**31 - 1,
+                                    "max_ttl: 3600")
+        if max_ttl is None:
             max_ttl = 86400
         return DnsSettings(answer, strip, max_ttl)
+
+
+# a hostname, or a pattern of one with `*` wildcards, as the classifier compares them (lower case)
+_HOST_PATTERN = re.compile(r"^(?=.{1,253}$)[a-z0-9_*](?:[a-z0-9_*.-]*[a-z0-9_*])?$")
+
+
+# codes ISO 3166 reserves for other uses, which people write for the country's own code
+_RESERVED_CODES = {"UK": "GB", "EL": "GR"}
+
+
+@functools.cache
+def iso_countries() -> frozenset[str]:
+    """ISO 3166-1 alpha-2 codes, from config/data/iso3166-alpha2.csv."""
+    with open(data_dir() / "iso3166-alpha2.csv", encoding="utf-8", newline="") as f:
+        rows = csv.reader(line for line in f if not line.startswith("#"))
+        return frozenset(row[0] for row in rows if row and row[0] != "code")
+
+
+# a value quoted in an error: enough to recognise it, never the whole of a huge list or string
+_SHORT = reprlib.Repr(maxlevel=2, maxlist=5, maxdict=5, maxstring=60, maxother=60)
+
+
+def _show(value: Any) -> str:
+    return _SHORT.repr(value)
+
+
+def _kind(value: Any) -> str:
+    """What YAML made of a value, in its words."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "nothing"
+    return f"a {type(value).__name__}"   # a date, for example
 
 
 def _is_number(value: Any) -> bool:

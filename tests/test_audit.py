@@ -1,17 +1,29 @@
 """The audit log on its own: the line format, the writer thread's batches, the size cap with
-rotation, failures that never raise, and lines still queued when the process exits."""
+rotation, failures that never raise, and lines still queued when the process exits. Lost lines
+(a full file system, a removed directory) are reported by the real front ends, and an unwritable
+path stops them at start-up."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
-from regionguard.audit import AuditLog, audit_record, timestamp
+import pytest
+
+from regionguard.audit import AuditLog, audit_record, check_audit_path, timestamp
 from regionguard.decision import Action, Decision
-from tests.conftest import ROOT
+from tests.conftest import BIN, ROOT
+from tests.dns_support import POLICY as DNS_POLICY
+from tests.dns_support import DnsProcess, ZoneServer, ask
+from tests.proxy_support import Proxy, curl
 
 DECISION = Decision(Action.BLOCK, "region-disallowed", "IN is not in the allowed set", True,
                     service="meeting", region="IN", country="IN", group="default",
@@ -144,3 +156,186 @@ def test_lines_still_queued_are_written_when_the_process_dies(tmp_path):
                        cwd=ROOT)
     assert r.returncode == 1 and "RuntimeError: crash" in r.stderr
     assert [x["n"] for x in _lines(path)] == [0, 1, 2]
+
+
+# --- lost lines are reported: at the first loss, then with a count; an unwritable path at start-up
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 64 KiB tmpfs mounted for the test: a file system that really fills up (needs root)."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mount)],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {r.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+
+
+def fill(directory) -> Path:
+    """Fill the file system holding `directory`; returns the filler file (delete it to free it)."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for _ in range(10_000):     # bounded: 64 KiB fills in a few writes
+            try:
+                f.write(b"x" * 4096)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+                return filler
+    raise AssertionError("the file system never filled up")
+
+
+def test_a_full_file_system_is_reported_at_the_first_loss_then_with_a_count_then_recovery(tiny_fs, caplog):
+    caplog.set_level(logging.INFO, logger="regionguard.audit")
+    filler = fill(tiny_fs)
+    log = AuditLog(tiny_fs / "audit.jsonl", report_every=0.3)
+    for _ in range(100):         # ~1.2 s of lost lines: four or five reports, each with its count
+        log.record(DECISION)
+        time.sleep(0.012)
+    reports = [r.getMessage() for r in caplog.records if "line(s) lost so far" in r.getMessage()]
+    counts = [int(re.search(r"(\d+) line\(s\) lost so far", m).group(1)) for m in reports]
+    assert 2 <= len(reports) <= 6, reports          # not one per line, not just once
+    assert counts[0] == 1 and counts == sorted(counts) and "No space left" in reports[0]
+    assert log.counters.audit_failures == 100 and log.counters.snapshot()["audit_failures"] == 100
+    filler.unlink()
+    log.record(DECISION)
+    log.close()
+    assert any("written again (100 line(s) lost in all)" in r.getMessage() for r in caplog.records)
+    assert len(_lines(tiny_fs / "audit.jsonl")) == 1
+
+
+def test_a_deleted_log_file_is_noticed_counted_and_started_again(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="regionguard.audit")
+    directory = tmp_path / "audit"
+    for interval in (0.0, 0.05):
+        log = AuditLog(directory / "audit.jsonl", flush_interval=interval)
+        for _ in range(3):
+            log.record(DECISION)
+        log.flush()
+        shutil.rmtree(directory)            # the file stays open: writes "succeed", unseen
+        log.record(DECISION)
+        log.close()
+        assert log.counters.audit_failures == 3
+        assert any("deleted or its directory removed, with the 3 line(s)" in r.getMessage()
+                   for r in caplog.records)
+        assert len(_lines(directory / "audit.jsonl")) == 1     # a new file, where it was
+        shutil.rmtree(directory)
+        caplog.clear()
+
+
+def test_a_log_renamed_away_is_not_a_loss(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.record(DECISION)
+    path.rename(tmp_path / "rotated.jsonl")          # logrotate's way
+    log.record(DECISION)
+    log.close()
+    assert log.counters.audit_failures == 0
+    assert len(_lines(tmp_path / "rotated.jsonl")) == 1 and len(_lines(path)) == 1
+
+
+def test_check_audit_path_says_what_cannot_be_written(tmp_path):
+    assert check_audit_path(tmp_path / "new" / "dir" / "audit.jsonl") is None
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    problem = check_audit_path(blocker / "audit.jsonl")
+    assert problem is not None and "is not a directory" in str(problem) and "--audit" in str(problem)
+    assert "is a directory" in str(check_audit_path(tmp_path, "regionguard_audit"))
+
+
+def test_regionguard_dns_refuses_an_unwritable_audit_path_before_listening(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = subprocess.run([str(BIN / "regionguard"), "dns", "--listen", "127.0.0.1:0", "--upstream",
+                        "127.0.0.1:9", "--audit", str(blocker / "audit.jsonl")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "--audit" in r.stderr and "cannot be written" in r.stderr and "listening" not in r.stderr
+
+
+def test_the_proxy_addon_refuses_an_unwritable_audit_path_at_start(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = subprocess.run([str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "regionguard.py"),
+                        "--listen-host", "127.0.0.1", "--listen-port", "0",
+                        "--set", f"confdir={tmp_path / 'conf'}",
+                        "--set", f"regionguard_audit={blocker / 'audit.jsonl'}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "regionguard_audit" in r.stdout + r.stderr and "cannot be written" in r.stdout + r.stderr
+
+
+def _dns_until(server, predicate, timeout: float = 30.0) -> None:
+    """Ask new Zoom names (each one audited) until predicate() holds; bounded in time."""
+    deadline = time.monotonic() + timeout
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        ask(server.port, f"q{n}-{time.monotonic_ns()}.wild.zoom.us", timeout=5)
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s; server log:\n{''.join(server.log)}")
+
+
+def test_regionguard_dns_reports_a_removed_audit_directory(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DNS_POLICY)
+    audit = tmp_path / "audit" / "dns.jsonl"
+    zone = ZoneServer()
+    server = DnsProcess(policy, [zone.address], audit=audit)
+    try:
+        _dns_until(server, lambda: audit.exists() and audit.stat().st_size > 0)
+        shutil.rmtree(audit.parent)
+        _dns_until(server, lambda: "line(s) lost so far" in "".join(server.log))
+        assert "directory removed" in "".join(server.log)
+        _dns_until(server, lambda: audit.exists() and audit.stat().st_size > 0)   # started again
+    finally:
+        server.close()
+        zone.close()
+
+
+def test_regionguard_dns_reports_a_full_file_system_and_its_recovery(tiny_fs):
+    policy = tiny_fs.parent / "policy.yaml"
+    policy.write_text(DNS_POLICY)
+    audit = tiny_fs / "dns.jsonl"
+    filler = fill(tiny_fs)
+    zone = ZoneServer()
+    server = DnsProcess(policy, [zone.address], audit=audit)
+    try:
+        _dns_until(server, lambda: "line(s) lost so far" in "".join(server.log))
+        assert "No space left" in "".join(server.log)
+        filler.unlink()
+        _dns_until(server, lambda: "written again" in "".join(server.log))
+        assert re.search(r"written again \(\d+ line\(s\) lost in all\)", "".join(server.log))
+        assert audit.stat().st_size > 0
+    finally:
+        server.close()
+        zone.close()
+
+
+def test_the_proxy_reports_a_removed_audit_directory(tmp_path):
+    from tests.test_proxy import policy_text
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text())
+    audit = tmp_path / "audit" / "proxy.jsonl"
+    proxy = Proxy(policy, tmp_path, "--set", f"regionguard_audit={audit}", audit=False,
+                  command="mitmdump")
+    try:
+        def blocked_requests_until(predicate, timeout: float = 30.0) -> None:
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < deadline, proxy.output()
+                curl("-x", proxy.url, "-m", "5", "http://in.zoom.us/")    # blocked, audited
+                time.sleep(0.1)
+
+        blocked_requests_until(lambda: audit.exists() and audit.stat().st_size > 0)
+        shutil.rmtree(audit.parent)
+        blocked_requests_until(lambda: "line(s) lost so far" in proxy.output())
+        assert "directory removed" in proxy.output()
+    finally:
+        proxy.stop()

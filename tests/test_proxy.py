@@ -7,6 +7,7 @@ import http.client
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import textwrap
 
@@ -418,10 +419,12 @@ def test_keep_alive_connection_decides_each_destination_once(start_proxy, web):
 
 @pytest.mark.parametrize("flush_ms", ["250", "0"])   # queued for the writer thread; written at once
 def test_an_unwritable_audit_log_never_opens_the_gate(start_proxy, web, tmp_path, flush_ms):
+    # unwritable once running (unwritable at start-up, it stops the proxy: tests/test_audit.py)
     blocker = tmp_path / "not-a-directory"
-    blocker.write_text("")
     proxy = start_proxy(None, "--set", f"regionguard_audit={blocker / 'audit.jsonl'}",
                         "--set", f"regionguard_audit_flush_ms={flush_ms}", audit=False)
+    shutil.rmtree(blocker)
+    blocker.write_text("")
     assert status_of(_via(proxy, f"http://in.zoom.us:{web[IN].port}/")) == 403
     assert status_of(_via(proxy, f"http://de.zoom.us:{web[DE].port}/")) == 200
     proxy.wait_for_output("cannot write audit log")
