@@ -15,7 +15,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
-from .decision import Action, Decision, Engine
+from .decision import OTHER, Action, Decision, Engine
 from .prefixes import is_address
 from .resolve import NameResolver, ResolveError
 
@@ -112,7 +112,7 @@ class Enforcer:
         if host and is_address(host):
             address, host = address or plain_address(host), None
         if address:
-            decisions = [engine.decide_safely(client, host, address, port, transport)]
+            decisions = [await self._decide_claimed(client, host, address, port, transport)]
             usable = None if decisions[0].blocks else address
         else:
             if not host:
@@ -150,3 +150,30 @@ class Enforcer:
             if alt is not None:
                 return Verdict(first, alt, f"{name} {alt}")
         return Verdict(_blocked(first, "reroute found no address in an allowed region"), None)
+
+    async def _decide_claimed(self, client: str | None, host: str | None, address: str, port: int,
+                              transport: str) -> Decision:
+        """Decide a connection to a known address that arrives with a name (an SNI or Host the
+        client sent). The name is the client's claim: it may add weak evidence, but it may only
+        move the connection out of the governed scope (a web name for a meeting server's
+        address) when regionguard's own resolution of the name reaches that address. Otherwise
+        the connection is decided as the address alone would be."""
+        engine = self.engine
+        named = engine.decide_safely(client, host, address, port, transport)
+        if not host or not named.zoom or named.scope != OTHER:
+            return named
+        unnamed = engine.decide_safely(client, None, address, port, transport)
+        if unnamed.scope == named.scope:
+            return named
+        try:
+            answer = await self.resolver.aresolve(host)
+            confirmed = address in {plain_address(a) for a in answer.addresses}
+        except (ResolveError, OSError):
+            confirmed = False
+        if confirmed:
+            return named
+        return dataclasses.replace(
+            unnamed, host=host,
+            reason=f"{unnamed.reason}; the name {host} is the client's claim, and regionguard's "
+                   f"own resolution of it does not reach {address}, so it does not decide the "
+                   "service")

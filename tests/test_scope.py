@@ -403,3 +403,47 @@ def test_a_governed_list_that_leaves_out_meeting_traffic_is_warned_about(tmp_pat
     assert r.returncode == 0
     assert ("warning: " in r.stderr and "scope.governed: leaves out meeting, relay" in r.stderr
             and "add meeting, relay to scope.governed" in r.stderr), r.stderr
+
+
+# --- a name the client sends (SNI, Host) is a claim ---------------------------------------------
+
+def _claims_engine(write_policy, hosts: str) -> Engine:
+    return Engine(load_policy(write_policy(f"""
+        version: 1
+        account: {{type: paid, default_region: DE}}
+        regions: {{opt_in: [Europe]}}
+        actions: {{disallowed: block, unknown: block}}
+        resolver: {{hosts: {hosts}, timeout: 1}}
+    """)))
+
+
+@pytest.mark.parametrize("claimed", ["zoom.us", "log.zoom.us", "st1.zoom.us"])
+def test_a_web_name_sent_to_a_meeting_servers_address_does_not_take_it_out_of_scope(
+        write_policy, claimed):
+    # Transparent and WireGuard modes know the address the client dialled and the SNI it sent.
+    # A client that calls a US meeting server by a web name must still be held to the regions:
+    # regionguard's own resolution of the name (here the policy's static hosts) does not reach
+    # that address.
+    import asyncio
+
+    from regionguard.enforce import Enforcer
+
+    engine = _claims_engine(write_policy, f'{{"{claimed}": "{UNPLACED}"}}')
+    assert engine.decide("10.0.0.5", claimed, US_MEETING, 443, "tcp").scope == "other"  # the claim alone
+    verdict = asyncio.run(Enforcer(engine).verdict("10.0.0.5", claimed, US_MEETING, 443, "tcp"))
+    d = verdict.decision
+    assert verdict.address is None
+    assert (d.action, d.rule, d.scope, d.region, d.host) == (
+        Action.BLOCK, "region-disallowed", "governed", "US", claimed)
+    assert "client's claim" in d.reason
+
+
+def test_a_web_name_that_does_reach_the_address_keeps_its_scope(write_policy):
+    import asyncio
+
+    from regionguard.enforce import Enforcer
+
+    engine = _claims_engine(write_policy, f'{{"zoom.us": "{US_MEETING}"}}')
+    verdict = asyncio.run(Enforcer(engine).verdict("10.0.0.5", "zoom.us", US_MEETING, 443, "tcp"))
+    assert verdict.address == US_MEETING
+    assert (verdict.decision.action, verdict.decision.scope) == (Action.ALLOW, "other")
