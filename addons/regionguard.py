@@ -745,10 +745,29 @@ def _hostport(host_header: str, port: int) -> str:
     return f"{host_header}:{port}"
 
 
+class DnsFilterMissing:
+    """Stands in for addons/dns_filter.py when it cannot be loaded. Without it, DNS through the
+    proxy (DNS, WireGuard and local modes) would reach clients unfiltered, disallowed Zoom
+    addresses included: every DNS query is refused instead, and the log says why."""
+
+    name = "regionguard_dns_missing"
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self._said = False
+
+    def dns_request(self, flow: Any) -> None:
+        if not self._said:
+            self._said = True
+            log.error("regionguard: %s; every DNS query through the proxy is refused", self.problem)
+        flow.response = flow.request.fail(mdns.response_codes.REFUSED)
+
+
 def _dns_addons() -> list:
-    """The DNS helper's addon (addons/dns_filter.py), if it is installed beside this file."""
+    """The DNS helper's addon (addons/dns_filter.py, beside this file); when it is missing or
+    cannot be loaded, DnsFilterMissing, which refuses DNS rather than relay it unfiltered."""
     if not (Path(__file__).with_name("dns_filter.py")).is_file():
-        return []
+        return [DnsFilterMissing(f"{Path(__file__).with_name('dns_filter.py')} is missing")]
     module = None
     for name in ("dns_filter", "addons.dns_filter"):
         try:
@@ -756,12 +775,11 @@ def _dns_addons() -> list:
             break
         except ImportError:
             continue
-        except Exception:  # noqa: BLE001 - a broken DNS addon must not take the proxy down
-            log.exception("regionguard: addons/dns_filter.py failed to load; DNS flows unfiltered")
-            return []
+        except Exception as e:  # noqa: BLE001 - a broken DNS addon must not take the proxy down
+            log.exception("regionguard: addons/dns_filter.py failed to load")
+            return [DnsFilterMissing(f"addons/dns_filter.py failed to load ({type(e).__name__}: {e})")]
     if module is None:
-        log.error("regionguard: addons/dns_filter.py present but not importable")
-        return []
+        return [DnsFilterMissing("addons/dns_filter.py is present but not importable")]
     found = getattr(module, "addons", None)
     if found is not None:
         return list(found)

@@ -102,3 +102,40 @@ def test_unusable_policy_refuses_zoom_names(tmp_path, zone):
         assert addresses(ask(port, "www.example.org")) == {"192.0.2.80"}
     finally:
         _stop(proc)
+
+
+@pytest.mark.parametrize("dns_filter", ["missing", "broken"])
+def test_without_its_dns_filter_the_proxy_refuses_dns_rather_than_relay_it(tmp_path, zone, dns_filter):
+    # addons/regionguard.py copied alone (or beside a dns_filter.py that cannot load): DNS
+    # through the proxy must never be relayed unfiltered, or a CN address reaches the client.
+    addon_dir = tmp_path / "addons"
+    addon_dir.mkdir()
+    (addon_dir / "regionguard.py").write_text((ROOT / "addons" / "regionguard.py").read_text())
+    if dns_filter == "broken":
+        (addon_dir / "dns_filter.py").write_text("raise RuntimeError('half-installed')\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    port = free_port()
+    cmd = [str(BIN / "mitmdump"), "--set", "listen_host=127.0.0.1",
+           "--mode", f"reverse:dns://127.0.0.1:{zone.port}@{port}",
+           "-s", str(addon_dir / "regionguard.py"), "--set", f"regionguard_policy={policy}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, reply = time.monotonic() + 90, None
+        while reply is None and proc.poll() is None and time.monotonic() < deadline:   # bounded
+            try:
+                reply = ask(port, "x.cn.zoom.us", timeout=1)
+            except (dns.exception.Timeout, OSError):
+                continue
+        if reply is None:
+            # A load error logged at start-up makes mitmdump exit: closed too, and said why.
+            assert proc.wait(timeout=30) != 0, "mitmdump neither answered nor stopped"
+        else:
+            assert reply.rcode() == dns.rcode.REFUSED and not reply.answer
+            assert ask(port, "www.example.org").rcode() == dns.rcode.REFUSED
+    finally:
+        out = _stop(proc)
+    if reply is None:
+        assert dns_filter == "broken" and "dns_filter.py failed to load" in out, out
+    else:
+        assert "every DNS query through the proxy is refused" in out, out
