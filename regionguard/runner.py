@@ -31,6 +31,7 @@ from types import ModuleType
 import yaml
 
 from ._paths import default_policy_path
+from .audit import check_audit_path
 from .cli import EXIT_CONFIG
 from .errors import ConfigError
 from .learned import add_state_dir_argument
@@ -330,6 +331,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     problem = local_mode_problem(_modes(extra))
     if problem:
         print(f"regionguard run: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    audit = args.audit or values.get("regionguard_audit")
+    unwritable = check_audit_path(str(audit), "--audit" if args.audit else "regionguard_audit") \
+        if audit else None
+    if unwritable is not None:   # said now, before anything listens, not at the first lost line
+        print(f"regionguard run: {unwritable}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         child = (start_dns(policy, loaded.resolver.nameservers, args.dns, args.audit,

@@ -90,6 +90,18 @@ def test_regionguard_run_never_passes_an_option_twice(tmp_path, policy, args, ex
     assert expected in r.stderr and "listening" not in r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("how", ["--audit", "--set"])
+def test_regionguard_run_refuses_an_unwritable_audit_log_before_listening(tmp_path, policy, how):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log's directory should be\n")
+    target = blocker / "audit.jsonl"
+    args = ["--audit", str(target)] if how == "--audit" else ["--set", f"regionguard_audit={target}"]
+    r = _run([str(BIN / "regionguard"), "run", "--policy", str(policy), *args], tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "the audit log cannot be written" in r.stderr and "not a directory" in r.stderr
+    assert "listening" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("line, expected", [
     ("regionguard_reload: abc", "regionguard_reload: 'abc' is not a whole number"),
     ("regionguard_audit_pass: 3", "regionguard_audit_pass: 3 is not a boolean"),
