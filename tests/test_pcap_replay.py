@@ -53,6 +53,8 @@ FRA = "zoomfra12mmr.fra.zoom.us"      # site code fra: Frankfurt, DE (config/dat
 SJC = "zoomsjc7mmr.sjc.zoom.us"       # site code sjc: San Jose, US
 ALIAS = "meet-eu.zoom.us"             # a CNAME to FRA
 AMS = "zoomams3mmr.ams.zoom.us"       # site code ams: Amsterdam, NL (resolved through the tun)
+ZC = "zoomfr84zc.zoom.us"             # a zone controller (zc code fr: Frankfurt), on FRA's address
+WEB = ("zoom.us", "www3.zoom.us", "log.zoom.us")   # web, login and logging: outside the scope
 TUN_PEER, TUN_CLIENT = "10.201.9.1", "10.201.9.2"
 
 POLICY = textwrap.dedent("""
@@ -84,8 +86,8 @@ MISSING = _missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 
-def unplaced_zoom_addresses(policy_path: Path) -> tuple[str, str, str, str]:
-    """Three IPv4 and one IPv6 address in Zoom's published ranges that no address source places at
+def unplaced_zoom_addresses(policy_path: Path) -> tuple[str, str, str, str, str]:
+    """Four IPv4 and one IPv6 address in Zoom's published ranges that no address source places at
     the policy's min_confidence (so only learned evidence can place them)."""
     policy = load_policy(policy_path)
     locator = Locator.for_policy(policy, log_problems=False)
@@ -100,10 +102,10 @@ def unplaced_zoom_addresses(policy_path: Path) -> tuple[str, str, str, str]:
         else:
             address = str(ipaddress.IPv6Address(start + 10))
             bucket = v6
-        if locator.locate(address).chosen is None and len(bucket) < 3:
+        if locator.locate(address).chosen is None and len(bucket) < 4:
             bucket.append(address)
-    assert len(v4) == 3 and v6, "the bundled data places every Zoom range: pick other test addresses"
-    return v4[0], v4[1], v6[0], v4[2]
+    assert len(v4) == 4 and v6, "the bundled data places every Zoom range: pick other test addresses"
+    return v4[0], v4[1], v6[0], v4[2], v4[3]
 
 
 # --- the lab: servers in one namespace, clients and tcpdump in the other ------------------------
@@ -296,9 +298,22 @@ def _start_tcpdump(ns: str, out: Path, *args: str) -> subprocess.Popen:
     return proc
 
 
+def _tls_get(address: str, name: str, cafile: Path) -> bytes:
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection((address, 443), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=name) as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: " + name.encode() + b"\r\n\r\n")
+        return tls.recv(4096)
+
+
 def _client_traffic(fra: str, sjc: str, fra6: str, cafile: Path) -> dict:
-    """In the client namespace: resolve, then TLS with SNI, then UDP media by IP."""
+    """In the client namespace: resolve, then TLS with SNI, then UDP media by IP; and what a
+    real client does besides its meeting: a zone controller, the web, login and logging."""
     seen: dict = {}
+    for name in (*WEB, ZC):
+        q = dns.message.make_query(name, "A")
+        address = dns.query.udp(q, SERVER_IP, timeout=5).answer[0][0].address
+        seen[name] = _tls_get(address, name, cafile)
     q = dns.message.make_query(FRA, "A")
     seen["fra"] = dns.query.udp(q, SERVER_IP, timeout=5).answer
     q = dns.message.make_query(FRA, "AAAA")
@@ -329,7 +344,7 @@ def captures(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pcap")
     policy = tmp / "policy.yaml"
     policy.write_text(POLICY)
-    fra, sjc, fra6, ams = unplaced_zoom_addresses(policy)
+    fra, sjc, fra6, ams, web = unplaced_zoom_addresses(policy)
     n = f"{os.getpid() % 10000}"
     server, client = f"rg-ps{n}", f"rg-pc{n}"
     sdev, cdev = f"rgps{n}", f"rgpc{n}"
@@ -347,16 +362,19 @@ def captures(tmp_path_factory):
             sh("ip", "-n", ns, "link", "set", dev, "up")
         sh("ip", "-n", server, "addr", "add", f"{fra}/32", "dev", "lo")
         sh("ip", "-n", server, "addr", "add", f"{sjc}/32", "dev", "lo")
+        sh("ip", "-n", server, "addr", "add", f"{web}/32", "dev", "lo")
         sh("ip", "-n", server, "-6", "addr", "add", f"{fra6}/128", "dev", "lo", "nodad")
         sh("ip", "-n", client, "route", "add", f"{fra}/32", "via", SERVER_IP)
         sh("ip", "-n", client, "route", "add", f"{sjc}/32", "via", SERVER_IP)
+        sh("ip", "-n", client, "route", "add", f"{web}/32", "via", SERVER_IP)
         sh("ip", "-n", client, "-6", "route", "add", f"{fra6}/128", "via", SERVER_IP6)
-        cert = make_cert(tmp, [FRA, SJC], [fra, sjc])
-        records = {(FRA, "A"): [fra], (FRA, "AAAA"): [fra6], (SJC, "A"): [sjc], (ALIAS, "CNAME"): [FRA]}
+        cert = make_cert(tmp, [FRA, SJC, ZC, *WEB], [fra, sjc, web])
+        records = {(FRA, "A"): [fra], (FRA, "AAAA"): [fra6], (SJC, "A"): [sjc], (ALIAS, "CNAME"): [FRA],
+                   (ZC, "A"): [fra], **{(name, "A"): [web] for name in WEB}}
 
         def start_servers():
             dns_server = DnsServer(records)
-            tls = TlsServer([fra, sjc], cert)
+            tls = TlsServer([fra, sjc, web], cert)
             echoes = [UdpEcho(a, 8801) for a in (fra, sjc, fra6)]
             return [dns_server.stop, tls.stop, *[e.stop for e in echoes]]
         stops += run_in_netns(server, start_servers)
@@ -392,7 +410,7 @@ def captures(tmp_path_factory):
                     d.terminate()
                 for d in dumps:
                     d.wait(timeout=10)
-            assert seen["udp"] and b"200 OK" in seen["tls_sjc"], seen
+            assert seen["udp"] and all(b"200 OK" in seen[k] for k in ("tls_sjc", ZC, *WEB)), seen
             assert curl.stdout == "ok", curl.stderr
             drops = [re.search(r"(\d+) packets? dropped by kernel", d.stderr.read()) for d in dumps]
             if all(m is not None and m.group(1) == "0" for m in drops):
@@ -406,7 +424,7 @@ def captures(tmp_path_factory):
         files["sll2ng"] = to_pcapng(files["sll2"], tmp / "any-sll2.pcapng")
         files["raw"] = to_raw_ip(files["pcap"], tmp / "raw.pcap")
         yield {"files": files, "policy": policy, "fra": fra, "sjc": sjc, "fra6": fra6, "ams": ams,
-               "tmp": tmp}
+               "web": web, "tmp": tmp}
     finally:
         for stop in stops:
             try:
@@ -487,7 +505,8 @@ def _expected_flows(c: dict) -> set[tuple]:
     return {("udp", CLIENT_IP, SERVER_IP, 53, None), ("tcp", CLIENT_IP, SERVER_IP, 53, None),
             ("tcp", CLIENT_IP, c["sjc"], 443, SJC), ("tcp", CLIENT_IP, c["fra"], 443, FRA),
             ("udp", CLIENT_IP, c["fra"], 8801, None), ("udp", CLIENT_IP, c["sjc"], 8801, None),
-            ("udp", CLIENT_IP6, c["fra6"], 8801, None)}
+            ("udp", CLIENT_IP6, c["fra6"], 8801, None), ("tcp", CLIENT_IP, c["fra"], 443, ZC),
+            *(("tcp", CLIENT_IP, c["web"], 443, name) for name in WEB)}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -502,7 +521,7 @@ def test_every_flow_is_one_connection_with_client_server_and_sni(captures, kind)
     assert got == _expected_flows(captures), got
     # One connection per flow: three datagrams each way to 8801 are still one flow; each UDP DNS
     # query came from its own port, so each is a flow of its own.
-    assert sorted(f.port for f in flows if f.transport == "udp") == [53, 53, 53, 8801, 8801, 8801]
+    assert sorted(f.port for f in flows if f.transport == "udp") == [53] * 7 + [8801] * 3
     assert all(f.client_port >= 1024 for f in flows)
 
 
@@ -511,7 +530,8 @@ def test_dns_answers_are_extracted_before_the_flows_they_enable(captures, kind):
     items = _items(captures["files"][kind])
     answers = [(i.name, i.addresses) for i in items if isinstance(i, DnsAnswer)]
     fra, sjc, fra6 = captures["fra"], captures["sjc"], captures["fra6"]
-    assert set(answers) == {(FRA, (fra,)), (FRA, (fra6,)), (SJC, (sjc,)), (ALIAS, (fra,))}, answers
+    assert set(answers) == {(FRA, (fra,)), (FRA, (fra6,)), (SJC, (sjc,)), (ALIAS, (fra,)), (ZC, (fra,)),
+                            *((name, (captures["web"],)) for name in WEB)}, answers
 
     def first(pred) -> int:
         return next(n for n, i in enumerate(items) if pred(i))
@@ -592,7 +612,7 @@ def test_replay_opens_no_connection(captures, monkeypatch):
         monkeypatch.setattr(socket.socket, name, refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     result = replay([captures["files"][k] for k in KINDS], captures["policy"])
-    assert result.records == 6 * 9     # 9 flows in each of the six files
+    assert result.records == 6 * 17    # 17 flows in each of the six files
     assert result.problem_count == 0
 
 
@@ -633,6 +653,24 @@ def test_media_by_ip_is_placed_at_the_site_its_name_resolved_to(captures, kind):
     assert (d.region, str(d.action), d.rule) == ("US", "block", "region-disallowed"), d.reason
     assert all(r.decision.rule != "unknown-region" for r in result.zoom_rows), \
         [r.decision.to_dict() for r in result.zoom_rows if r.decision.rule == "unknown-region"]
+
+
+@needs_learned
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_meeting_only_policy_lets_web_and_login_through_and_holds_the_meeting(captures, kind):
+    """The capture's zone controller is placed (fr: Frankfurt) and allowed; web, login and
+    logging, on an address no source places, are outside the governed scope: allowed and
+    audited, never unknown-region; the US meeting server is still blocked."""
+    result = replay([captures["files"][kind]], captures["policy"])
+    by_host = {(r.decision.host, r.decision.address): r.decision for r in result.zoom_rows}
+    for name in WEB:
+        d = by_host[(name, captures["web"])]
+        assert (str(d.action), d.rule, d.scope) == ("allow", "out-of-scope", "other"), d.reason
+    d = by_host[(ZC, captures["fra"])]
+    assert (d.service, d.scope, d.region, str(d.action)) == ("zone-controller", "governed", "DE", "allow")
+    d = by_host[(SJC, captures["sjc"])]
+    assert (d.scope, d.region, str(d.action)) == ("governed", "US", "block"), d.reason
+    assert not [r for r in result.zoom_rows if r.decision.rule == "unknown-region"]
 
 
 @needs_learned
