@@ -56,7 +56,7 @@ def test_a_crash_while_loading_keeps_the_old_policy_and_the_watching(write_polic
     holder = EngineHolder(path)
     running = holder.engine
 
-    def crash(policy):
+    def crash(policy, **kwargs):
         raise RecursionError("maximum recursion depth exceeded")   # what deep YAML once did
 
     monkeypatch.setattr(reload, "Engine", crash)

@@ -173,9 +173,10 @@ def test_an_in_memory_store_judges_age_by_its_own_newest_sighting():
     assert engine.decide(None, None, A, 8801, "udp").region == "NL"
 
 
-def test_learned_ttl_days_is_checked():
-    r = subprocess.run([str(BIN / "regionguard"), "validate", "/dev/stdin"],
-                       input="version: 1\nevidence: {learned_ttl_days: -3}\n",
+def test_learned_ttl_days_is_checked(tmp_path):
+    policy = tmp_path / "ttl.yaml"
+    policy.write_text("version: 1\naccount: {default_region: US}\nevidence: {learned_ttl_days: -3}\n")
+    r = subprocess.run([str(BIN / "regionguard"), "validate", str(policy)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "evidence.learned_ttl_days" in r.stdout + r.stderr
 

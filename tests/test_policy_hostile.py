@@ -154,8 +154,9 @@ def test_error_text_is_bounded_whatever_the_file_holds():
     ("regions: {opt_out: [{IN: 1}]}", "regions.opt_out[0]"),
     ("client: {location: 1}", "client.location"),
     ("actions: {disallowed: true}", "actions.disallowed"),
-    ("actions: {exempt_services: cdn}", "actions.exempt_services"),
-    ("actions: {exempt_services: [1]}", "actions.exempt_services[0]"),
+    ("scope: {governed: meeting}", "scope.governed"),
+    ("scope: {governed: [1]}", "scope.governed[0]"),
+    ("scope: {other: true}", "scope.other"),
     ("overrides: [{match: 12, region: DE}]", "overrides[0].match"),
     ("overrides: [{match: 203.0.113.0/24, region: true}]", "overrides[0].region"),
     ("overrides: [{match: 203.0.113.0/24, country: NO}]", "overrides[0].country"),   # Norway, unquoted
