@@ -62,11 +62,14 @@ BUILT = ("aws-ip-ranges.json", "oracle-public_ip_ranges.json", "cloud-regions.cs
 
 
 def _shared_data_candidates() -> list[Path]:
-    """Where `../shared/data` may be: beside this checkout, as its path was given (a checkout
-    reached through a symlink has ../shared beside the link, not beside the target) and as
-    resolved; and, for a git worktree, beside the main checkout it belongs to."""
-    here = Path(os.path.abspath(__file__)).parent.parent
-    out = [here.parent / "shared" / "data", ROOT.parent / "shared" / "data"]
+    """Where `../shared/data` may be: beside this checkout; beside the path it was entered by,
+    when that is a symlink (the shell's $PWD: the kernel only knows the target, and ../shared
+    sits beside the link); and, for a git worktree, beside the main checkout it belongs to."""
+    out = [ROOT.parent / "shared" / "data"]
+    entered = Path(os.environ.get("PWD", "/nonexistent"))
+    if entered.is_absolute() and (entered / "tests" / "conftest.py").is_file() and \
+            os.path.samefile(entered, ROOT):
+        out.append(Path(os.path.normpath(entered)).parent / "shared" / "data")
     try:
         common = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--path-format=absolute",
                                  "--git-common-dir"], capture_output=True, text=True, timeout=30)
