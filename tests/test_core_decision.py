@@ -234,10 +234,6 @@ UNPLACED_ADDRESSES = [a for a in RANGE_ADDRESSES
                       if not _engine("DE", None, "block").locator.locate(a, None).known]
 
 
-def _zoom_addresses():
-    return DC_ADDRESSES
-
-
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
