@@ -89,9 +89,17 @@ def test_unknown_key_and_bad_choice_are_reported_together():
     assert any("did you mean 'disallowed'" in p.fix for p in problems)
 
 
-def test_yaml_syntax_error_names_the_line():
-    [p] = errors_of("version: 1\naccount: {type: paid, default_region: US\nregions: [\n")
-    assert p.line is not None and "not valid YAML" in p.message
+@pytest.mark.parametrize("text,line", [
+    # the unclosed `{` of line 2 is found where the next key starts without a comma
+    ("version: 1\naccount: {type: paid, default_region: US\nregions: [\n", 3),
+    ("version: 1\naccount:\n  type: paid\n   default_region: US\n", 4),      # indentation
+    ("version: 1\naccount: {type: paid, default_region: US}\nclient: {location: china}\n"
+     "regions: {opt_in: [US}\n", 4),                                          # `]` missing
+])
+def test_yaml_syntax_error_names_the_line(text, line):
+    [p] = errors_of(text)
+    assert p.line == line and p.file == "bad.yaml" and "not valid YAML" in p.message
+    assert str(p).startswith(f"bad.yaml:{line}: not valid YAML") and "YAML syntax" in p.fix
 
 
 def test_missing_file_is_a_policy_error(tmp_path):
@@ -124,35 +132,103 @@ def test_missing_data_files_are_warnings_not_errors(write_policy):
 
 
 codes = sorted(CAT.codes)
-region_lists = st.one_of(st.none(), st.lists(st.sampled_from(codes + list(CAT.groups)), max_size=6))
+names = codes + list(CAT.groups)
+names_but_china = [n for n in names if "CN" not in CAT.expand(n)]
+# Region lists mostly without China (so most drawn policies are valid), sometimes with it.
+region_lists = st.one_of(st.lists(st.sampled_from(names_but_china), max_size=6),
+                         st.lists(st.sampled_from(names), max_size=6))
+# (opt_in, opt_out): neither, one of them (the common cases), or both (an error, drawn less often)
+region_choices = st.sampled_from(["none", "none", "in", "in", "in", "out", "out", "both"]).flatmap(
+    lambda mode: {"none": st.just((None, None)), "in": st.tuples(region_lists, st.none()),
+                  "out": st.tuples(st.none(), region_lists),
+                  "both": st.tuples(region_lists, region_lists)}[mode])
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["paid", "free"]), st.sampled_from(codes), region_lists, region_lists,
-       st.sampled_from(["outside-china", "china"]))
-def test_zoom_rules_hold_for_every_policy_that_loads(account, default, opt_in, opt_out, location):
-    lines = ["version: 1", f"account: {{type: {account}, default_region: {default}}}",
-             f"client: {{location: {location}}}"]
-    regions = {}
-    if opt_in is not None:
-        regions["opt_in"] = opt_in
-    if opt_out is not None:
-        regions["opt_out"] = opt_out
-    if regions:
-        lines.append("regions: {" + ", ".join(f"{k}: [{', '.join(repr(x) for x in v)}]"
-                                               for k, v in regions.items()) + "}")
-    try:
-        p = parse_policy("\n".join(lines) + "\n")
-    except PolicyError:
-        return
-    allowed = p.rules.allowed
-    assert default in allowed                                  # default region always allowed
-    if location == "outside-china":
-        assert "CN" not in allowed                              # outside China never reaches CN
+def zoom_rules(account, default, opt_in, opt_out, location):
+    """Zoom's rules, written out independently of the checker: (the allowed set, the fields
+    whose errors the policy must be rejected with)."""
+    expand = set().union(*(CAT.expand(n) for n in opt_in or ())), set().union(
+        *(CAT.expand(n) for n in opt_out or ()))
+    wrong = set()
+    if account == "free" and (opt_in is not None or opt_out is not None):
+        wrong.add("regions")                      # a free account is fixed to its default region
+    if opt_in is not None and opt_out is not None:
+        wrong.add("regions")                      # one list or the other
+    if opt_out and default in expand[1]:
+        wrong.add("regions.opt_out")              # the default region cannot be opted out
     if account == "free":
-        assert allowed == {default}                             # free ⇒ default only
-    if "CN" in allowed:
-        assert default == "CN" or (opt_in and ("CN" in opt_in or "China" in opt_in))
+        allowed = {default}
+    elif opt_in is not None:        # with both lists, the checker goes on with opt_in alone
+        allowed = expand[0] | {default}
+    elif opt_out is not None:
+        allowed = set(codes) - {"CN"} - expand[1] | {default}
+    else:
+        allowed = set(codes) - {"CN"} | {default}
+    if location == "outside-china" and "CN" in allowed:   # clients outside China never reach CN
+        wrong.add("regions.opt_in" if opt_in and "CN" in expand[0]
+                  else "account.default_region")
+    return allowed, wrong
+
+
+def test_zoom_rules_hold_for_every_policy_that_loads():
+    seen = {}
+
+    def saw(case):
+        seen[case] = seen.get(case, 0) + 1
+
+    @settings(max_examples=600, deadline=None, database=None)
+    # CN drawn as the default region more often than the others: the China rules are about it
+    @given(st.sampled_from(["paid", "paid", "paid", "free"]), st.sampled_from(codes + ["CN"] * 2),
+           region_choices,
+           st.sampled_from(["outside-china", "outside-china", "china"]))
+    def check(account, default, opt_lists, location):
+        opt_in, opt_out = opt_lists
+        lines = ["version: 1", f"account: {{type: {account}, default_region: {default}}}",
+                 f"client: {{location: {location}}}"]
+        regions = {}
+        if opt_in is not None:
+            regions["opt_in"] = opt_in
+        if opt_out is not None:
+            regions["opt_out"] = opt_out
+        if regions:
+            lines.append("regions: {" + ", ".join(f"{k}: [{', '.join(repr(x) for x in v)}]"
+                                                   for k, v in regions.items()) + "}")
+        allowed, wrong = zoom_rules(account, default, opt_in, opt_out, location)
+        try:
+            p = parse_policy("\n".join(lines) + "\n")
+        except PolicyError as e:
+            # rejected: only for a rule it breaks, and naming that rule's field
+            assert wrong, f"a valid policy was rejected: {e}"
+            assert {q.field for q in e.problems} == wrong, e
+            for case in wrong:
+                saw(f"rejected: {case}")
+            if "CN" in allowed and location == "outside-china":
+                saw("rejected: CN for clients outside China")
+                assert any("never routed to China" in q.message for q in e.problems)
+            return
+        assert not wrong, f"a policy breaking Zoom's rules ({wrong}) loaded"
+        saw("valid")
+        assert p.rules.allowed == allowed
+        assert default in p.rules.allowed                      # default region always allowed
+        if location == "outside-china":
+            assert "CN" not in p.rules.allowed                 # outside China never reaches CN
+        else:
+            saw("valid, clients in China")
+        if "CN" in p.rules.allowed:
+            saw("valid, CN allowed")
+            assert default == "CN" or (opt_in and "CN" in {c for n in opt_in
+                                                         for c in CAT.expand(n)})
+        if account == "free":
+            saw("valid, free")
+            assert p.rules.allowed == {default}                # free: the default region only
+
+    check()
+    # Valid policies are the common case, so the invariants on loaded policies ran; each
+    # rejection reason occurred, so a checker that rejects (or accepts) everything fails.
+    assert seen.get("valid", 0) >= 210, seen     # 35 %; about half are drawn
+    for case in ("valid, clients in China", "valid, CN allowed", "valid, free", "rejected: regions",
+                 "rejected: regions.opt_out", "rejected: CN for clients outside China"):
+        assert seen.get(case, 0) >= 5, (case, seen)
 
 
 @given(st.sampled_from(codes), st.sets(st.sampled_from(codes)), st.sets(st.sampled_from(codes)))
