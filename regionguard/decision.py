@@ -170,8 +170,13 @@ class Engine:
         host = normalise_host(host) if host else None
         if host and host == address:
             host = None
-        location = self.locator.locate(address, host)
-        cls = self.zoom.classify(host, address, port, transport, location.zoom)
+        # An IPv6 address that embeds an IPv4 one (mapped, compatible, NAT64 64:ff9b::) reaches
+        # that IPv4 host, so it is placed and classed as the IPv4 address: on a DNS64 network
+        # Zoom's synthesized AAAA answers are decided like the A records they come from.
+        located = embedded_ipv4(address) if address and ":" in address else None
+        located = located or address
+        location = self.locator.locate(located, host)
+        cls = self.zoom.classify(host, located, port, transport, location.zoom)
         base: dict[str, Any] = dict(host=host, address=address, port=port, transport=transport, client=client,
                     policy_version=self.policy.version_id, zoom_why=cls.why)
         if not cls.zoom:

@@ -140,6 +140,14 @@ def test_ipv6_zoom_range_is_zoom_and_held_like_ipv4(eu, write_policy):
         Action.ALLOW, "region-allowed", "DE", "zoom-dc")
     d = eu.decide(None, None, "::ffff:206.247.11.121", 8801, "udp")
     assert (d.action, d.rule, d.region) == (Action.BLOCK, "region-disallowed", "US")
+    # So are the IPv4-compatible and NAT64 (DNS64) forms: each reaches the IPv4 host.
+    for v6 in ("::159.124.47.249", "64:ff9b::159.124.47.249", "64:ff9b::9f7c:2ff9"):
+        d = eu.decide(None, None, v6, 8801, "udp")
+        assert (d.action, d.rule, d.region, d.address) == (Action.ALLOW, "region-allowed", "DE", v6)
+    d = eu.decide(None, None, "64:ff9b::206.247.11.121", 8801, "udp")
+    assert (d.action, d.rule, d.region) == (Action.BLOCK, "region-disallowed", "US")
+    d = eu.decide(None, None, "64:ff9b::221.122.88.195", 8801, "udp")
+    assert (d.action, d.rule, d.region) == (Action.BLOCK, "outside-china-never-cn", "CN")
     # Placed by an override, an IPv6 address gets its region's action, as an IPv4 one does.
     engine = Engine(load_policy(write_policy("""
         version: 1
