@@ -517,3 +517,97 @@ def test_upstream_mode_sends_absolute_form_https_as_a_connect_to_the_checked_add
     assert "in.zoom.us" not in upstream.output()
     assert [(d["action"], d["host"], d["connect_to"]) for d in proxy.decisions(2)] == \
         [("allow", "de.zoom.us", DE), ("block", "in.zoom.us", None)]
+
+
+# --- per-client groups through the explicit proxy ---------------------------------------------
+
+GROUPS = """groups:
+  - {name: india-office, clients: [127.0.0.2/32], regions: {opt_in: [IN]}}
+"""
+
+
+def test_client_groups_decide_each_clients_connections_by_its_own_policy(start_proxy, web, tls, cert):
+    """One destination, two clients: the default group (127.0.0.1) may use DE but not IN; the
+    india-office group (127.0.0.2) may use IN (and US, the default region) but not DE. Both
+    plain HTTP and CONNECT; a blocked origin never sees a connection."""
+    proxy = start_proxy(policy_text(extra=GROUPS))
+    hp, tp = web[DE].port, tls[DE].port
+    before = {a: (web[a].connections, tls[a].connections) for a in (DE, IN)}
+    results = {}
+    for client in ("127.0.0.1", "127.0.0.2"):
+        for name in ("de.zoom.us", "in.zoom.us"):
+            plain = _via(proxy, f"http://{name}:{hp}/", "--interface", client)
+            connect = _via(proxy, f"https://{name}:{tp}/", "--interface", client,
+                           "--cacert", str(cert[0]))
+            results[client, name] = (status_of(plain), status_of(connect))
+            if status_of(plain) == 200:
+                assert body_json(plain)["origin"] == body_json(connect)["origin"] == \
+                    (DE if name.startswith("de") else IN)
+    assert results == {
+        ("127.0.0.1", "de.zoom.us"): (200, 200), ("127.0.0.1", "in.zoom.us"): (403, 403),
+        ("127.0.0.2", "de.zoom.us"): (403, 403), ("127.0.0.2", "in.zoom.us"): (200, 200)}
+    # Each origin saw exactly the two connections of the client allowed to reach it.
+    assert web[DE].connections - before[DE][0] == 1 and tls[DE].connections - before[DE][1] == 1
+    assert web[IN].connections - before[IN][0] == 1 and tls[IN].connections - before[IN][1] == 1
+    lines = proxy.decisions(8)
+    assert [(d["client"], d["host"], d["group"], d["action"], d["hook"]) for d in lines] == [
+        ("127.0.0.1", "de.zoom.us", "default", "allow", "requestheaders"),
+        ("127.0.0.1", "de.zoom.us", "default", "allow", "http_connect"),
+        ("127.0.0.1", "in.zoom.us", "default", "block", "requestheaders"),
+        ("127.0.0.1", "in.zoom.us", "default", "block", "http_connect"),
+        ("127.0.0.2", "de.zoom.us", "india-office", "block", "requestheaders"),
+        ("127.0.0.2", "de.zoom.us", "india-office", "block", "http_connect"),
+        ("127.0.0.2", "in.zoom.us", "india-office", "allow", "requestheaders"),
+        ("127.0.0.2", "in.zoom.us", "india-office", "allow", "http_connect")]
+
+
+# --- TLS interception, as regionguard_intercept chooses ----------------------------------------
+
+
+@pytest.fixture
+def other_tls(tmp_path):
+    """An HTTPS origin for the non-Zoom name plain.example, with its own certificate."""
+    d = tmp_path / "other-cert"
+    d.mkdir()
+    pem = make_cert(d, ["plain.example"], [OTHER])
+    origin = origins_on_one_port([OTHER], tls=pem)[OTHER]
+    yield origin, pem[0]
+    origin.stop()
+
+
+@pytest.mark.parametrize(("intercept", "zoom_intercepted", "other_intercepted"), [
+    ("none", False, False), ("non-zoom", False, True), ("all", True, True)])
+def test_tls_is_intercepted_as_regionguard_intercept_chooses(start_proxy, tls, cert, other_tls,
+                                                             tmp_path, intercept,
+                                                             zoom_intercepted, other_intercepted):
+    """Intercepted or not, seen from the client: trusting only the origin's own certificate
+    works when the proxy passes TLS through, and fails when the proxy presents its own."""
+    other, other_pem = other_tls
+    bundle = tmp_path / "origins.pem"           # the proxy, intercepting, checks both origins
+    bundle.write_bytes(cert[0].read_bytes() + other_pem.read_bytes())
+    proxy = start_proxy(None, "--set", f"regionguard_intercept={intercept}",
+                        "--set", f"ssl_verify_upstream_trusted_ca={bundle}")
+    mitm_ca = tmp_path / "mitmproxy-conf" / "mitmproxy-ca-cert.pem"
+    zoom_url = f"https://de.zoom.us:{tls[DE].port}/"
+    other_url = f"https://plain.example:{other.port}/"
+
+    def passed_through(url: str, origin_pem) -> bool:
+        r = _via(proxy, url, "--cacert", str(origin_pem))
+        if r.returncode == 0:
+            assert status_of(r) == 200, r.stdout
+            return True
+        assert "SSL certificate problem" in r.stderr, r.stderr   # the proxy's certificate
+        return False
+
+    assert passed_through(zoom_url, cert[0]) is not zoom_intercepted
+    assert passed_through(other_url, other_pem) is not other_intercepted
+    if zoom_intercepted:      # the proxy's own certificate: a client that trusts its CA gets through
+        assert status_of(_via(proxy, zoom_url, "--cacert", str(mitm_ca))) == 200
+    if other_intercepted:
+        r = _via(proxy, other_url, "--cacert", str(mitm_ca))
+        assert r.returncode == 0 and body_json(r)["origin"] == OTHER
+    # Whatever is intercepted, the Zoom decision is the same and still audited.
+    blocked = _via(proxy, f"https://in.zoom.us:{tls[IN].port}/", "--cacert", str(cert[0]))
+    assert status_of(blocked) == 403
+    assert [(d["host"], d["action"]) for d in proxy.decisions()] == \
+        [("de.zoom.us", "allow")] * (2 if zoom_intercepted else 1) + [("in.zoom.us", "block")]
