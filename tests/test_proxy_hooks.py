@@ -6,7 +6,7 @@ Zoom check, the gateway check, the reload) and the test asserts that Zoom stays 
 
 One group of tests per hook: tls_clienthello, http_connect, requestheaders,
 http_connect_upstream, server_connect, client_connected, configure (live option changes), and
-running (the reload loop)."""
+running (the reload loop), and the guard that blocks Zoom while nothing enforces."""
 
 from __future__ import annotations
 
@@ -422,5 +422,39 @@ def test_the_reload_loop_keeps_the_policy_when_the_new_file_is_invalid(module, p
             f = connect_flow("in.zoom.us")
             await addon.http_connect(f)
             assert f.response.status_code == 403
+
+    asyncio.run(check())
+
+
+# --- the guard: what blocks Zoom while no addon enforces ---------------------------------------
+
+
+@pytest.mark.parametrize("armed", [True, False], ids=["last-policy", "bundled-catalogue"])
+def test_the_guard_blocks_everything_when_its_zoom_check_raises(module, policy, tmp_path,
+                                                                monkeypatch, armed):
+    """Not enforcing (the addon was unloaded), and the Zoom check the guard relies on (the last
+    good policy's, or the bundled catalogue's) raises: nothing can be told apart, so every
+    CONNECT, request, server connection and DNS query is refused."""
+    async def check():
+        addon = module.RegionGuard()
+        with taddons.context(addon) as tctx:
+            guard = tctx.master.addons.get("regionguard_guard")
+            if armed:
+                tctx.configure(addon, regionguard_policy=str(policy))
+                addon.done()                                   # unloaded: not enforcing
+                monkeypatch.setattr(Engine, "is_zoom", broken("is_zoom")[0])
+            else:
+                monkeypatch.setattr(module.ZoomCatalogue, "load", broken("catalogue")[0])
+            assert addon.not_enforcing() is not None
+            for f in (connect_flow("plain.example"), request_flow("plain.example")):
+                guard.http_connect(f)
+                assert f.response.status_code == 403
+                assert f.response.headers["X-Regionguard-Rule"] == "not-enforcing"
+            data = server_data(OTHER)
+            guard.server_connect(data)
+            assert "not enforcing" in data.server.error
+            dns = tflow.tdnsflow()
+            guard.dns_request(dns)
+            assert dns.response is not None and dns.response.response_code == 5   # REFUSED
 
     asyncio.run(check())
