@@ -3,16 +3,19 @@ servers on loopback addresses that policy overrides place in different regions, 
 
 from __future__ import annotations
 
+import datetime
 import http.client
-import importlib.util
-import os
+import json
 import re
 import shutil
+import socket
 import subprocess
 import textwrap
+import time
 
 import pytest
 
+from regionguard.policy import load_policy
 from tests.conftest import BIN, free_port
 from tests.proxy_support import Proxy, body_json, curl, make_cert, origins_on_one_port, status_of
 
@@ -297,19 +300,43 @@ def test_bare_mitmdump_with_the_addon_script(start_proxy, web):
 
 def test_audit_log_has_one_line_per_decision_with_its_fields(start_proxy, web, tls, cert):
     proxy = start_proxy()
-    targets = [f"http://de.zoom.us:{web[DE].port}/", f"http://in.zoom.us:{web[IN].port}/",
-               f"https://de.zoom.us:{tls[DE].port}/", f"https://in.zoom.us:{tls[IN].port}/",
-               f"http://{IN}:{web[IN].port}/"]
-    for t in targets:
-        _via(proxy, t, "--cacert", str(cert[0]))
-    lines = proxy.decisions(len(targets))
-    assert len(lines) == len(targets)
-    for line in lines:
-        for key in ("time", "client", "mode", "transport", "host", "address", "port", "service",
-                    "region", "evidence_source", "evidence_date", "action", "rule",
-                    "policy_version"):
-            assert key in line
-        assert line["mode"] == "regular" and line["evidence_source"] == "override"
+    version = load_policy(proxy.policy).version_id
+    started = datetime.datetime.now(datetime.UTC)
+    hp, tp = web[DE].port, tls[DE].port
+    # (url, expected: host, address, port, action, rule, region, connect_to, hook, zoom_why)
+    cases = [
+        (f"http://de.zoom.us:{hp}/", "de.zoom.us", DE, hp, "allow", "region-allowed", "DE", DE,
+         "requestheaders", "domain zoom.us"),
+        (f"http://in.zoom.us:{hp}/", "in.zoom.us", IN, hp, "block", "region-disallowed", "IN",
+         None, "requestheaders", "domain zoom.us"),
+        (f"https://de.zoom.us:{tp}/", "de.zoom.us", DE, tp, "allow", "region-allowed", "DE", DE,
+         "http_connect", "domain zoom.us"),
+        (f"https://in.zoom.us:{tp}/", "in.zoom.us", IN, tp, "block", "region-disallowed", "IN",
+         None, "http_connect", "domain zoom.us"),
+        (f"http://{IN}:{hp}/", None, IN, hp, "block", "region-disallowed", "IN", None,
+         "requestheaders", "override: zoom: true"),
+    ]
+    for case in cases:
+        _via(proxy, case[0], "--cacert", str(cert[0]))
+    lines = proxy.decisions(len(cases))
+    assert len(lines) == len(cases)
+    for line, (_, host, address, port, action, rule, region, connect_to, hook, zoom_why) \
+            in zip(lines, cases, strict=True):
+        when = datetime.datetime.fromisoformat(line.pop("time"))
+        assert started - datetime.timedelta(seconds=1) <= when <= datetime.datetime.now(datetime.UTC)
+        net = "127.0.1.0/24" if region == "DE" else "127.0.2.0/24"
+        reason = ("DE is allowed; DE (DE)" if region == "DE"
+                  else "IN is not in the allowed set (DE, US); IN (IN)")
+        assert line == {
+            "front_end": "mitmproxy", "mode": "regular", "action": action, "rule": rule,
+            "reason": f"{reason} [override: overrides in {proxy.policy.name} {net}]",
+            "would": None, "zoom": True, "zoom_why": zoom_why, "service": "unknown-service",
+            "scope": "governed", "region": region, "country": region, "group": "default",
+            "host": host, "address": address, "port": port, "transport": "tcp",
+            "client": "127.0.0.1", "policy_version": version, "evidence_source": "override",
+            "evidence_dataset": f"overrides in {proxy.policy.name}", "evidence_date": None,
+            "evidence_matched": net, "conflict": False, "hook": hook, "connect_to": connect_to,
+        }, line
 
 
 def test_queued_audit_lines_are_written_when_the_proxy_stops(start_proxy, web):
@@ -383,27 +410,45 @@ def test_pac_command_writes_the_file(tmp_path):
 # --- the DNS front end beside the proxy -----------------------------------------------------
 
 
-@pytest.mark.skipif(importlib.util.find_spec("regionguard.dnsserver") is None,
-                    reason="the DNS front end (regionguard.dnsserver) is not installed")
-def test_run_with_dns_starts_and_stops_the_dns_server(start_proxy):
-    import dns.message
-    import dns.query
+def test_run_with_dns_starts_a_filtering_dns_server_and_stops_it(start_proxy):
+    """`--dns` runs `regionguard dns` beside the proxy with the policy's own name servers as its
+    upstream (here a zone server on loopback): it answers, filtered by the policy, into its own
+    audit log; when the proxy stops, so does it, and its port is free again."""
+    import dns.exception
+    import dns.rcode
 
-    dns_port = free_port()
-    proxy = start_proxy(None, "--dns", f"127.0.0.1:{dns_port}")
-    query = dns.message.make_query("de.zoom.us", "A")
-    answer = None
-    for _ in range(60):   # bounded: the child needs a moment to bind
-        try:
-            answer = dns.query.udp(query, "127.0.0.1", port=dns_port, timeout=1)
-            break
-        except Exception:  # noqa: BLE001
-            continue
-    assert answer is not None, proxy.output()
-    assert answer.id == query.id          # the DNS child answered (SERVFAIL: its upstream is dead)
-    proxy.stop()
-    with pytest.raises(Exception):  # noqa: B017 - the child stopped with the proxy
-        dns.query.udp(query, "127.0.0.1", port=dns_port, timeout=1)
+    from tests.dns_support import POLICY as DNS_POLICY
+    from tests.dns_support import ZoneServer, addresses, ask
+
+    zone = ZoneServer()
+    try:
+        dns_port = free_port()
+        text = DNS_POLICY + f'resolver: {{nameservers: ["127.0.0.1:{zone.port}"], timeout: 2}}\n'
+        proxy = start_proxy(text, "--dns", f"127.0.0.1:{dns_port}")
+        allowed = ask(dns_port, "de.zoom.us")                  # DE: in the allowed set
+        assert allowed.rcode() == dns.rcode.NOERROR and addresses(allowed) == {"198.51.100.10"}
+        blocked = ask(dns_port, "in.zoom.us")                  # IN: filtered out
+        assert blocked.rcode() == dns.rcode.NXDOMAIN and not blocked.answer
+        assert zone.count("in.zoom.us") >= 1                   # the upstream was asked: filtered
+        dns_audit = proxy.audit.with_name(proxy.audit.stem + ".dns.jsonl")
+        deadline, found = time.monotonic() + 30, []
+        while not found and time.monotonic() < deadline:   # written by a thread: bounded wait
+            text = dns_audit.read_text() if dns_audit.exists() else ""
+            whole = text[:text.rfind("\n") + 1].splitlines()      # whole lines only
+            found = [json.loads(x) for x in whole if '"in.zoom.us"' in x]
+            time.sleep(0.1)
+        [line] = [x for x in found if x.get("dns_qname") == "in.zoom.us"]
+        assert (line["front_end"], line["action"], line["region"], line["dns_dropped"]) == \
+            ("dns", "block", "IN", ["100.70.0.10"])
+        proxy.stop()
+        # Stopped with the proxy: nothing answers, and the port can be bound again.
+        with pytest.raises(dns.exception.Timeout):
+            ask(dns_port, "de.zoom.us", timeout=2)
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", dns_port))              # OSError if the child still holds it
+    finally:
+        zone.close()
 
 
 def test_keep_alive_connection_decides_each_destination_once(start_proxy, web):
@@ -429,15 +474,6 @@ def test_an_unwritable_audit_log_never_opens_the_gate(start_proxy, web, tmp_path
     assert status_of(_via(proxy, f"http://de.zoom.us:{web[DE].port}/")) == 200
     proxy.wait_for_output("cannot write audit log")
     assert status_of(_via(proxy, f"http://in.zoom.us:{web[IN].port}/")) == 403
-
-
-@pytest.mark.skipif(os.path.exists("/sys/fs/cgroup/cgroup.controllers"),
-                    reason="this host has cgroup v2, so local mode's missing-cgroup message cannot show")
-def test_local_mode_says_clearly_when_it_cannot_run():
-    r = subprocess.run([str(BIN / "regionguard"), "run", "--mode", "local:zoom"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert "--mode local needs cgroup v2" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_upstream_mode_pins_the_connect_it_forwards(start_proxy, web, tls, cert):
@@ -481,3 +517,97 @@ def test_upstream_mode_sends_absolute_form_https_as_a_connect_to_the_checked_add
     assert "in.zoom.us" not in upstream.output()
     assert [(d["action"], d["host"], d["connect_to"]) for d in proxy.decisions(2)] == \
         [("allow", "de.zoom.us", DE), ("block", "in.zoom.us", None)]
+
+
+# --- per-client groups through the explicit proxy ---------------------------------------------
+
+GROUPS = """groups:
+  - {name: india-office, clients: [127.0.0.2/32], regions: {opt_in: [IN]}}
+"""
+
+
+def test_client_groups_decide_each_clients_connections_by_its_own_policy(start_proxy, web, tls, cert):
+    """One destination, two clients: the default group (127.0.0.1) may use DE but not IN; the
+    india-office group (127.0.0.2) may use IN (and US, the default region) but not DE. Both
+    plain HTTP and CONNECT; a blocked origin never sees a connection."""
+    proxy = start_proxy(policy_text(extra=GROUPS))
+    hp, tp = web[DE].port, tls[DE].port
+    before = {a: (web[a].connections, tls[a].connections) for a in (DE, IN)}
+    results = {}
+    for client in ("127.0.0.1", "127.0.0.2"):
+        for name in ("de.zoom.us", "in.zoom.us"):
+            plain = _via(proxy, f"http://{name}:{hp}/", "--interface", client)
+            connect = _via(proxy, f"https://{name}:{tp}/", "--interface", client,
+                           "--cacert", str(cert[0]))
+            results[client, name] = (status_of(plain), status_of(connect))
+            if status_of(plain) == 200:
+                assert body_json(plain)["origin"] == body_json(connect)["origin"] == \
+                    (DE if name.startswith("de") else IN)
+    assert results == {
+        ("127.0.0.1", "de.zoom.us"): (200, 200), ("127.0.0.1", "in.zoom.us"): (403, 403),
+        ("127.0.0.2", "de.zoom.us"): (403, 403), ("127.0.0.2", "in.zoom.us"): (200, 200)}
+    # Each origin saw exactly the two connections of the client allowed to reach it.
+    assert web[DE].connections - before[DE][0] == 1 and tls[DE].connections - before[DE][1] == 1
+    assert web[IN].connections - before[IN][0] == 1 and tls[IN].connections - before[IN][1] == 1
+    lines = proxy.decisions(8)
+    assert [(d["client"], d["host"], d["group"], d["action"], d["hook"]) for d in lines] == [
+        ("127.0.0.1", "de.zoom.us", "default", "allow", "requestheaders"),
+        ("127.0.0.1", "de.zoom.us", "default", "allow", "http_connect"),
+        ("127.0.0.1", "in.zoom.us", "default", "block", "requestheaders"),
+        ("127.0.0.1", "in.zoom.us", "default", "block", "http_connect"),
+        ("127.0.0.2", "de.zoom.us", "india-office", "block", "requestheaders"),
+        ("127.0.0.2", "de.zoom.us", "india-office", "block", "http_connect"),
+        ("127.0.0.2", "in.zoom.us", "india-office", "allow", "requestheaders"),
+        ("127.0.0.2", "in.zoom.us", "india-office", "allow", "http_connect")]
+
+
+# --- TLS interception, as regionguard_intercept chooses ----------------------------------------
+
+
+@pytest.fixture
+def other_tls(tmp_path):
+    """An HTTPS origin for the non-Zoom name plain.example, with its own certificate."""
+    d = tmp_path / "other-cert"
+    d.mkdir()
+    pem = make_cert(d, ["plain.example"], [OTHER])
+    origin = origins_on_one_port([OTHER], tls=pem)[OTHER]
+    yield origin, pem[0]
+    origin.stop()
+
+
+@pytest.mark.parametrize(("intercept", "zoom_intercepted", "other_intercepted"), [
+    ("none", False, False), ("non-zoom", False, True), ("all", True, True)])
+def test_tls_is_intercepted_as_regionguard_intercept_chooses(start_proxy, tls, cert, other_tls,
+                                                             tmp_path, intercept,
+                                                             zoom_intercepted, other_intercepted):
+    """Intercepted or not, seen from the client: trusting only the origin's own certificate
+    works when the proxy passes TLS through, and fails when the proxy presents its own."""
+    other, other_pem = other_tls
+    bundle = tmp_path / "origins.pem"           # the proxy, intercepting, checks both origins
+    bundle.write_bytes(cert[0].read_bytes() + other_pem.read_bytes())
+    proxy = start_proxy(None, "--set", f"regionguard_intercept={intercept}",
+                        "--set", f"ssl_verify_upstream_trusted_ca={bundle}")
+    mitm_ca = tmp_path / "mitmproxy-conf" / "mitmproxy-ca-cert.pem"
+    zoom_url = f"https://de.zoom.us:{tls[DE].port}/"
+    other_url = f"https://plain.example:{other.port}/"
+
+    def passed_through(url: str, origin_pem) -> bool:
+        r = _via(proxy, url, "--cacert", str(origin_pem))
+        if r.returncode == 0:
+            assert status_of(r) == 200, r.stdout
+            return True
+        assert "SSL certificate problem" in r.stderr, r.stderr   # the proxy's certificate
+        return False
+
+    assert passed_through(zoom_url, cert[0]) is not zoom_intercepted
+    assert passed_through(other_url, other_pem) is not other_intercepted
+    if zoom_intercepted:      # the proxy's own certificate: a client that trusts its CA gets through
+        assert status_of(_via(proxy, zoom_url, "--cacert", str(mitm_ca))) == 200
+    if other_intercepted:
+        r = _via(proxy, other_url, "--cacert", str(mitm_ca))
+        assert r.returncode == 0 and body_json(r)["origin"] == OTHER
+    # Whatever is intercepted, the Zoom decision is the same and still audited.
+    blocked = _via(proxy, f"https://in.zoom.us:{tls[IN].port}/", "--cacert", str(cert[0]))
+    assert status_of(blocked) == 403
+    assert [(d["host"], d["action"]) for d in proxy.decisions()] == \
+        [("de.zoom.us", "allow")] * (2 if zoom_intercepted else 1) + [("in.zoom.us", "block")]

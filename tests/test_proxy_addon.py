@@ -6,14 +6,13 @@ end-to-end behaviour is in test_proxy.py."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import textwrap
 
 import pytest
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
-from tests.conftest import ROOT
+from regionguard.runner import load_addon_module
 
 POLICY = textwrap.dedent("""
     version: 1
@@ -23,14 +22,6 @@ POLICY = textwrap.dedent("""
       - {match: 127.0.2.0/24, region: IN, zoom: true}
     resolver: {hosts: {in.zoom.us: 127.0.2.1, plain.example: 127.0.3.1}}
 """)
-
-
-def load_addon_module():
-    spec = importlib.util.spec_from_file_location("regionguard_addon_under_test",
-                                                  ROOT / "addons" / "regionguard.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
