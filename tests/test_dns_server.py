@@ -111,6 +111,8 @@ def test_monitor_and_reroute_groups(setup):
 
 def test_audit_line_per_filtered_answer(setup):
     server, _, audit = setup
+    # a non-Zoom name asked here, before the Zoom one: its answer must leave no line
+    assert addresses(ask(server.port, "audit-free.plain.example.net")) == {"192.0.2.50"}
     ask(server.port, "in.zoom.us", source=DEFAULT)
     lines = [x for x in audit_lines(audit) if x["dns_qname"] == "in.zoom.us"]
     assert len(lines) == 1
@@ -119,7 +121,7 @@ def test_audit_line_per_filtered_answer(setup):
     assert line["rule"] == "region-disallowed" and line["group"] == "default"
     assert line["evidence_source"] == "override" and line["policy_version"]
     assert line["dns_dropped"] == ["100.70.0.10"] and line["dns_kept"] == []
-    assert not [x for x in audit_lines(audit) if x["dns_qname"] == "www.example.org"]
+    assert not [x for x in audit_lines(audit) if x["dns_qname"] == "audit-free.plain.example.net"]
 
 
 def test_cache_hits_and_negative_caching(setup):
@@ -318,7 +320,13 @@ def test_policy_reload_empties_the_cache(tmp_path):
         else:
             pytest.fail("the changed policy was not applied")
         policy.write_text("version: 1\naccount: {type: paid}\n")    # invalid: keep the old one
-        time.sleep(3)
+        # the server's own word that it read the invalid file and kept the running policy
+        deadline = time.monotonic() + 30
+        while not any("not reloaded" in line for line in server.log):
+            assert time.monotonic() < deadline, "the invalid policy was never read:\n" + "".join(server.log)
+            time.sleep(0.1)
+        refusal = "".join(server.log).split("not reloaded", 1)[1]
+        assert str(policy) in refusal and "account.default_region: missing" in refusal
         assert addresses(ask(server.port, "multi.zoom.us")) == {"198.51.100.11", "203.0.113.11"}
         assert server.proc.poll() is None
     finally:
