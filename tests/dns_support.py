@@ -143,13 +143,19 @@ class ZoneServer:
     """An upstream resolver on 127.0.0.1 (UDP and TCP, one port) in a thread.
 
     mode: "normal"; "dead" (reads and never answers); "garbage" (answers random bytes with the
-    query's ID); "slow" (answers after `delay` seconds). `queries` counts what it received.
-    `answer`, when set: a function (query, transport) → the reply's bytes (None: no reply), in
-    place of the zone's answer (tests that hand-craft or mutate answers set it)."""
+    query's ID); "truncate" (every UDP answer truncated: TC set, no records, so a resolver must
+    ask again over TCP). `delay`: seconds before each answer (a slow upstream).
+    tcp: "normal"; "refuse" (nothing listens on TCP: connections are refused); "close" (reads the
+    query, then closes without a word); "reset" (reads the query, then resets the connection);
+    "half" (sends a length prefix and half the answer, then closes).
+    `queries` counts what it received. `answer`, when set: a function (query, transport) → the
+    reply's bytes (None: no reply), in place of the zone's answer (tests that hand-craft or
+    mutate answers set it)."""
 
-    def __init__(self, mode: str = "normal", delay: float = 0.0) -> None:
+    def __init__(self, mode: str = "normal", delay: float = 0.0, tcp: str = "normal") -> None:
         self.mode = mode
         self.delay = delay
+        self.tcp_mode = tcp
         self.queries: list[tuple[str, str, str]] = []   # (transport, name, type)
         self.answer: Callable[[dns.message.Message, str], bytes | None] | None = None
         for _attempt in range(50):   # a free UDP port whose TCP twin is free too
@@ -165,6 +171,8 @@ class ZoneServer:
                 self.udp.close()
                 self.tcp.close()
         self.tcp.listen(16)
+        if tcp == "refuse":
+            self.tcp.close()   # the port stays ours on UDP; on TCP the kernel refuses
         self._stop = False
         self._threads = [threading.Thread(target=self._serve_udp, daemon=True),
                          threading.Thread(target=self._serve_tcp, daemon=True)]
@@ -180,8 +188,6 @@ class ZoneServer:
         return sum(1 for _, n, t in self.queries if n == name and (rdtype is None or t == rdtype))
 
     def _reply(self, data: bytes, transport: str) -> bytes | None:
-        if self.mode == "dead":
-            return None
         if self.mode == "garbage":
             return data[:2] + os.urandom(random.randint(0, 60))
         try:
@@ -191,11 +197,17 @@ class ZoneServer:
         q = query.question[0]
         self.queries.append((transport, q.name.to_text().rstrip(".").lower(),
                              dns.rdatatype.to_text(q.rdtype)))
+        if self.mode == "dead":
+            return None
         if self.delay:
             time.sleep(self.delay)
         if self.answer is not None:
             return self.answer(query, transport)
         response = zone_answer(query)
+        if transport == "udp" and self.mode == "truncate":
+            response.answer, response.authority = [], []
+            response.flags |= dns.flags.TC
+            return response.to_wire()
         if transport == "udp":
             limit = query.payload if query.edns >= 0 else 512
             try:
@@ -222,6 +234,8 @@ class ZoneServer:
                 self.udp.sendto(reply, addr)
 
     def _serve_tcp(self) -> None:
+        if self.tcp_mode == "refuse":
+            return
         self.tcp.settimeout(0.2)
         while not self._stop:
             try:
@@ -235,7 +249,12 @@ class ZoneServer:
                 try:
                     (length,) = struct.unpack("!H", _read(conn, 2))
                     reply = self._reply(_read(conn, length), "tcp")
-                    if reply is not None:
+                    if self.tcp_mode == "reset":   # RST instead of FIN
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
+                    elif self.tcp_mode == "half" and reply is not None:
+                        conn.sendall(struct.pack("!H", len(reply)) + reply[:len(reply) // 2])
+                    elif self.tcp_mode == "normal" and reply is not None:
                         conn.sendall(struct.pack("!H", len(reply)) + reply)
                 except Exception:  # noqa: BLE001 - a test server must outlive bad input
                     pass
