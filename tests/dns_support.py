@@ -72,7 +72,23 @@ ZONE: dict[str, list[tuple[str, int, str]]] = {
                       ("HTTPS", 300, f'1 . alpn="h2" ipv4hint="{CN_ADDRESS},198.51.100.50"')],
     "*.plain.example.net.": [("A", 300, "192.0.2.50"), ("AAAA", 300, "2001:db8:ffff::50"),
                              ("TXT", 300, '"not zoom"')],
+    # non-Zoom names made Zoom's only by a service binding: its target is a Zoom name (the hints
+    # are nobody's), or a hint lies in Zoom's real published ranges (REAL_US, below)
+    "svc-target.customer.example.": [
+        ("HTTPS", 300, '1 de.zoom.us. alpn="h2" ipv4hint="192.0.2.60" ipv6hint="2001:db8:ffff::60"'),
+        ("SVCB", 300, '1 de.zoom.us. alpn="h2" ipv4hint="192.0.2.60" ipv6hint="2001:db8:ffff::60"')],
+    "svc-hint.customer.example.": [
+        ("HTTPS", 300, '1 . alpn="h2" ipv4hint="192.0.2.61,3.21.137.130"'),
+        ("SVCB", 300, '1 . alpn="h2" ipv4hint="192.0.2.61,3.21.137.130"')],
+    # a non-Zoom name answered with addresses in Zoom's real published ranges, no override
+    # placing them (REAL_ADDRESSES)
+    "real.customer.example.": [("A", 300, "159.124.47.249"), ("A", 300, "3.21.137.130"),
+                               ("A", 300, "115.114.115.7"), ("A", 300, "4.34.125.130"),
+                               ("AAAA", 300, "2407:30c0::10")],
 }
+# Addresses of real.customer.example: in Zoom's published ranges (config/data/zoom-ranges.csv);
+# placed by config/data/zoom-datacenters.csv (DE, US, IN), or by nothing (unknown).
+REAL_ADDRESSES = ("159.124.47.249", "3.21.137.130", "115.114.115.7", "4.34.125.130", "2407:30c0::10")
 SOA = "ns.zoom-test. hostmaster.zoom-test. 1 3600 600 86400 30"
 
 POLICY = """\

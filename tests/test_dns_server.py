@@ -97,6 +97,36 @@ def test_https_hints_filtered(setup):
     assert "203.0.113.12" in out and "198.51.100.12" in out
 
 
+def _hints(r: dns.message.Message) -> set[str]:
+    return {a for rrset in r.answer if rrset.rdtype in (dns.rdatatype.HTTPS, dns.rdatatype.SVCB)
+            for rd in rrset for key in (ParamKey.IPV4HINT, ParamKey.IPV6HINT)
+            if key in rd.params for a in rd.params[key].addresses}
+
+
+def test_service_bindings_and_real_zoom_ranges_make_non_zoom_names_zooms(setup):
+    """Non-Zoom names made Zoom's by an HTTPS/SVCB target (de.zoom.us, hints nobody places), by a
+    hint in Zoom's real US range, or by A/AAAA answers in Zoom's real ranges (no override)."""
+    server, _, audit = setup
+    for rdtype in ("HTTPS", "SVCB"):
+        target = ask(server.port, "svc-target.customer.example", rdtype, use_edns=0)
+        assert target.answer and _hints(target) == set()        # unknown: blocked
+        hint = ask(server.port, "svc-hint.customer.example", rdtype, use_edns=0)
+        assert _hints(hint) == {"192.0.2.61"}
+        us = ask(server.port, "svc-hint.customer.example", rdtype, use_edns=0, source=US_OFFICE)
+        assert _hints(us) == {"192.0.2.61", "3.21.137.130"}
+    assert addresses(ask(server.port, "real.customer.example")) == {"159.124.47.249"}
+    assert addresses(ask(server.port, "real.customer.example", source=INDIA)) == {
+        "159.124.47.249", "115.114.115.7"}
+    assert addresses(ask(server.port, "real.customer.example", source=US_OFFICE)) == {
+        "159.124.47.249", "3.21.137.130"}
+    six = ask(server.port, "real.customer.example", "AAAA")
+    assert six.rcode() == dns.rcode.NXDOMAIN and not six.answer    # 2407:30c0::/32: unplaced
+    lines = [x for x in audit_lines(audit) if x["dns_qname"] == "real.customer.example"
+             and x["client"] == DEFAULT and x["dns_qtype"] == "A"]
+    assert lines and sorted(lines[-1]["dns_dropped"]) == ["115.114.115.7", "3.21.137.130",
+                                                          "4.34.125.130"]
+
+
 def test_monitor_and_reroute_groups(setup):
     server, _, audit = setup
     assert addresses(ask(server.port, "us.zoom.us", source=WATCH)) == {"203.0.113.10"}
