@@ -72,7 +72,23 @@ ZONE: dict[str, list[tuple[str, int, str]]] = {
                       ("HTTPS", 300, f'1 . alpn="h2" ipv4hint="{CN_ADDRESS},198.51.100.50"')],
     "*.plain.example.net.": [("A", 300, "192.0.2.50"), ("AAAA", 300, "2001:db8:ffff::50"),
                              ("TXT", 300, '"not zoom"')],
+    # non-Zoom names made Zoom's only by a service binding: its target is a Zoom name (the hints
+    # are nobody's), or a hint lies in Zoom's real published ranges (REAL_US, below)
+    "svc-target.customer.example.": [
+        ("HTTPS", 300, '1 de.zoom.us. alpn="h2" ipv4hint="192.0.2.60" ipv6hint="2001:db8:ffff::60"'),
+        ("SVCB", 300, '1 de.zoom.us. alpn="h2" ipv4hint="192.0.2.60" ipv6hint="2001:db8:ffff::60"')],
+    "svc-hint.customer.example.": [
+        ("HTTPS", 300, '1 . alpn="h2" ipv4hint="192.0.2.61,3.21.137.130"'),
+        ("SVCB", 300, '1 . alpn="h2" ipv4hint="192.0.2.61,3.21.137.130"')],
+    # a non-Zoom name answered with addresses in Zoom's real published ranges, no override
+    # placing them (REAL_ADDRESSES)
+    "real.customer.example.": [("A", 300, "159.124.47.249"), ("A", 300, "3.21.137.130"),
+                               ("A", 300, "115.114.115.7"), ("A", 300, "4.34.125.130"),
+                               ("AAAA", 300, "2407:30c0::10")],
 }
+# Addresses of real.customer.example: in Zoom's published ranges (config/data/zoom-ranges.csv);
+# placed by config/data/zoom-datacenters.csv (DE, US, IN), or by nothing (unknown).
+REAL_ADDRESSES = ("159.124.47.249", "3.21.137.130", "115.114.115.7", "4.34.125.130", "2407:30c0::10")
 SOA = "ns.zoom-test. hostmaster.zoom-test. 1 3600 600 86400 30"
 
 POLICY = """\
@@ -143,13 +159,19 @@ class ZoneServer:
     """An upstream resolver on 127.0.0.1 (UDP and TCP, one port) in a thread.
 
     mode: "normal"; "dead" (reads and never answers); "garbage" (answers random bytes with the
-    query's ID); "slow" (answers after `delay` seconds). `queries` counts what it received.
-    `answer`, when set: a function (query, transport) → the reply's bytes (None: no reply), in
-    place of the zone's answer (tests that hand-craft or mutate answers set it)."""
+    query's ID); "truncate" (every UDP answer truncated: TC set, no records, so a resolver must
+    ask again over TCP). `delay`: seconds before each answer (a slow upstream).
+    tcp: "normal"; "refuse" (nothing listens on TCP: connections are refused); "close" (reads the
+    query, then closes without a word); "reset" (reads the query, then resets the connection);
+    "half" (sends a length prefix and half the answer, then closes).
+    `queries` counts what it received. `answer`, when set: a function (query, transport) → the
+    reply's bytes (None: no reply), in place of the zone's answer (tests that hand-craft or
+    mutate answers set it)."""
 
-    def __init__(self, mode: str = "normal", delay: float = 0.0) -> None:
+    def __init__(self, mode: str = "normal", delay: float = 0.0, tcp: str = "normal") -> None:
         self.mode = mode
         self.delay = delay
+        self.tcp_mode = tcp
         self.queries: list[tuple[str, str, str]] = []   # (transport, name, type)
         self.answer: Callable[[dns.message.Message, str], bytes | None] | None = None
         for _attempt in range(50):   # a free UDP port whose TCP twin is free too
@@ -165,6 +187,8 @@ class ZoneServer:
                 self.udp.close()
                 self.tcp.close()
         self.tcp.listen(16)
+        if tcp == "refuse":
+            self.tcp.close()   # the port stays ours on UDP; on TCP the kernel refuses
         self._stop = False
         self._threads = [threading.Thread(target=self._serve_udp, daemon=True),
                          threading.Thread(target=self._serve_tcp, daemon=True)]
@@ -180,8 +204,6 @@ class ZoneServer:
         return sum(1 for _, n, t in self.queries if n == name and (rdtype is None or t == rdtype))
 
     def _reply(self, data: bytes, transport: str) -> bytes | None:
-        if self.mode == "dead":
-            return None
         if self.mode == "garbage":
             return data[:2] + os.urandom(random.randint(0, 60))
         try:
@@ -191,11 +213,17 @@ class ZoneServer:
         q = query.question[0]
         self.queries.append((transport, q.name.to_text().rstrip(".").lower(),
                              dns.rdatatype.to_text(q.rdtype)))
+        if self.mode == "dead":
+            return None
         if self.delay:
             time.sleep(self.delay)
         if self.answer is not None:
             return self.answer(query, transport)
         response = zone_answer(query)
+        if transport == "udp" and self.mode == "truncate":
+            response.answer, response.authority = [], []
+            response.flags |= dns.flags.TC
+            return response.to_wire()
         if transport == "udp":
             limit = query.payload if query.edns >= 0 else 512
             try:
@@ -222,6 +250,8 @@ class ZoneServer:
                 self.udp.sendto(reply, addr)
 
     def _serve_tcp(self) -> None:
+        if self.tcp_mode == "refuse":
+            return
         self.tcp.settimeout(0.2)
         while not self._stop:
             try:
@@ -235,7 +265,12 @@ class ZoneServer:
                 try:
                     (length,) = struct.unpack("!H", _read(conn, 2))
                     reply = self._reply(_read(conn, length), "tcp")
-                    if reply is not None:
+                    if self.tcp_mode == "reset":   # RST instead of FIN
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
+                    elif self.tcp_mode == "half" and reply is not None:
+                        conn.sendall(struct.pack("!H", len(reply)) + reply[:len(reply) // 2])
+                    elif self.tcp_mode == "normal" and reply is not None:
                         conn.sendall(struct.pack("!H", len(reply)) + reply)
                 except Exception:  # noqa: BLE001 - a test server must outlive bad input
                     pass

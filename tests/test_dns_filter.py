@@ -12,7 +12,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 from dns.rdtypes.svcbbase import ParamKey
-from dns_support import POLICY, zone_answer
+from dns_support import POLICY, REAL_ADDRESSES, zone_answer
 
 from regionguard.decision import Engine
 from regionguard.dnscache import WireCache, WireFormatError, ttl_fields
@@ -288,7 +288,8 @@ def test_a_shared_entry_is_the_same_answer_counted_in_both_caches():
 
 ZONE_QUERIES = [(n, t) for n in ("de.zoom.us", "us.zoom.us", "multi.zoom.us", "chain.zoom.us",
                                  "meet.customer.example", "rangeonly.example.net", "x.wild.zoom.us",
-                                 "unknown.zoom.us", "www.example.org", "nothere.zoom.us", "mail.zoom.us")
+                                 "unknown.zoom.us", "www.example.org", "nothere.zoom.us", "mail.zoom.us",
+                                 "real.customer.example")
                 for t in ("A", "AAAA")]
 
 
@@ -394,3 +395,90 @@ def test_decision_cache_is_per_filter_so_a_new_policy_starts_clean(policy_file):
     path.write_text(POLICY.replace("opt_in: [DE]}", "opt_in: [DE, US]}", 1))
     assert not AnswerFilter(Engine(load_policy(path))).decide(
         "127.0.0.1", "a.zoom.us", "203.0.113.10").blocks
+
+
+# --- service bindings that make a name Zoom's ----------------------------------------------------
+
+
+def hints(message) -> set[str]:
+    out = set()
+    for section in (message.answer, message.authority, message.additional):
+        for rrset in section:
+            if rrset.rdtype in (dns.rdatatype.HTTPS, dns.rdatatype.SVCB):
+                for rd in rrset:
+                    for key in (ParamKey.IPV4HINT, ParamKey.IPV6HINT):
+                        if key in rd.params:
+                            out.update(rd.params[key].addresses)
+    return out
+
+
+@pytest.mark.parametrize("rdtype", ["HTTPS", "SVCB"])
+def test_a_service_binding_whose_target_is_zoom_makes_the_name_zooms(flt, rdtype):
+    """svc-target.customer.example's HTTPS/SVCB points at de.zoom.us, with hints that no source
+    places (nor declares Zoom's): Zoom's answer by its target, so the hints are decided as
+    de.zoom.us's addresses: unknown, blocked. Read as a non-Zoom answer they would pass."""
+    query, r = run(flt, "svc-target.customer.example", rdtype)
+    assert r.zoom and r.name == "de.zoom.us"
+    assert sorted(r.dropped) == ["192.0.2.60", "2001:db8:ffff::60"] and r.kept == []
+    assert hints(r.message) == set()
+    assert {(d.action.value, d.rule) for d in r.decisions} == {("block", "unknown-region")}
+    # the same record in the additional section of another answer makes that answer Zoom's too
+    response = zone_answer(dns.message.make_query("www.example.org", "A"))
+    response.additional.append(zone_answer(query).answer[0])
+    r2 = flt.filter("127.0.0.1", dns.message.make_query("www.example.org", "A"), response)
+    assert r2.zoom and r2.name == "de.zoom.us" and hints(r2.message) == set()
+    assert {"192.0.2.60", "2001:db8:ffff::60"} <= set(r2.dropped)
+
+
+@pytest.mark.parametrize("rdtype", ["HTTPS", "SVCB"])
+def test_a_hint_in_zooms_real_ranges_makes_the_name_zooms(flt, rdtype):
+    """svc-hint.customer.example's only Zoom trace is a hint in Zoom's real published range
+    3.21.137.128/25 (placed US by zoom-datacenters.csv): the answer is Zoom's; the US hint goes
+    for DE-only clients and stays for the US office; the nobody's hint is not Zoom's, it stays."""
+    _, r = run(flt, "svc-hint.customer.example", rdtype)
+    assert r.zoom and r.outcome == "filtered"
+    assert r.dropped == ["3.21.137.130"] and hints(r.message) == {"192.0.2.61"}
+    _, us = run(flt, "svc-hint.customer.example", rdtype, client="127.0.0.2")
+    assert us.zoom and us.dropped == [] and hints(us.message) == {"192.0.2.61", "3.21.137.130"}
+
+
+# --- Zoom's real published ranges, no override -----------------------------------------------------
+
+
+def _published(address: str) -> tuple[bool, str | None]:
+    """(in config/data/zoom-ranges.csv, the region zoom-datacenters.csv's most specific row
+    gives it or None), read from the files here: the expectations come from the data, not from
+    the locator under test."""
+    import csv
+    import ipaddress
+    from pathlib import Path
+    data = Path(__file__).resolve().parent.parent / "config" / "data"
+    ip = ipaddress.ip_address(address)
+    with open(data / "zoom-ranges.csv") as f:
+        ranged = any(ip in ipaddress.ip_network(row["prefix"]) for row in csv.DictReader(f)
+                     if ipaddress.ip_network(row["prefix"]).version == ip.version)
+    with open(data / "zoom-datacenters.csv") as f:
+        rows = [(ipaddress.ip_network(row["prefix"]), row["region"]) for row in csv.DictReader(f)]
+    placed = [(net.prefixlen, region) for net, region in rows if net.version == ip.version and ip in net]
+    return ranged, max(placed)[1] if placed else None
+
+
+@pytest.mark.parametrize("client, allowed", [("127.0.0.1", {"DE"}), ("127.0.0.2", {"US"}),
+                                             ("127.0.0.5", {"IN"})])
+def test_answers_in_zooms_real_ranges_are_filtered_by_their_published_region(flt, client, allowed):
+    """real.customer.example: a non-Zoom name, answered with addresses in Zoom's real ranges and
+    no override. Each group keeps exactly the addresses the data places in its allowed regions
+    (the default region DE is always on); unplaced ones (unknown) go everywhere."""
+    regions = {}
+    for address in REAL_ADDRESSES:
+        ranged, regions[address] = _published(address)
+        assert ranged, f"{address} is not in zoom-ranges.csv: the fixture is stale"
+    assert sorted(r for r in regions.values() if r) == ["DE", "IN", "US"]   # and two unplaced
+    for rdtype in ("A", "AAAA"):
+        _, r = run(flt, "real.customer.example", rdtype, client=client)
+        want = {a for a, region in regions.items() if region in allowed | {"DE"}
+                and (":" in a) == (rdtype == "AAAA")}
+        assert r.zoom, rdtype
+        assert addrs(r.message) == want, rdtype
+        if not want:
+            assert r.outcome == "blocked" and r.message.rcode() == dns.rcode.NXDOMAIN

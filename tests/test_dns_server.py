@@ -97,6 +97,36 @@ def test_https_hints_filtered(setup):
     assert "203.0.113.12" in out and "198.51.100.12" in out
 
 
+def _hints(r: dns.message.Message) -> set[str]:
+    return {a for rrset in r.answer if rrset.rdtype in (dns.rdatatype.HTTPS, dns.rdatatype.SVCB)
+            for rd in rrset for key in (ParamKey.IPV4HINT, ParamKey.IPV6HINT)
+            if key in rd.params for a in rd.params[key].addresses}
+
+
+def test_service_bindings_and_real_zoom_ranges_make_non_zoom_names_zooms(setup):
+    """Non-Zoom names made Zoom's by an HTTPS/SVCB target (de.zoom.us, hints nobody places), by a
+    hint in Zoom's real US range, or by A/AAAA answers in Zoom's real ranges (no override)."""
+    server, _, audit = setup
+    for rdtype in ("HTTPS", "SVCB"):
+        target = ask(server.port, "svc-target.customer.example", rdtype, use_edns=0)
+        assert target.answer and _hints(target) == set()        # unknown: blocked
+        hint = ask(server.port, "svc-hint.customer.example", rdtype, use_edns=0)
+        assert _hints(hint) == {"192.0.2.61"}
+        us = ask(server.port, "svc-hint.customer.example", rdtype, use_edns=0, source=US_OFFICE)
+        assert _hints(us) == {"192.0.2.61", "3.21.137.130"}
+    assert addresses(ask(server.port, "real.customer.example")) == {"159.124.47.249"}
+    assert addresses(ask(server.port, "real.customer.example", source=INDIA)) == {
+        "159.124.47.249", "115.114.115.7"}
+    assert addresses(ask(server.port, "real.customer.example", source=US_OFFICE)) == {
+        "159.124.47.249", "3.21.137.130"}
+    six = ask(server.port, "real.customer.example", "AAAA")
+    assert six.rcode() == dns.rcode.NXDOMAIN and not six.answer    # 2407:30c0::/32: unplaced
+    lines = [x for x in audit_lines(audit) if x["dns_qname"] == "real.customer.example"
+             and x["client"] == DEFAULT and x["dns_qtype"] == "A"]
+    assert lines and sorted(lines[-1]["dns_dropped"]) == ["115.114.115.7", "3.21.137.130",
+                                                          "4.34.125.130"]
+
+
 def test_monitor_and_reroute_groups(setup):
     server, _, audit = setup
     assert addresses(ask(server.port, "us.zoom.us", source=WATCH)) == {"203.0.113.10"}
@@ -111,6 +141,8 @@ def test_monitor_and_reroute_groups(setup):
 
 def test_audit_line_per_filtered_answer(setup):
     server, _, audit = setup
+    # a non-Zoom name asked here, before the Zoom one: its answer must leave no line
+    assert addresses(ask(server.port, "audit-free.plain.example.net")) == {"192.0.2.50"}
     ask(server.port, "in.zoom.us", source=DEFAULT)
     lines = [x for x in audit_lines(audit) if x["dns_qname"] == "in.zoom.us"]
     assert len(lines) == 1
@@ -119,7 +151,7 @@ def test_audit_line_per_filtered_answer(setup):
     assert line["rule"] == "region-disallowed" and line["group"] == "default"
     assert line["evidence_source"] == "override" and line["policy_version"]
     assert line["dns_dropped"] == ["100.70.0.10"] and line["dns_kept"] == []
-    assert not [x for x in audit_lines(audit) if x["dns_qname"] == "www.example.org"]
+    assert not [x for x in audit_lines(audit) if x["dns_qname"] == "audit-free.plain.example.net"]
 
 
 def test_cache_hits_and_negative_caching(setup):
@@ -318,7 +350,13 @@ def test_policy_reload_empties_the_cache(tmp_path):
         else:
             pytest.fail("the changed policy was not applied")
         policy.write_text("version: 1\naccount: {type: paid}\n")    # invalid: keep the old one
-        time.sleep(3)
+        # the server's own word that it read the invalid file and kept the running policy
+        deadline = time.monotonic() + 30
+        while not any("not reloaded" in line for line in server.log):
+            assert time.monotonic() < deadline, "the invalid policy was never read:\n" + "".join(server.log)
+            time.sleep(0.1)
+        refusal = "".join(server.log).split("not reloaded", 1)[1]
+        assert str(policy) in refusal and "account.default_region: missing" in refusal
         assert addresses(ask(server.port, "multi.zoom.us")) == {"198.51.100.11", "203.0.113.11"}
         assert server.proc.poll() is None
     finally:
