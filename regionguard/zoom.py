@@ -30,6 +30,8 @@ from .prefixes import PrefixTable, address_key
 
 _V4_BASE = 0xFFFF_0000_0000          # where IPv4 sits among the keys (prefixes.address_key)
 _IPV4_COMPATIBLE_HIGH = 0            # ::a.b.c.d: the top 96 bits of the key
+# ...but ::/104 holds ::1 (loopback) and :: (unspecified), never an IPv4 host (RFC 4291 2.5.5.1)
+_FIRST_COMPATIBLE = 0x0100_0000
 _NAT64_HIGH = 0x0064_FF9B_0000_0000_0000_0000   # 64:ff9b::/96 (RFC 6052 well-known)
 
 
@@ -39,7 +41,7 @@ def embedded_ipv4_key(key: int) -> int:
     high = key >> 32
     if high == 0xFFFF:
         return key
-    if high == _IPV4_COMPATIBLE_HIGH or high == _NAT64_HIGH:
+    if high == _NAT64_HIGH or (high == _IPV4_COMPATIBLE_HIGH and key >= _FIRST_COMPATIBLE):
         return _V4_BASE | (key & 0xFFFF_FFFF)
     return -1
 

@@ -146,6 +146,8 @@ def test_ipv6_zoom_range_is_zoom_and_held_like_ipv4(eu, write_policy):
         assert (d.action, d.rule, d.region, d.address) == (Action.ALLOW, "region-allowed", "DE", v6)
     d = eu.decide(None, None, "64:ff9b::206.247.11.121", 8801, "udp")
     assert (d.action, d.rule, d.region) == (Action.BLOCK, "region-disallowed", "US")
+    # ...but ::1 and :: are loopback and unspecified, not the IPv4 addresses 0.0.0.1 and 0.0.0.0.
+    assert [eu.decide(None, None, a, 443, "tcp").action for a in ("::1", "::")] == [Action.PASS] * 2
     d = eu.decide(None, None, "64:ff9b::221.122.88.195", 8801, "udp")
     assert (d.action, d.rule, d.region) == (Action.BLOCK, "outside-china-never-cn", "CN")
     # Placed by an override, an IPv6 address gets its region's action, as an IPv4 one does.
