@@ -84,3 +84,53 @@ def test_an_unreadable_answer_is_a_zoom_block_for_the_name_asked(flt):
     assert d.reason == "the answer holds address records the filter cannot read: fail closed"
     assert d.policy_version == flt.engine.policy.version_id and d.policy_version
     assert r.audit_extra()["dns_outcome"] == "blocked"
+
+
+# --- the stricter of the two decisions stands, on the message path and the wire path ---------------
+
+# An IPv6 network the policy places in DE whose embedded IPv4 addresses are US data centers:
+# the IPv6 address alone would be allowed, the IPv4 one it carries is not.
+NAT64_OF_US = "64:ff9b::cb00:7109"                        # 64:ff9b::203.0.113.9
+
+
+@pytest.fixture(scope="module")
+def nat64_flt(tmp_path_factory) -> AnswerFilter:
+    path = tmp_path_factory.mktemp("mutants-dns-nat64") / "policy.yaml"
+    path.write_text(POLICY.replace(
+        "overrides:\n", 'overrides:\n  - {match: "64:ff9b::cb00:7100/120", region: DE, zoom: true}\n'))
+    return AnswerFilter(Engine(load_policy(path)))
+
+
+def both_paths(flt: AnswerFilter, client: str, name: str, *addresses: str):
+    """(message-path result, wire-path result) for an AAAA answer."""
+    from regionguard.dnscache import scan_response
+    query, response = aaaa_answer(name + ".", *addresses)
+    scan = scan_response(response.to_wire())
+    assert scan is not None
+    fast = flt.filter_scan(client, name, 28, scan)
+    slow = flt.filter(client, query, response)
+    return slow, fast
+
+
+@pytest.mark.parametrize("name", ["nat64.zoom.us", "innocent.example.net"])
+def test_an_allowed_ipv6_address_carrying_a_disallowed_ipv4_one_is_dropped(nat64_flt, name):
+    slow, fast = both_paths(nat64_flt, DEFAULT_CLIENT, name, NAT64_OF_US, DE_V6)
+    for r in (slow, fast):
+        assert r.dropped == [NAT64_OF_US] and r.kept == [DE_V6], r
+        assert sorted((d.action.value, d.region, d.client) for d in r.decisions) == \
+            [("allow", "DE", DEFAULT_CLIENT), ("block", "US", DEFAULT_CLIENT)], r.decisions
+        assert r.audit_decision().action is Action.BLOCK
+    assert kept(slow.message) == {DE_V6}
+    # for the US office both are allowed, and the wire path decides for that client too
+    for r in both_paths(nat64_flt, US_OFFICE, name, NAT64_OF_US, DE_V6):
+        assert sorted(r.kept) == sorted([NAT64_OF_US, DE_V6]) and r.dropped == [], r
+        assert {d.group for d in r.decisions} == {"us-office"}
+
+
+def test_a_monitored_embedded_address_is_recorded_as_monitored(nat64_flt):
+    # dns_support.POLICY's group `watch` (127.0.0.3) monitors what it would block: the address
+    # stays, and the decision that stands says it would be blocked
+    for r in both_paths(nat64_flt, "127.0.0.3", "watched.zoom.us", NAT64_OF_US):
+        assert r.kept == [NAT64_OF_US] and len(r.decisions) == 1
+        d = r.decisions[0]
+        assert (d.action, d.would, d.region) == (Action.MONITOR, Action.BLOCK, "US"), d
