@@ -4,6 +4,7 @@ regionguard/decision.py, dnsfilter.py and enforce.py the in-process tests notice
     python tools/mutation.py                 # run (bounded by --minutes), then print the table
     python tools/mutation.py --report        # print the table of the last run only
     python tools/mutation.py --survivors     # also list the surviving mutants (`mutmut show NAME`)
+    python tools/mutation.py --only 'regionguard.enforce.*'   # check only these mutants again
 
 mutmut (the `test` extra) does the work; [tool.mutmut] in pyproject.toml says which modules it
 breaks and which tests judge them. The sources are mutated, so the run sets
@@ -42,11 +43,11 @@ def mutmut() -> str:
     return found
 
 
-def run(minutes: float, children: int) -> int:
+def run(minutes: float, children: int, only: list[str]) -> int:
     env = dict(os.environ, REGIONGUARD_PURE_PYTHON="1")
     env.pop("PYTHONPATH", None)   # mutmut puts mutants/ first; nothing may shadow it
     try:
-        return subprocess.run([mutmut(), "run", "--max-children", str(children)], cwd=ROOT, env=env,
+        return subprocess.run([mutmut(), "run", "--max-children", str(children), *only], cwd=ROOT, env=env,
                               timeout=minutes * 60).returncode
     except subprocess.TimeoutExpired:
         print(f"tools/mutation.py: stopped after {minutes:g} min; run again to check the rest",
@@ -90,9 +91,11 @@ def main() -> int:
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
     parser.add_argument("--minutes", type=float, default=45, help="stop the run after this long")
     parser.add_argument("--children", type=int, default=2, help="mutants checked at once")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="check only the mutants whose names match (mutmut's names)")
     args = parser.parse_args()
     if not args.report:
-        run(args.minutes, args.children)
+        run(args.minutes, args.children, args.only)
     return 0 if report(args.survivors) else 1
 
 
