@@ -136,3 +136,45 @@ def test_reroute_to_a_name_that_does_not_resolve_blocks(make):
     assert v.blocked and v.rerouted_to is None
     assert (v.decision.action, v.decision.address, v.decision.region) == (Action.BLOCK, US, "US")
     assert v.decision.reason.endswith("reroute found no address in an allowed region")
+
+
+# --- a name the client sends (SNI, Host) is only a claim ---------------------------------------------
+
+UNPLACED = "170.114.52.2"        # in Zoom's ranges; no trusted source places it (zoom.us lives here)
+US_MEETING = "206.247.11.121"    # labelled US by Zoom
+
+
+@pytest.fixture(scope="module")
+def claims(tmp_path_factory) -> Enforcer:
+    """Default clients may use the US; the office at 10.0.0.9 only Europe. zoom.us resolves
+    elsewhere; cannot-resolve.zoom.us does not resolve at all (a nameserver that never answers)."""
+    path = tmp_path_factory.mktemp("claims") / "policy.yaml"
+    path.write_text(f"""\
+version: 1
+account: {{type: paid, default_region: DE}}
+regions: {{opt_in: [Europe, US]}}
+actions: {{disallowed: block, unknown: block}}
+groups:
+  - {{name: eu-office, clients: [10.0.0.9/32], regions: {{opt_in: [Europe]}}}}
+resolver:
+  nameservers: ["127.0.0.1:{free_port()}"]
+  timeout: 0.5
+  hosts: {{"zoom.us": "{UNPLACED}"}}
+""")
+    return Enforcer(Engine(load_policy(path)))
+
+
+@pytest.mark.parametrize("claimed", ["zoom.us", "log.zoom.us"])
+def test_a_claimed_web_name_that_does_not_reach_the_address_is_decided_for_the_client(claims, claimed):
+    # log.zoom.us does not resolve at all: an unconfirmed claim, like zoom.us's other address
+    assert claims.engine.decide("10.0.0.9", claimed, US_MEETING, 443, "tcp").scope == "other"
+    v = verdict(claims, "10.0.0.9", claimed, US_MEETING, 443, "tcp")
+    d = v.decision
+    assert v.blocked, d
+    assert (d.action, d.rule, d.scope, d.region, d.group, d.host, d.port, d.transport) == (
+        Action.BLOCK, "region-disallowed", "governed", "US", "eu-office", claimed, 443, "tcp")
+    assert d.reason.endswith(f"the name {claimed} is the client's claim, and regionguard's own "
+                             f"resolution of it does not reach {US_MEETING}, so it does not decide the service")
+    # a default client may use the US: the same claim is allowed for it, still as governed
+    ok = verdict(claims, "10.0.0.5", claimed, US_MEETING, 443, "tcp")
+    assert ok.address == US_MEETING and (ok.decision.action, ok.decision.scope) == (Action.ALLOW, "governed")
