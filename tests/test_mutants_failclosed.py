@@ -12,6 +12,7 @@ import pytest
 
 from regionguard.decision import Action, Engine
 from regionguard.policy import load_policy
+from tests.conftest import CONFIG
 
 US, DE = "203.0.113.5", "198.51.100.5"
 EU_OFFICE, ELSEWHERE = "127.0.0.7", "127.0.0.1"
@@ -53,3 +54,24 @@ def test_choose_decides_on_the_port_and_transport_used(engine):
     assert chosen is None
     assert [(d.port, d.transport, d.service, d.action) for d in meeting] == \
         [(8801, "udp", "meeting", Action.BLOCK)]
+
+
+class _BrokenLocator:
+    def locate(self, *args):
+        raise RuntimeError("database vanished")
+
+
+@pytest.mark.parametrize("host, address", [
+    ("zoom.us", "192.0.2.1"),          # a Zoom name at an address outside Zoom's ranges
+    (None, "159.124.47.249"),          # a Zoom address with no name
+    ("zoom.us", None),                 # a Zoom name not yet resolved
+])
+def test_an_internal_error_blocks_when_either_the_name_or_the_address_is_zooms(host, address):
+    eu = Engine(load_policy(CONFIG / "examples" / "eu-only.yaml"))
+    engine = Engine(eu.policy, locator=_BrokenLocator(), zoom=eu.zoom)
+    d = engine.decide_safely("10.0.0.5", host, address, 8801, "udp")
+    assert (d.action, d.rule, d.zoom, d.host, d.address, d.port, d.transport, d.client) == (
+        Action.BLOCK, "internal-error", True, host, address, 8801, "udp", "10.0.0.5")
+    assert d.reason == "decision failed (RuntimeError('database vanished')): fail closed"
+    other = engine.decide_safely("10.0.0.5", "example.org", "192.0.2.1", 443)
+    assert (other.action, other.rule, other.zoom, other.transport) == (Action.PASS, "not-zoom", False, "tcp")
