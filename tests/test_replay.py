@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from regionguard.decision import Engine
+from regionguard.policy import load_policy
 from regionguard.replay import replay
 from tests.conftest import BIN, ROOT
 
@@ -55,11 +57,21 @@ def rows(result, include_pass=False) -> set[tuple[str, str, int]]:
 
 
 def test_fixture_was_recorded_through_the_addon_and_clients_got_answers():
+    """What the clients saw (the manifest) is what the addon logged and what today's engine
+    decides under the recording policy: a 403 exactly where the decision is block."""
     assert MANIFEST["recorded_with"].startswith("mitmdump + addons/regionguard.py")
-    for session in MANIFEST["sessions"].values():
+    engine = Engine(load_policy(FIX / MANIFEST["policy"]))
+    for name, session in MANIFEST["sessions"].items():
+        logged = {(d["host"], d["port"]): d["action"]
+                  for d in map(json.loads, (FIX / f"{name}.audit.jsonl").read_text().splitlines())
+                  if "action" in d}
         for r in session:
             # the proxy refused China (outside-china clients never reach CN); everything else worked
             assert r["status"] == (403 if region_of(r["address"]) == "CN" else 200), r
+            decided = engine.decide("127.0.0.1", r["host"], r["address"], r["port"], "tcp")
+            assert decided.action == ("block" if r["status"] == 403 else
+                                      "allow" if region_of(r["address"]) else "pass"), (r, decided)
+            assert logged[(r["host"], r["port"])] == decided.action, r
 
 
 @pytest.mark.parametrize("session", ["eu-session", "mixed-session"])
@@ -309,11 +321,14 @@ def test_truncated_gzip_audit_log_is_a_clear_problem_not_a_crash(tmp_path):
     gz = gzip.compress(data)
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(gz[: len(gz) // 2])
-    for cmd in (["report", str(path)],
-                ["replay", str(path), "--policy", str(FIX / "policy-eu.yaml")]):
+    # report: 4, unreadable input. replay: 5 = 1 (the CN requests before the cut are blocked under
+    # policy-eu) | 4 (unreadable input).
+    for cmd, code in ((["report", str(path)], 4),
+                      (["replay", str(path), "--policy", str(FIX / "policy-eu.yaml")], 5)):
         r = subprocess.run([str(BIN / "regionguard"), *cmd], capture_output=True, text=True, timeout=60)
         assert "Traceback" not in r.stderr and "cut.jsonl.gz" in (r.stdout + r.stderr), cmd
-        assert r.returncode in (4, 5), (cmd, r.returncode, r.stderr[-500:])
+        assert r.returncode == code, (cmd, r.returncode, r.stderr[-500:])
+        assert "Compressed file ended before the end-of-stream marker" in r.stdout + r.stderr, cmd
 
 
 def test_short_cut_gzip_audit_log_still_yields_what_it_holds(tmp_path):
