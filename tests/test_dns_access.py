@@ -10,7 +10,6 @@ Skips, saying why, when not root or `ip` is missing."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -24,26 +23,14 @@ import dns.rcode
 import pytest
 from dns_support import POLICY, DnsProcess, ZoneServer, addresses, ask
 
+from tests.netns import netns_missing
 from tests.proxy_support import run_in_netns, sh
 
 SERVER_IP, ALLOWED, OTHER = "10.200.0.1", "10.200.0.2", "10.200.0.3"
 _seq = count()
 
 
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if shutil.which("ip") is None:
-        return "ip is not installed (Debian: iproute2)"
-    probe = f"rgdprobe{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"cannot create a network namespace here: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+pytestmark = pytest.mark.skipif(netns_missing() is not None, reason=netns_missing() or "")
 
 
 @pytest.fixture

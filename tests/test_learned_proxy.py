@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import textwrap
 import time
@@ -25,6 +24,7 @@ from regionguard.learned import DB_NAME
 from regionguard.runner import stop
 from tests import dns_support
 from tests.dns_support import DnsProcess, ZoneServer, ask
+from tests.netns import netns_missing
 from tests.ports import free_port
 from tests.proxy_support import Origin, Proxy, curl, run_in_netns, sh, status_of
 
@@ -177,20 +177,7 @@ def test_a_corrupt_store_is_reported_and_places_nothing(tmp_path, zone):
 # --- allowed by region: in a network namespace --------------------------------------------------
 
 
-def _no_netns() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create a network namespace"
-    if shutil.which("ip") is None or shutil.which("curl") is None:
-        return "needs ip (iproute2) and curl"
-    probe = f"rglprobe{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"cannot create a network namespace here: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-@pytest.mark.skipif(_no_netns() is not None, reason=_no_netns() or "")
+@pytest.mark.skipif(netns_missing("curl") is not None, reason=netns_missing("curl") or "")
 def test_a_learned_address_in_an_allowed_region_is_reached_by_ip(tmp_path, monkeypatch):
     ns = f"rg-learn{os.getpid() % 10000}{next(_seq)}"
     sh("ip", "netns", "add", ns)

@@ -20,7 +20,6 @@ import ipaddress
 import os
 import re
 import select
-import shutil
 import socket
 import ssl
 import struct
@@ -44,6 +43,7 @@ from regionguard.pcap import CaptureFlow, CaptureProblem, DnsAnswer, read_captur
 from regionguard.policy import load_policy
 from regionguard.replay import replay
 from regionguard.zoom import ZoomCatalogue
+from tests.netns import netns_missing
 from tests.proxy_support import UdpEcho, make_cert, run_in_netns, sh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,17 +69,7 @@ needs_learned = pytest.mark.skipif(not HAVE_LEARNED, reason="regionguard.learned
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    for tool in ("ip", "tcpdump", "curl"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian: iproute2, tcpdump, curl)"
-    probe = f"rgprobe{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"cannot create a network namespace here: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
+    return netns_missing("tcpdump", "curl")
 
 
 MISSING = _missing()

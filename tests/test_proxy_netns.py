@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import textwrap
@@ -21,6 +20,7 @@ from itertools import count
 import pytest
 
 from regionguard.runner import stop
+from tests.netns import netns_missing
 from tests.proxy_support import (
     Proxy,
     UdpEcho,
@@ -38,17 +38,7 @@ _seq = count()
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    for tool in ("ip", "nft", "curl", "wg", "wireguard-go"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian: iproute2, nftables, curl, wireguard-tools, wireguard-go)"
-    probe = f"rgprobe{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"cannot create a network namespace here: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
+    return netns_missing("nft", "curl", "wg", "wireguard-go")
 
 
 pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
