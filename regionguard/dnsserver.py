@@ -62,6 +62,7 @@ from .dnsfilter import AnswerFilter, FilterResult, cache_ttl
 from .errors import ConfigError, Problem
 from .learned import add_state_dir_argument, open_state
 from .policy import parse_hostport
+from .prefixes import is_address
 from .reload import EngineHolder
 
 log = logging.getLogger(__name__)
@@ -1273,11 +1274,19 @@ def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:
     if listen is None:
         problems.append(Problem("command line", "--listen", f"{args.listen!r} is not HOST:PORT",
                                 "write e.g. --listen 127.0.0.1:5353 or --listen [::1]:53"))
+    elif not is_address(listen[0]) and listen[0] != "localhost":
+        # a name would be looked up at bind time: a bad option, not a failure to listen
+        problems.append(Problem("command line", "--listen", f"{listen[0]!r} is not an IP address",
+                                "listen on an address: --listen 127.0.0.1:5353, [::1]:53, "
+                                "0.0.0.0:53 (every IPv4 address)"))
+        listen = None
     upstreams = []
     for text in args.upstream or ():
         hp = parse_hostport(text, 53)
-        if hp is None:
-            problems.append(Problem("command line", "--upstream", f"{text!r} is not HOST:PORT",
+        if hp is None or not is_address(hp[0]):
+            problems.append(Problem("command line", "--upstream",
+                                    f"{text!r} is not ADDRESS:PORT" if hp is None else
+                                    f"{hp[0]!r} is not an IP address (a resolver is reached by address)",
                                     "write e.g. --upstream 9.9.9.9 or --upstream 127.0.0.1:5300"))
         else:
             upstreams.append(hp)

@@ -366,6 +366,9 @@ def test_policy_reload_empties_the_cache(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--listen", "nonsense:port"], "--listen"),
+    (["--listen", "nonsense"], "--listen: 'nonsense' is not an IP address"),
+    (["--listen", "dns.example:5353"], "--listen: 'dns.example' is not an IP address"),
+    (["--upstream", "dns.example"], "--upstream: 'dns.example' is not an IP address"),
     (["--upstream", "1.2.3.4:99999"], "--upstream"),
     (["--audit-flush-ms", "-5"], "--audit-flush-ms"),
     (["--listen", "127.0.0.1:5399", "--upstream", "127.0.0.1:5399"], "loop"),
