@@ -27,7 +27,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -316,6 +316,3 @@ def _override_matches(override, host: str | None, address: str | None) -> bool:
     host = normalise_host(host)
     return host == override.match or fnmatch.fnmatchcase(host, override.match)
 
-
-def decisions_block(decisions: Iterable[Decision]) -> bool:
-    return any(d.blocks for d in decisions)
