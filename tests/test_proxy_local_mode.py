@@ -58,7 +58,9 @@ def test_without_root_it_says_so_and_exits_2(tmp_path):
         setup += (f"; mount --bind /root {real}; mount -t tmpfs -o mode=755 none /root; "
                   f"mkdir -p /root/{inner}; mount --bind {real}/{inner} /root/{inner}")
     # HOME: somewhere the unprivileged user can look (mitmproxy's config file is read from it).
-    command = (f"setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/nonexistent "
+    # Not measured by coverage (./dev test): that user cannot write the checkout's data files.
+    command = (f"setpriv --reuid=65534 --regid=65534 --clear-groups "
+               f"env -u COVERAGE_PROCESS_CONFIG HOME=/nonexistent "
                f"{BIN / 'regionguard'} run --mode local:zoom")
     r = _in_namespace(setup, command, tmp_path)
     assert (r.returncode, r.stderr.strip()) == (
