@@ -66,7 +66,8 @@ class NativeBuildHook(BuildHookInterface):
     def _outputs(root: Path, native: dict) -> list[Path]:
         package = root / "regionguard"
         return [*package.glob(f"{native['GROUP']}__mypyc.*"),
-                *(p for m in native["MODULES"] for p in package.glob(f"{m}.*")
+                *(p for m in native["MODULES"]
+                  for p in native["module_path"](package, m).parent.glob(m.rpartition(".")[2] + ".*")
                   if p.suffix in (".so", ".pyd")),
                 package / native["STAMP"]]
 
@@ -76,7 +77,7 @@ class NativeBuildHook(BuildHookInterface):
 
     def _compile(self, root: Path, native: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="regionguard-mypyc-") as tmp:
-            sources = [f"regionguard/{m}.py" for m in native["MODULES"]]
+            sources = [native["module_path"](Path("regionguard"), m).as_posix() for m in native["MODULES"]]
             # the generated C goes to tmp too, not to ./build in the project
             cmd = [sys.executable, "-c", _SETUP, f"regionguard.{native['GROUP']}",
                    str(Path(tmp) / "c"), *_MYPY_ARGS,

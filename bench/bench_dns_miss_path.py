@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_dns import zone_addresses  # noqa: E402
 
-from regionguard.dnsserver import Config, DnsServer, _ServerProtocol, _UpstreamSocket  # noqa: E402
-from regionguard.reload import EngineHolder  # noqa: E402
+from regionguard.core.reload import EngineHolder  # noqa: E402
+from regionguard.dns.server import Config, DnsServer, _ServerProtocol, _UpstreamSocket  # noqa: E402
 
 UPSTREAM = ("127.0.0.1", 9)
 
@@ -77,7 +77,7 @@ async def run(n: int, audit: Path | None, profile: bool, learned: bool = False) 
                           "regions: {opt_in: [Europe]}\n")
         store = None
         if learned:   # as `regionguard dns` runs by default: upstream answers are observed
-            from regionguard.learned import LearnedStore
+            from regionguard.core.learned import LearnedStore
 
             store = LearnedStore.open(Path(tmp) / "state")
         server = DnsServer(EngineHolder(policy, store), Config(("127.0.0.1", 0), (UPSTREAM,), 3.0,

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from regionguard import Engine, load_policy  # noqa: E402
-from regionguard._paths import default_policy_path  # noqa: E402
+from regionguard.core.paths import default_policy_path  # noqa: E402
 
 
 def sample_addresses(n: int, rnd: random.Random, engine: Engine) -> list[str]:
@@ -59,7 +59,7 @@ def main() -> int:
     ap.add_argument("--policy", default=str(default_policy_path()))
     ap.add_argument("--learned", type=int, default=0, metavar="N",
                     help="also give the engine an in-memory learned store holding N of the "
-                    "sampled addresses (regionguard/learned.py); 0: no store, as by default")
+                    "sampled addresses (regionguard/core/learned.py); 0: no store, as by default")
     args = ap.parse_args()
     n = min(args.n, 2_000_000)
 
@@ -69,7 +69,7 @@ def main() -> int:
     rnd = random.Random(8805)
     addrs = sample_addresses(n, rnd, engine)
     if args.learned:
-        from regionguard.learned import LearnedStore
+        from regionguard.core.learned import LearnedStore
 
         store = LearnedStore.in_memory(max_entries=max(args.learned, 1))
         for a in rnd.sample(addrs, min(args.learned, len(addrs))):

@@ -4,7 +4,7 @@
 
 Two mitmdump processes in regular (explicit proxy) mode, both passing TLS through untouched:
   bare   mitmdump -s <a one-line addon that passes every TLS connection through>
-  guard  mitmdump -s addons/regionguard.py (default options: TLS passthrough, audit log on)
+  guard  mitmdump -s addons/regionguard_addon.py (default options: TLS passthrough, audit log on)
 Loads, alternated bare/guard per round (medians reported, and the median of the rounds' ratios):
   http     plain HTTP requests/s over keep-alive client connections (absolute-form GETs)
   connect  new CONNECT tunnels/s, each a TLS handshake with the origin and one request
@@ -246,9 +246,9 @@ def latency_p50(kind: str, proxy_port: int, target: str, cafile: str, n: int = 2
 
 
 def verdict_p50(policy: Path, n: int = 20_000) -> float:
-    from regionguard.decision import Engine
-    from regionguard.enforce import Enforcer
-    from regionguard.policy import load_policy
+    from regionguard.core.decision import Engine
+    from regionguard.core.policy import load_policy
+    from regionguard.mitm.enforce import Enforcer
 
     enforcer = Enforcer(Engine(load_policy(policy)))
 
@@ -267,9 +267,9 @@ def audit_record_p50(policy: Path, workdir: Path, n: int = 20_000) -> dict[str, 
     """µs per AuditLog.record call as the addon makes it: queued (flush interval 0.25 s, the
     writer thread's encoding and writing then happen off the connection's path) and written at
     once (flush interval 0)."""
-    from regionguard.audit import AuditLog
-    from regionguard.decision import Engine
-    from regionguard.policy import load_policy
+    from regionguard.audit.log import AuditLog
+    from regionguard.core.decision import Engine
+    from regionguard.core.policy import load_policy
 
     decision = Engine(load_policy(policy)).decide("127.0.0.1", "de.zoom.us", ORIGIN, 443)
     result = {}
@@ -317,7 +317,7 @@ def main() -> int:
                 raise RuntimeError("origin did not start")
             bare = Mitmdump("bare", passthrough, work)
             proxies.append(bare)
-            guard = Mitmdump("guard", ROOT / "addons" / "regionguard.py", work,
+            guard = Mitmdump("guard", ROOT / "addons" / "regionguard_addon.py", work,
                              f"regionguard_policy={policy}",
                              f"regionguard_audit={work / 'audit.jsonl'}")
             proxies.append(guard)

@@ -21,11 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from regionguard.audit import audit_record  # noqa: E402
-from regionguard.decision import Engine  # noqa: E402
-from regionguard.policy import load_policy  # noqa: E402
-from regionguard.replay import replay  # noqa: E402
-from regionguard.report import summarise  # noqa: E402
+from regionguard.audit.log import audit_record  # noqa: E402
+from regionguard.core.decision import Engine  # noqa: E402
+from regionguard.core.policy import load_policy  # noqa: E402
+from regionguard.replay.replay import replay  # noqa: E402
+from regionguard.report.summary import summarise  # noqa: E402
 
 POLICY = ROOT / "config" / "examples" / "eu-only.yaml"
 

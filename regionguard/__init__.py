@@ -8,17 +8,17 @@ Public API::
     d.action, d.region, d.rule, d.location.evidence
 """
 
-from . import _native
+from regionguard import _native
 
 _native.install()   # before the compiled modules are imported: compiled, or their sources
 
-from .decision import Action, Decision, Engine
-from .errors import ConfigError, PolicyError, Problem, RegionguardError
-from .evidence import Evidence, Location
-from .locator import Locator
-from .policy import Policy, Rules, allowed_regions, load_policy, parse_policy
-from .regions import Catalogue, Region, load_catalogue
-from .zoom import Classification, ZoomCatalogue
+from regionguard.core.decision import Action, Decision, Engine
+from regionguard.core.errors import ConfigError, PolicyError, Problem, RegionguardError
+from regionguard.core.evidence import Evidence, Location
+from regionguard.core.locator import Locator
+from regionguard.core.policy import Policy, Rules, allowed_regions, load_policy, parse_policy
+from regionguard.core.regions import Catalogue, Region, load_catalogue
+from regionguard.core.zoom import Classification, ZoomCatalogue
 
 __version__ = "0.1.0"
 

@@ -1,3 +1,3 @@
-from .cli import main
+from regionguard.cli import main
 
 raise SystemExit(main())

@@ -30,8 +30,8 @@ import warnings
 from pathlib import Path
 
 # The modules of the miss path that compile as they are (typed, no dynamic tricks).
-MODULES = ("dnscache", "hostnames", "dnsfilter", "decision", "sources", "dnsserver", "zoom",
-           "auditline")
+MODULES = ("dns.wire", "core.hostnames", "dns.filter", "core.decision", "core.sources",
+           "dns.server", "core.zoom", "audit.line")
 GROUP = "_native"            # their shared library: regionguard/_native__mypyc<suffix>
 STAMP = "_native.json"       # written by the build: {"suffix": ..., "sources": {module: sha256}}
 PURE_ENV = "REGIONGUARD_PURE_PYTHON"
@@ -41,9 +41,14 @@ _PACKAGE = __name__.rpartition(".")[0] or "regionguard"
 _status: str | None = None
 
 
+def module_path(package_dir: Path, module: str, suffix: str = ".py") -> Path:
+    """The file of `module` (dotted, below the package) with `suffix`: dns.wire -> dns/wire.py."""
+    return package_dir.joinpath(*module.split(".")).with_suffix(suffix)
+
+
 def source_hashes(package_dir: Path = _HERE) -> dict[str, str]:
     """The sha256 of each compiled module's source, as the build records it."""
-    return {m: hashlib.sha256((package_dir / f"{m}.py").read_bytes()).hexdigest() for m in MODULES}
+    return {m: hashlib.sha256(module_path(package_dir, m).read_bytes()).hexdigest() for m in MODULES}
 
 
 def extension_suffix() -> str:
@@ -66,7 +71,7 @@ def _check(package_dir: Path = _HERE) -> str:
     """What would run: "compiled", or "pure (<why>)"."""
     if pure_requested():
         return f"pure ({PURE_ENV} is set)"
-    built = [m for m in MODULES if (package_dir / f"{m}{extension_suffix()}").exists()]
+    built = [m for m in MODULES if module_path(package_dir, m, extension_suffix()).exists()]
     if not built:
         return "pure (not compiled at install time: `pip install -v -e .` shows why)"
     try:
@@ -79,7 +84,8 @@ def _check(package_dir: Path = _HERE) -> str:
     current = source_hashes(package_dir)
     changed = [m for m in MODULES if recorded.get(m) != current[m] or m not in built]
     if changed:
-        return "pure (stale: " + ", ".join(f"{m}.py" for m in changed) + " changed since the build)"
+        files = ", ".join(module_path(Path(), m).as_posix() for m in changed)
+        return f"pure (stale: {files} changed since the build)"
     return "compiled"
 
 
@@ -88,7 +94,7 @@ class _SourceFinder:
     (A meta path finder needs only find_spec; importlib.abc would cost ~30 ms of imports.)"""
 
     def __init__(self, package_dir: Path) -> None:
-        self._names = {f"{_PACKAGE}.{m}": package_dir / f"{m}.py" for m in MODULES}
+        self._names = {f"{_PACKAGE}.{m}": module_path(package_dir, m) for m in MODULES}
 
     def find_spec(self, fullname: str, path=None, target=None):
         source = self._names.get(fullname)
@@ -117,7 +123,7 @@ def status() -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--sources"]:     # for ./dev: the files whose change needs a rebuild
-        print("\n".join(str(_HERE / f"{m}.py") for m in MODULES))
+        print("\n".join(str(module_path(_HERE, m)) for m in MODULES))
         sys.exit(0)
     found = _check()
     print(found)

@@ -19,16 +19,16 @@ import json
 import sys
 from pathlib import Path
 
-from ._paths import default_policy_path
-from .errors import ConfigError
+from regionguard.core.errors import ConfigError
+from regionguard.core.paths import default_policy_path
 
 # Modules that add subcommands: each has `register(subparsers)`.
 _COMMAND_MODULES: tuple[str, ...] = (
     "regionguard.explain",    # explain, validate, regions
-    "regionguard.runner",     # run, pac: the mitmproxy front end
-    "regionguard.dnsserver",  # dns: the DNS front end
-    "regionguard.replay",     # replay: recorded flows, offline
-    "regionguard.report",     # report: audit logs for people
+    "regionguard.mitm.run",     # run, pac: the mitmproxy front end
+    "regionguard.dns.server",  # dns: the DNS front end
+    "regionguard.replay.replay",     # replay: recorded flows, offline
+    "regionguard.report.summary",     # report: audit logs for people
     "regionguard.coverage",   # coverage: how much of Zoom the evidence places
 )
 

@@ -37,10 +37,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import EXIT_INPUT, EXIT_OK, add_policy_argument, policy_path
-from .locator import Locator
-from .policy import Policy, load_policy
-from .zoom import ZoomCatalogue
+from regionguard.cli import EXIT_INPUT, EXIT_OK, add_policy_argument, policy_path
+from regionguard.core.locator import Locator
+from regionguard.core.policy import Policy, load_policy
+from regionguard.core.zoom import ZoomCatalogue
 
 _V4_BASE = 0xFFFF_0000_0000
 _V4_LAST = _V4_BASE | 0xFFFF_FFFF
@@ -164,7 +164,7 @@ class SessionCoverage:
 def session_coverage(paths: Iterable[str | Path], policy: Policy) -> SessionCoverage:
     """Replay the sessions (offline, as `regionguard replay` does, learned evidence included)
     and count how many of their Zoom connections were decided."""
-    from .replay import replay
+    from regionguard.replay.replay import replay
 
     result = replay(paths, policy)
     rows = result.zoom_rows

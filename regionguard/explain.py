@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 
-from .cli import (
+from regionguard.cli import (
     EXIT_BLOCKED,
     EXIT_CONFIG,
     EXIT_OK,
@@ -15,15 +15,15 @@ from .cli import (
     policy_path,
     print_json,
 )
-from .decision import Action, Decision, Engine
-from .errors import ConfigError, Problem
-from .learned import LearnedStore, add_state_dir_argument, open_state
-from .locator import Locator
-from .policy import ResolverSettings, Rules, load_policy, parse_hostport
-from .prefixes import is_address
-from .regions import load_catalogue
-from .resolve import NameResolver, ResolveError
-from .zoom import service_classes
+from regionguard.core.decision import Action, Decision, Engine
+from regionguard.core.errors import ConfigError, Problem
+from regionguard.core.learned import LearnedStore, add_state_dir_argument, open_state
+from regionguard.core.locator import Locator
+from regionguard.core.policy import ResolverSettings, Rules, load_policy, parse_hostport
+from regionguard.core.prefixes import is_address
+from regionguard.core.regions import load_catalogue
+from regionguard.core.zoom import service_classes
+from regionguard.dns.resolve import NameResolver, ResolveError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

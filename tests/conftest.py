@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_state_home(tmp_path_factory):
-    """Learned evidence (regionguard/learned.py) is kept under $XDG_STATE_HOME by default: the
+    """Learned evidence (regionguard/core/learned.py) is kept under $XDG_STATE_HOME by default: the
     processes the tests start use a private one, never the user's."""
     old = os.environ.get("XDG_STATE_HOME")
     os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))

@@ -31,7 +31,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from regionguard.runner import stop
+from regionguard.mitm.run import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -539,7 +539,7 @@ def leaks(reply: bytes | None, disallowed: tuple[str, ...] = DISALLOWED) -> list
 def both_front_ends(tmp: Path, policy_text: str = POLICY):
     """The test upstream and, in front of it, both DNS front ends under one policy: yields
     (zone, {"dns": port of `regionguard dns`, "mitmproxy": port of mitmdump in reverse DNS
-    mode with addons/regionguard.py}). Fails if mitmdump logged a traceback through our code
+    mode with addons/regionguard_addon.py}). Fails if mitmdump logged a traceback through our code
     (mitmproxy's own strip_dns_https_records addon logs one for a malformed HTTPS record)."""
     zone = ZoneServer()
     policy = tmp / "policy.yaml"
@@ -547,7 +547,7 @@ def both_front_ends(tmp: Path, policy_text: str = POLICY):
     server = mitm = None
     try:
         server = DnsProcess(policy, [zone.address])
-        mitm = MitmDns("regionguard.py", zone.port, policy)
+        mitm = MitmDns("regionguard_addon.py", zone.port, policy)
         yield zone, {"dns": server.port, "mitmproxy": mitm.port}
     finally:
         out = mitm.close() if mitm is not None else ""

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from regionguard.runner import stop
+from regionguard.mitm.run import stop
 from tests.conftest import BIN, ROOT
 
 STARTUP_TIMEOUT = 60.0    # a shared 2-core machine: generous, and only an upper bound
@@ -204,7 +204,7 @@ def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.Complet
 
 
 class Proxy:
-    """`regionguard run` (or mitmdump -s addons/regionguard.py) as a subprocess."""
+    """`regionguard run` (or mitmdump -s addons/regionguard_addon.py) as a subprocess."""
 
     def __init__(self, policy: Path, workdir: Path, *extra: str, audit: bool = True,
                  listen_host: str = "127.0.0.1", command: str = "run",
@@ -221,7 +221,7 @@ class Proxy:
         elif command == "bare":   # mitmproxy without regionguard (e.g. an upstream proxy)
             cmd = [str(BIN / "mitmdump"), "--set", "ignore_hosts=.*"]
         else:   # bare mitmdump with the addon script, as the README documents
-            cmd = [str(BIN / "mitmdump"), "-s", str(script or ROOT / "addons" / "regionguard.py"),
+            cmd = [str(BIN / "mitmdump"), "-s", str(script or ROOT / "addons" / "regionguard_addon.py"),
                    "--set", f"regionguard_policy={policy}"]
             if audit:
                 cmd += ["--set", f"regionguard_audit={self.audit}"]

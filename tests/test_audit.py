@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from regionguard.audit import AuditLog, audit_record, check_audit_path, timestamp
-from regionguard.decision import Action, Decision
+from regionguard.audit.log import AuditLog, audit_record, check_audit_path, timestamp
+from regionguard.core.decision import Action, Decision
 from tests.conftest import BIN, ROOT
 from tests.dns_support import POLICY as DNS_POLICY
 from tests.dns_support import DnsProcess, ZoneServer, ask
@@ -173,7 +173,7 @@ def test_lines_still_queued_are_written_when_the_process_dies(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from regionguard.audit import AuditLog
+        from regionguard.audit.log import AuditLog
         from tests.test_audit import DECISION
         log = AuditLog({str(path)!r}, flush_interval=60)
         for i in range(3):
@@ -288,7 +288,7 @@ def test_regionguard_dns_refuses_an_unwritable_audit_path_before_listening(tmp_p
 def test_the_proxy_addon_refuses_an_unwritable_audit_path_at_start(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    r = subprocess.run([str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "regionguard.py"),
+    r = subprocess.run([str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "regionguard_addon.py"),
                         "--listen-host", "127.0.0.1", "--listen-port", "0",
                         "--set", f"confdir={tmp_path / 'conf'}",
                         "--set", f"regionguard_audit={blocker / 'audit.jsonl'}"],

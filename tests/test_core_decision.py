@@ -194,9 +194,9 @@ def test_actions_unknown_decides_an_unplaced_zoom_endpoint(write_policy, unknown
 # counts the cases each invariant is about and asserts a floor for each at the end, so an invariant
 # that sits behind an `if` cannot pass by never running (a `decide` that blocks everything fails).
 from regionguard import load_catalogue, parse_policy  # noqa: E402
-from regionguard.decision import CN_TUNNEL_SERVICES  # noqa: E402
-from regionguard.locator import Locator  # noqa: E402
-from regionguard.zoom import ZoomCatalogue  # noqa: E402
+from regionguard.core.decision import CN_TUNNEL_SERVICES  # noqa: E402
+from regionguard.core.locator import Locator  # noqa: E402
+from regionguard.core.zoom import ZoomCatalogue  # noqa: E402
 
 CATALOGUE = load_catalogue()
 OPT_INS = (("Europe",), ("US", "Japan/Hong Kong"), ("CN",), None)

@@ -225,7 +225,7 @@ def test_domain_set_matches_the_longest_listed_suffix(listed):
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from regionguard.hostnames import DomainSet, in_domains, normalise_host
+    from regionguard.core.hostnames import DomainSet, in_domains, normalise_host
 
     ds = DomainSet(listed)
 

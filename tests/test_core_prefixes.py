@@ -6,7 +6,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from regionguard.prefixes import PrefixTable, address_key, merge
+from regionguard.core.prefixes import PrefixTable, address_key, merge
 
 
 def test_longest_prefix_wins_and_outer_prefix_resumes_after_inner():

@@ -4,8 +4,8 @@ import asyncio
 import os
 import threading
 
-from regionguard import reload
-from regionguard.reload import EngineHolder
+from regionguard.core import reload
+from regionguard.core.reload import EngineHolder
 
 
 def test_reload_on_change_and_keep_old_on_error(write_policy):

@@ -16,10 +16,10 @@ from pathlib import Path
 import netaddr
 import pytest
 
+from regionguard.core.locator import Locator
+from regionguard.core.policy import load_policy
+from regionguard.core.zoom import ZoomCatalogue
 from regionguard.coverage import address_coverage, session_coverage
-from regionguard.locator import Locator
-from regionguard.policy import load_policy
-from regionguard.zoom import ZoomCatalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"

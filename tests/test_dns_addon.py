@@ -51,13 +51,13 @@ def zone():
     z.close()
 
 
-@pytest.mark.parametrize("script", ["dns_filter.py", "regionguard.py"])
+@pytest.mark.parametrize("script", ["dns_filter.py", "regionguard_addon.py"])
 def test_mitmproxy_dns_flows_are_filtered(tmp_path, zone, script):
     policy = tmp_path / "policy.yaml"
     # the addon resolves a reroute's alternative with the policy's resolver: the test upstream
     policy.write_text(POLICY + f'resolver: {{nameservers: ["127.0.0.1:{zone.port}"]}}\n')
     audit = tmp_path / "audit.jsonl"
-    extra = ("--set", f"regionguard_audit={audit}") if script == "regionguard.py" else ()
+    extra = ("--set", f"regionguard_audit={audit}") if script == "regionguard_addon.py" else ()
     proc, port = _mitmdump(script, zone.port, policy, *extra)
     try:
         assert addresses(ask(port, "multi.zoom.us")) == {"198.51.100.11"}
@@ -71,14 +71,14 @@ def test_mitmproxy_dns_flows_are_filtered(tmp_path, zone, script):
     finally:
         out = _stop(proc)
     assert "Traceback" not in out, out
-    if script == "regionguard.py":
+    if script == "regionguard_addon.py":
         lines = [json.loads(x) for x in audit.read_text().splitlines()]
         dns_lines = [x for x in lines if x.get("front_end") == "dns"]
         assert any(x["dns_qname"] == "us.zoom.us" and x["action"] == "block" and x["client"] == "127.0.0.1"
                    for x in dns_lines), lines
 
 
-@pytest.mark.parametrize("script", ["dns_filter.py", "regionguard.py"])
+@pytest.mark.parametrize("script", ["dns_filter.py", "regionguard_addon.py"])
 def test_policy_declared_zoom_name_is_filtered_in_mitmproxy(tmp_path, zone, script):
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace("overrides:\n", "overrides:\n  - {match: www.example.org, "
@@ -106,11 +106,11 @@ def test_unusable_policy_refuses_zoom_names(tmp_path, zone):
 
 @pytest.mark.parametrize("dns_filter", ["missing", "broken"])
 def test_without_its_dns_filter_the_proxy_refuses_dns_rather_than_relay_it(tmp_path, zone, dns_filter):
-    # addons/regionguard.py copied alone (or beside a dns_filter.py that cannot load): DNS
+    # addons/regionguard_addon.py copied alone (or beside a dns_filter.py that cannot load): DNS
     # through the proxy must never be relayed unfiltered, or a CN address reaches the client.
     addon_dir = tmp_path / "addons"
     addon_dir.mkdir()
-    (addon_dir / "regionguard.py").write_text((ROOT / "addons" / "regionguard.py").read_text())
+    (addon_dir / "regionguard_addon.py").write_text((ROOT / "addons" / "regionguard_addon.py").read_text())
     if dns_filter == "broken":
         (addon_dir / "dns_filter.py").write_text("raise RuntimeError('half-installed')\n")
     policy = tmp_path / "policy.yaml"
@@ -118,7 +118,7 @@ def test_without_its_dns_filter_the_proxy_refuses_dns_rather_than_relay_it(tmp_p
     port = free_port()
     cmd = [str(BIN / "mitmdump"), "--set", "listen_host=127.0.0.1",
            "--mode", f"reverse:dns://127.0.0.1:{zone.port}@{port}",
-           "-s", str(addon_dir / "regionguard.py"), "--set", f"regionguard_policy={policy}"]
+           "-s", str(addon_dir / "regionguard_addon.py"), "--set", f"regionguard_policy={policy}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, reply = time.monotonic() + 90, None

@@ -1,4 +1,4 @@
-"""addons/dns_filter.py's error handlers, in-process (mitmproxy.test.taddons and tflow): when
+"""The DNS addon's (regionguard.mitm.dns_filter) error handlers, in-process (mitmproxy.test.taddons and tflow): when
 the filter itself fails, a Zoom answer becomes SERVFAIL and never goes out unfiltered; a non-Zoom
 answer is left as it is. mitmproxy logs an exception a hook raises and sends the flow on as it
 is, so these handlers are all that stands between a bug and an unfiltered Zoom answer.
@@ -10,29 +10,20 @@ up, and an answer whose records cannot be read."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sqlite3
 
 import dns.message
 import dns.rcode
 import pytest
-from dns_support import POLICY, ROOT, zone_answer
+from dns_support import POLICY, zone_answer
 from mitmproxy import dns as mdns
 from mitmproxy.test import taddons, tflow
 
-from regionguard.learned import LearnedStore
-from regionguard.reload import EngineHolder
+from regionguard.core.learned import LearnedStore
+from regionguard.core.reload import EngineHolder
+from regionguard.mitm import dns_filter as dns_filter_addon
 
-
-def _addon_module():
-    spec = importlib.util.spec_from_file_location("_rg_dns_filter_addon",
-                                                  ROOT / "addons" / "dns_filter.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ADDON = _addon_module()
+ADDON = dns_filter_addon
 
 
 class FailingStore(LearnedStore):

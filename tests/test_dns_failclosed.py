@@ -1,7 +1,7 @@
 """Issue 12 item 2: no disallowed address reaches a DNS client, whatever the upstream answers.
 
 Both front ends — a `regionguard dns` process and mitmdump in reverse DNS mode with
-addons/regionguard.py — sit in front of the in-process upstream of tests/dns_support.py, which
+addons/regionguard_addon.py — sit in front of the in-process upstream of tests/dns_support.py, which
 here answers with hand-made messages: an address in China (a real Zoom address, labelled CN in
 the bundled data), the US or India under NXDOMAIN, SERVFAIL, REFUSED or an EDNS extended rcode,
 in the authority and additional sections, behind lying counts, swapped types, junk in the OPT
@@ -28,9 +28,9 @@ from dns_support import (
     wire_of,
 )
 
-from regionguard.decision import Engine
-from regionguard.dnsfilter import AnswerFilter
-from regionguard.policy import load_policy
+from regionguard.core.decision import Engine
+from regionguard.core.policy import load_policy
+from regionguard.dns.filter import AnswerFilter
 
 A, AAAA, TXT, OPT, HTTPS = 1, 28, 16, 41, 65
 IN = 1
@@ -281,7 +281,7 @@ def test_embedded_ipv4_agrees_with_ipaddress():
     import ipaddress
     import random
 
-    from regionguard.zoom import embedded_ipv4
+    from regionguard.core.zoom import embedded_ipv4
     rng = random.Random(12)
     prefixes = [bytes(10) + b"\xff\xff", bytes(12), bytes.fromhex("0064ff9b") + bytes(8),
                 bytes.fromhex("0064ff9b0001") + bytes(6), bytes(11) + b"\x01"]

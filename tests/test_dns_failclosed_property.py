@@ -6,7 +6,7 @@ records injected with disallowed addresses (CN, US, IN; IPv4 inside IPv6; HTTPS/
 any section, records moved between sections, types and classes swapped, rdata replaced, rcodes
 and EDNS extended rcodes set, junk OPT records, lying counts, trailing bytes, flipped bits; the
 answer's names written out, or compressed as dnspython (and real resolvers) write them. Both
-front ends — `regionguard dns` and mitmdump in DNS mode with addons/regionguard.py — are asked
+front ends — `regionguard dns` and mitmdump in DNS mode with addons/regionguard_addon.py — are asked
 over UDP or TCP with dnspython, and `leaks` reads each reply as a client could, every section.
 
 REGIONGUARD_PROPERTY_EXAMPLES sets the number of examples (default 60).

@@ -14,10 +14,10 @@ import pytest
 from dns.rdtypes.svcbbase import ParamKey
 from dns_support import POLICY, REAL_ADDRESSES, zone_answer
 
-from regionguard.decision import Engine
-from regionguard.dnscache import WireCache, WireFormatError, ttl_fields
-from regionguard.dnsfilter import AnswerFilter, cache_ttl
-from regionguard.policy import load_policy
+from regionguard.core.decision import Engine
+from regionguard.core.policy import load_policy
+from regionguard.dns.filter import AnswerFilter, cache_ttl
+from regionguard.dns.wire import WireCache, WireFormatError, ttl_fields
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_non_zoom_name_with_zoom_cname_or_zoom_range_is_filtered(flt):
 def test_a_name_the_policy_declares_zoom_is_filtered_on_both_paths(policy_file):
     """A host override with `zoom: true` makes a name Zoom's for the DNS filter as for the
     proxy: its unplaceable address fails closed instead of being relayed."""
-    from regionguard.dnscache import scan_response
+    from regionguard.dns.wire import scan_response
     path = policy_file.with_name("declared.yaml")
     path.write_text(POLICY.replace("overrides:\n", "overrides:\n  - {match: www.example.org, "
                                    "region: US, zoom: true}\n", 1))
@@ -295,7 +295,7 @@ ZONE_QUERIES = [(n, t) for n in ("de.zoom.us", "us.zoom.us", "multi.zoom.us", "c
 
 @pytest.mark.parametrize("client", [f"127.0.0.{i}" for i in range(1, 6)])
 def test_wire_filter_agrees_with_message_filter(flt, client):
-    from regionguard.dnscache import remove_records, response_ttl, scan_response, scan_ttls, ttl_fields
+    from regionguard.dns.wire import remove_records, response_ttl, scan_response, scan_ttls, ttl_fields
     for name, rdtype in ZONE_QUERIES:
         query = dns.message.make_query(name, rdtype)
         wire = zone_answer(query).to_wire()
@@ -319,8 +319,8 @@ def test_wire_filter_agrees_with_message_filter(flt, client):
 def test_an_answer_is_readdressed_to_each_query_whatever_the_upstream_echoed():
     """The cached answer carries the upstream's echo of the question (an upstream may change its
     case) and RD bit; every client gets its own ID, RD bit and spelling back."""
-    from regionguard.dnscache import parse_query
-    from regionguard.dnsserver import _readdressed
+    from regionguard.dns.server import _readdressed
+    from regionguard.dns.wire import parse_query
     for echoed in ("de.zoom.us", "DE.zoom.US"):
         for upstream_rd in (True, False):
             up = dns.message.make_query(echoed, "A")
@@ -336,7 +336,7 @@ def test_an_answer_is_readdressed_to_each_query_whatever_the_upstream_echoed():
 
 
 def test_parse_query_takes_plain_queries_only():
-    from regionguard.dnscache import parse_query
+    from regionguard.dns.wire import parse_query
     plain = parse_query(dns.message.make_query("De.Zoom.US", "AAAA").to_wire())
     assert plain is not None and plain.qname == b"\x02De\x04Zoom\x02US\x00" and plain.qtype == 28
     assert not plain.edns and plain.payload == 512
@@ -352,7 +352,7 @@ def test_parse_query_takes_plain_queries_only():
 
 
 def test_scan_refuses_what_it_cannot_vouch_for():
-    from regionguard.dnscache import scan_response
+    from regionguard.dns.wire import scan_response
     https = zone_answer(dns.message.make_query("https.zoom.us", "HTTPS")).to_wire()
     assert scan_response(https) is None                     # HTTPS: the dnspython path
     good = zone_answer(dns.message.make_query("multi.zoom.us", "A")).to_wire()

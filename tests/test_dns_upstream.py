@@ -1,6 +1,6 @@
 """`regionguard dns` against upstreams that misbehave, and the answers it gives of its own.
 
-The resolver runs in-process (regionguard.dnsserver.DnsServer on 127.0.0.1, its own event loop)
+The resolver runs in-process (regionguard.dns.server.DnsServer on 127.0.0.1, its own event loop)
 so a test can cancel a query, read what is in flight and lower the in-flight limit; the upstreams
 are tests/dns_support.py's name servers on loopback: silent, slow, truncating, refusing or
 dropping TCP. Queries go over real sockets with dnspython.
@@ -23,11 +23,11 @@ import dns.rdatatype
 import pytest
 from dns_support import POLICY, ZoneServer, addresses
 
-from regionguard import dnsserver
-from regionguard.dnsserver import Config, DnsServer
-from regionguard.reload import EngineHolder
+from regionguard.core.reload import EngineHolder
+from regionguard.dns import server as dnsserver
+from regionguard.dns.server import Config, DnsServer
 
-LOG = "regionguard.dnsserver"
+LOG = "regionguard.dns.server"
 
 
 @contextlib.asynccontextmanager

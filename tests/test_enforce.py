@@ -1,4 +1,4 @@
-"""regionguard.enforce at its edges, in process: the real Engine and NameResolver on a policy
+"""regionguard.mitm.enforce at its edges, in process: the real Engine and NameResolver on a policy
 whose names come from its `resolver.hosts` (the nameserver is a dead loopback port, so any other
 name fails to resolve). The end-to-end proxy behaviour is in test_proxy.py; this file reaches the
 branches those tests cannot aim at one by one: IPv4-mapped addresses, a connection with no
@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from regionguard.decision import Action, Engine
-from regionguard.enforce import Enforcer, plain_address, reaches_proxy_host
-from regionguard.policy import load_policy
+from regionguard.core.decision import Action, Engine
+from regionguard.core.policy import load_policy
+from regionguard.mitm.enforce import Enforcer, plain_address, reaches_proxy_host
 from tests.conftest import free_port
 
 DE, IN = "127.0.1.1", "127.0.2.1"

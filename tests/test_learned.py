@@ -1,4 +1,4 @@
-"""Learned evidence (regionguard/learned.py): the store, and what `regionguard explain` (a real
+"""Learned evidence (regionguard/core/learned.py): the store, and what `regionguard explain` (a real
 process reading the same state directory) makes of it: provenance, conflict, spreading, expiry,
 the size bound, and a corrupt or unusable store.
 
@@ -15,7 +15,7 @@ import time
 import pytest
 
 from regionguard import Engine, load_policy
-from regionguard.learned import DB_NAME, LearnedStore
+from regionguard.core.learned import DB_NAME, LearnedStore
 from tests.conftest import BIN, CONFIG
 
 NL_NAME = "zoomam104zc.zoom.us"           # site code am: Amsterdam (NL)
@@ -200,7 +200,7 @@ def test_a_second_process_sees_what_the_first_wrote(tmp_path):
     reader = LearnedStore.open(tmp_path)
     engine = Engine(load_policy(CONFIG / "policy.yaml"), learned=reader)
     assert engine.decide(None, None, D, 8801, "udp").rule == "unknown-region"
-    code = (f"from regionguard.learned import LearnedStore; s = LearnedStore.open({str(tmp_path)!r});"
+    code = (f"from regionguard.core.learned import LearnedStore; s = LearnedStore.open({str(tmp_path)!r});"
             f"s.observe({US_NAME!r}, [{D!r}], 'dns-filter upstream 127.0.0.1:53'); s.close()")
     subprocess.run([str(BIN / "python"), "-c", code], check=True, timeout=60)
     deadline = time.monotonic() + 10

@@ -20,8 +20,8 @@ from itertools import count
 import dns.exception
 import pytest
 
-from regionguard.learned import DB_NAME
-from regionguard.runner import stop
+from regionguard.core.learned import DB_NAME
+from regionguard.mitm.run import stop
 from tests import dns_support
 from tests.dns_support import DnsProcess, ZoneServer, ask
 from tests.netns import netns_missing
@@ -242,13 +242,13 @@ def test_the_dns_filter_places_a_site_coded_answer_by_what_it_says(tmp_path, zon
 
 
 def test_mitmproxys_dns_mode_learns_too(tmp_path, zone):
-    """addons/regionguard.py in mitmproxy's DNS mode: the upstream's answer places itself, and
+    """addons/regionguard_addon.py in mitmproxy's DNS mode: the upstream's answer places itself, and
     the proxy addon's state directory keeps it."""
     state = tmp_path / "state"
     port = free_port()
     cmd = [str(dns_support.BIN / "mitmdump"), "-q", "--set", "listen_host=127.0.0.1",
            "--mode", f"reverse:dns://{zone.address}@{port}",
-           "-s", str(dns_support.ROOT / "addons" / "regionguard.py"),
+           "-s", str(dns_support.ROOT / "addons" / "regionguard_addon.py"),
            "--set", f"regionguard_policy={policy_for(tmp_path, zone)}",
            "--set", f"regionguard_state_dir={state}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,4 +1,4 @@
-"""Mutants of regionguard/dnsfilter.py that no in-process test noticed (tools/mutation.py), caught
+"""Mutants of regionguard/dns/filter.py that no in-process test noticed (tools/mutation.py), caught
 here. The DNS front ends' own tests (tests/test_dns_failclosed.py) check these paths through
 processes, which a mutant in this process never reaches; these check the filter itself.
 
@@ -17,9 +17,9 @@ import dns.rrset
 import pytest
 from dns_support import POLICY
 
-from regionguard.decision import Action, Engine
-from regionguard.dnsfilter import AnswerFilter
-from regionguard.policy import load_policy
+from regionguard.core.decision import Action, Engine
+from regionguard.core.policy import load_policy
+from regionguard.dns.filter import AnswerFilter
 
 DEFAULT_CLIENT, US_OFFICE = "127.0.0.1", "127.0.0.2"   # dns_support.POLICY: us-office opts in US
 # as dnspython writes them: ::ffff:203.0.113.9 (US), 64:ff9b::100.70.0.9 (IN), DE
@@ -103,7 +103,7 @@ def nat64_flt(tmp_path_factory) -> AnswerFilter:
 
 def both_paths(flt: AnswerFilter, client: str, name: str, *addresses: str):
     """(message-path result, wire-path result) for an AAAA answer."""
-    from regionguard.dnscache import scan_response
+    from regionguard.dns.wire import scan_response
     query, response = aaaa_answer(name + ".", *addresses)
     scan = scan_response(response.to_wire())
     assert scan is not None

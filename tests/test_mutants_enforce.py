@@ -1,4 +1,4 @@
-"""Mutants of regionguard/enforce.py that no in-process test noticed (tools/mutation.py), caught
+"""Mutants of regionguard/mitm/enforce.py that no in-process test noticed (tools/mutation.py), caught
 here: the Enforcer's fail-closed paths, driven in-process with a policy whose names resolve from
 its own `resolver.hosts` (and, for everything else, a loopback nameserver that does not answer).
 
@@ -13,9 +13,9 @@ import asyncio
 
 import pytest
 
-from regionguard.decision import Action, Engine
-from regionguard.enforce import Enforcer, is_remote_client, plain_address, reaches_proxy_host
-from regionguard.policy import load_policy
+from regionguard.core.decision import Action, Engine
+from regionguard.core.policy import load_policy
+from regionguard.mitm.enforce import Enforcer, is_remote_client, plain_address, reaches_proxy_host
 from tests.ports import free_port
 
 US, DE = "203.0.113.5", "198.51.100.5"

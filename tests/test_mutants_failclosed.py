@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from regionguard.decision import Action, Engine
-from regionguard.policy import load_policy
+from regionguard.core.decision import Action, Engine
+from regionguard.core.policy import load_policy
 from tests.conftest import CONFIG
 
 US, DE = "203.0.113.5", "198.51.100.5"

@@ -20,7 +20,9 @@ import pytest
 from dns_support import ZONE, zone_answer
 
 import regionguard
-from regionguard import _native, dnscache, hostnames
+from regionguard import _native
+from regionguard.core import hostnames
+from regionguard.dns import wire as dnscache
 
 PACKAGE = Path(regionguard.__file__).resolve().parent
 COMPILED = _native.status() == "compiled"
@@ -77,12 +79,12 @@ def _copy_of_the_package(tmp_path: Path) -> Path:
 
 
 def _import_in(root: Path, **env: str) -> tuple[str, str, str]:
-    """(the file regionguard.dnscache came from, the status, stderr) in a fresh interpreter that
+    """(the file regionguard.dns.wire came from, the status, stderr) in a fresh interpreter that
     imports regionguard from `root`."""
     environ = {k: v for k, v in os.environ.items() if k != _native.PURE_ENV}
     environ.update(env, PYTHONPATH=str(root))
     done = subprocess.run([sys.executable, "-W", "always", "-c",
-                           "import regionguard, regionguard.dnscache as m;"
+                           "import regionguard, regionguard.dns.wire as m;"
                            "print(m.__file__); print(regionguard._native.status())"],
                           cwd=root, env=environ, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -36,13 +36,13 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from regionguard.decision import Engine
-from regionguard.flows import InputProblem, detect_format, read_connections
-from regionguard.locator import Locator
-from regionguard.pcap import CaptureFlow, CaptureProblem, DnsAnswer, read_capture
-from regionguard.policy import load_policy
-from regionguard.replay import replay
-from regionguard.zoom import ZoomCatalogue
+from regionguard.core.decision import Engine
+from regionguard.core.locator import Locator
+from regionguard.core.policy import load_policy
+from regionguard.core.zoom import ZoomCatalogue
+from regionguard.replay.flows import InputProblem, detect_format, read_connections
+from regionguard.replay.pcap import CaptureFlow, CaptureProblem, DnsAnswer, read_capture
+from regionguard.replay.replay import replay
 from tests.netns import netns_missing
 from tests.proxy_support import UdpEcho, make_cert, run_in_netns, sh
 
@@ -64,8 +64,8 @@ POLICY = textwrap.dedent("""
     regions: {opt_in: [Europe]}
 """)
 
-HAVE_LEARNED = importlib.util.find_spec("regionguard.learned") is not None
-needs_learned = pytest.mark.skipif(not HAVE_LEARNED, reason="regionguard.learned is not on this branch yet")
+HAVE_LEARNED = importlib.util.find_spec("regionguard.core.learned") is not None
+needs_learned = pytest.mark.skipif(not HAVE_LEARNED, reason="regionguard.core.learned is not on this branch yet")
 
 
 def _missing() -> str | None:
@@ -607,7 +607,7 @@ def test_replay_opens_no_connection(captures, monkeypatch):
 
 
 def test_replay_feeds_the_capture_dns_answers_to_the_engines_learned_store(captures):
-    """The wiring, without regionguard.learned: an engine with a `learned` store is told every
+    """The wiring, without regionguard.core.learned: an engine with a `learned` store is told every
     DNS answer of the capture, with its capture time and the file as the source."""
     class Recorder:
         def __init__(self) -> None:

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from regionguard import PolicyError, parse_policy
-from regionguard.errors import MAX_SHOWN
-from regionguard.safeyaml import MAX_BYTES, MAX_DEPTH, load_yaml
+from regionguard.core.errors import MAX_SHOWN
+from regionguard.core.safeyaml import MAX_BYTES, MAX_DEPTH, load_yaml
 from tests.conftest import BIN, CONFIG
 
 HEAD = "version: 1\naccount: {type: paid, default_region: US}\n"

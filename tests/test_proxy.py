@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from regionguard.policy import load_policy
+from regionguard.core.policy import load_policy
 from tests.conftest import BIN, free_port
 from tests.proxy_support import Proxy, body_json, curl, make_cert, origins_on_one_port, status_of
 

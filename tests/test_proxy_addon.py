@@ -12,7 +12,7 @@ import pytest
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
-from regionguard.runner import load_addon_module
+from regionguard.mitm.run import load_addon_module
 
 POLICY = textwrap.dedent("""
     version: 1

@@ -22,8 +22,8 @@ from mitmproxy.proxy import context, mode_specs, server_hooks
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tls import ClientHello, ClientHelloData
 
-from regionguard.decision import Engine
-from regionguard.runner import load_addon_module
+from regionguard.core.decision import Engine
+from regionguard.mitm.run import load_addon_module
 from tests.conftest import free_port
 
 DE, IN, OTHER = "127.0.1.1", "127.0.2.1", "127.0.3.1"

@@ -19,7 +19,7 @@ from itertools import count
 
 import pytest
 
-from regionguard.runner import stop
+from regionguard.mitm.run import stop
 from tests.netns import netns_missing
 from tests.proxy_support import (
     Proxy,

@@ -1,7 +1,7 @@
 """Issue 12 item 1: the proxy never runs without its addon. Every regionguard_* option is
-checked (one set of rules, regionguard.proxyoptions, shared by `regionguard run` and the
+checked (one set of rules, regionguard.mitm.options, shared by `regionguard run` and the
 addon); a bad value stops `regionguard run` with exit 2 before anything listens and stops
-`mitmdump -s addons/regionguard.py`; a script that is gone or unconfigured leaves Zoom blocked.
+`mitmdump -s addons/regionguard_addon.py`; a script that is gone or unconfigured leaves Zoom blocked.
 Real processes, real curl, origins on loopback."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.conftest import BIN, ROOT
 from tests.proxy_support import Proxy, curl, origins_on_one_port, status_of
 from tests.test_proxy import DE, IN, OTHER, policy_text
 
-ADDON = ROOT / "addons" / "regionguard.py"
+ADDON = ROOT / "addons" / "regionguard_addon.py"
 EXIT_WITHIN = 90   # seconds: a process that is still running by then runs without its checks
 
 
@@ -150,7 +150,7 @@ def test_the_runner_checks_the_addon_holds_its_policy_before_listening(tmp_path,
     must say that the policy the runner validated is in force, else exit 2 before listening."""
     other = tmp_path / "other.yaml"
     other.write_text(policy_text())
-    code = ("import sys; from pathlib import Path; from regionguard.runner import run_mitmdump\n"
+    code = ("import sys; from pathlib import Path; from regionguard.mitm.run import run_mitmdump\n"
             f"sys.exit(run_mitmdump(['--set', 'regionguard_policy={other}', '--listen-host', "
             f"'127.0.0.1', '--listen-port', '0', '--set', 'confdir={tmp_path}'], Path('{policy}')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -171,7 +171,7 @@ def _wait(predicate, timeout: float = 60.0) -> None:
 def test_zoom_stays_blocked_when_the_script_fails_to_reload(tmp_path, policy, web):
     """mitmproxy reloads an edited script and, if the new one fails, runs on without it: a
     plain proxy. The guard, which is not part of the script, keeps Zoom blocked."""
-    script = tmp_path / "addons" / "regionguard.py"
+    script = tmp_path / "addons" / "regionguard_addon.py"
     script.parent.mkdir()
     shutil.copy(ADDON, script)
     proxy = Proxy(policy, tmp_path, audit=False, command="mitmdump", script=script)

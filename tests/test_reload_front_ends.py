@@ -8,8 +8,8 @@ import time
 
 import dns.exception
 
-from regionguard.decision import Engine
-from regionguard.policy import load_policy
+from regionguard.core.decision import Engine
+from regionguard.core.policy import load_policy
 from tests.dns_support import POLICY, DnsProcess, ZoneServer, addresses, ask
 from tests.proxy_support import Proxy, curl, origins_on_one_port, status_of
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from regionguard.decision import Engine
-from regionguard.policy import load_policy
-from regionguard.replay import replay
+from regionguard.core.decision import Engine
+from regionguard.core.policy import load_policy
+from regionguard.replay.replay import replay
 from tests.conftest import BIN, ROOT
 
 FIX = ROOT / "tests" / "fixtures" / "replay"
@@ -59,7 +59,7 @@ def rows(result, include_pass=False) -> set[tuple[str, str, int]]:
 def test_fixture_was_recorded_through_the_addon_and_clients_got_answers():
     """What the clients saw (the manifest) is what the addon logged and what today's engine
     decides under the recording policy: a 403 exactly where the decision is block."""
-    assert MANIFEST["recorded_with"].startswith("mitmdump + addons/regionguard.py")
+    assert MANIFEST["recorded_with"].startswith("mitmdump + addons/regionguard_addon.py")
     engine = Engine(load_policy(FIX / MANIFEST["policy"]))
     for name, session in MANIFEST["sessions"].items():
         logged = {(d["host"], d["port"]): d["action"]

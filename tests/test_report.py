@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from regionguard.audit import audit_record
-from regionguard.decision import Engine
-from regionguard.policy import load_policy
-from regionguard.report import TopCounter, summarise
+from regionguard.audit.log import audit_record
+from regionguard.core.decision import Engine
+from regionguard.core.policy import load_policy
+from regionguard.report.summary import TopCounter, summarise
 from tests.conftest import BIN, ROOT
 
 FIX = ROOT / "tests" / "fixtures" / "replay"
@@ -141,7 +141,7 @@ def test_png_charts(tmp_path):
         assert png.size == (12 * 110, 8 * 110)            # figsize (12, 8) inches at 110 dpi
         pixels = {rgb: n for n, rgb in png.convert("RGB").getcolors(maxcolors=1 << 20)}
     # The fixtures hold allow, block and pass decisions: their bars are drawn in the report's
-    # colours (regionguard/report_html.py COLOURS), each a solid area of many pixels.
+    # colours (regionguard/report/html.py COLOURS), each a solid area of many pixels.
     decisions = [r for r in lines(*AUDITS) if "action" in r]
     assert {"allow", "block", "pass"} <= {r["action"] for r in decisions}
     for action, rgb in {"allow": (0x2E, 0x7D, 0x32), "block": (0xC6, 0x28, 0x28)}.items():

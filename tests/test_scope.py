@@ -13,9 +13,9 @@ import textwrap
 import pytest
 
 from regionguard import Action, Engine, load_policy
-from regionguard.dnsfilter import AnswerFilter
-from regionguard.errors import PolicyError
-from regionguard.zoom import ZoomCatalogue
+from regionguard.core.errors import PolicyError
+from regionguard.core.zoom import ZoomCatalogue
+from regionguard.dns.filter import AnswerFilter
 from tests.conftest import BIN, CONFIG, free_port
 
 RG = str(BIN / "regionguard")
@@ -426,7 +426,7 @@ def test_a_web_name_sent_to_a_meeting_servers_address_does_not_take_it_out_of_sc
     # that address.
     import asyncio
 
-    from regionguard.enforce import Enforcer
+    from regionguard.mitm.enforce import Enforcer
 
     engine = _claims_engine(write_policy, f'{{"{claimed}": "{UNPLACED}"}}')
     assert engine.decide("10.0.0.5", claimed, US_MEETING, 443, "tcp").scope == "other"  # the claim alone
@@ -441,7 +441,7 @@ def test_a_web_name_sent_to_a_meeting_servers_address_does_not_take_it_out_of_sc
 def test_a_web_name_that_does_reach_the_address_keeps_its_scope(write_policy):
     import asyncio
 
-    from regionguard.enforce import Enforcer
+    from regionguard.mitm.enforce import Enforcer
 
     engine = _claims_engine(write_policy, f'{{"zoom.us": "{US_MEETING}"}}')
     verdict = asyncio.run(Enforcer(engine).verdict("10.0.0.5", "zoom.us", US_MEETING, 443, "tcp"))

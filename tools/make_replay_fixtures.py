@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from tests.ports import free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
-ADDON = ROOT / "addons" / "regionguard.py"
+ADDON = ROOT / "addons" / "regionguard_addon.py"
 TIMEOUT = 60.0
 
 # Where the loopback "data centers" are: the policy's overrides place them in Zoom regions.
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             origins[(address, "https")] = Origin(address, ctx)
         try:
             use_addon = not args.plain and addon_works(work, record)
-            manifest = {"recorded_with": "mitmdump + addons/regionguard.py" if use_addon
+            manifest = {"recorded_with": "mitmdump + addons/regionguard_addon.py" if use_addon
                         else "plain mitmdump (static hosts script)",
                         "policy": record.name, "hosts": HOSTS, "places": PLACES, "sessions": {}}
             for name, steps in SESSIONS.items():

@@ -1,10 +1,10 @@
 """Mutation check of the fail-closed core (issue 18): how many deliberately broken versions of
-regionguard/decision.py, dnsfilter.py and enforce.py the in-process tests notice.
+regionguard/core/decision.py, dnsfilter.py and enforce.py the in-process tests notice.
 
     python tools/mutation.py                 # run (bounded by --minutes), then print the table
     python tools/mutation.py --report        # print the table of the last run only
     python tools/mutation.py --survivors     # also list the surviving mutants (`mutmut show NAME`)
-    python tools/mutation.py --only 'regionguard.enforce.*'   # check only these mutants again
+    python tools/mutation.py --only 'regionguard.mitm.enforce.*'   # check only these mutants again
 
 mutmut (the `test` extra) does the work; [tool.mutmut] in pyproject.toml says which modules it
 breaks and which tests judge them. The sources are mutated, so the run sets
@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ("regionguard/decision.py", "regionguard/dnsfilter.py", "regionguard/enforce.py")
+MODULES = ("regionguard/core/decision.py", "regionguard/dns/filter.py", "regionguard/mitm/enforce.py")
 # mutmut's exit codes (mutmut/stats.py), folded into what the table says.
 KILLED, SURVIVED, UNCHECKED = "killed", "survived", "not checked"
 FOLD = {1: KILLED, 3: KILLED, 36: KILLED, 24: KILLED, -24: KILLED, 152: KILLED, 255: KILLED,

@@ -1,0 +1,148 @@
+"""Keep an Engine in step with its policy file: reload on change, keep the old one on error.
+
+Front ends hold an EngineHolder and read `.engine` per decision (an atomic attribute read).
+`check()` is cheap (one stat) and may be called often; a changed file is parsed and, only if
+valid, swapped in. An invalid file never replaces a running policy: the error is returned and
+logged, naming the file and field.
+
+Front ends running an event loop (the proxy addon, `regionguard dns`) call `check_async()`
+instead: reading a policy and building its Engine take from milliseconds to seconds (a big
+policy, a slow disk, GeoIP databases), and on the loop that would stall every connection and
+every DNS answer meanwhile. The parse and build run in a worker thread; the swap, one attribute
+assignment, happens back on the loop.
+
+A reload that fails in any way, an unexpected exception included, keeps the running policy and
+leaves the holder watching: the next change of the file is loaded as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from regionguard.core.decision import Engine
+from regionguard.core.errors import ConfigError
+from regionguard.core.learned import LearnedStore
+from regionguard.core.policy import load_policy
+
+log = logging.getLogger(__name__)
+
+_Stamp = tuple[int, int, int] | None
+
+
+class EngineHolder:
+    def __init__(self, path: str | Path, learned: LearnedStore | None = None) -> None:
+        self.path = Path(path)
+        self.learned = learned   # learned evidence, shared by every engine this holder makes
+        self._stamp = self._stat()
+        self.engine = Engine(load_policy(self.path), learned=learned)  # the first load must succeed
+        self.last_error: ConfigError | None = None
+        self._background: asyncio.Task | None = None   # check_soon()'s, while one runs
+        self._busy = False                              # a check_async() is parsing
+
+    def _stat(self) -> _Stamp:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def _changed(self) -> tuple[bool, _Stamp]:
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False, stamp
+        self._stamp = stamp
+        return True, stamp
+
+    def check(self) -> ConfigError | None:
+        """Reload if the file changed, here and now. Returns the error if the new file is invalid."""
+        changed, stamp = self._changed()
+        if not changed:
+            return None
+        if stamp is None:
+            return self._gone()
+        return self._apply(self._build())
+
+    async def check_async(self) -> ConfigError | None:
+        """check(), with the parse and build in a worker thread so the event loop keeps serving.
+        A call while one is in progress returns None at once; a change it would have seen is seen
+        by the next call (two parses in flight could finish out of order)."""
+        if self._busy:
+            return None
+        changed, stamp = self._changed()
+        if not changed:
+            return None
+        if stamp is None:
+            return self._gone()
+        self._busy = True
+        try:
+            result = await asyncio.to_thread(self._build)
+        finally:
+            self._busy = False
+        return self._apply(result)
+
+    def check_soon(self) -> None:
+        """Start check_async() in the background when called on an event loop (a hook that must
+        not wait), else check() at once. At most one check runs at a time."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.check()
+            return
+        if self._background is None or self._background.done():
+            self._background = loop.create_task(self._check_logged())
+
+    async def _check_logged(self) -> None:
+        try:
+            await self.check_async()
+        except Exception:  # noqa: BLE001 - _build() catches everything; belt and braces
+            log.exception("regionguard: policy check of %s failed", self.path)
+
+    def reload(self) -> ConfigError | None:
+        """Load the file now, changed or not."""
+        self._stamp = self._stat()
+        return self._apply(self._build())
+
+    def _build(self) -> Engine | ConfigError:
+        """The new Engine, or why there is none. Never raises: whatever goes wrong, the running
+        policy stays and the holder keeps watching."""
+        try:
+            return Engine(load_policy(self.path), learned=self.learned)
+        except ConfigError as e:
+            return e
+        except OSError as e:
+            return _error(f"{self.path}: cannot load data: {e}")
+        except Exception as e:  # noqa: BLE001 - a bug here must not end the reloads
+            log.debug("regionguard: loading %s failed", self.path, exc_info=True)
+            return _error(f"{self.path}: cannot load the policy: {type(e).__name__}: {e} "
+                          "(unexpected: please report it as a bug in regionguard)")
+
+    def _apply(self, result: Engine | ConfigError) -> ConfigError | None:
+        if isinstance(result, ConfigError):
+            return self._keep(result)
+        old = self.engine.policy.version_id
+        self.engine = result
+        self.last_error = None
+        log.info("regionguard: policy %s reloaded (%s → %s)", self.path, old, result.policy.version_id)
+        return None
+
+    def _gone(self) -> ConfigError:
+        # deleted or unreadable (an editor saving by rename passes through here too): say so
+        # once, keep enforcing; the file's return counts as a change and is loaded
+        return self._keep(_error(f"{self.path}: the policy file is gone"))
+
+    def _keep(self, error: ConfigError) -> ConfigError:
+        """Record and log why the running policy stays in force."""
+        self.last_error = error
+        log.error("regionguard: policy %s not reloaded, the running policy %s stays in force:\n%s",
+                  self.path, self.engine.policy.version_id, error)
+        return error
+
+
+def _error(message: str) -> ConfigError:
+    """A ConfigError with a message of its own rather than a list of problems."""
+    error = ConfigError([])
+    error.args = (message,)
+    return error

@@ -1,0 +1,2 @@
+"""Offline: audit logs summarised for people, as text, HTML or PNG.
+"""

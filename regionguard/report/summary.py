@@ -1,0 +1,313 @@
+"""`regionguard report`: where did the meeting traffic go, and what was stopped? From audit logs.
+
+Totals by region, service, scope (`governed`: held to the policy's regions; `other`: Zoom traffic
+outside the governed scope, such as web and login), client group and action.
+
+    regionguard report audit.jsonl audit.jsonl.1             # summary in the terminal
+    regionguard report audit.jsonl --html report.html        # self-contained page: charts and map
+    regionguard report audit.jsonl --png charts.png          # the charts alone (needs matplotlib)
+    regionguard report audit.jsonl --json                    # the same totals for scripts
+
+The logs are read as a stream: memory holds totals, never lines. Totals are keyed by bounded
+things (regions, services, actions, groups, rules, hours); hosts are unbounded, so the "top
+blocked hosts" table keeps at most TOP_HOSTS_KEPT hosts and is exact unless more distinct blocked
+hosts than that appear (then counts of the rarest are dropped, and the report says so).
+
+Exit codes: 0 report written; 2 usage error or an output that cannot be written; 4 some input
+could not be read (the rest is in the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from regionguard.cli import EXIT_CONFIG, EXIT_INPUT, EXIT_OK
+from regionguard.progress import ProgressBar, wanted
+from regionguard.replay.flows import InputProblem, iter_audit_lines
+
+TOP_HOSTS_KEPT = 10_000
+MAX_PROBLEMS_KEPT = 200
+STOPPED = frozenset({"block", "reroute"})
+ACTION_ORDER = ("allow", "monitor", "block", "reroute", "pass")
+
+
+class TopCounter:
+    """Counts for an unbounded key space in bounded memory: when more than 2×limit keys are held,
+    the smallest counts are dropped down to `limit` (exact while fewer keys ever appear)."""
+
+    def __init__(self, limit: int = TOP_HOSTS_KEPT) -> None:
+        self.limit = limit
+        self.counts: Counter[str] = Counter()
+        self.pruned = 0        # how many keys were dropped: the ranking may be approximate
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] += n
+        if len(self.counts) > 2 * self.limit:
+            keep = self.counts.most_common(self.limit)
+            self.pruned += len(self.counts) - len(keep)
+            self.counts = Counter(dict(keep))
+
+    def most_common(self, n: int) -> list[tuple[str, int]]:
+        return self.counts.most_common(n)
+
+
+@dataclass
+class Summary:
+    """Totals over audit lines. `add` takes one audit record (a dict)."""
+
+    files: list[str] = field(default_factory=list)
+    decisions: int = 0
+    zoom: int = 0
+    events: int = 0
+    problems: list[InputProblem] = field(default_factory=list)
+    problem_count: int = 0
+    first_time: str | None = None
+    last_time: str | None = None
+    by_action: Counter[str] = field(default_factory=Counter)
+    by_rule: Counter[str] = field(default_factory=Counter)
+    by_front_end: Counter[str] = field(default_factory=Counter)
+    policy_versions: Counter[str] = field(default_factory=Counter)
+    region_action: Counter[tuple[str, str]] = field(default_factory=Counter)
+    service_action: Counter[tuple[str, str]] = field(default_factory=Counter)
+    scope_action: Counter[tuple[str, str]] = field(default_factory=Counter)   # governed | other
+    # the map's: meeting traffic only (scope governed; lines from before scope count as governed)
+    governed_region_action: Counter[tuple[str, str]] = field(default_factory=Counter)
+    governed_country_action: Counter[tuple[str, str]] = field(default_factory=Counter)
+    group_action: Counter[tuple[str, str]] = field(default_factory=Counter)
+    country_action: Counter[tuple[str, str]] = field(default_factory=Counter)  # no Zoom region
+    hour_action: Counter[tuple[str, str]] = field(default_factory=Counter)
+    blocked_hosts: TopCounter = field(default_factory=TopCounter)
+
+    def add(self, r: dict) -> None:
+        if "action" not in r:
+            self.events += 1
+            return
+        action = str(r.get("action") or "unknown")
+        self.decisions += 1
+        self.by_action[action] += 1
+        self.by_rule[str(r.get("rule") or "-")] += 1
+        self.by_front_end[str(r.get("front_end") or "-")] += 1
+        if r.get("policy_version"):
+            self.policy_versions[str(r["policy_version"])] += 1
+        t = r.get("time")
+        if isinstance(t, str) and t:
+            if self.first_time is None or t < self.first_time:
+                self.first_time = t
+            if self.last_time is None or t > self.last_time:
+                self.last_time = t
+            self.hour_action[(t[:13], action)] += 1
+        if not r.get("zoom"):
+            return
+        self.zoom += 1
+        region = r.get("region") or ("no-region" if r.get("country") else "unknown")
+        self.region_action[(region, action)] += 1
+        governed = r.get("scope") != "other"
+        if governed:
+            self.governed_region_action[(region, action)] += 1
+        if not r.get("region") and r.get("country"):
+            self.country_action[(str(r["country"]), action)] += 1
+            if governed:
+                self.governed_country_action[(str(r["country"]), action)] += 1
+        self.service_action[(str(r.get("service") or "-"), action)] += 1
+        self.scope_action[(str(r.get("scope") or "-"), action)] += 1
+        self.group_action[(str(r.get("group") or "-"), action)] += 1
+        if action in STOPPED or (action == "monitor" and r.get("would") in STOPPED):
+            self.blocked_hosts.add(str(r.get("host") or r.get("address") or "-"))
+
+    def problem(self, p: InputProblem) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_PROBLEMS_KEPT:
+            self.problems.append(p)
+
+    # --- views ------------------------------------------------------------------------------
+
+    @staticmethod
+    def table(counter: Counter[tuple[str, str]]) -> list[tuple[str, dict[str, int], int]]:
+        """(key, {action: n}, total), largest total first."""
+        rows: dict[str, Counter[str]] = {}
+        for (key, action), n in counter.items():
+            rows.setdefault(key, Counter())[action] += n
+        out = [(k, dict(v), sum(v.values())) for k, v in rows.items()]
+        return sorted(out, key=lambda x: (-x[2], x[0]))
+
+    def actions_seen(self) -> list[str]:
+        seen = set(self.by_action)
+        return [a for a in ACTION_ORDER if a in seen] + sorted(seen - set(ACTION_ORDER))
+
+    def to_dict(self, top: int = 20) -> dict:
+        def nested(counter: Counter[tuple[str, str]]) -> dict:
+            return {k: {"total": total, **actions} for k, actions, total in self.table(counter)}
+
+        return {
+            "files": self.files,
+            "decisions": self.decisions,
+            "zoom_decisions": self.zoom,
+            "events": self.events,
+            "problems": self.problem_count,
+            "time_range": [self.first_time, self.last_time],
+            "policy_versions": dict(self.policy_versions.most_common()),
+            "by_action": dict(self.by_action.most_common()),
+            "by_rule": dict(self.by_rule.most_common()),
+            "by_front_end": dict(self.by_front_end.most_common()),
+            "by_region": nested(self.region_action),
+            "by_service": nested(self.service_action),
+            "by_scope": nested(self.scope_action),
+            "by_group": nested(self.group_action),
+            "no_region_countries": nested(self.country_action),
+            "by_hour": nested(self.hour_action),
+            "top_blocked_hosts": [{"host": h, "count": n}
+                                  for h, n in self.blocked_hosts.most_common(top)],
+            "top_blocked_hosts_exact": self.blocked_hosts.pruned == 0,
+        }
+
+
+def summarise(paths: Iterable[str | Path], progress: str = "never") -> Summary:
+    """Read audit logs (plain or gzip) as a stream into a Summary. Unreadable lines become
+    problems; an unreadable file becomes one problem."""
+    summary = Summary()
+    paths = [Path(p) for p in paths]
+    sizes = [p.stat().st_size if p.is_file() else 0 for p in paths]
+    bar = ProgressBar(sum(sizes)) if wanted(progress, sum(sizes)) else None
+    for path, size in zip(paths, sizes, strict=True):
+        summary.files.append(str(path))
+        if bar:
+            bar.start_file(path.name)
+        try:
+            for item in iter_audit_lines(path, bar.update if bar else None):
+                if isinstance(item, InputProblem):
+                    summary.problem(item)
+                else:
+                    summary.add(item[1])
+        except OSError as e:
+            summary.problem(InputProblem(str(path), "file", f"cannot read: {e.strerror or e}",
+                                         "check the path and permissions"))
+        if bar:
+            bar.finish_file(size)
+    if bar:
+        bar.close()
+    return summary
+
+
+# --- terminal -------------------------------------------------------------------------------------
+
+
+def _grid(title: str, rows: list[tuple[str, dict[str, int], int]], actions: list[str],
+          limit: int = 25) -> list[str]:
+    if not rows:
+        return []
+    head = [title.upper(), "TOTAL", *[a.upper() for a in actions]]
+    body = [[k, str(total), *[str(counts.get(a, 0) or "") for a in actions]]
+            for k, counts, total in rows[:limit]]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    fmt = [w if i == 0 else w for i, w in enumerate(widths)]
+    lines = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                              for i, (c, w) in enumerate(zip(r, fmt, strict=True))).rstrip()
+             for r in [head, *body]]
+    if len(rows) > limit:
+        lines.append(f"  ... {len(rows) - limit} more")
+    return lines
+
+
+def format_text(s: Summary, top: int = 10) -> str:
+    out = [f"regionguard report: {len(s.files)} file(s), {s.decisions:,} decision(s), "
+           f"{s.zoom:,} for Zoom endpoints"
+           + (f", {s.events} event(s)" if s.events else "")
+           + (f", {s.problem_count} unreadable line(s)" if s.problem_count else "")]
+    if s.first_time:
+        out.append(f"time range: {s.first_time} … {s.last_time}")
+    if s.policy_versions:
+        out.append("policy versions: " + ", ".join(f"{v} ({n:,})" for v, n in
+                                                    s.policy_versions.most_common()))
+    if s.by_action:
+        out.append("by action: " + "  ".join(f"{a} {s.by_action[a]:,}" for a in s.actions_seen()))
+    actions = [a for a in s.actions_seen() if a != "pass"]
+    for title, counter in (("region", s.region_action), ("service", s.service_action),
+                           ("scope", s.scope_action),
+                           ("client group", s.group_action),
+                           ("country without a Zoom region", s.country_action)):
+        lines = _grid(title, s.table(counter), actions)
+        if lines:
+            out += ["", f"by {title}:", *lines]
+    blocked = s.blocked_hosts.most_common(top)
+    if blocked:
+        out += ["", "top blocked hosts" + ("" if not s.blocked_hosts.pruned else " (approximate)")
+                + ":"]
+        width = max(len(h) for h, _ in blocked)
+        out += [f"  {h.ljust(width)}  {n:,}" for h, n in blocked]
+    if s.problem_count:
+        out += ["", f"unreadable input ({s.problem_count}):", *[f"  {p}" for p in s.problems[:20]]]
+        if s.problem_count > 20:
+            out.append(f"  ... and {s.problem_count - 20} more (all are in --json)")
+    return "\n".join(out) + "\n"
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="summarise audit logs: regions, services, actions, groups; HTML/PNG charts",
+        description="Summarise regionguard audit logs (JSON lines, plain or .gz, rotated files "
+        "too) in the terminal; optionally write a self-contained HTML report with charts and a "
+        "world map, or the charts alone as PNG. Logs are read as a stream (bounded memory).",
+        epilog="Exit codes: 0 done; 2 usage error or unwritable output; 4 some input unreadable "
+        "(the rest is in the report).")
+    p.add_argument("files", nargs="+", metavar="AUDIT.jsonl")
+    p.add_argument("--html", metavar="OUT", help="write a self-contained HTML report to OUT")
+    p.add_argument("--png", metavar="OUT", help="write the charts as a PNG image (needs matplotlib: "
+                   "pip install 'regionguard[report]')")
+    p.add_argument("--json", action="store_true", help="print the totals as JSON instead of text")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="blocked hosts to list (10)")
+    p.add_argument("--title", default="regionguard report", help="title of the HTML/PNG report")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="progress bar on stderr (auto: on a terminal, for inputs over 8 MB)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    summary = summarise(args.files, progress=args.progress)
+    if args.json:
+        sys.stdout.write(json.dumps(summary.to_dict(args.top), indent=1) + "\n")
+        for p in summary.problems[:20]:
+            print(f"regionguard report: {p}", file=sys.stderr)
+    else:
+        sys.stdout.write(format_text(summary, args.top))
+    status = EXIT_INPUT if summary.problem_count else EXIT_OK
+    if args.html:
+        from regionguard.report.html import render_html
+
+        if not _write(args.html, render_html(summary, title=args.title, top=args.top).encode()):
+            return EXIT_CONFIG
+        print(f"HTML report written to {args.html}", file=sys.stderr)
+    if args.png:
+        try:
+            from regionguard.report.png import render_png
+        except ImportError as e:
+            print(f"regionguard report: --png needs matplotlib ({e}); install it with "
+                  "pip install 'regionguard[report]'", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            render_png(summary, args.png, title=args.title)
+        except OSError as e:
+            print(f"regionguard report: cannot write --png {args.png}: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"PNG charts written to {args.png}", file=sys.stderr)
+    return status
+
+
+def _write(path: str, data: bytes) -> bool:
+    try:
+        Path(path).write_bytes(data)
+        return True
+    except OSError as e:
+        print(f"regionguard report: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+        return False
+
+
+__all__ = ["register", "summarise", "Summary", "format_text", "TopCounter"]
