@@ -33,7 +33,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_dns import zone_addresses  # noqa: E402
 
 from regionguard.core.reload import EngineHolder  # noqa: E402
-from regionguard.dns.server import Config, DnsServer, _ServerProtocol, _UpstreamSocket  # noqa: E402
+from regionguard.dns.cli import Config  # noqa: E402
+from regionguard.dns.server import DnsServer, _ServerProtocol  # noqa: E402
+from regionguard.dns.upstream import UpstreamSocket  # noqa: E402
 
 UPSTREAM = ("127.0.0.1", 9)
 
@@ -84,7 +86,7 @@ async def run(n: int, audit: Path | None, profile: bool, learned: bool = False) 
                                                         64 << 20, str(audit) if audit else None))
         front, clients = _ServerProtocol(server), _KeptTransport()
         front.transport = clients
-        upstream, sent_up = _UpstreamSocket(server.upstreams), _KeptTransport()
+        upstream, sent_up = UpstreamSocket(server.upstreams), _KeptTransport()
         upstream.transport = sent_up
         server.upstreams._sockets[UPSTREAM] = upstream
         queries, answers = _exchanges(n, de, us)

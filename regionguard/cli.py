@@ -26,7 +26,7 @@ from regionguard.core.paths import default_policy_path
 _COMMAND_MODULES: tuple[str, ...] = (
     "regionguard.explain",    # explain, validate, regions
     "regionguard.mitm.run",     # run, pac: the mitmproxy front end
-    "regionguard.dns.server",  # dns: the DNS front end
+    "regionguard.dns.cli",  # dns: the DNS front end
     "regionguard.replay.replay",     # replay: recorded flows, offline
     "regionguard.report.summary",     # report: audit logs for people
     "regionguard.coverage",   # coverage: how much of Zoom the evidence places

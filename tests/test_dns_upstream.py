@@ -25,7 +25,8 @@ from dns_support import POLICY, ZoneServer, addresses
 
 from regionguard.core.reload import EngineHolder
 from regionguard.dns import server as dnsserver
-from regionguard.dns.server import Config, DnsServer
+from regionguard.dns.cli import Config
+from regionguard.dns.server import DnsServer
 
 LOG = "regionguard.dns.server"
 

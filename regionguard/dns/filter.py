@@ -16,9 +16,12 @@ rdata...) turns the whole answer into the block answer when the answer is Zoom's
 appears anywhere in them. Front ends give SERVFAIL for a message nobody can parse.
 
 What the caller does with a `FilterResult`:
-- `outcome == "reroute"`: resolve `reroute_to` (with the same qtype, through this filter) and
-  answer with `reroute_response()`; if that yields nothing, `block_response()`.
-- otherwise send `message` (the response, modified in place, or a synthesized block answer).
+- `outcome is Outcome.REROUTE`: resolve `reroute_to` (with the same qtype, through this
+  filter) and answer with `reroute_answer()`, which falls back to the block answer;
+- otherwise send `message` (the response, modified in place, or a synthesized block answer);
+- when `zoom`, write the answer's audit record with `audit_answer()`.
+Both front ends (regionguard.dns.server, regionguard.mitm.dns_filter) do just this: the reroute
+and the audit record are written here once.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Iterable
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 import dns.flags
 import dns.message
@@ -46,6 +50,9 @@ from regionguard.core.hostnames import normalise_host
 from regionguard.core.prefixes import PrefixTable, network_range
 from regionguard.core.zoom import ZoomCatalogue, embedded_ipv4
 from regionguard.dns.wire import A_TYPE, AAAA_TYPE, CNAME_TYPE, Scan
+
+if TYPE_CHECKING:
+    from regionguard.audit.log import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +146,20 @@ class ZoomBytes:
         return False
 
 
+class Outcome(StrEnum):
+    """What the filter did to one answer (the audit line's `dns_outcome`)."""
+
+    PASS = "pass"             # not Zoom's: untouched
+    ALLOWED = "allowed"       # Zoom's, every address allowed
+    FILTERED = "filtered"     # Zoom's, some addresses dropped
+    MONITOR = "monitor"       # Zoom's, let through with a monitored decision
+    BLOCKED = "blocked"       # replaced by the block answer
+    REROUTE = "reroute"       # to be answered with the policy's alternative (`reroute_to`)
+
+
+_CHANGED = frozenset({Outcome.FILTERED, Outcome.BLOCKED, Outcome.REROUTE})
+
+
 class FilterResult:
     """What the filter did to one response (and the decisions behind it)."""
 
@@ -148,10 +169,10 @@ class FilterResult:
                  "reroute_to", "drop")
 
     def __init__(self, message: dns.message.Message | None, zoom: bool = False,
-                 outcome: str = "pass", name: str | None = None) -> None:
+                 outcome: Outcome = Outcome.PASS, name: str | None = None) -> None:
         self.message = message      # None from filter_scan (see `drop` there)
         self.zoom = zoom
-        self.outcome = outcome      # pass | allowed | filtered | monitor | blocked | reroute
+        self.outcome = outcome
         self.name = name            # the Zoom name the addresses were decided for
         # One decision per address decided, and the name it was decided for. A decision may
         # come from the filter's cache with another name of the same facts in its `host` field:
@@ -164,12 +185,12 @@ class FilterResult:
         self.drop: set[int] = set()     # filter_scan: indices of records to remove
 
     def __repr__(self) -> str:
-        return (f"FilterResult(outcome={self.outcome!r}, zoom={self.zoom}, name={self.name!r}, "
+        return (f"FilterResult(outcome={self.outcome.value!r}, zoom={self.zoom}, name={self.name!r}, "
                 f"kept={self.kept}, dropped={self.dropped}, reroute_to={self.reroute_to!r})")
 
     @property
     def changed(self) -> bool:
-        return self.outcome in ("filtered", "blocked", "reroute")
+        return self.outcome in _CHANGED
 
     def audited(self) -> tuple[Decision, str | None] | None:
         """The decision that stands for this answer in the audit log — the first that dropped
@@ -193,7 +214,7 @@ class FilterResult:
         return d if d.host == host else d.with_host(host)
 
     def audit_extra(self) -> dict:
-        return {"dns_outcome": self.outcome, "dns_kept": self.kept, "dns_dropped": self.dropped,
+        return {"dns_outcome": self.outcome.value, "dns_kept": self.kept, "dns_dropped": self.dropped,
                 **({"dns_reroute_to": self.reroute_to} if self.reroute_to else {})}
 
 
@@ -391,7 +412,7 @@ class AnswerFilter:
             return self._unreadable(client, query, name or qname)
         if name is None:
             return FilterResult(response)
-        result = FilterResult(response, zoom=True, outcome="allowed", name=name)
+        result = FilterResult(response, zoom=True, outcome=Outcome.ALLOWED, name=name)
         had_address = False
         for section in (response.answer, response.authority, response.additional):
             keep_sets = []
@@ -409,9 +430,9 @@ class AnswerFilter:
                     keep_sets.append(kept)
             section[:] = keep_sets
         if result.dropped:
-            result.outcome = "filtered"
+            result.outcome = Outcome.FILTERED
         elif any(d.action is Action.MONITOR for d in result.decisions):
-            result.outcome = "monitor"
+            result.outcome = Outcome.MONITOR
         if q is not None and had_address and not any(r.rdtype == q.rdtype for r in response.answer):
             # Nothing allowed left for what was asked: reroute if the policy says so and names
             # an alternative, else the configured block answer.
@@ -419,9 +440,9 @@ class AnswerFilter:
             if any(d.action is Action.REROUTE for d in result.decisions):
                 target = self.engine.reroute_target(qname) or self.engine.reroute_target(name)
             if target and target != qname:
-                result.outcome, result.reroute_to = "reroute", target
+                result.outcome, result.reroute_to = Outcome.REROUTE, target
             else:
-                result.outcome = "blocked"
+                result.outcome = Outcome.BLOCKED
                 result.message = self.block_response(query, name)
         return result
 
@@ -443,7 +464,7 @@ class AnswerFilter:
             name, chained = self._zoom_name_scanned(qname, records)
         if name is None:
             return FilterResult(None)
-        result = FilterResult(None, True, "allowed", name)
+        result = FilterResult(None, True, Outcome.ALLOWED, name)
         decide = self.decide_unnamed
         decisions, hosts, drop = result.decisions, result.hosts, result.drop
         had_address = kept_address = monitored = False
@@ -474,9 +495,9 @@ class AnswerFilter:
         if had_address and not kept_address:
             return None
         if drop:
-            result.outcome = "filtered"
+            result.outcome = Outcome.FILTERED
         elif monitored:
-            result.outcome = "monitor"
+            result.outcome = Outcome.MONITOR
         return result
 
     def _zoom_name_scanned(self, qname: str, records: tuple) -> tuple[str | None, bool]:
@@ -560,7 +581,7 @@ class AnswerFilter:
                      "the answer holds address records the filter cannot read: fail closed",
                      True, host=name or None, port=DNS_PORT, transport=DNS_TRANSPORT,
                      client=client, policy_version=self.engine.policy.version_id)
-        result = FilterResult(None, zoom=True, outcome="blocked", name=name or None)
+        result = FilterResult(None, zoom=True, outcome=Outcome.BLOCKED, name=name or None)
         result.decisions.append(d)
         result.hosts.append(name or None)
         if query.question:
@@ -617,6 +638,18 @@ class AnswerFilter:
         return r
 
 
+    def reroute_answer(self, query: dns.message.Message, result: FilterResult,
+                       target: dns.message.Message | None) -> dns.message.Message:
+        """The answer to `query` for a REROUTE `result`: the addresses of `target` (the reroute
+        alternative's answer, filtered for the same client; None when there is none) for the
+        type asked, else the block answer, with `result.outcome` then BLOCKED."""
+        made = self.reroute_response(query, target) if target is not None else None
+        if made is not None and made.rcode() == dns.rcode.NOERROR and made.answer:
+            return made
+        result.outcome = Outcome.BLOCKED
+        return self.block_response(query, result.name)
+
+
 def _rrset_like(rrset: dns.rrset.RRset, rdatas: list) -> dns.rrset.RRset | None:
     """`rrset`'s name, class, type and TTL with only `rdatas`; None when there are none."""
     if not rdatas:
@@ -668,3 +701,31 @@ def cache_ttl(response: dns.message.Message, max_ttl: int) -> int:
     ttls += [s.ttl for s in response.authority]
     ttls += [s.ttl for s in response.additional if s.rdtype != dns.rdatatype.OPT]
     return max(0, min(min(ttls), max_ttl))
+
+
+_QTYPE_TEXT: dict[int, str] = {}   # at most 65536: types are 16 bits
+
+
+def qtype_text(rdtype: int) -> str:
+    """dns.rdatatype.to_text(rdtype), remembered: every audited answer names its type."""
+    text = _QTYPE_TEXT.get(rdtype)
+    if text is None:
+        text = _QTYPE_TEXT[rdtype] = dns.rdatatype.to_text(rdtype)  # type: ignore[arg-type]
+    return text
+
+
+def audit_answer(audit: AuditLog, result: FilterResult, mode: str, client: str | None,
+                 qname: str, qtype: int) -> None:
+    """The audit record of one filtered Zoom answer: the decision that stands for it (see
+    FilterResult.audited) with this answer's name as its host, the question, the client and
+    what the filter did. Nothing when nothing was decided (a non-Zoom answer)."""
+    found = result.audited()
+    if found is None:
+        return
+    decision, host = found
+    if audit.path is None:   # no file: only counted, the line's fields are not needed
+        audit.record(decision)
+        return
+    audit.record(decision, mode=mode, front_end="dns", host=host,
+                 dns_qname=qname.rstrip(".").lower(), dns_qtype=qtype_text(qtype),
+                 dns_client=client, **result.audit_extra())

@@ -1,13 +1,15 @@
-"""`regionguard dns`: a forwarding DNS server (UDP and TCP) that filters Zoom answers by region.
+"""The sockets of `regionguard dns`: a forwarding DNS server (UDP and TCP) that filters Zoom
+answers by region. The command line is regionguard.dns.cli.
 
 Paths through the server, cheapest first:
-1. UDP cache hit: the client's query bytes (minus the ID), per client group, index a cache of
-   finished response bytes; the reply is those bytes with the client's ID. No parsing.
-2. Miss: parse the query, look up the (group, name, type, class, DO, CD) cache of filtered
-   responses; else forward to the upstreams (UDP with EDNS0, TCP retry on truncation; identical
-   misses wait for one upstream query), filter (regionguard.dns.filter), audit, cache. A plain
-   UDP miss runs on callbacks (no task, future or timer per query: one timer serves every
-   upstream deadline); other queries, and answers that need dnspython, run as coroutines.
+1. UDP cache hit: the client's query bytes (minus the ID), per client group, index the cache of
+   replies sent; the reply is those bytes with the client's ID. No parsing.
+2. Filtered-answer hit: the query parsed (wire.parse_query, or dnspython for unusual ones),
+   its CacheKey found in the cache of filtered answers; re-addressed to the client.
+3. Miss: the one miss path, `_resolve`, for UDP and TCP alike: identical misses wait for one
+   upstream query; a `Miss` (regionguard.dns.miss, no I/O) says what to ask and what the
+   answer is; this module sends, caches, audits (filter.audit_answer) and replies. A UDP
+   waiter is answered from a callback (no task per query); a coroutine waits on a future.
 Malformed queries get FORMERR (or are dropped when not even the header is usable). A dead, slow
 or garbage-speaking upstream gives SERVFAIL within the timeout. Both caches are bounded in bytes.
 The policy file is watched; a valid change swaps the policy in and empties the caches.
@@ -15,59 +17,54 @@ The policy file is watched; a valid change swaps the policy in and empties the c
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
 import functools
 import gc
-import heapq
-import ipaddress
 import logging
-import math
-import random
 import socket
 import struct
-import sys
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import dns.exception
 import dns.flags
 import dns.message
-import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
-import dns.resolver
 
-from regionguard import _native
-from regionguard.audit.log import AuditLog, check_audit_path
-from regionguard.cli import EXIT_CONFIG, add_policy_argument, policy_path
-from regionguard.core.errors import ConfigError, Problem
-from regionguard.core.learned import add_state_dir_argument, open_state
-from regionguard.core.policy import parse_hostport
-from regionguard.core.prefixes import is_address
+from regionguard.audit.log import AuditLog
 from regionguard.core.reload import EngineHolder
-from regionguard.dns.filter import AnswerFilter, FilterResult, cache_ttl
+from regionguard.dns.cache import WireCache
+from regionguard.dns.filter import AnswerFilter, audit_answer
+from regionguard.dns.miss import Answered, Miss
+from regionguard.dns.upstream import Upstreams
 from regionguard.dns.wire import (
+    FORMERR,
+    NOTIMP,
+    REFUSED,
+    UPSTREAM_PAYLOAD,
+    CacheKey,
     Query,
-    WireCache,
-    WireFormatError,
+    UpstreamError,
+    asked_alike,
+    cache_key,
+    error_reply,
     parse_query,
-    remove_records,
-    scan_response,
-    scan_ttls,
-    skip_name,
+    question_end,
+    readdressed,
+    servfail,
     wire_name,
 )
 
+if TYPE_CHECKING:
+    from regionguard.dns.cli import Config  # the command's; this module never imports it
+
 log = logging.getLogger(__name__)
 
-UPSTREAM_PAYLOAD = 1232        # EDNS0 buffer size we advertise upstream (DNS flag day 2020)
 MAX_UDP_REPLY = 4096           # never answer over UDP with more than this, whatever is asked
 MAX_QUERY = 4096               # a bigger UDP query is junk: read at most this many bytes
 MAX_INFLIGHT = 2048            # misses being resolved at once; beyond that, SERVFAIL at once
@@ -77,463 +74,29 @@ TCP_MAX_CONNECTIONS = 512
 TCP_MAX_PER_CLIENT = 32
 TCP_IDLE_TIMEOUT = 10.0        # RFC 7766 6.2.3: "of the order of seconds"
 TCP_READ_TIMEOUT = 2.0         # dnsdist's setTCPRecvTimeout default
-FD_SPARE = 64                  # descriptors beside the TCP clients: sockets upstream, audit, ...
 UDP_RCVBUF = 4 * 1024 * 1024
 RELOAD_EVERY = 2.0
-EXIT_LISTEN = 4
-RD_BIT, CD_BIT = 0x0100, 0x0010
 
 
-class UpstreamError(Exception):
-    """No upstream gave a usable answer (timeout, refused connection, garbage)."""
+class Waiter(NamedTuple):
+    """A plain UDP query waiting for its miss: answered from a callback when the miss is done."""
 
+    data: bytes            # the query as the client sent it
+    query: Query
+    group: str
+    key: CacheKey
+    addr: Any              # the client's address
+    transport: Any         # the UDP transport it came in on
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    listen: tuple[str, int]
-    upstreams: tuple[tuple[str, int], ...]
-    timeout: float
-    cache_bytes: int
-    audit_path: str | None = None
-    tcp: bool = True
-    audit_flush: float = 0.25   # seconds between audit batches; 0: each line at once
-    tcp_max_connections: int = TCP_MAX_CONNECTIONS
-    tcp_max_per_client: int = TCP_MAX_PER_CLIENT
-    tcp_idle_timeout: float = TCP_IDLE_TIMEOUT     # waiting for a query's first byte
-    tcp_read_timeout: float = TCP_READ_TIMEOUT     # for the rest of it, and to take the answer
 
+_tuple_new = tuple.__new__   # builds a Waiter in C (see wire._tuple_new)
 
-# --- upstream ---------------------------------------------------------------------------------
 
+def _plain_servfail(pq: Query, data: bytes) -> bytes:
+    """SERVFAIL for a plain query: its question echoed, no OPT (as the server always gave it)."""
+    return servfail(data, 16 + len(pq.qname), False)
 
-class _UpstreamSocket(asyncio.DatagramProtocol):
-    """One connected UDP socket to one upstream; replies are matched to queries by ID (and then
-    by question, by the caller). Connected, so the kernel drops datagrams from anyone else."""
 
-    def __init__(self, owner: Upstreams) -> None:
-        self.owner = owner
-        self.pending: dict[int, _Exchange] = {}
-        self.transport: Any = None   # asyncio's or uvloop's datagram transport
-
-    def connection_made(self, transport) -> None:  # type: ignore[override]
-        self.transport = transport
-        with contextlib.suppress(AttributeError):   # uvloop's transports have no such knob
-            transport.max_size = 65535   # asyncio's default asks for 256 KiB per recvfrom
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        if len(data) < 12:
-            return
-        ex = self.pending.pop((data[0] << 8) | data[1], None)
-        if ex is not None:
-            try:
-                self.owner._replied(ex, data)
-            except Exception:  # noqa: BLE001 - an escaping error would close this socket
-                log.exception("regionguard dns: failed to handle an upstream answer")
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like: fail the waiting queries now, not at the timeout
-        waiting = list(self.pending.values())
-        self.pending.clear()
-        for ex in waiting:
-            try:
-                self.owner._failed(ex, UpstreamError(str(exc)))
-            except Exception:  # noqa: BLE001 - as above
-                log.exception("regionguard dns: failed to handle an upstream error")
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-
-
-class _Exchange:
-    """One question on its way through the upstreams: which one is being asked, until when, and
-    whom to tell. `attempt` counts the tries, so a stale connect or TCP answer is recognised; a
-    queued deadline is stale once it is no longer the exchange's `until`."""
-
-    __slots__ = ("wire", "done", "deadline", "index", "errors", "attempt", "until", "proto",
-                 "qid", "packet")
-
-    def __init__(self, wire: bytes, done: Callable[[bytes | None, Exception | None], None],
-                 deadline: float) -> None:
-        self.wire = wire
-        self.done: Callable[[bytes | None, Exception | None], None] | None = done
-        self.deadline = deadline
-        self.index = 0
-        self.errors: list[str] | None = None   # made on the first failure: most have none
-        self.attempt = 0
-        self.until = 0.0
-        self.proto: _UpstreamSocket | None = None
-        self.qid = -1
-        self.packet = b""
-
-
-class Upstreams:
-    """The upstream resolvers, asked in order, sharing the timeout between them. Callback based
-    (`start`): a query costs no task, no future and no timer handle of its own; one timer
-    serves every deadline (deadlines mostly arrive in order, so a deque holds them; the few
-    that do not go to a heap)."""
-
-    def __init__(self, servers: tuple[tuple[str, int], ...], timeout: float) -> None:
-        self.servers = servers
-        self.timeout = timeout
-        self._sockets: dict[tuple[str, int], _UpstreamSocket] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Deadlines in order as two deques, times and exchanges, not one of tuples: an answered
-        # exchange stays queued until its deadline passes (seconds, at thousands of queries a
-        # second), and a tuple each would be one more object for the garbage collector to walk.
-        # An entry is current while its time is still the exchange's `until`.
-        self._deadline_at: deque[float] = deque()
-        self._deadline_of: deque[_Exchange] = deque()
-        self._late: list[tuple[float, int, _Exchange]] = []
-        self._seq = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-        self._tasks: set[asyncio.Task] = set()
-
-    @property
-    def _running(self) -> asyncio.AbstractEventLoop:
-        """The loop the exchanges run on: the running one, from the first query on."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
-
-    async def _socket(self, server: tuple[str, int]) -> _UpstreamSocket:
-        proto = self._sockets.get(server)
-        if proto is None or proto.transport is None:
-            loop = asyncio.get_running_loop()
-            _, proto = await loop.create_datagram_endpoint(lambda: _UpstreamSocket(self),
-                                                           remote_addr=server)
-            self._sockets[server] = proto
-        return proto
-
-    async def open(self) -> None:
-        """Connect the sockets ahead of the first query (a failure is retried per query)."""
-        for server in self.servers:
-            with contextlib.suppress(OSError):
-                await self._socket(server)
-
-    async def query(self, wire: bytes) -> bytes:
-        """Ask the upstreams in order, sharing the timeout between them; UDP, then TCP if the
-        answer is truncated. The answer's bytes, checked to answer this question. Raises
-        UpstreamError when no upstream gives one in time."""
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-        def done(data: bytes | None, error: Exception | None) -> None:
-            if not fut.done():
-                if error is not None:
-                    fut.set_exception(error)
-                else:
-                    fut.set_result(cast(bytes, data))   # data comes with no error
-
-        ex = self.start(wire, done)
-        try:
-            return await fut
-        finally:
-            self._abandon(ex)
-
-    async def query_message(self, query: dns.message.Message) -> dns.message.Message:
-        data = await self.query(query.to_wire())
-        try:
-            return dns.message.from_wire(data)
-        except Exception as e:  # noqa: BLE001 - anything unparseable is garbage, whatever dnspython raises
-            raise UpstreamError(f"garbage answer ({type(e).__name__})") from None
-
-    # --- the exchange, step by step ---
-
-    def start(self, wire: bytes, done: Callable[[bytes | None, Exception | None], None]
-              ) -> _Exchange:
-        """Send `wire` (ID ignored) to the first upstream; `done(data, None)` with the checked
-        answer, or `done(None, UpstreamError)`, is called exactly once (from in here already
-        when no upstream can even be asked)."""
-        ex = _Exchange(wire, done, self._running.time() + self.timeout)
-        self._next(ex)
-        return ex
-
-    def _next(self, ex: _Exchange) -> None:
-        """Ask upstream number `ex.index`, or the one after it, or give up."""
-        servers = self.servers
-        n = len(servers)
-        loop = self._running
-        while ex.index < n and ex.done is not None:
-            server = servers[ex.index]
-            now = loop.time()
-            share = (ex.deadline - now) / (n - ex.index)
-            if share <= 0:
-                break
-            ex.attempt += 1
-            ex.until = now + share
-            proto = self._sockets.get(server)
-            if proto is None or proto.transport is None:
-                self._spawn(self._connect_and_send(ex, server, ex.attempt))
-                return
-            try:
-                self._send(ex, proto)
-                return
-            except (UpstreamError, OSError) as e:
-                self._note(ex, e)
-        if ex.done is not None:
-            self._finish(ex, None, UpstreamError("; ".join(ex.errors or ()) or "no upstream"))
-
-    def _send(self, ex: _Exchange, proto: _UpstreamSocket) -> None:
-        pending = proto.pending
-        if len(pending) > 60000:
-            raise UpstreamError("too many queries in flight")
-        qid = random.getrandbits(16)
-        while qid in pending:
-            qid = random.getrandbits(16)
-        packet = struct.pack("!H", qid) + ex.wire[2:]
-        ex.packet, ex.qid, ex.proto = packet, qid, proto
-        pending[qid] = ex
-        try:
-            proto.transport.sendto(packet)
-        except BaseException:
-            if pending.get(qid) is ex:
-                del pending[qid]
-            ex.proto = None
-            raise
-        self._expect(ex)
-
-    async def _connect_and_send(self, ex: _Exchange, server: tuple[str, int], attempt: int) -> None:
-        try:
-            proto = await asyncio.wait_for(self._socket(server), ex.until - self._running.time())
-            if ex.attempt != attempt or ex.done is None:
-                return
-            self._send(ex, proto)
-        except (TimeoutError, UpstreamError, OSError) as e:
-            if ex.attempt == attempt and ex.done is not None:
-                self._note(ex, e)
-                self._next(ex)
-
-    def _note(self, ex: _Exchange, e: BaseException) -> None:
-        server = self.servers[ex.index]
-        if ex.errors is None:
-            ex.errors = []
-        ex.errors.append(f"{server[0]}:{server[1]}: {type(e).__name__} {e}".rstrip())
-        ex.index += 1
-
-    def _replied(self, ex: _Exchange, data: bytes) -> None:
-        ex.proto = None
-        if ex.done is None:
-            return
-        try:
-            self._check(data, ex.packet)
-        except UpstreamError as e:
-            self._note(ex, e)
-            self._next(ex)
-            return
-        if data[2] & 0x02:    # TC: the whole answer over TCP, within what is left of the share
-            ex.attempt += 1
-            self._spawn(self._tcp(ex, self.servers[ex.index], ex.attempt))
-            return
-        self._finish(ex, data, None)
-
-    async def _tcp(self, ex: _Exchange, server: tuple[str, int], attempt: int) -> None:
-        try:
-            data = await asyncio.wait_for(self._ask_tcp(server, ex.packet),
-                                          ex.until - self._running.time())
-            self._check(data, ex.packet)
-        except (TimeoutError, UpstreamError, OSError) as e:
-            if ex.attempt == attempt and ex.done is not None:
-                self._note(ex, e)
-                self._next(ex)
-            return
-        if ex.attempt == attempt and ex.done is not None:
-            self._finish(ex, data, None)
-
-    def _failed(self, ex: _Exchange, error: Exception) -> None:
-        ex.proto = None
-        if ex.done is not None:
-            self._note(ex, error)
-            self._next(ex)
-
-    def _timed_out(self, ex: _Exchange) -> None:
-        proto = ex.proto
-        if proto is not None:
-            if proto.pending.get(ex.qid) is ex:
-                del proto.pending[ex.qid]
-            ex.proto = None
-        self._note(ex, TimeoutError())
-        self._next(ex)
-
-    def _finish(self, ex: _Exchange, data: bytes | None, error: Exception | None) -> None:
-        done, ex.done = ex.done, None
-        ex.packet = ex.wire = b""
-        if done is not None:   # called once per exchange: a second call finds nobody to tell
-            done(data, error)
-
-    def _abandon(self, ex: _Exchange) -> None:
-        """The asker has gone (cancelled): forget the exchange."""
-        ex.done = None
-        proto = ex.proto
-        if proto is not None and proto.pending.get(ex.qid) is ex:
-            del proto.pending[ex.qid]
-        ex.proto = None
-
-    def _spawn(self, coro) -> None:
-        task = self._running.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # --- deadlines: one timer for all ---
-
-    def _expect(self, ex: _Exchange) -> None:
-        until = ex.until
-        at = self._deadline_at
-        if not at or at[-1] <= until:
-            at.append(until)
-            self._deadline_of.append(ex)
-        else:
-            self._seq += 1
-            heapq.heappush(self._late, (until, self._seq, ex))
-        if self._timer is None or until < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = until
-            self._timer = self._running.call_at(until, self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        now = self._running.time()
-        at, of, late = self._deadline_at, self._deadline_of, self._late
-        due = []
-        while at and at[0] <= now:
-            until = at.popleft()
-            ex = of.popleft()
-            if ex.until == until and ex.proto is not None and ex.done is not None:
-                due.append(ex)
-        while late and late[0][0] <= now:
-            until, _, ex = heapq.heappop(late)
-            if ex.until == until and ex.proto is not None and ex.done is not None:
-                due.append(ex)
-        for ex in due:
-            if ex.done is not None:
-                try:
-                    self._timed_out(ex)
-                except Exception:  # noqa: BLE001 - the other deadlines must still fire
-                    log.exception("regionguard dns: failed to handle an upstream timeout")
-        first = min(at[0] if at else math.inf, late[0][0] if late else math.inf)
-        if first != math.inf and (self._timer is None or first < self._timer_at):
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = first
-            self._timer = self._running.call_at(first, self._expire)
-
-    async def _ask_tcp(self, server: tuple[str, int], packet: bytes) -> bytes:
-        reader, writer = await asyncio.open_connection(*server)
-        try:
-            writer.write(struct.pack("!H", len(packet)) + packet)
-            await writer.drain()
-            (length,) = struct.unpack("!H", await reader.readexactly(2))
-            return await reader.readexactly(length)
-        except asyncio.IncompleteReadError as e:
-            raise UpstreamError("TCP connection closed mid-answer") from e
-        finally:
-            writer.close()
-
-    @staticmethod
-    def _check(data: bytes, packet: bytes) -> None:
-        """The answer must be a response, to this ID and this one question (any case)."""
-        try:
-            q_end = skip_name(packet, 12) + 4
-        except WireFormatError:
-            raise UpstreamError("unreadable query") from None
-        if (len(data) < q_end or data[:2] != packet[:2] or not data[2] & 0x80
-                or data[4:6] != b"\x00\x01" or data[12:q_end].lower() != packet[12:q_end].lower()):
-            raise UpstreamError("garbage answer (does not answer the question)")
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for task in list(self._tasks):
-            task.cancel()
-        for proto in self._sockets.values():
-            if proto.transport is not None:
-                proto.transport.close()
-        self._sockets.clear()
-
-
-# --- the server ---------------------------------------------------------------------------------
-
-
-# The fixed parts of our upstream queries (see DnsServer._upstream_wire), by (CD, EDNS) and DO.
-_UPSTREAM_HEADERS = {(cd, edns): struct.pack("!6H", 0, RD_BIT | (CD_BIT if cd else 0), 1, 0, 0,
-                                             1 if edns else 0)
-                     for cd in (False, True) for edns in (False, True)}
-_UPSTREAM_OPT = {do: b"\x00" + struct.pack("!HHIH", 41, UPSTREAM_PAYLOAD, 0x8000 if do else 0, 0)
-                 for do in (False, True)}
-
-
-def _cache_key(group: str, pq: Query) -> tuple:
-    """The filtered-answer cache key of a plain query: (group, name in lower-case wire form,
-    type, class, DO, CD, EDNS)."""
-    return (group, pq.qname.lower(), pq.qtype, 1, pq.do, bool(pq.flags & CD_BIT), pq.edns)
-
-
-def _asked_alike(pq: Query, canonical: bytes) -> bool:
-    """Does the canonical answer already carry this query's RD bit and question spelling (the
-    client asked as the upstream was asked)? Then only the ID differs."""
-    return (canonical[2] & 0x01) == (pq.flags & RD_BIT) >> 8 and canonical.startswith(pq.qname, 12)
-
-
-def _readdressed(pq: Query, canonical: bytes) -> bytes:
-    """The canonical (cached) answer for this query: the client's ID, RD bit and question
-    spelling."""
-    if _asked_alike(pq, canonical):
-        return pq.id + canonical[2:]
-    flags = (((canonical[2] << 8) | canonical[3]) & ~RD_BIT) | (pq.flags & RD_BIT)
-    return pq.id + flags.to_bytes(2, "big") + canonical[4:12] + pq.qname + canonical[12 + len(pq.qname):]
-
-
-_QTYPE_TEXT: dict[int, str] = {}   # at most 65536: types are 16 bits
-
-
-def _qtype_text(rdtype: int) -> str:
-    """dns.rdatatype.to_text(rdtype), remembered: every audited answer names its type."""
-    text = _QTYPE_TEXT.get(rdtype)
-    if text is None:
-        text = _QTYPE_TEXT[rdtype] = dns.rdatatype.to_text(rdtype)  # type: ignore[arg-type]
-    return text
-
-
-def _servfail(pq: Query, data: bytes) -> bytes:
-    """SERVFAIL for a plain query, echoing its question."""
-    flags = 0x8080 | (pq.flags & RD_BIT) | dns.rcode.SERVFAIL
-    return pq.id + struct.pack("!5H", flags, 1, 0, 0, 0) + data[12:16 + len(pq.qname)]
-
-
-def _error_reply(data: bytes, rcode: int) -> bytes | None:
-    """A header-only reply (FORMERR, NOTIMP, SERVFAIL) to a query we cannot or will not parse.
-    None when even the header is unusable or the packet is itself a response (never answer
-    those: that is how reflection loops start)."""
-    if len(data) < 12 or data[2] & 0x80:
-        return None
-    flags = 0x8000 | (data[2] & 0x79) << 8 | 0x0080 | rcode   # QR, opcode+RD kept, RA, rcode
-    return data[:2] + struct.pack("!H4H", flags, 0, 0, 0, 0)
-
-
-class _Resolution:
-    """A fast-path miss being resolved: the queries waiting for it, and (only when a general-path
-    query waits too) a future."""
-
-    __slots__ = ("server", "client", "key", "wire", "waiters", "future")
-
-    def __init__(self, server: DnsServer, client: str, key: tuple, wire: bytes,
-                 waiter: tuple) -> None:
-        self.server = server
-        self.client = client
-        self.key = key
-        self.wire = wire
-        self.waiters = [waiter]
-        self.future: asyncio.Future | None = None
-
-    def upstream_done(self, data: bytes | None, error: Exception | None) -> None:
-        self.server._upstream_done(self, data, error)
-
-    def get_future(self) -> asyncio.Future:
-        if self.future is None:
-            self.future = asyncio.get_running_loop().create_future()
-        return self.future
 
 
 # The group of a client that the policy's gateway.clients keeps out (DnsServer.group_of). No
@@ -642,6 +205,7 @@ class _TcpConnections:
                 conn.writer.close()
 
 
+
 class DnsServer:
     """The resolver. `await start()`, then it serves until `close()`."""
 
@@ -651,13 +215,14 @@ class DnsServer:
         self.engine = holder.engine
         self.filter = AnswerFilter(self.engine)
         self.upstreams = Upstreams(config.upstreams, config.timeout)
-        # The hit cache gets most of the memory; the filtered-response cache a quarter.
-        self.raw = WireCache(config.cache_bytes * 3 // 4)
-        self.semantic = WireCache(config.cache_bytes // 4)
-        # Batched: a line written at once costs a miss ~30 µs, a third of its whole cost.
+        # Replies sent, by the client's group and query bytes (the UDP hit path), get most of
+        # the memory; filtered answers, by CacheKey, a quarter.
+        self.replies = WireCache(config.cache_bytes * 3 // 4)
+        self.answers = WireCache(config.cache_bytes // 4)
+        # Batched: a line written at once costs a miss a third of its whole cost (README, "Speed").
         self.audit = AuditLog(config.audit_path, flush_interval=config.audit_flush)
         self._groups: dict[str, str] = {}
-        self._inflight: dict[tuple, _Resolution | asyncio.Future] = {}
+        self._inflight: dict[CacheKey, Miss] = {}
         self._tasks: set[asyncio.Task] = set()
         self._udp: Any = None   # asyncio's or uvloop's datagram transport
         self._tcp: asyncio.base_events.Server | None = None
@@ -741,8 +306,8 @@ class DnsServer:
         self.engine = engine
         self.filter = AnswerFilter(engine)
         self._groups.clear()
-        self.raw.clear()
-        self.semantic.clear()
+        self.replies.clear()
+        self.answers.clear()
 
     # --- helpers ---
 
@@ -767,117 +332,21 @@ class DnsServer:
         query; nothing at all for a response or a runt. Not dropped silently: a client that hears
         nothing retries, again and again (unbound's reason for refusing by default)."""
         self.stats["refused"] += 1
-        return _error_reply(data, dns.rcode.REFUSED)
+        return error_reply(data, REFUSED)
 
     def spawn(self, coro: Awaitable) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # --- answering ---
-
-    async def handle_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
-        reply = await self.answer(data, addr[0], udp=True)
-        if reply is not None and not transport.is_closing():
-            transport.sendto(reply, addr)
-
-    async def answer(self, data: bytes, client: str, udp: bool) -> bytes | None:
-        """The reply to one query from `client` (None: send nothing). Never raises."""
-        self.stats["queries"] += 1
-        try:
-            if self.group_of(client) == _REFUSED:
-                return self.refused(data)
-            return await self._answer(data, client, udp)
-        except Exception:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
-            log.exception("regionguard dns: failed to answer a query from %s", client)
-            self.stats["servfail"] += 1
-            return _error_reply(data, dns.rcode.SERVFAIL)
-
-    async def _answer(self, data: bytes, client: str, udp: bool) -> bytes | None:
-        pq = parse_query(data)
-        if pq is None or pq.qclass != 1:
-            return await self._answer_parsed(data, client, udp)
-        group = self.group_of(client)
-        key = _cache_key(group, pq)
-        canonical = self.semantic.get(key, time.monotonic())
-        if canonical is None:
-            try:
-                canonical = await self._shared(key, lambda: self._resolve_wire(client, key))
-            except UpstreamError as e:
-                log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), e)
-                self.stats["servfail"] += 1
-                return _servfail(pq, data)
-        reply = _readdressed(pq, canonical)
-        if udp:
-            if len(reply) > min(pq.payload, MAX_UDP_REPLY):
-                return await self._answer_parsed(data, client, udp)   # dnspython truncates it
-            now = time.monotonic()
-            self.raw.put((group, data[2:]), reply, self.semantic.ttl_left(key, now), now)
-        return reply
-
-    async def _resolve_wire(self, client: str, key: tuple) -> bytes:
-        """Forward one plain query and filter its answer at the wire level when that is
-        possible (non-Zoom: untouched; Zoom: disallowed records cut out); else with dnspython."""
-        wire = self._upstream_wire(key)
-        self.stats["upstream_queries"] += 1
-        data = await self.upstreams.query(wire)
-        found = self._filter_wire(client, key, data)
-        if isinstance(found, bytes):
-            return found
-        return await self._filter_parsed(client, key, wire, data, found)
-
-    @staticmethod
-    def _upstream_wire(key: tuple) -> bytes:
-        """Our query for a cache key: ID 0 (set when sent), RD, the client's CD, EDNS0 with our
-        buffer size and the client's DO when the client spoke EDNS."""
-        _group, qname, qtype, _qclass, do, cd, edns = key
-        return b"".join((_UPSTREAM_HEADERS[cd, edns], qname, qtype.to_bytes(2, "big"),
-                         b"\x00\x01", _UPSTREAM_OPT[do] if edns else b""))
-
-    def _filter_wire(self, client: str, key: tuple, data: bytes) -> bytes | str:
-        """The wire-level filter of an upstream answer: the filtered answer (audited and
-        cached), or why dnspython must do it: "parse" (unusual records, or an answer to
-        replace) or "rebuild" (records to cut that compression pointers still need)."""
-        qtype = key[2]
-        scan = scan_response(data)
-        if scan is None:
-            return "parse"
-        learned = self.engine.learned
-        if learned is not None:   # before the filter: the answer may place itself
-            learned.observe_scan(scan.records, self.learned_source)
-        name = scan.qname   # the upstream's echo of our question: checked equal (case aside)
-        result = self.filter.filter_scan(client, name, qtype, scan)
-        if result is None:
-            return "parse"
-        canonical = remove_records(data, scan, result.drop) if result.drop else data
-        if canonical is None:
-            return "rebuild"
-        if result.zoom:
-            self._audit(client, name, qtype, result)
-        ttl, fields = scan_ttls(scan, self.engine.policy.dns.max_ttl, result.drop)
-        self.semantic.put(key, canonical, ttl, time.monotonic(), fields)
-        return canonical
-
-    async def _filter_parsed(self, client: str, key: tuple, wire: bytes, data: bytes,
-                             how: str) -> bytes:
-        if how == "parse":
-            try:
-                response = dns.message.from_wire(data)
-                uq = dns.message.from_wire(wire)
-            except Exception as e:  # noqa: BLE001 - garbage from upstream, whatever dnspython raises
-                raise UpstreamError(f"garbage answer ({type(e).__name__})") from None
-            return await self._filter_message(client, key, uq, response)
-        response = dns.message.from_wire(data)
-        return await self._filter_message(client, key, dns.message.from_wire(wire), response)
-
-    # --- the UDP miss path, without a task per query ---
+    # --- answering a query: UDP's callbacks, and the coroutine for TCP and unusual queries ---
 
     def udp_miss(self, data: bytes, addr, transport: asyncio.DatagramTransport,
                  group: str | None = None, now: float | None = None) -> None:
         """A UDP query the hit cache did not answer. A plain one is answered from the filtered
-        cache or resolved with callbacks (no task, future or timer of its own): what `answer`
-        does, step for step. Anything else goes the general way (`handle_udp`). `group` and
-        `now`: the client's group and the time, when the caller has them already."""
+        answers or waits for its miss as a Waiter (no task, future or timer of its own);
+        anything else goes the general way (`handle_udp`). `group` and `now`: the client's
+        group and the time, when the caller has them already."""
         if group == _REFUSED:   # before any parsing: a refused client costs next to nothing
             self.stats["queries"] += 1
             self._refuse_udp(data, addr, transport)
@@ -894,123 +363,231 @@ class DnsServer:
                 if group == _REFUSED:
                     self._refuse_udp(data, addr, transport)
                     return
-            key = _cache_key(group, pq)
-            waiter = (data, pq, group, key, addr, transport)
-            canonical = self.semantic.get(key, now if now is not None else time.monotonic())
+            key = cache_key(group, pq)
+            waiter = _tuple_new(Waiter, (data, pq, group, key, addr, transport))
+            canonical = self.answers.get(key, now if now is not None else time.monotonic())
             if canonical is not None:
                 self._reply_udp(waiter, canonical)
                 return
-            pending = self._inflight.get(key)
-            if pending is None:
-                if len(self._inflight) >= MAX_INFLIGHT:
-                    raise UpstreamError("too many queries being resolved")
-                res = _Resolution(self, client, key, self._upstream_wire(key), waiter)
-                self._inflight[key] = res
-                self.stats["upstream_queries"] += 1
-                try:
-                    self.upstreams.start(res.wire, res.upstream_done)
-                except Exception as e:  # noqa: BLE001 - never leave the key in flight
-                    self._complete(res, None, e)
-            elif isinstance(pending, _Resolution):
-                pending.waiters.append(waiter)
-            else:   # being resolved the general way: its future says when
-                pending.add_done_callback(functools.partial(self._future_done, waiter))
+            self._resolve(key, client, waiter)
         except Exception as e:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
-            self._udp_failed((data, pq, None, None, addr, transport), e)
+            self._udp_failed(_tuple_new(Waiter, (data, pq, "", None, addr, transport)), e)
 
     def _refuse_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
         reply = self.refused(data)
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
 
-    def _future_done(self, waiter: tuple, fut: asyncio.Future) -> None:
-        if fut.cancelled():
-            self._udp_failed(waiter, UpstreamError("cancelled"))
-        elif (error := fut.exception()) is not None:
-            self._udp_failed(waiter, error)
-        else:
-            self._reply_waiter(waiter, fut.result())
+    async def handle_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
+        reply = await self.answer(data, addr[0], udp=True)
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
 
-    def _upstream_done(self, res: _Resolution, data: bytes | None, error: Exception | None) -> None:
-        found: bytes | str | None = None
-        if data is not None:   # else error says why not
-            try:
-                found = self._filter_wire(res.client, res.key, data)
-            except Exception as e:  # noqa: BLE001 - the waiters answer SERVFAIL
-                found, error = None, e
-            if isinstance(found, str):
-                self.spawn(self._finish_parsed(res, data, found))
-                return
-        self._complete(res, cast(bytes | None, found), error)
-
-    async def _finish_parsed(self, res: _Resolution, data: bytes, how: str) -> None:
+    async def answer(self, data: bytes, client: str, udp: bool) -> bytes | None:
+        """The reply to one query from `client` (None: send nothing). Never raises."""
+        self.stats["queries"] += 1
         try:
-            canonical = await self._filter_parsed(res.client, res.key, res.wire, data, how)
-        except Exception as e:  # noqa: BLE001
-            self._complete(res, None, e)
+            if self.group_of(client) == _REFUSED:
+                return self.refused(data)
+            return await self._answer(data, client, udp)
+        except Exception:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
+            log.exception("regionguard dns: failed to answer a query from %s", client)
+            self.stats["servfail"] += 1
+            return error_reply(data, dns.rcode.SERVFAIL)
+
+    async def _answer(self, data: bytes, client: str, udp: bool) -> bytes | None:
+        pq = parse_query(data)
+        if pq is None or pq.qclass != 1:
+            return await self._answer_parsed(data, client, udp)
+        group = self.group_of(client)
+        key = cache_key(group, pq)
+        canonical = self.answers.get(key, time.monotonic())
+        if canonical is None:
+            try:
+                canonical = await self._resolved(key, client)
+            except UpstreamError as e:
+                log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), e)
+                self.stats["servfail"] += 1
+                return _plain_servfail(pq, data)
+        reply = readdressed(pq, canonical)
+        if udp:
+            if len(reply) > min(pq.payload, MAX_UDP_REPLY):
+                return await self._answer_parsed(data, client, udp)   # dnspython truncates it
+            now = time.monotonic()
+            self.replies.put((group, data[2:]), reply, self.answers.ttl_left(key, now), now)
+        return reply
+
+    async def _answer_parsed(self, data: bytes, client: str, udp: bool) -> bytes | None:
+        """A query wire.parse_query leaves to dnspython (EDNS options, odd flags, another
+        class), and replies to truncate."""
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:  # noqa: BLE001 - dnspython raises many kinds for malformed input
+            self.stats["formerr"] += 1
+            return error_reply(data, FORMERR)
+        if query.flags & dns.flags.QR:
+            return None
+        if query.opcode() != dns.opcode.QUERY:
+            return error_reply(data, NOTIMP)
+        if len(query.question) != 1:
+            self.stats["formerr"] += 1
+            return error_reply(data, FORMERR)
+        group = self.group_of(client)
+        q = query.question[0]
+        key = CacheKey(group, q.name.canonicalize().to_wire(), q.rdtype, q.rdclass,
+                       bool(query.ednsflags & dns.flags.DO), bool(query.flags & dns.flags.CD),
+                       query.edns >= 0)
+        wire = self.answers.get(key, time.monotonic())
+        if wire is None:
+            try:
+                wire = await self._resolved(key, client)
+            except UpstreamError as e:
+                log.warning("regionguard dns: %s %s: SERVFAIL: %s", q.name,
+                            dns.rdatatype.to_text(q.rdtype), e)
+                self.stats["servfail"] += 1
+                return servfail(data, question_end(data), query.edns >= 0)
+        reply = self._for_client(query, dns.message.from_wire(wire), udp)
+        if udp and reply is not None:
+            now = time.monotonic()
+            self.replies.put((group, data[2:]), reply, self.answers.ttl_left(key, now), now)
+        return reply
+
+    # --- the miss path: one for every query, whoever waits ---
+
+    def _resolve(self, key: CacheKey, client: str, waiter: Waiter | asyncio.Future,
+                 reroutes: bool = True) -> None:
+        """Have `waiter` answered with the filtered answer for `key`: it joins the miss in
+        flight for the key, or a new one asks upstream. Raises UpstreamError beyond
+        MAX_INFLIGHT misses (nothing is asked)."""
+        miss = self._inflight.get(key)
+        if miss is not None:
+            miss.waiters.append(waiter)
+            return
+        if len(self._inflight) >= MAX_INFLIGHT:
+            raise UpstreamError("too many queries being resolved")
+        miss = Miss(self.filter, key, client, self.learned_source, reroutes)
+        miss.waiters.append(waiter)
+        self._inflight[key] = miss
+        self.stats["upstream_queries"] += 1
+        try:
+            miss.exchange = self.upstreams.start(miss.query,
+                                                 functools.partial(self._upstream_done, miss))
+        except Exception as e:  # noqa: BLE001 - never leave the key in flight
+            self._complete(miss, None, e)
+
+    async def _resolved(self, key: CacheKey, client: str, reroutes: bool = True) -> bytes:
+        """`_resolve` for a coroutine: the filtered answer's bytes; raises UpstreamError. When
+        the coroutine that started the miss is cancelled, the miss is abandoned (its other
+        waiters get SERVFAIL, the upstream query is forgotten)."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        started = key not in self._inflight
+        self._resolve(key, client, fut, reroutes)
+        miss = self._inflight.get(key) if started else None
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if miss is not None and self._inflight.get(key) is miss:
+                self.upstreams.abandon(miss.exchange)
+                self._complete(miss, None, UpstreamError("cancelled"))
+            raise
+
+    def _upstream_done(self, miss: Miss, data: bytes | None, error: Exception | None) -> None:
+        if data is None:   # error says why not
+            self._complete(miss, None, error)
+            return
+        try:
+            step = miss.received(data)
+            if not isinstance(step, Answered):   # a Reroute: its alternative is a miss too
+                self.spawn(self._reroute(miss, step.key))
+                return
+            self._store(miss, step)
+        except Exception as e:  # noqa: BLE001 - the waiters answer SERVFAIL
+            self._complete(miss, None, e)
+            return
+        self._complete(miss, step.wire, None)
+
+    async def _reroute(self, miss: Miss, key: CacheKey) -> None:
+        """Resolve a reroute's alternative (no further reroute), then finish `miss` with it."""
+        try:
+            try:
+                alternative = self.answers.get(key, time.monotonic()) or await self._resolved(
+                    key, miss.client, reroutes=False)
+            except UpstreamError:
+                alternative = None
+            answered = miss.rerouted(alternative)
+            self._store(miss, answered)
+        except Exception as e:  # noqa: BLE001 - the waiters answer SERVFAIL
+            self._complete(miss, None, e)
             return
         except BaseException:
-            self._complete(res, None, UpstreamError("cancelled"))
+            self._complete(miss, None, UpstreamError("cancelled"))
             raise
-        self._complete(res, canonical, None)
+        self._complete(miss, answered.wire, None)
 
-    def _complete(self, res: _Resolution, canonical: bytes | None, error: Exception | None) -> None:
-        key = res.key
-        if self._inflight.get(key) is res:
+    def _store(self, miss: Miss, answered: Answered) -> None:
+        """Audit a Zoom answer, and cache it under the miss's key."""
+        if answered.result.zoom:
+            audit_answer(self.audit, answered.result, "resolver", miss.client, answered.qname,
+                         miss.key.qtype)
+        self.answers.put(miss.key, answered.wire, answered.ttl, time.monotonic(), answered.fields)
+
+    def _complete(self, miss: Miss, canonical: bytes | None, error: Exception | None) -> None:
+        """The miss is done: every waiter gets the answer, or SERVFAIL."""
+        key = miss.key
+        if self._inflight.get(key) is miss:
             del self._inflight[key]
-        fut = res.future
-        if fut is not None and not fut.done():
-            if error is not None:
-                fut.set_exception(error)
-                fut.exception()   # mark retrieved: waiters, if any, get it themselves
-            else:
-                fut.set_result(canonical)
-        for waiter in res.waiters:
-            if canonical is None:
+        for waiter in miss.waiters:
+            if isinstance(waiter, asyncio.Future):
+                if waiter.done():
+                    continue   # its coroutine was cancelled
+                if canonical is None:
+                    waiter.set_exception(error or UpstreamError("no answer"))
+                else:
+                    waiter.set_result(canonical)
+            elif canonical is None:
                 self._udp_failed(waiter, error or UpstreamError("no answer"))
             else:
-                self._reply_waiter(waiter, canonical)
+                try:
+                    self._reply_udp(waiter, canonical)
+                except Exception as e:  # noqa: BLE001
+                    self._udp_failed(waiter, e)
+        miss.waiters.clear()
 
-    def _reply_waiter(self, waiter: tuple, canonical: bytes) -> None:
-        try:
-            self._reply_udp(waiter, canonical)
-        except Exception as e:  # noqa: BLE001
-            self._udp_failed(waiter, e)
+    # --- replies ---
 
-    def _reply_udp(self, waiter: tuple, canonical: bytes) -> None:
+    def _reply_udp(self, waiter: Waiter, canonical: bytes) -> None:
         """The canonical answer, re-addressed: the client's ID, RD bit and question spelling
         (as `_answer`); cached for the hit path and sent."""
         data, pq, group, key, addr, transport = waiter
         if len(canonical) > MAX_UDP_REPLY or len(canonical) > pq.payload:
             self.spawn(self._general_udp(data, addr, transport))   # dnspython truncates it
             return
-        reply = _readdressed(pq, canonical)
-        entry = self.semantic.entry(key)
-        if entry is not None and entry.wire is canonical and _asked_alike(pq, canonical):
-            # the reply is the canonical answer with the client's ID: the hit cache shares the
-            # filtered cache's entry (its hit path puts the ID in)
-            self.raw.put_entry((group, data[2:]), entry)
+        reply = readdressed(pq, canonical)
+        entry = self.answers.entry(key)
+        if entry is not None and entry.wire is canonical and asked_alike(pq, canonical):
+            # only the ID differs: the hit cache shares the answer's entry (its hit path puts
+            # the ID in)
+            self.replies.put_entry((group, data[2:]), entry)
         else:
             now = time.monotonic()
             # the reply has the canonical answer's layout and TTLs: its TTL fields are known
-            left, fields = self.semantic.ttl_left_and_fields(key, canonical, now)
-            self.raw.put((group, data[2:]), reply, left, now, fields)
+            left, fields = self.answers.ttl_left_and_fields(key, canonical, now)
+            self.replies.put((group, data[2:]), reply, left, now, fields)
         if not transport.is_closing():
             transport.sendto(reply, addr)
 
-    def _udp_failed(self, waiter: tuple, error: BaseException) -> None:
-        """SERVFAIL for a fast-path query, as `answer` and `_answer` give it."""
+    def _udp_failed(self, waiter: Waiter, error: BaseException) -> None:
+        """SERVFAIL for a plain UDP query, as `answer` and `_answer` give it."""
         data, pq, _group, _key, addr, transport = waiter
         reply: bytes | None
+        self.stats["servfail"] += 1
         if isinstance(error, UpstreamError):
             log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), error)
-            self.stats["servfail"] += 1
-            reply = _servfail(pq, data)
+            reply = _plain_servfail(pq, data)
         else:
             log.error("regionguard dns: failed to answer a query from %s", addr[0],
                       exc_info=error)
-            self.stats["servfail"] += 1
-            reply = _error_reply(data, dns.rcode.SERVFAIL)
+            reply = error_reply(data, dns.rcode.SERVFAIL)
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
 
@@ -1021,137 +598,9 @@ class DnsServer:
         except Exception:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
             log.exception("regionguard dns: failed to answer a query from %s", addr[0])
             self.stats["servfail"] += 1
-            reply = _error_reply(data, dns.rcode.SERVFAIL)
+            reply = error_reply(data, dns.rcode.SERVFAIL)
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
-
-    async def _answer_parsed(self, data: bytes, client: str, udp: bool) -> bytes | None:
-        """The general path: dnspython parses the query (EDNS options, odd flags, truncation)."""
-        try:
-            query = dns.message.from_wire(data)
-        except Exception:  # noqa: BLE001 - dnspython raises many kinds for malformed input
-            self.stats["formerr"] += 1
-            return _error_reply(data, dns.rcode.FORMERR)
-        if query.flags & dns.flags.QR:
-            return None
-        if query.opcode() != dns.opcode.QUERY:
-            return _error_reply(data, dns.rcode.NOTIMP)
-        if len(query.question) != 1:
-            self.stats["formerr"] += 1
-            return _error_reply(data, dns.rcode.FORMERR)
-        group = self.group_of(client)
-        q = query.question[0]
-        do = bool(query.ednsflags & dns.flags.DO)
-        cd = bool(query.flags & dns.flags.CD)
-        key = (group, q.name.canonicalize().to_wire(), q.rdtype, q.rdclass, do, cd, query.edns >= 0)
-        now = time.monotonic()
-        wire = self.semantic.get(key, now)
-        if wire is None:
-            try:
-                wire = await self._shared(key, lambda: self._resolve(client, key, allow_reroute=True))
-            except UpstreamError as e:
-                log.warning("regionguard dns: %s %s: SERVFAIL: %s", q.name,
-                            dns.rdatatype.to_text(q.rdtype), e)
-                self.stats["servfail"] += 1
-                return self._servfail(query)
-        reply = self._for_client(query, dns.message.from_wire(wire), udp)
-        if udp and reply is not None:
-            left = self.semantic.ttl_left(key, time.monotonic())
-            self.raw.put((group, data[2:]), reply, left, time.monotonic())
-        return reply
-
-    async def _shared(self, key: tuple, make: Callable[[], Awaitable[bytes]]) -> bytes:
-        """One upstream resolution per key at a time: identical misses wait for the first."""
-        fut = self._inflight.get(key)
-        if fut is not None:
-            if isinstance(fut, _Resolution):
-                fut = fut.get_future()
-            return await asyncio.shield(fut)
-        if len(self._inflight) >= MAX_INFLIGHT:
-            raise UpstreamError("too many queries being resolved")
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            result = await make()
-            fut.set_result(result)
-            return result
-        except BaseException as e:
-            fut.set_exception(e if isinstance(e, Exception) else UpstreamError("cancelled"))
-            fut.exception()  # mark retrieved: waiters, if any, get it themselves
-            raise
-        finally:
-            del self._inflight[key]
-
-    async def _resolve(self, client: str, key: tuple, allow_reroute: bool = True) -> bytes:
-        """Forward, filter and cache one query (a cache key) with dnspython; the filtered
-        response's wire (relative to our upstream query)."""
-        _group, qname, rdtype, rdclass, do, cd, edns = key
-        uq = dns.message.make_query(dns.name.from_wire(qname, 0)[0], rdtype, rdclass,
-                                    use_edns=0 if edns or do else False, payload=UPSTREAM_PAYLOAD,
-                                    want_dnssec=do)
-        if cd:
-            uq.flags |= dns.flags.CD
-        self.stats["upstream_queries"] += 1
-        response = await self.upstreams.query_message(uq)
-        return await self._filter_message(client, key, uq, response, allow_reroute)
-
-    async def _filter_message(self, client: str, key: tuple, uq: dns.message.Message,
-                              response: dns.message.Message, allow_reroute: bool = True) -> bytes:
-        """Filter a parsed response (block, reroute, HTTPS hints...), audit, cache under `key`;
-        the wire relative to `uq`."""
-        name, rdtype = wire_name(key[1]), key[2]
-        learned = self.engine.learned
-        if learned is not None:
-            learned.observe_message(response, self.learned_source)
-        flt = self.filter
-        result = flt.filter(client, uq, response)
-        message = result.message if result.message is not None else response   # filtered in place
-        if result.outcome == "reroute" and not allow_reroute:
-            result.outcome, message = "blocked", flt.block_response(uq, result.name)
-        elif result.outcome == "reroute":
-            message = await self._reroute(client, key, uq, result) or flt.block_response(uq, result.name)
-            if message.rcode() != dns.rcode.NOERROR or not message.answer:
-                result.outcome = "blocked"
-        if result.zoom:
-            self._audit(client, name, rdtype, result)
-        message.id = uq.id
-        wire = message.to_wire()
-        self.semantic.put(key, wire, cache_ttl(message, self.engine.policy.dns.max_ttl),
-                          time.monotonic())
-        return wire
-
-    async def _reroute(self, client: str, key: tuple, uq: dns.message.Message,
-                       result: FilterResult) -> dns.message.Message | None:
-        group, _name, rdtype, rdclass, do, cd, edns = key
-        target = dns.name.from_text(cast(str, result.reroute_to)).canonicalize().to_wire()
-        tkey = (group, target, rdtype, rdclass, do, cd, edns)
-        try:
-            wire = self.semantic.get(tkey, time.monotonic()) or await self._shared(
-                tkey, lambda: self._resolve(client, tkey, allow_reroute=False))
-        except UpstreamError:
-            return None
-        return self.filter.reroute_response(uq, dns.message.from_wire(wire))
-
-    def _audit(self, client: str, name: str, rdtype: int, result: FilterResult) -> None:
-        # The decision may be one shared by names of the same facts: the audit line gets this
-        # answer's name as its `host` (the counters do not read it).
-        found = result.audited()
-        if found is None:
-            return
-        decision, host = found
-        if self.audit.path is None:   # no file: only counted, the line's fields are not needed
-            self.audit.record(decision)
-            return
-        self.audit.record(decision, mode="resolver", front_end="dns", host=host,
-                          dns_qname=name.rstrip(".").lower(),
-                          dns_qtype=_qtype_text(rdtype), dns_client=client,
-                          **result.audit_extra())
-
-    def _servfail(self, query: dns.message.Message) -> bytes:
-        r = dns.message.make_response(query, our_payload=UPSTREAM_PAYLOAD)
-        r.flags |= dns.flags.RA
-        r.set_rcode(dns.rcode.SERVFAIL)
-        return r.to_wire()
 
     def _for_client(self, query: dns.message.Message, found: dns.message.Message,
                     udp: bool) -> bytes:
@@ -1170,6 +619,8 @@ class DnsServer:
             r.answer, r.authority, r.additional = [], [], []
             r.flags |= dns.flags.TC
             return r.to_wire()
+
+    # --- TCP ---
 
     # --- TCP ---
 
@@ -1237,7 +688,7 @@ class _ServerProtocol(asyncio.DatagramProtocol):
             client = addr[0]
             group = server._groups.get(client) or server.group_of(client)
             now = time.monotonic()
-            wire = server.raw.get((group, data[2:]), now)
+            wire = server.replies.get((group, data[2:]), now)
             if wire is not None:
                 self.transport.sendto(data[:2] + wire[2:], addr)
                 return
@@ -1249,241 +700,3 @@ class _ServerProtocol(asyncio.DatagramProtocol):
         pass  # an ICMP error about a reply we sent: nothing to do, keep serving
 
 
-# --- command line ---------------------------------------------------------------------------------
-
-
-def system_upstreams() -> tuple[tuple[str, int], ...]:
-    try:
-        resolver = dns.resolver.Resolver(configure=True)
-    except dns.resolver.NoResolverConfiguration:
-        return ()
-    return tuple((str(ns), 53) for ns in resolver.nameservers)
-
-
-def _parse_listen(text: str) -> tuple[str, int] | None:
-    """HOST:PORT, where port 0 (any free port, for tests and benchmarks) is allowed too."""
-    if text.endswith(":0"):
-        hp = parse_hostport(text[:-2] + ":53", 53)
-        return (hp[0], 0) if hp else None
-    return parse_hostport(text, 53)
-
-
-def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:
-    problems = []
-    listen = _parse_listen(args.listen)
-    if listen is None:
-        problems.append(Problem("command line", "--listen", f"{args.listen!r} is not HOST:PORT",
-                                "write e.g. --listen 127.0.0.1:5353 or --listen [::1]:53"))
-    elif not is_address(listen[0]) and listen[0] != "localhost":
-        # a name would be looked up at bind time: a bad option, not a failure to listen
-        problems.append(Problem("command line", "--listen", f"{listen[0]!r} is not an IP address",
-                                "listen on an address: --listen 127.0.0.1:5353, [::1]:53, "
-                                "0.0.0.0:53 (every IPv4 address)"))
-        listen = None
-    upstreams = []
-    for text in args.upstream or ():
-        hp = parse_hostport(text, 53)
-        if hp is None or not is_address(hp[0]):
-            problems.append(Problem("command line", "--upstream",
-                                    f"{text!r} is not ADDRESS:PORT" if hp is None else
-                                    f"{hp[0]!r} is not an IP address (a resolver is reached by address)",
-                                    "write e.g. --upstream 9.9.9.9 or --upstream 127.0.0.1:5300"))
-        else:
-            upstreams.append(hp)
-    source = "--upstream"
-    if not upstreams:
-        upstreams, source = list(holder.engine.policy.resolver.nameservers), "resolver.nameservers"
-    if not upstreams:
-        upstreams, source = list(system_upstreams()), "/etc/resolv.conf"
-    if not upstreams:
-        problems.append(Problem("command line", "--upstream", "no upstream DNS server: none given "
-                                "and none in the policy's resolver.nameservers or /etc/resolv.conf",
-                                "give one with --upstream HOST:PORT"))
-    if listen is not None and listen in upstreams:
-        problems.append(Problem("command line", source, f"upstream {listen[0]}:{listen[1]} is this "
-                                "server's own address: every query would loop",
-                                "forward to another resolver (--upstream HOST:PORT)"))
-    if args.timeout is not None and args.timeout <= 0:
-        problems.append(Problem("command line", "--timeout", f"{args.timeout} is not positive",
-                                "give seconds, e.g. --timeout 2"))
-    if args.cache_mb <= 0:
-        problems.append(Problem("command line", "--cache-mb", f"{args.cache_mb} is not positive",
-                                "give megabytes, e.g. --cache-mb 64"))
-    if not 0 <= args.audit_flush_ms <= 60_000:
-        problems.append(Problem("command line", "--audit-flush-ms",
-                                f"{args.audit_flush_ms} is not between 0 and 60000",
-                                "give milliseconds, e.g. --audit-flush-ms 250 (0: write at once)"))
-    problems.extend(_tcp_problems(args))
-    unwritable = check_audit_path(args.audit) if args.audit else None
-    if unwritable is not None:   # said now, before listening, not at the first lost line
-        problems.append(unwritable)
-    if problems or listen is None:
-        raise ConfigError(problems)
-    timeout = args.timeout if args.timeout is not None else holder.engine.policy.resolver.timeout
-    return Config(listen, tuple(upstreams), float(timeout), int(args.cache_mb * 1024 * 1024),
-                  args.audit, not args.no_tcp, args.audit_flush_ms / 1000,
-                  args.tcp_max_connections, args.tcp_max_per_client,
-                  float(args.tcp_idle_timeout), float(args.tcp_read_timeout))
-
-
-def _tcp_problems(args: argparse.Namespace) -> list[Problem]:
-    """The TCP bounds: whole numbers of connections, seconds in a sane range, and enough file
-    descriptors for every connection allowed (the soft limit is raised when the hard one lets
-    it): past the limit the server could not accept at all, UDP upstream sockets included."""
-    problems = []
-    for flag, value, example in (("--tcp-max-connections", args.tcp_max_connections, 512),
-                                 ("--tcp-max-per-client", args.tcp_max_per_client, 32)):
-        if not 1 <= value <= 1_000_000:
-            problems.append(Problem("command line", flag, f"{value} is not between 1 and 1000000",
-                                    f"give a number of connections, e.g. {flag} {example}"))
-    for flag, seconds, example in (("--tcp-idle-timeout", args.tcp_idle_timeout, 10),
-                                   ("--tcp-read-timeout", args.tcp_read_timeout, 2)):
-        if not 0 < seconds <= 3600:   # also false for NaN
-            problems.append(Problem("command line", flag, f"{seconds} is not between 0 and 3600",
-                                    f"give seconds, e.g. {flag} {example}"))
-    if not problems and not args.no_tcp:
-        needed = args.tcp_max_connections + FD_SPARE
-        have = _raise_fd_limit(needed)
-        if have < needed:
-            problems.append(Problem(
-                "command line", "--tcp-max-connections",
-                f"{args.tcp_max_connections} connections need {needed} file descriptors, and the "
-                f"limit is {have}",
-                f"give at most --tcp-max-connections {max(1, have - FD_SPARE)}, or raise the "
-                "limit (ulimit -n; LimitNOFILE= under systemd)"))
-    return problems
-
-
-def _raise_fd_limit(needed: int) -> int:
-    """Raise the soft limit on open files to `needed` if it is lower and the hard limit allows;
-    the soft limit in force after."""
-    try:
-        import resource
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and soft < needed:
-            target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-    except (ImportError, ValueError, OSError):
-        return needed   # no such limit here (not POSIX), or it cannot be read: nothing to check
-    return needed if soft == resource.RLIM_INFINITY else int(soft)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dns", help="DNS server (UDP+TCP) that filters Zoom answers by region",
-                       description="Forward DNS queries to upstream resolvers and drop every "
-                       "address of a Zoom name whose region the policy does not allow. "
-                       "Exit codes: 0 stopped, 2 invalid policy or options, 4 cannot listen.")
-    add_policy_argument(p)
-    p.add_argument("--listen", "-l", default="127.0.0.1:5353", metavar="HOST:PORT",
-                   help="address to serve on, UDP and TCP (default 127.0.0.1:5353; port 0: any)")
-    p.add_argument("--upstream", "-u", action="append", metavar="HOST:PORT",
-                   help="upstream resolver, repeatable, tried in order (default: the policy's "
-                   "resolver.nameservers, else /etc/resolv.conf)")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="answer SERVFAIL when no upstream answered within this time "
-                   "(default: the policy's resolver.timeout, 3 s)")
-    p.add_argument("--cache-mb", type=float, default=64, metavar="MB",
-                   help="memory bound of the answer caches (default 64)")
-    p.add_argument("--audit", metavar="FILE", help="append one JSON line per filtered Zoom answer")
-    p.add_argument("--audit-flush-ms", type=int, default=250, metavar="MS",
-                   help="write audit lines in batches this often, and at exit (default 250; "
-                   "0: each line at once)")
-    p.add_argument("--no-tcp", action="store_true", help="serve UDP only")
-    p.add_argument("--tcp-max-connections", type=int, default=TCP_MAX_CONNECTIONS, metavar="N",
-                   help="open TCP connections at most; when full, the one idle longest is closed "
-                   f"for a new one (default {TCP_MAX_CONNECTIONS})")
-    p.add_argument("--tcp-max-per-client", type=int, default=TCP_MAX_PER_CLIENT, metavar="N",
-                   help="open TCP connections per client address at most; beyond, the client's "
-                   f"own idle one is closed (default {TCP_MAX_PER_CLIENT})")
-    p.add_argument("--tcp-idle-timeout", type=float, default=TCP_IDLE_TIMEOUT, metavar="SECONDS",
-                   help="close a TCP connection that sends no query for this long "
-                   f"(default {TCP_IDLE_TIMEOUT:g})")
-    p.add_argument("--tcp-read-timeout", type=float, default=TCP_READ_TIMEOUT, metavar="SECONDS",
-                   help="close a TCP connection whose query, once begun, is not whole within "
-                   f"this time, or that does not take its answer (default {TCP_READ_TIMEOUT:g})")
-    p.add_argument("--no-uvloop", action="store_true",
-                   help="use asyncio's own event loop even when uvloop is installed")
-    p.add_argument("--verbose", "-v", action="store_true")
-    add_state_dir_argument(p)
-    p.set_defaults(func=cmd_dns)
-
-
-def cmd_dns(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    learned = open_state(args.state_dir)   # upstream answers teach it; the proxy reads it too
-    holder = EngineHolder(policy_path(args), learned)
-    config = build_config(args, holder)
-    loop_factory = None
-    if not args.no_uvloop:
-        try:   # optional: uvloop roughly halves the cost of each packet on the cache-hit path
-            import uvloop
-            loop_factory = uvloop.new_event_loop
-        except ImportError:
-            pass
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(_main(holder, config))
-    except OSError as e:
-        print(f"regionguard dns: cannot listen on {config.listen[0]}:{config.listen[1]}: "
-              f"{e.strerror or e}\n    fix: choose a free port with --listen HOST:PORT "
-              "(ports below 1024 need root)", file=sys.stderr)
-        return EXIT_LISTEN
-    finally:
-        if learned is not None:
-            learned.close()
-
-
-def open_resolver_warning(host: str, restricted: bool) -> str | None:
-    """The start-up warning for a server that anyone who reaches it may use: listening beyond
-    loopback with no gateway.clients in the policy. None when there is nothing to say."""
-    if restricted:
-        return None
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-        mapped = getattr(address, "ipv4_mapped", None)
-        if (mapped or address).is_loopback:
-            return None
-    except ValueError:   # a host name: only localhost is known to be loopback
-        if host.lower().rstrip(".") == "localhost":
-            return None
-    return (f"regionguard dns: WARNING: listening on {host}, beyond loopback, and the policy has "
-            "no gateway.clients: every host that reaches this address may use this resolver "
-            "(an open resolver, usable for amplification attacks).\n"
-            "    fix: list the client networks allowed under `gateway: {clients: [...]}` in the "
-            "policy (e.g. clients: [10.0.0.0/8]), or listen on 127.0.0.1")
-
-
-async def _main(holder: EngineHolder, config: Config) -> int:
-    server = DnsServer(holder, config)
-    host, port = await server.start()
-    # The policy, the Zoom data and the address tables are hundreds of thousands of objects that
-    # live as long as the process: keep the collector from walking them on every full
-    # collection (which the growing caches trigger again and again).
-    gc.freeze()
-    # Every miss allocates a few dozen objects that live on in the caches (keys, entries) and
-    # none that form cycles: a young collection every 2,000 allocations (the default) walks
-    # them again and again for nothing (~8% of a miss, measured in-process). 20,000 keeps
-    # the cycles of exceptions and tasks collected while costing a fraction of that.
-    gc.set_threshold(20_000, 10, 10)
-    ups = ", ".join(f"{h}:{p}" for h, p in config.upstreams)
-    shown = f"[{host}]" if ":" in host else host
-    warning = open_resolver_warning(host, holder.engine.policy.gateway.restricted)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    print(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "
-          f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id}); "
-          f"hot path {_native.status()}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.close()
-    return 0
-
-
-__all__ = ["DnsServer", "Config", "register", "EXIT_CONFIG"]

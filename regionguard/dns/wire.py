@@ -1,29 +1,28 @@
-"""A DNS cache of raw wire messages, bounded in bytes, with TTLs that count down.
+"""DNS messages as wire bytes: reading them and building the few the server writes itself.
 
-Why raw bytes: parsing a packet with dnspython costs 80–230 µs, and cached dnspython messages
-cost ~10× the memory and bring long GC pauses. The server's hit path looks up the client's query
-bytes (minus the ID) and sends the stored response with the client's ID: no parsing at all.
-
-TTLs: the positions of every record's TTL field are found once when an entry is stored; a hit
-a second or more later gets a copy with each TTL lowered by the entry's age (rendered once per
-second of age, not once per hit). Entries expire at the smallest TTL. Eviction is least recently
-used, by total bytes.
+Design rules:
+- No dnspython here. The server's common path (a plain query, an answer of A/AAAA/CNAME/SOA
+  records) is read and written at the byte level; anything else returns None and the caller
+  goes to dnspython, which also reports the garbage.
+- Pure functions over bytes: no I/O, no clock, no state. Compiled with mypyc (README, "Speed").
+- Names on the wire are compared in lower case; what a client sent is echoed as it spelled it.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from collections import OrderedDict
-from collections.abc import Hashable
 from typing import NamedTuple
 
 _OPT = 41
-ENTRY_OVERHEAD = 160   # bytes: the entry object, its key tuple and the dict slot, roughly
 
 
 class WireFormatError(ValueError):
     """The message is not well-formed DNS wire format."""
+
+
+class UpstreamError(Exception):
+    """No upstream gave a usable answer (timeout, refused connection, garbage)."""
 
 
 def skip_name(wire: bytes, pos: int) -> int:
@@ -68,132 +67,6 @@ def ttl_fields(wire: bytes) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(offsets), tuple(ttls)
 
 
-class Entry:
-    __slots__ = ("wire", "stored", "expires", "offsets", "ttls", "_age", "_aged")
-
-    def __init__(self, wire: bytes, stored: float, expires: float,
-                 offsets: tuple[int, ...], ttls: tuple[int, ...]) -> None:
-        self.wire = wire
-        self.stored = stored
-        self.expires = expires
-        self.offsets = offsets
-        self.ttls = ttls
-        self._age = 0
-        self._aged = wire
-
-    def render(self, now: float) -> bytes:
-        """The stored message with TTLs lowered by the entry's age in whole seconds."""
-        age = int(now - self.stored)
-        if age == self._age:
-            return self._aged
-        buf = bytearray(self.wire)
-        for off, ttl in zip(self.offsets, self.ttls, strict=True):
-            struct.pack_into("!I", buf, off, max(0, ttl - age))
-        self._age, self._aged = age, bytes(buf)
-        return self._aged
-
-
-class WireCache:
-    """key → response wire bytes, for at most `ttl` seconds, within `max_bytes` in total."""
-
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._data: OrderedDict[Hashable, Entry] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, key: Hashable, now: float) -> bytes | None:
-        entry = self._data.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        if entry.expires <= now:
-            self._remove(key, entry)
-            self.misses += 1
-            return None
-        self._data.move_to_end(key)
-        self.hits += 1
-        return entry.render(now)
-
-    def ttl_left(self, key: Hashable, now: float) -> float:
-        """Seconds until the entry for `key` expires; 0 when there is none."""
-        entry = self._data.get(key)
-        return max(0.0, entry.expires - now) if entry is not None else 0.0
-
-    def ttl_left_and_fields(self, key: Hashable, wire: bytes, now: float
-                            ) -> tuple[float, tuple[tuple[int, ...], tuple[int, ...]] | None]:
-        """(ttl_left(key, now), fields(key, wire)) with one lookup: the miss path wants both."""
-        entry = self._data.get(key)
-        if entry is None:
-            return 0.0, None
-        return max(0.0, entry.expires - now), ((entry.offsets, entry.ttls) if entry.wire is wire
-                                               else None)
-
-    def entry(self, key: Hashable) -> Entry | None:
-        """The entry stored under `key` (expired or not), without counting a hit or a miss."""
-        return self._data.get(key)
-
-    def put_entry(self, key: Hashable, entry: Entry) -> None:
-        """Store an entry of another cache under `key` too: the same bytes, TTLs and expiry,
-        shared rather than copied (the miss path stores one answer in both server caches)."""
-        size = self._size(key, entry)
-        if size > self.max_bytes:
-            return
-        old = self._data.pop(key, None)
-        if old is not None:
-            self.bytes -= self._size(key, old)
-        self._data[key] = entry
-        self.bytes += size
-        self._evict()
-
-    def put(self, key: Hashable, wire: bytes, ttl: float, now: float,
-            fields: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> bool:
-        """Store `wire` for `ttl` seconds. False (nothing stored) when ttl <= 0, the message is
-        malformed, or it alone exceeds the bound. `fields`: ttl_fields(wire), when the caller
-        knows them (from a message of the same layout and TTLs, see `ttl_left_and_fields`)."""
-        size = len(wire) + ENTRY_OVERHEAD + (len(key[-1]) if isinstance(key, tuple)
-                                             and isinstance(key[-1], bytes) else 0)
-        if ttl <= 0 or size > self.max_bytes:
-            return False
-        if fields is not None:
-            offsets, ttls = fields
-        else:
-            try:
-                offsets, ttls = ttl_fields(wire)
-            except WireFormatError:
-                return False
-        old = self._data.pop(key, None)
-        if old is not None:
-            self.bytes -= self._size(key, old)
-        self._data[key] = Entry(wire, now, now + ttl, offsets, ttls)
-        self.bytes += size
-        self._evict()
-        return True
-
-    def _evict(self) -> None:
-        """Drop the least recently used entries until the cache is within its bound."""
-        while self.bytes > self.max_bytes and self._data:
-            k, e = self._data.popitem(last=False)
-            self.bytes -= self._size(k, e)
-
-    def _remove(self, key: Hashable, entry: Entry) -> None:
-        del self._data[key]
-        self.bytes -= self._size(key, entry)
-
-    @staticmethod
-    def _size(key: Hashable, entry: Entry) -> int:
-        return len(entry.wire) + ENTRY_OVERHEAD + (len(key[-1]) if isinstance(key, tuple)
-                                                   and isinstance(key[-1], bytes) else 0)
-
-    def clear(self) -> None:
-        self._data.clear()
-        self.bytes = 0
-
-
 # --- wire-level reading, for the paths that must not pay for dnspython ---------------------------
 
 A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE = 1, 28, 5, 6
@@ -202,9 +75,7 @@ SIMPLE_TYPES = frozenset({A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE, _OPT})
 
 
 def _u16(wire: bytes, pos: int) -> int:
-    """The big-endian 16-bit field at `pos`. Fields are read this way, not with struct: compiled
-    (regionguard/_native.py) it is plain C, where a struct.unpack_from call (a module lookup, a
-    call, a tuple) cost more than the rest of a record."""
+    """The big-endian 16-bit field at `pos`. Not struct: compiled, this is plain C (README, "Speed")."""
     return (wire[pos] << 8) | wire[pos + 1]
 
 
@@ -213,8 +84,7 @@ def _u32(wire: bytes, pos: int) -> int:
     return (wire[pos] << 24) | (wire[pos + 1] << 16) | (wire[pos + 2] << 8) | wire[pos + 3]
 
 
-# NamedTuple's own constructor is Python code; tuple.__new__ builds the same object in C. The
-# per-query and per-record constructions below use it.
+# tuple.__new__ builds a NamedTuple in C; its own constructor is Python code (README, "Speed").
 _tuple_new = tuple.__new__
 
 
@@ -335,12 +205,8 @@ def scan_response(wire: bytes) -> Scan | None:
     """Every record of a response, when all are of SIMPLE_TYPES and the message is well formed;
     None otherwise (the caller then uses dnspython, which also reports the garbage).
 
-    This runs once per cache miss, so it allocates as little as it can: no list per record, no
-    generator, one pass over the records of all three sections. Fields are read with _u16/_u32
-    and IPv4 addresses formatted here: compiled, a call to socket.inet_ntop, like one to
-    struct.unpack_from, costs more than the rest of a record. Compression
-    pointers into the question are not listed in `pointers`: the question is never removed, so
-    they stay valid."""
+    Once per cache miss, so one pass and few allocations (README, "Speed"). Compression pointers
+    into the question are not listed in `pointers`: the question is never removed."""
     try:
         n = len(wire)
         if n < 12 or wire[4] or wire[5] != 1:   # one question
@@ -497,7 +363,7 @@ def scan_ttls(scan: Scan, max_ttl: int, drop: set[int] | frozenset[int] = frozen
 
 def response_ttl(scan: Scan, max_ttl: int, drop: set[int] | frozenset[int] = frozenset()) -> int:
     """Cache time of a scanned response (without the records at the indices in `drop`): as
-    dnsfilter.cache_ttl, without dnspython."""
+    filter.cache_ttl, without dnspython."""
     if scan.rcode not in (0, 3):
         return 0
     records = [r for i, r in enumerate(scan.records) if i not in drop] if drop else scan.records
@@ -515,3 +381,92 @@ def wire_name(qname: bytes) -> str:
         return read_name(qname, 0)[0]
     except WireFormatError:
         return "?"
+
+
+# --- the messages the server writes: cache keys, upstream queries, replies -----------------------
+
+RD_BIT, CD_BIT = 0x0100, 0x0010
+UPSTREAM_PAYLOAD = 1232        # EDNS0 buffer size we advertise upstream (DNS flag day 2020)
+SERVFAIL, REFUSED, FORMERR, NOTIMP = 2, 5, 1, 4
+
+
+class CacheKey(NamedTuple):
+    """What a filtered answer is cached and resolved under: everything of a query that changes
+    the answer (the client's group too: groups may have different policies)."""
+
+    group: str
+    qname: bytes           # wire form, lower case
+    qtype: int
+    qclass: int
+    do: bool
+    cd: bool
+    edns: bool
+
+
+def cache_key(group: str, pq: Query) -> CacheKey:
+    """The key of a plain query (its class is IN: parse_query's callers check)."""
+    return _tuple_new(CacheKey, (group, pq.qname.lower(), pq.qtype, 1, pq.do,
+                                 bool(pq.flags & CD_BIT), pq.edns))
+
+
+# The fixed parts of our upstream queries, by (CD, EDNS) and DO.
+_UPSTREAM_HEADERS = {(cd, edns): struct.pack("!6H", 0, RD_BIT | (CD_BIT if cd else 0), 1, 0, 0,
+                                             1 if edns else 0)
+                     for cd in (False, True) for edns in (False, True)}
+_UPSTREAM_OPT = {do: b"\x00" + struct.pack("!HHIH", _OPT, UPSTREAM_PAYLOAD, 0x8000 if do else 0, 0)
+                 for do in (False, True)}
+
+
+def upstream_query(key: CacheKey) -> bytes:
+    """Our query for a cache key: ID 0 (set when sent), RD, the client's CD, EDNS0 with our
+    buffer size and the client's DO when the client spoke EDNS."""
+    return b"".join((_UPSTREAM_HEADERS[key.cd, key.edns], key.qname, key.qtype.to_bytes(2, "big"),
+                     key.qclass.to_bytes(2, "big"), _UPSTREAM_OPT[key.do] if key.edns else b""))
+
+
+def asked_alike(pq: Query, canonical: bytes) -> bool:
+    """Does the canonical answer already carry this query's RD bit and question spelling (the
+    client asked as the upstream was asked)? Then only the ID differs."""
+    return (canonical[2] & 0x01) == (pq.flags & RD_BIT) >> 8 and canonical.startswith(pq.qname, 12)
+
+
+def readdressed(pq: Query, canonical: bytes) -> bytes:
+    """The canonical (cached) answer for this query: the client's ID, RD bit and question
+    spelling."""
+    if asked_alike(pq, canonical):
+        return pq.id + canonical[2:]
+    flags = (((canonical[2] << 8) | canonical[3]) & ~RD_BIT) | (pq.flags & RD_BIT)
+    return pq.id + flags.to_bytes(2, "big") + canonical[4:12] + pq.qname + canonical[12 + len(pq.qname):]
+
+
+def servfail(data: bytes, question_end: int, edns: bool) -> bytes:
+    """SERVFAIL for a query whose question ends at `question_end`: its ID, RD bit and question
+    as sent, RA; with an OPT of our buffer size when `edns` (as dnspython's make_response)."""
+    flags = 0x8080 | ((data[2] << 8) & RD_BIT) | SERVFAIL
+    header = data[:2] + struct.pack("!5H", flags, 1, 0, 0, 1 if edns else 0)
+    return header + data[12:question_end] + (_UPSTREAM_OPT[False] if edns else b"")
+
+
+def question_end(data: bytes) -> int:
+    """Where the (first) question of a query ends."""
+    return skip_name(data, 12) + 4
+
+
+def error_reply(data: bytes, rcode: int) -> bytes | None:
+    """A header-only reply (FORMERR, NOTIMP, SERVFAIL, REFUSED) to a query we cannot or will not
+    parse or answer. None when even the header is unusable or the packet is itself a response
+    (never answer those: that is how reflection loops start)."""
+    if len(data) < 12 or data[2] & 0x80:
+        return None
+    flags = 0x8000 | (data[2] & 0x79) << 8 | 0x0080 | rcode   # QR, opcode+RD kept, RA, rcode
+    return data[:2] + struct.pack("!H4H", flags, 0, 0, 0, 0)
+
+
+def answers_question(data: bytes, packet: bytes) -> bool:
+    """Is `data` a response to `packet`: its ID, and its one question (any case)?"""
+    try:
+        q_end = question_end(packet)
+    except WireFormatError:
+        return False
+    return not (len(data) < q_end or data[:2] != packet[:2] or not data[2] & 0x80
+                or data[4:6] != b"\x00\x01" or data[12:q_end].lower() != packet[12:q_end].lower())

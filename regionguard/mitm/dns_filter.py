@@ -31,7 +31,14 @@ from regionguard.audit.log import AuditLog
 from regionguard.core.errors import ConfigError
 from regionguard.core.paths import default_policy_path
 from regionguard.core.reload import EngineHolder
-from regionguard.dns.filter import AnswerFilter, FilterResult, ZoomBytes, addresses_of
+from regionguard.dns.filter import (
+    AnswerFilter,
+    FilterResult,
+    Outcome,
+    ZoomBytes,
+    addresses_of,
+    audit_answer,
+)
 from regionguard.dns.resolve import NameResolver
 
 log = logging.getLogger("regionguard.dns")
@@ -199,36 +206,30 @@ class DnsFilter:
         if result.changed and not readable_query:
             flow.response = flow.request.fail(dns.rcode.SERVFAIL)   # nothing to rebuild it for
             return
-        if result.outcome == "reroute":
+        if result.outcome is Outcome.REROUTE:
             message = await self._reroute(flt, client, query, result)
-        if result.zoom:
-            decision = result.audit_decision()
-            if decision is not None and query.question:
-                q = query.question[0]
-                self._audit().record(decision, mode="mitmproxy", front_end="dns",
-                                     dns_qname=q.name.to_text(omit_final_dot=True).lower(),
-                                     dns_qtype=dns.rdatatype.to_text(q.rdtype), dns_client=client,
-                                     **result.audit_extra())
+        if result.zoom and query.question:
+            q = query.question[0]
+            audit_answer(self._audit(), result, "mitmproxy", client,
+                         q.name.to_text(omit_final_dot=True), q.rdtype)
         if result.changed:
             message.id = query.id
             flow.response = mdns.DNSMessage.unpack(message.to_wire())
 
     async def _reroute(self, flt: AnswerFilter, client: str | None, query: dns.message.Message,
                        result: FilterResult) -> dns.message.Message:
-        """As `regionguard dns` does: ask for the policy's alternative with the type asked,
-        filter that answer for the same client, and answer with what is left; the block answer
-        when nothing is (or the alternative is itself to be rerouted)."""
+        """Ask for the policy's alternative with the type asked (the policy's resolver), filter
+        that answer for the same client; AnswerFilter.reroute_answer makes the answer, as for
+        `regionguard dns`. An alternative itself blocked or to be rerouted counts as none."""
         q = query.question[0]
         target = result.reroute_to or ""
         alt = await self._resolver_for(flt.engine).aquery(target, q.rdtype)
+        found = None
         if alt is not None:
             filtered = flt.filter(client, dns.message.make_query(target, q.rdtype), alt)
-            if filtered.outcome not in ("blocked", "reroute"):
-                made = flt.reroute_response(query, filtered.message)
-                if made is not None:
-                    return made
-        result.outcome = "blocked"
-        return flt.block_response(query, result.name)
+            if filtered.outcome not in (Outcome.BLOCKED, Outcome.REROUTE):
+                found = filtered.message
+        return flt.reroute_answer(query, result, found)
 
 
 def _record_might_be_zoom(rr: Any, is_zoom: Any, proof: ZoomBytes) -> bool:

@@ -274,7 +274,7 @@ def start_dns(policy: Path, nameservers: tuple[tuple[str, int], ...], listen: st
     # The proxy resolves through the policy's name servers; when that is this very server, the
     # DNS child forwards to the system's resolvers instead of to itself.
     if not nameservers or hostport in nameservers:
-        from regionguard.dns.server import system_upstreams
+        from regionguard.dns.cli import system_upstreams
 
         for host, port in system_upstreams():
             if (host, port) != hostport:

@@ -1,0 +1,287 @@
+"""`regionguard dns`, the command: its options checked into a Config, and the server run with
+them until SIGINT or SIGTERM. The server itself is regionguard.dns.server (which never imports
+this module).
+
+Exit codes: 0 stopped, 2 (EXIT_CONFIG) invalid policy or options, 4 (EXIT_LISTEN) cannot listen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import ipaddress
+import logging
+import sys
+from dataclasses import dataclass
+
+import dns.resolver
+
+from regionguard import _native
+from regionguard.audit.log import check_audit_path
+from regionguard.cli import EXIT_CONFIG, add_policy_argument, policy_path
+from regionguard.core.errors import ConfigError, Problem
+from regionguard.core.learned import add_state_dir_argument, open_state
+from regionguard.core.policy import parse_hostport
+from regionguard.core.prefixes import is_address
+from regionguard.core.reload import EngineHolder
+from regionguard.dns.server import (
+    TCP_IDLE_TIMEOUT,
+    TCP_MAX_CONNECTIONS,
+    TCP_MAX_PER_CLIENT,
+    TCP_READ_TIMEOUT,
+    DnsServer,
+)
+
+EXIT_LISTEN = 4
+FD_SPARE = 64                  # descriptors beside the TCP clients: sockets upstream, audit, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: tuple[str, int]
+    upstreams: tuple[tuple[str, int], ...]
+    timeout: float
+    cache_bytes: int
+    audit_path: str | None = None
+    tcp: bool = True
+    audit_flush: float = 0.25   # seconds between audit batches; 0: each line at once
+    tcp_max_connections: int = TCP_MAX_CONNECTIONS
+    tcp_max_per_client: int = TCP_MAX_PER_CLIENT
+    tcp_idle_timeout: float = TCP_IDLE_TIMEOUT     # waiting for a query's first byte
+    tcp_read_timeout: float = TCP_READ_TIMEOUT     # for the rest of it, and to take the answer
+
+
+
+def system_upstreams() -> tuple[tuple[str, int], ...]:
+    try:
+        resolver = dns.resolver.Resolver(configure=True)
+    except dns.resolver.NoResolverConfiguration:
+        return ()
+    return tuple((str(ns), 53) for ns in resolver.nameservers)
+
+
+def _parse_listen(text: str) -> tuple[str, int] | None:
+    """HOST:PORT, where port 0 (any free port, for tests and benchmarks) is allowed too."""
+    if text.endswith(":0"):
+        hp = parse_hostport(text[:-2] + ":53", 53)
+        return (hp[0], 0) if hp else None
+    return parse_hostport(text, 53)
+
+
+def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:
+    problems = []
+    listen = _parse_listen(args.listen)
+    if listen is None:
+        problems.append(Problem("command line", "--listen", f"{args.listen!r} is not HOST:PORT",
+                                "write e.g. --listen 127.0.0.1:5353 or --listen [::1]:53"))
+    elif not is_address(listen[0]) and listen[0] != "localhost":
+        # a name would be looked up at bind time: a bad option, not a failure to listen
+        problems.append(Problem("command line", "--listen", f"{listen[0]!r} is not an IP address",
+                                "listen on an address: --listen 127.0.0.1:5353, [::1]:53, "
+                                "0.0.0.0:53 (every IPv4 address)"))
+        listen = None
+    upstreams = []
+    for text in args.upstream or ():
+        hp = parse_hostport(text, 53)
+        if hp is None or not is_address(hp[0]):
+            problems.append(Problem("command line", "--upstream",
+                                    f"{text!r} is not ADDRESS:PORT" if hp is None else
+                                    f"{hp[0]!r} is not an IP address (a resolver is reached by address)",
+                                    "write e.g. --upstream 9.9.9.9 or --upstream 127.0.0.1:5300"))
+        else:
+            upstreams.append(hp)
+    source = "--upstream"
+    if not upstreams:
+        upstreams, source = list(holder.engine.policy.resolver.nameservers), "resolver.nameservers"
+    if not upstreams:
+        upstreams, source = list(system_upstreams()), "/etc/resolv.conf"
+    if not upstreams:
+        problems.append(Problem("command line", "--upstream", "no upstream DNS server: none given "
+                                "and none in the policy's resolver.nameservers or /etc/resolv.conf",
+                                "give one with --upstream HOST:PORT"))
+    if listen is not None and listen in upstreams:
+        problems.append(Problem("command line", source, f"upstream {listen[0]}:{listen[1]} is this "
+                                "server's own address: every query would loop",
+                                "forward to another resolver (--upstream HOST:PORT)"))
+    if args.timeout is not None and args.timeout <= 0:
+        problems.append(Problem("command line", "--timeout", f"{args.timeout} is not positive",
+                                "give seconds, e.g. --timeout 2"))
+    if args.cache_mb <= 0:
+        problems.append(Problem("command line", "--cache-mb", f"{args.cache_mb} is not positive",
+                                "give megabytes, e.g. --cache-mb 64"))
+    if not 0 <= args.audit_flush_ms <= 60_000:
+        problems.append(Problem("command line", "--audit-flush-ms",
+                                f"{args.audit_flush_ms} is not between 0 and 60000",
+                                "give milliseconds, e.g. --audit-flush-ms 250 (0: write at once)"))
+    problems.extend(_tcp_problems(args))
+    unwritable = check_audit_path(args.audit) if args.audit else None
+    if unwritable is not None:   # said now, before listening, not at the first lost line
+        problems.append(unwritable)
+    if problems or listen is None:
+        raise ConfigError(problems)
+    timeout = args.timeout if args.timeout is not None else holder.engine.policy.resolver.timeout
+    return Config(listen, tuple(upstreams), float(timeout), int(args.cache_mb * 1024 * 1024),
+                  args.audit, not args.no_tcp, args.audit_flush_ms / 1000,
+                  args.tcp_max_connections, args.tcp_max_per_client,
+                  float(args.tcp_idle_timeout), float(args.tcp_read_timeout))
+
+
+def _tcp_problems(args: argparse.Namespace) -> list[Problem]:
+    """The TCP bounds: whole numbers of connections, seconds in a sane range, and enough file
+    descriptors for every connection allowed (the soft limit is raised when the hard one lets
+    it): past the limit the server could not accept at all, UDP upstream sockets included."""
+    problems = []
+    for flag, value, example in (("--tcp-max-connections", args.tcp_max_connections, 512),
+                                 ("--tcp-max-per-client", args.tcp_max_per_client, 32)):
+        if not 1 <= value <= 1_000_000:
+            problems.append(Problem("command line", flag, f"{value} is not between 1 and 1000000",
+                                    f"give a number of connections, e.g. {flag} {example}"))
+    for flag, seconds, example in (("--tcp-idle-timeout", args.tcp_idle_timeout, 10),
+                                   ("--tcp-read-timeout", args.tcp_read_timeout, 2)):
+        if not 0 < seconds <= 3600:   # also false for NaN
+            problems.append(Problem("command line", flag, f"{seconds} is not between 0 and 3600",
+                                    f"give seconds, e.g. {flag} {example}"))
+    if not problems and not args.no_tcp:
+        needed = args.tcp_max_connections + FD_SPARE
+        have = _raise_fd_limit(needed)
+        if have < needed:
+            problems.append(Problem(
+                "command line", "--tcp-max-connections",
+                f"{args.tcp_max_connections} connections need {needed} file descriptors, and the "
+                f"limit is {have}",
+                f"give at most --tcp-max-connections {max(1, have - FD_SPARE)}, or raise the "
+                "limit (ulimit -n; LimitNOFILE= under systemd)"))
+    return problems
+
+
+def _raise_fd_limit(needed: int) -> int:
+    """Raise the soft limit on open files to `needed` if it is lower and the hard limit allows;
+    the soft limit in force after."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    except (ImportError, ValueError, OSError):
+        return needed   # no such limit here (not POSIX), or it cannot be read: nothing to check
+    return needed if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dns", help="DNS server (UDP+TCP) that filters Zoom answers by region",
+                       description="Forward DNS queries to upstream resolvers and drop every "
+                       "address of a Zoom name whose region the policy does not allow. "
+                       "Exit codes: 0 stopped, 2 invalid policy or options, 4 cannot listen.")
+    add_policy_argument(p)
+    p.add_argument("--listen", "-l", default="127.0.0.1:5353", metavar="HOST:PORT",
+                   help="address to serve on, UDP and TCP (default 127.0.0.1:5353; port 0: any)")
+    p.add_argument("--upstream", "-u", action="append", metavar="HOST:PORT",
+                   help="upstream resolver, repeatable, tried in order (default: the policy's "
+                   "resolver.nameservers, else /etc/resolv.conf)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="answer SERVFAIL when no upstream answered within this time "
+                   "(default: the policy's resolver.timeout, 3 s)")
+    p.add_argument("--cache-mb", type=float, default=64, metavar="MB",
+                   help="memory bound of the answer caches (default 64)")
+    p.add_argument("--audit", metavar="FILE", help="append one JSON line per filtered Zoom answer")
+    p.add_argument("--audit-flush-ms", type=int, default=250, metavar="MS",
+                   help="write audit lines in batches this often, and at exit (default 250; "
+                   "0: each line at once)")
+    p.add_argument("--no-tcp", action="store_true", help="serve UDP only")
+    p.add_argument("--tcp-max-connections", type=int, default=TCP_MAX_CONNECTIONS, metavar="N",
+                   help="open TCP connections at most; when full, the one idle longest is closed "
+                   f"for a new one (default {TCP_MAX_CONNECTIONS})")
+    p.add_argument("--tcp-max-per-client", type=int, default=TCP_MAX_PER_CLIENT, metavar="N",
+                   help="open TCP connections per client address at most; beyond, the client's "
+                   f"own idle one is closed (default {TCP_MAX_PER_CLIENT})")
+    p.add_argument("--tcp-idle-timeout", type=float, default=TCP_IDLE_TIMEOUT, metavar="SECONDS",
+                   help="close a TCP connection that sends no query for this long "
+                   f"(default {TCP_IDLE_TIMEOUT:g})")
+    p.add_argument("--tcp-read-timeout", type=float, default=TCP_READ_TIMEOUT, metavar="SECONDS",
+                   help="close a TCP connection whose query, once begun, is not whole within "
+                   f"this time, or that does not take its answer (default {TCP_READ_TIMEOUT:g})")
+    p.add_argument("--no-uvloop", action="store_true",
+                   help="use asyncio's own event loop even when uvloop is installed")
+    p.add_argument("--verbose", "-v", action="store_true")
+    add_state_dir_argument(p)
+    p.set_defaults(func=cmd_dns)
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    learned = open_state(args.state_dir)   # upstream answers teach it; the proxy reads it too
+    holder = EngineHolder(policy_path(args), learned)
+    config = build_config(args, holder)
+    loop_factory = None
+    if not args.no_uvloop:
+        try:   # optional: uvloop roughly halves the cost of each packet on the cache-hit path
+            import uvloop
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            pass
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_main(holder, config))
+    except OSError as e:
+        print(f"regionguard dns: cannot listen on {config.listen[0]}:{config.listen[1]}: "
+              f"{e.strerror or e}\n    fix: choose a free port with --listen HOST:PORT "
+              "(ports below 1024 need root)", file=sys.stderr)
+        return EXIT_LISTEN
+    finally:
+        if learned is not None:
+            learned.close()
+
+
+def open_resolver_warning(host: str, restricted: bool) -> str | None:
+    """The start-up warning for a server that anyone who reaches it may use: listening beyond
+    loopback with no gateway.clients in the policy. None when there is nothing to say."""
+    if restricted:
+        return None
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+        mapped = getattr(address, "ipv4_mapped", None)
+        if (mapped or address).is_loopback:
+            return None
+    except ValueError:   # a host name: only localhost is known to be loopback
+        if host.lower().rstrip(".") == "localhost":
+            return None
+    return (f"regionguard dns: WARNING: listening on {host}, beyond loopback, and the policy has "
+            "no gateway.clients: every host that reaches this address may use this resolver "
+            "(an open resolver, usable for amplification attacks).\n"
+            "    fix: list the client networks allowed under `gateway: {clients: [...]}` in the "
+            "policy (e.g. clients: [10.0.0.0/8]), or listen on 127.0.0.1")
+
+
+async def _main(holder: EngineHolder, config: Config) -> int:
+    server = DnsServer(holder, config)
+    host, port = await server.start()
+    # The collector tuned for a long-lived cache server (README, "Speed"): the start-up objects
+    # frozen out of its walks, young collections ten times rarer than the default.
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+    ups = ", ".join(f"{h}:{p}" for h, p in config.upstreams)
+    shown = f"[{host}]" if ":" in host else host
+    warning = open_resolver_warning(host, holder.engine.policy.gateway.restricted)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    print(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "
+          f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id}); "
+          f"hot path {_native.status()}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.close()
+    return 0
+
+
+__all__ = ["Config", "EXIT_CONFIG", "EXIT_LISTEN", "build_config", "cmd_dns", "register",
+           "system_upstreams"]
