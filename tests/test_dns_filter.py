@@ -16,8 +16,8 @@ from dns_support import POLICY, REAL_ADDRESSES, zone_answer
 
 from regionguard.core.decision import Engine
 from regionguard.core.policy import load_policy
-from regionguard.dns.filter import AnswerFilter, cache_ttl
 from regionguard.dns.cache import WireCache
+from regionguard.dns.filter import AnswerFilter, cache_ttl
 from regionguard.dns.wire import WireFormatError, ttl_fields
 
 
@@ -320,8 +320,8 @@ def test_wire_filter_agrees_with_message_filter(flt, client):
 def test_an_answer_is_readdressed_to_each_query_whatever_the_upstream_echoed():
     """The cached answer carries the upstream's echo of the question (an upstream may change its
     case) and RD bit; every client gets its own ID, RD bit and spelling back."""
-    from regionguard.dns.wire import readdressed as _readdressed
     from regionguard.dns.wire import parse_query
+    from regionguard.dns.wire import readdressed as _readdressed
     for echoed in ("de.zoom.us", "DE.zoom.US"):
         for upstream_rd in (True, False):
             up = dns.message.make_query(echoed, "A")
