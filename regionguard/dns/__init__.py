@@ -1,3 +1,17 @@
-"""The DNS front end: `regionguard dns`, a filtering DNS forwarder, and the answer filter that
-the mitmproxy DNS addon shares.
+"""The DNS front end: `regionguard dns`, a filtering DNS forwarder, and the answer filter the
+mitmproxy DNS addon (regionguard.mitm.dns_filter) shares. Layered, each module one idea:
+
+- `wire`: DNS messages as bytes: parse a plain query, scan an answer's records, cut records,
+  build the server's own messages (upstream queries, SERVFAIL, error replies); CacheKey.
+- `cache`: the byte-bounded caches of finished messages whose TTLs count down.
+- `filter`: the one answer filter (dnspython messages or wire scans), the reroute answer and the
+  answer's audit record, used by the server and the mitmproxy addon alike.
+- `miss`: one cache miss as logic with no I/O (what to ask upstream, what the answer is).
+- `upstream`: the upstream client (UDP, TCP on truncation, failover, one shared timeout) behind
+  a small transport seam.
+- `server`: the sockets: UDP and TCP fronts, the two caches, the one miss path driving `Miss`.
+- `cli`: `regionguard dns`: options, Config, start-up and shutdown.
+- `resolve`: name resolution for the other front ends (the policy's static hosts, then DNS).
+
+Imports go one way: cli -> server -> miss -> filter -> wire; server -> upstream, cache.
 """
