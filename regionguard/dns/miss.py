@@ -103,7 +103,7 @@ class Miss:
                 self._rerouting = (asked, result)
                 target = dns.name.from_text(result.reroute_to or "").canonicalize().to_wire()
                 return Reroute(key._replace(qname=target))
-            result.outcome, message = Outcome.BLOCKED, flt.block_response(asked, result.name)
+            message = flt.reroute_answer(asked, result, None)   # no second hop: blocked
         return self._answered(asked, result, message)
 
     def rerouted(self, alternative: bytes | None) -> Answered:

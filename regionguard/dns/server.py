@@ -92,11 +92,6 @@ class Waiter(NamedTuple):
 _tuple_new = tuple.__new__   # builds a Waiter in C (see wire._tuple_new)
 
 
-def _plain_servfail(pq: Query, data: bytes) -> bytes:
-    """SERVFAIL for a plain query: its question echoed, no OPT (as the server always gave it)."""
-    return servfail(data, 16 + len(pq.qname), False)
-
-
 
 
 # The group of a client that the policy's gateway.clients keeps out (DnsServer.group_of). No
@@ -408,7 +403,7 @@ class DnsServer:
             except UpstreamError as e:
                 log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), e)
                 self.stats["servfail"] += 1
-                return _plain_servfail(pq, data)
+                return servfail(data, 16 + len(pq.qname), False)   # a plain query: no OPT
         reply = readdressed(pq, canonical)
         if udp:
             if len(reply) > min(pq.payload, MAX_UDP_REPLY):
@@ -583,7 +578,7 @@ class DnsServer:
         self.stats["servfail"] += 1
         if isinstance(error, UpstreamError):
             log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), error)
-            reply = _plain_servfail(pq, data)
+            reply = servfail(data, 16 + len(pq.qname), False)
         else:
             log.error("regionguard dns: failed to answer a query from %s", addr[0],
                       exc_info=error)
