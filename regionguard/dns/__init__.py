@@ -10,8 +10,9 @@ mitmproxy DNS addon (regionguard.mitm.dns_filter) shares. Layered, each module o
 - `upstream`: the upstream client (UDP, TCP on truncation, failover, one shared timeout) behind
   a small transport seam.
 - `server`: the sockets: UDP and TCP fronts, the two caches, the one miss path driving `Miss`.
+- `tcp`: the open DNS-over-TCP connections, bounded in total and per client.
 - `cli`: `regionguard dns`: options, Config, start-up and shutdown.
 - `resolve`: name resolution for the other front ends (the policy's static hosts, then DNS).
 
-Imports go one way: cli -> server -> miss -> filter -> wire; server -> upstream, cache.
+Imports go one way: cli -> server -> miss -> filter -> wire; server -> upstream, cache, tcp.
 """

@@ -26,12 +26,12 @@ from regionguard.core.learned import add_state_dir_argument, open_state
 from regionguard.core.policy import parse_hostport
 from regionguard.core.prefixes import is_address
 from regionguard.core.reload import EngineHolder
-from regionguard.dns.server import (
+from regionguard.dns.server import DnsServer
+from regionguard.dns.tcp import (
     TCP_IDLE_TIMEOUT,
     TCP_MAX_CONNECTIONS,
     TCP_MAX_PER_CLIENT,
     TCP_READ_TIMEOUT,
-    DnsServer,
 )
 
 EXIT_LISTEN = 4

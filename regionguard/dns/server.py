@@ -41,6 +41,7 @@ from regionguard.core.reload import EngineHolder
 from regionguard.dns.cache import WireCache
 from regionguard.dns.filter import AnswerFilter, audit_answer
 from regionguard.dns.miss import Answered, Miss
+from regionguard.dns.tcp import TcpConnections
 from regionguard.dns.upstream import Upstreams
 from regionguard.dns.wire import (
     FORMERR,
@@ -68,12 +69,6 @@ log = logging.getLogger(__name__)
 MAX_UDP_REPLY = 4096           # never answer over UDP with more than this, whatever is asked
 MAX_QUERY = 4096               # a bigger UDP query is junk: read at most this many bytes
 MAX_INFLIGHT = 2048            # misses being resolved at once; beyond that, SERVFAIL at once
-# DNS over TCP: connections bounded in total and per client, closed when idle or stalled (see
-# _TcpConnections; the defaults are argued in README.md, "DNS filtering").
-TCP_MAX_CONNECTIONS = 512
-TCP_MAX_PER_CLIENT = 32
-TCP_IDLE_TIMEOUT = 10.0        # RFC 7766 6.2.3: "of the order of seconds"
-TCP_READ_TIMEOUT = 2.0         # dnsdist's setTCPRecvTimeout default
 UDP_RCVBUF = 4 * 1024 * 1024
 RELOAD_EVERY = 2.0
 
@@ -92,113 +87,11 @@ class Waiter(NamedTuple):
 _tuple_new = tuple.__new__   # builds a Waiter in C (see wire._tuple_new)
 
 
-
-
 # The group of a client that the policy's gateway.clients keeps out (DnsServer.group_of). No
 # policy group is so named, and nothing is ever cached under it: the UDP hit path, which looks
 # the client's group up anyway, misses for such a client at no extra cost, and the paths behind
 # it answer REFUSED.
 _REFUSED = "\x00refused"
-
-
-class _TcpConnection:
-    """One client's TCP connection, as _TcpConnections keeps it."""
-
-    __slots__ = ("client", "writer", "waiting", "since", "open")
-
-    def __init__(self, client: str, writer: asyncio.StreamWriter, now: float) -> None:
-        self.client = client
-        self.writer = writer
-        self.waiting = False   # for the client (its next query, or the rest of one)
-        self.since = now       # when it began to
-        self.open = True
-
-
-class _TcpConnections:
-    """The open DNS-over-TCP connections, bounded in total and per client address.
-
-    A connection waiting for its client (idle between queries, or stalled in the middle of one)
-    holds a slot for nothing; one whose query is being answered does not. So when a new
-    connection would go over a bound, the connection that has waited longest for its client
-    (among all, or among that client's own for the per-client bound) is closed to make room,
-    as RFC 7766 6.2.3 allows servers to close idle connections; only when every connection in
-    the way is busy answering is the new one refused. Idle ones time out anyway (the caller's
-    timeouts): this keeps a flood of idle or dripping connections from locking others out."""
-
-    def __init__(self, total: int, per_client: int) -> None:
-        self.total = total
-        self.per_client = per_client
-        self.count = 0
-        self.evicted = 0
-        self.refused = 0
-        # insertion-ordered: the first is the one waiting longest
-        self._waiting: dict[_TcpConnection, None] = {}
-        self._of: dict[str, list[_TcpConnection]] = {}
-
-    def admit(self, client: str, writer: asyncio.StreamWriter, now: float) -> _TcpConnection | None:
-        """The new connection, registered as waiting for its first query; None: refused."""
-        mine = self._of.get(client)
-        if mine is not None and len(mine) >= self.per_client:
-            oldest: _TcpConnection | None = None
-            for conn in mine:
-                if conn.waiting and (oldest is None or conn.since < oldest.since):
-                    oldest = conn
-            if oldest is None:
-                self.refused += 1
-                return None
-            self.evict(oldest)
-        if self.count >= self.total:
-            if not self._waiting:
-                self.refused += 1
-                return None
-            self.evict(next(iter(self._waiting)))
-        conn = _TcpConnection(client, writer, now)
-        self.count += 1
-        mine = self._of.get(client)
-        if mine is None:
-            mine = self._of[client] = []
-        mine.append(conn)
-        self.wait(conn, now)
-        return conn
-
-    def wait(self, conn: _TcpConnection, now: float) -> None:
-        """The connection now waits for its client (and may be closed to make room)."""
-        if conn.open:
-            self._waiting.pop(conn, None)
-            conn.waiting, conn.since = True, now
-            self._waiting[conn] = None
-
-    def busy(self, conn: _TcpConnection) -> None:
-        """A query came in whole: the connection is being answered (and is not closed)."""
-        conn.waiting = False
-        self._waiting.pop(conn, None)
-
-    def release(self, conn: _TcpConnection) -> None:
-        """Forget the connection (closed, for whatever reason); twice is harmless."""
-        if not conn.open:
-            return
-        conn.open = conn.waiting = False
-        self.count -= 1
-        self._waiting.pop(conn, None)
-        mine = self._of.get(conn.client)
-        if mine is not None:
-            mine.remove(conn)
-            if not mine:
-                del self._of[conn.client]
-
-    def evict(self, conn: _TcpConnection) -> None:
-        """Close a waiting connection to make room: its slot is free at once; its reader sees
-        the end of the stream and its handler ends."""
-        self.release(conn)
-        self.evicted += 1
-        conn.writer.close()
-
-    def close_all(self) -> None:
-        for conns in list(self._of.values()):
-            for conn in list(conns):
-                self.release(conn)
-                conn.writer.close()
-
 
 
 class DnsServer:
@@ -221,7 +114,7 @@ class DnsServer:
         self._tasks: set[asyncio.Task] = set()
         self._udp: Any = None   # asyncio's or uvloop's datagram transport
         self._tcp: asyncio.base_events.Server | None = None
-        self._tcp_conns = _TcpConnections(config.tcp_max_connections, config.tcp_max_per_client)
+        self._tcp_conns = TcpConnections(config.tcp_max_connections, config.tcp_max_per_client)
         self._reloader: asyncio.Task | None = None
         self.address: tuple[str, int] | None = None
         self.stats = {"queries": 0, "formerr": 0, "servfail": 0, "upstream_queries": 0,
@@ -623,7 +516,7 @@ class DnsServer:
         """One client's connection: length-prefixed queries, answered one after the other. The
         first byte of each query must come within the idle timeout, the rest of it within the
         read timeout (a length prefix then silence is not idle: it holds a reader), and the
-        answer must be taken within the read timeout too. Bounded in number (_TcpConnections)."""
+        answer must be taken within the read timeout too. Bounded in number (TcpConnections)."""
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else "?"
         conns = self._tcp_conns
