@@ -35,6 +35,8 @@ from regionguard.dns.wire import (
     wire_name,
 )
 
+_tuple_new = tuple.__new__   # builds a NamedTuple in C (see wire._tuple_new)
+
 
 class Answered(NamedTuple):
     """The miss's answer: what to cache under its key, for how long, and what to audit."""
@@ -75,19 +77,19 @@ class Miss:
         """The upstream answered `data` (checked to answer our question)."""
         key = self.key
         flt = self.filter
-        if key.qclass == 1:
+        if key[3] == 1:   # class IN: the wire scan reads IN's records only
             scan = scan_response(data)
             if scan is not None:
                 learned = flt.engine.learned
                 if learned is not None:   # before the filter: the answer may place itself
                     learned.observe_scan(scan.records, self.source)
                 # scan.qname: the upstream's echo of our question, checked equal (case aside)
-                result = flt.filter_scan(self.client, scan.qname, key.qtype, scan)
+                result = flt.filter_scan(self.client, scan.qname, key[2], scan)
                 if result is not None:   # None: an answer to replace (block or reroute)
                     canonical = remove_records(data, scan, result.drop) if result.drop else data
                     if canonical is not None:   # None: records to cut that pointers still need
                         ttl, fields = scan_ttls(scan, flt.settings.max_ttl, result.drop)
-                        return Answered(canonical, ttl, fields, result, scan.qname)
+                        return _tuple_new(Answered, (canonical, ttl, fields, result, scan.qname))
         try:
             response = dns.message.from_wire(data)
             asked = dns.message.from_wire(self.query)

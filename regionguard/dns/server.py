@@ -388,11 +388,11 @@ class DnsServer:
             if not isinstance(step, Answered):   # a Reroute: its alternative is a miss too
                 self.spawn(self._reroute(miss, step.key))
                 return
-            self._store(miss, step)
+            canonical = self._store(miss, step)
         except Exception as e:  # noqa: BLE001 - the waiters answer SERVFAIL
             self._complete(miss, None, e)
             return
-        self._complete(miss, step.wire, None)
+        self._complete(miss, canonical, None)
 
     async def _reroute(self, miss: Miss, key: CacheKey) -> None:
         """Resolve a reroute's alternative (no further reroute), then finish `miss` with it."""
@@ -402,22 +402,23 @@ class DnsServer:
                     key, miss.client, reroutes=False)
             except UpstreamError:
                 alternative = None
-            answered = miss.rerouted(alternative)
-            self._store(miss, answered)
+            canonical = self._store(miss, miss.rerouted(alternative))
         except Exception as e:  # noqa: BLE001 - the waiters answer SERVFAIL
             self._complete(miss, None, e)
             return
         except BaseException:
             self._complete(miss, None, UpstreamError("cancelled"))
             raise
-        self._complete(miss, answered.wire, None)
+        self._complete(miss, canonical, None)
 
-    def _store(self, miss: Miss, answered: Answered) -> None:
-        """Audit a Zoom answer, and cache it under the miss's key."""
-        if answered.result.zoom:
-            audit_answer(self.audit, answered.result, "resolver", miss.client, answered.qname,
-                         miss.key.qtype)
-        self.answers.put(miss.key, answered.wire, answered.ttl, time.monotonic(), answered.fields)
+    def _store(self, miss: Miss, answered: Answered) -> bytes:
+        """Audit a Zoom answer, and cache it under the miss's key; its bytes."""
+        wire, ttl, fields, result, qname = answered   # unpacked: compiled, fields are getattr
+        key = miss.key
+        if result.zoom:
+            audit_answer(self.audit, result, "resolver", miss.client, qname, key[2])
+        self.answers.put(key, wire, ttl, time.monotonic(), fields)
+        return wire
 
     def _complete(self, miss: Miss, canonical: bytes | None, error: Exception | None) -> None:
         """The miss is done: every waiter gets the answer, or SERVFAIL."""

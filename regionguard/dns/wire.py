@@ -420,8 +420,9 @@ _UPSTREAM_OPT = {do: b"\x00" + struct.pack("!HHIH", _OPT, UPSTREAM_PAYLOAD, 0x80
 def upstream_query(key: CacheKey) -> bytes:
     """Our query for a cache key: ID 0 (set when sent), RD, the client's CD, EDNS0 with our
     buffer size and the client's DO when the client spoke EDNS."""
-    return b"".join((_UPSTREAM_HEADERS[key.cd, key.edns], key.qname, key.qtype.to_bytes(2, "big"),
-                     key.qclass.to_bytes(2, "big"), _UPSTREAM_OPT[key.do] if key.edns else b""))
+    _group, qname, qtype, qclass, do, cd, edns = key   # unpacked: compiled, fields are getattr
+    return b"".join((_UPSTREAM_HEADERS[cd, edns], qname, qtype.to_bytes(2, "big"),
+                     qclass.to_bytes(2, "big"), _UPSTREAM_OPT[do] if edns else b""))
 
 
 def asked_alike(pq: Query, canonical: bytes) -> bool:
