@@ -1,6 +1,7 @@
 """The package's layering, checked from its sources (issue 17).
 
-- the core (regionguard.core) loads without mitmproxy and without asyncio;
+- the core (regionguard.core) loads without mitmproxy and without asyncio, and imports nothing of
+  the package outside itself;
 - no import cycle among regionguard's modules, imports inside functions included (a lazy
   import that closes a loop is still a loop: it only hides it until run time);
 - only `regionguard.__main__` imports the command line, regionguard.cli;
@@ -117,6 +118,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def core_reaching_out(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from the core to the rest of the package, as "importer -> imported"."""
+    core = f"{PACKAGE}.core"
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() if m == core or m.startswith(core + ".")
+                  for d in deps if d != core and not d.startswith(core + "."))
+
+
 def cli_importers(graph: dict[str, set[str]]) -> list[str]:
     return sorted(m for m, deps in graph.items()
                   if f"{PACKAGE}.cli" in deps and m != ONLY_IMPORTER_OF_CLI)
@@ -157,6 +165,10 @@ def test_the_core_imports_neither_mitmproxy_nor_asyncio():
     assert core_loads_without(ROOT) == []
 
 
+def test_the_core_imports_nothing_of_the_package_above_it():
+    assert core_reaching_out(import_graph(ROOT)) == []
+
+
 def test_no_import_cycle_among_the_package_modules():
     cycle = find_cycle(import_graph(ROOT))
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
@@ -192,6 +204,11 @@ def _append(path: Path, text: str) -> None:
 def test_a_core_module_that_loads_a_front_end_library_is_caught(tree, forbidden):
     _append(tree / PACKAGE / "core" / "hostnames.py", f"\nimport {forbidden}  # noqa\n")
     assert core_loads_without(tree) == [forbidden]
+
+
+def test_a_core_module_reaching_up_to_a_front_end_is_caught(tree):
+    _append(tree / PACKAGE / "core" / "zoom.py", "\n\ndef _f():\n    from regionguard.audit import line  # noqa\n")
+    assert core_reaching_out(import_graph(tree)) == ["regionguard.core.zoom -> regionguard.audit.line"]
 
 
 def test_a_loop_through_a_lazy_import_is_caught(tree):
