@@ -1,39 +1,43 @@
-"""The `regionguard` command line.
+"""The `regionguard` command line: the options of every command, defined here and nowhere else.
 
+Each command's options are declared below, beside each other, and each command dispatches to a
+plain function of its own module (`regionguard.explain.cmd_explain(args)`, ...) that returns an
+exit code from `regionguard.exits`. The dependency runs one way: this module imports the command
+modules, and no module of the package imports this one except `regionguard.__main__`
+(tests/test_layout.py checks it), so the engine and the front ends stay usable as a library.
+
+A front end whose module cannot be imported (a missing dependency) is reported on stderr and left
+out; the other commands still work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from regionguard.core.errors import ConfigError
+from regionguard.core.learned import OFF, default_state_dir
+from regionguard.core.paths import default_policy_path
+from regionguard.core.prefixes import is_address
+from regionguard.exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+
+# Shown under `regionguard --help`.
+_EXIT_CODES = """\
 Exit codes (all commands):
   0  success (explain: every target allowed, monitored or not Zoom's)
   1  explain: at least one target would be blocked
   2  usage error, or an invalid policy/configuration (the message names file, field and fix)
   3  explain: a target could not be resolved
   4  replay, report, coverage: some input unreadable (the rest was processed)
-Other commands (run, dns, replay, report, coverage, pac) register themselves from their own modules and
-document their codes in `regionguard COMMAND --help`.
+Other commands (run, dns, replay, report, coverage, pac) document their codes in
+`regionguard COMMAND --help`.
 """
 
-from __future__ import annotations
+Subparsers = argparse._SubParsersAction
 
-import argparse
-import importlib
-import importlib.util
-import json
-import sys
-from pathlib import Path
 
-from regionguard.core.errors import ConfigError
-from regionguard.core.paths import default_policy_path
-
-# Modules that add subcommands: each has `register(subparsers)`.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "regionguard.explain",    # explain, validate, regions
-    "regionguard.mitm.run",     # run, pac: the mitmproxy front end
-    "regionguard.dns.cli",  # dns: the DNS front end
-    "regionguard.replay.replay",     # replay: recorded flows, offline
-    "regionguard.report.summary",     # report: audit logs for people
-    "regionguard.coverage",   # coverage: how much of Zoom the evidence places
-)
-
-EXIT_OK, EXIT_BLOCKED, EXIT_CONFIG, EXIT_RESOLVE = 0, 1, 2, 3
-EXIT_INPUT = 4   # replay, report: some input unreadable (the rest was processed)
+# --- options shared by several commands ---------------------------------------------------------
 
 
 def add_policy_argument(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +45,239 @@ def add_policy_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"policy YAML file (default: {default_policy_path()})")
 
 
-def policy_path(args: argparse.Namespace) -> Path:
-    return Path(args.policy) if getattr(args, "policy", None) else default_policy_path()
+def add_state_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", metavar="DIR", default=None,
+                        help="where learned evidence (Zoom names regionguard resolved) is kept, "
+                        f"shared by `run` and `dns` (default: {default_state_dir()}; "
+                        f"'{OFF}': learn nothing)")
+
+
+def _port_arg(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def _address_arg(text: str) -> str:
+    if not is_address(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address")
+    return text
+
+
+# --- the commands, in the order `regionguard --help` lists them -------------------------------
+# Each adder imports its command's module first, so a missing dependency adds no half a parser.
+
+
+def _add_explain_commands(sub: Subparsers) -> None:
+    from regionguard import explain
+
+    p = sub.add_parser("explain", help="where is this Zoom endpoint, how do we know, what is decided",
+                       description="Explain the region, evidence and decision for addresses or "
+                       "hostnames. Addresses work offline; hostnames are resolved with the "
+                       "policy's resolver (or --nameserver).")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="IPv4/IPv6 address or hostname")
+    add_policy_argument(p)
+    p.add_argument("--client", metavar="IP", type=_address_arg,
+                   help="client address (selects the policy group)")
+    p.add_argument("--port", type=_port_arg, default=443, help="destination port (default 443)")
+    p.add_argument("--transport", choices=("tcp", "udp"), default="tcp")
+    p.add_argument("--host", metavar="NAME", help="hostname/SNI to pair with address targets")
+    p.add_argument("--nameserver", action="append", metavar="HOST:PORT",
+                   help="resolve with this server instead of the policy's (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON object per target per line")
+    add_state_dir_argument(p)
+    p.set_defaults(func=explain.cmd_explain)
+
+    v = sub.add_parser("validate", help="check a policy file; exit 0 if valid, 2 if not")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.set_defaults(func=explain.cmd_validate)
+
+    r = sub.add_parser("regions", help="list Zoom's regions, groups and aliases")
+    r.add_argument("--json", action="store_true")
+    add_policy_argument(r)
+    r.set_defaults(func=explain.cmd_regions)
+
+
+def _add_run(sub: Subparsers) -> None:
+    from regionguard.mitm import run
+
+    p = sub.add_parser(
+        "run", allow_abbrev=False,
+        help="run the enforcing proxy (mitmdump with the regionguard addon)",
+        description="Run mitmproxy with the regionguard addon. Unknown options are mitmdump's and "
+        "are passed on (e.g. --mode wireguard, --mode transparent, --mode socks5, "
+        "--mode local:zoom, --listen-port 8081, --set regionguard_intercept=non-zoom). "
+        "Without --listen-host it listens on 127.0.0.1 only.")
+    p.add_argument("--policy", metavar="FILE", default=None,
+                   help=f"policy YAML file (default: {default_policy_path()})")
+    p.add_argument("--audit", metavar="FILE", default=None,
+                   help="audit log, one JSON line per decision (= --set regionguard_audit=FILE)")
+    p.add_argument("--dns", metavar="HOST:PORT", default=None,
+                   help="also run the filtering DNS server (`regionguard dns`) on HOST:PORT "
+                   "beside the proxy, stopped with it")
+    add_state_dir_argument(p)
+    # mitmdump's own options come through unparsed, in args.extra
+    p.set_defaults(func=run.cmd_run, accepts_extra=True)
+
+
+def _add_pac(sub: Subparsers) -> None:
+    from regionguard.mitm import pac
+
+    p = sub.add_parser("pac", help="write a PAC file sending only Zoom's traffic through the proxy",
+                       description="Write a proxy auto-config (PAC) file that sends Zoom's domains "
+                       "and address ranges through regionguard and everything else DIRECT. "
+                       "`regionguard run` also serves it at http://HOST:PORT/proxy.pac.")
+    p.add_argument("--proxy", metavar="HOST:PORT", default="127.0.0.1:8080",
+                   help="the proxy's address as clients reach it (default 127.0.0.1:8080)")
+    p.add_argument("--policy", "-p", metavar="FILE", default=None,
+                   help="also send the endpoints this policy's overrides declare Zoom's")
+    p.add_argument("--output", "-o", metavar="FILE", default="-",
+                   help="where to write the PAC file (default: standard output)")
+    p.set_defaults(func=pac.cmd_pac)
+
+
+def _add_dns(sub: Subparsers) -> None:
+    from regionguard.dns import cli as dns_cli
+    from regionguard.dns import tcp
+
+    p = sub.add_parser("dns", help="DNS server (UDP+TCP) that filters Zoom answers by region",
+                       description="Forward DNS queries to upstream resolvers and drop every "
+                       "address of a Zoom name whose region the policy does not allow. "
+                       "Exit codes: 0 stopped, 2 invalid policy or options, 4 cannot listen.")
+    add_policy_argument(p)
+    p.add_argument("--listen", "-l", default="127.0.0.1:5353", metavar="HOST:PORT",
+                   help="address to serve on, UDP and TCP (default 127.0.0.1:5353; port 0: any)")
+    p.add_argument("--upstream", "-u", action="append", metavar="HOST:PORT",
+                   help="upstream resolver, repeatable, tried in order (default: the policy's "
+                   "resolver.nameservers, else /etc/resolv.conf)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="answer SERVFAIL when no upstream answered within this time "
+                   "(default: the policy's resolver.timeout, 3 s)")
+    p.add_argument("--cache-mb", type=float, default=64, metavar="MB",
+                   help="memory bound of the answer caches (default 64)")
+    p.add_argument("--audit", metavar="FILE", help="append one JSON line per filtered Zoom answer")
+    p.add_argument("--audit-flush-ms", type=int, default=250, metavar="MS",
+                   help="write audit lines in batches this often, and at exit (default 250; "
+                   "0: each line at once)")
+    p.add_argument("--no-tcp", action="store_true", help="serve UDP only")
+    p.add_argument("--tcp-max-connections", type=int, default=tcp.TCP_MAX_CONNECTIONS,
+                   metavar="N",
+                   help="open TCP connections at most; when full, the one idle longest is closed "
+                   f"for a new one (default {tcp.TCP_MAX_CONNECTIONS})")
+    p.add_argument("--tcp-max-per-client", type=int, default=tcp.TCP_MAX_PER_CLIENT,
+                   metavar="N",
+                   help="open TCP connections per client address at most; beyond, the client's "
+                   f"own idle one is closed (default {tcp.TCP_MAX_PER_CLIENT})")
+    p.add_argument("--tcp-idle-timeout", type=float, default=tcp.TCP_IDLE_TIMEOUT,
+                   metavar="SECONDS",
+                   help="close a TCP connection that sends no query for this long "
+                   f"(default {tcp.TCP_IDLE_TIMEOUT:g})")
+    p.add_argument("--tcp-read-timeout", type=float, default=tcp.TCP_READ_TIMEOUT,
+                   metavar="SECONDS",
+                   help="close a TCP connection whose query, once begun, is not whole within "
+                   f"this time, or that does not take its answer (default {tcp.TCP_READ_TIMEOUT:g})")
+    p.add_argument("--no-uvloop", action="store_true",
+                   help="use asyncio's own event loop even when uvloop is installed")
+    p.add_argument("--verbose", "-v", action="store_true")
+    add_state_dir_argument(p)
+    p.set_defaults(func=dns_cli.cmd_dns)
+
+
+def _add_replay(sub: Subparsers) -> None:
+    # the module, not the package: the package's `replay` is the function it re-exports
+    from regionguard.replay.flows import FORMATS
+    from regionguard.replay.replay import DEFAULT_FAIL_ON, FAIL_CHOICES, cmd_replay
+
+    def fail_on(text: str) -> frozenset[str]:
+        items = frozenset(x.strip() for x in text.split(",") if x.strip())
+        bad = items - set(FAIL_CHOICES)
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(sorted(bad)) or 'nothing'}: choose from {', '.join(FAIL_CHOICES)} "
+                "(comma-separated)")
+        return items
+
+    p = sub.add_parser(
+        "replay", help="decide recorded sessions (mitmproxy flows, HAR, audit logs, pcap) offline",
+        description="Replay recorded sessions through the decision core, offline: mitmproxy flow "
+        "files (mitmdump -w), HAR files (serverIPAddress is the address), regionguard audit "
+        "logs (JSON lines; also holds CONNECT/passthrough flows that mitmproxy does not save) and "
+        "packet captures (.pcap, .pcapng: one connection per TCP/UDP flow, SNI from the "
+        "ClientHello; their DNS answers are learned evidence for the run). "
+        "Never opens a network connection.",
+        epilog="Exit codes: 0 compliant; 1 something would be blocked (--fail-on); 2 usage error "
+        "or invalid policy; 4 some input unreadable (the rest was replayed); 5 both 1 and 4.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help=".mitm, .har, audit .jsonl(.gz), .pcap or .pcapng")
+    add_policy_argument(p)
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="read every FILE as this format (default: detected from the content)")
+    p.add_argument("--client", metavar="IP", default=None,
+                   help="client address for records that carry none (HAR): selects the policy group")
+    p.add_argument("--fail-on", type=fail_on, default=DEFAULT_FAIL_ON, metavar="ACTIONS",
+                   help="comma-separated actions that fail the replay (exit 1): block, reroute, "
+                   "monitor (a monitored connection that enforcement would block), or none "
+                   "(default: block,reroute)")
+    p.add_argument("--all", action="store_true", help="also list connections that are not Zoom's")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    p.add_argument("--junit", metavar="OUT", default=None, help="also write JUnit XML to OUT")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="progress bar on stderr (auto: on a terminal, for inputs over 8 MB)")
+    p.set_defaults(func=cmd_replay)
+
+
+def _add_report(sub: Subparsers) -> None:
+    from regionguard.report import command
+
+    p = sub.add_parser(
+        "report", help="summarise audit logs: regions, services, actions, groups; HTML/PNG charts",
+        description="Summarise regionguard audit logs (JSON lines, plain or .gz, rotated files "
+        "too) in the terminal; optionally write a self-contained HTML report with charts and a "
+        "world map, or the charts alone as PNG. Logs are read as a stream (bounded memory).",
+        epilog="Exit codes: 0 done; 2 usage error or unwritable output; 4 some input unreadable "
+        "(the rest is in the report).")
+    p.add_argument("files", nargs="+", metavar="AUDIT.jsonl")
+    p.add_argument("--html", metavar="OUT", help="write a self-contained HTML report to OUT")
+    p.add_argument("--png", metavar="OUT", help="write the charts as a PNG image (needs matplotlib: "
+                   "pip install 'regionguard[report]')")
+    p.add_argument("--json", action="store_true", help="print the totals as JSON instead of text")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="blocked hosts to list (10)")
+    p.add_argument("--title", default="regionguard report", help="title of the HTML/PNG report")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="progress bar on stderr (auto: on a terminal, for inputs over 8 MB)")
+    p.set_defaults(func=command.cmd_report)
+
+
+def _add_coverage(sub: Subparsers) -> None:
+    from regionguard import coverage
+
+    p = sub.add_parser(
+        "coverage", help="share of Zoom's address space the evidence places; of sessions decided",
+        description="The share of Zoom's published IPv4 and IPv6 space that the policy's evidence "
+        "places at its min_confidence, by source and by region (exact, address-weighted); with "
+        "session files (captures, flow files, HAR, audit logs), the share of their Zoom "
+        "connections that were decided, by rule. Offline.",
+        epilog="Exit codes: 0 done; 2 usage error or invalid policy; 4 some session input "
+        "unreadable (the rest was counted).")
+    p.add_argument("files", nargs="*", metavar="CAPTURE_OR_LOG",
+                   help="sessions to replay: .pcap, .pcapng, .mitm, .har, audit .jsonl(.gz)")
+    add_policy_argument(p)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=coverage.cmd_coverage)
+
+
+# (the commands an adder adds, the adder): explain and friends are the core's; run and pac the
+# mitmproxy front end's; dns the DNS front end's; replay, report, coverage the offline tools.
+_COMMANDS: tuple[tuple[str, Callable[[Subparsers], None]], ...] = (
+    ("explain, validate, regions", _add_explain_commands),
+    ("run", _add_run),
+    ("pac", _add_pac),
+    ("dns", _add_dns),
+    ("replay", _add_replay),
+    ("report", _add_report),
+    ("coverage", _add_coverage),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,19 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="regionguard",
         description="Verify and enforce a Zoom data-center region policy.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 2)[2] if __doc__ else None,
+        epilog=_EXIT_CODES,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in _COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
+    for commands, add in _COMMANDS:
         try:
-            module = importlib.import_module(name)
+            add(sub)
         except ImportError as e:  # a front end whose dependency is missing: say so, keep the rest
-            print(f"regionguard: {name} unavailable: {e}", file=sys.stderr)
-            continue
-        module.register(sub)
+            print(f"regionguard: {commands} unavailable: {e}", file=sys.stderr)
     return parser
 
 
@@ -73,15 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or EXIT_OK)
     except ConfigError as e:
         print(f"regionguard: invalid configuration:\n{e}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return EXIT_OK
 
 
-def print_json(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+__all__ = ["add_policy_argument", "add_state_dir_argument", "build_parser", "main"]

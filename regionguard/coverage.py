@@ -37,10 +37,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from regionguard.cli import EXIT_INPUT, EXIT_OK, add_policy_argument, policy_path
 from regionguard.core.locator import Locator
+from regionguard.core.paths import policy_path
 from regionguard.core.policy import Policy, load_policy
 from regionguard.core.zoom import ZoomCatalogue
+from regionguard.exits import EXIT_INPUT, EXIT_OK
 
 _V4_BASE = 0xFFFF_0000_0000
 _V4_LAST = _V4_BASE | 0xFFFF_FFFF
@@ -223,24 +224,8 @@ def format_text(cov: AddressCoverage, sessions: SessionCoverage | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "coverage", help="share of Zoom's address space the evidence places; of sessions decided",
-        description="The share of Zoom's published IPv4 and IPv6 space that the policy's evidence "
-        "places at its min_confidence, by source and by region (exact, address-weighted); with "
-        "session files (captures, flow files, HAR, audit logs), the share of their Zoom "
-        "connections that were decided, by rule. Offline.",
-        epilog="Exit codes: 0 done; 2 usage error or invalid policy; 4 some session input "
-        "unreadable (the rest was counted).")
-    p.add_argument("files", nargs="*", metavar="CAPTURE_OR_LOG",
-                   help="sessions to replay: .pcap, .pcapng, .mitm, .har, audit .jsonl(.gz)")
-    add_policy_argument(p)
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.set_defaults(func=cmd_coverage)
-
-
 def cmd_coverage(args: argparse.Namespace) -> int:
-    policy = load_policy(policy_path(args))
+    policy = load_policy(policy_path(args.policy))
     cov = address_coverage(policy)
     sessions = session_coverage(args.files, policy) if args.files else None
     if args.json:
@@ -254,4 +239,4 @@ def cmd_coverage(args: argparse.Namespace) -> int:
 
 
 __all__ = ["AddressCoverage", "FamilyCoverage", "SessionCoverage", "address_coverage",
-           "session_coverage", "register"]
+           "session_coverage", "cmd_coverage"]

@@ -3,56 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 
-from regionguard.cli import (
-    EXIT_BLOCKED,
-    EXIT_CONFIG,
-    EXIT_OK,
-    EXIT_RESOLVE,
-    add_policy_argument,
-    policy_path,
-    print_json,
-)
 from regionguard.core.decision import Action, Decision, Engine
 from regionguard.core.errors import ConfigError, Problem
-from regionguard.core.learned import LearnedStore, add_state_dir_argument, open_state
+from regionguard.core.learned import LearnedStore, open_state
 from regionguard.core.locator import Locator
+from regionguard.core.paths import policy_path
 from regionguard.core.policy import ResolverSettings, Rules, load_policy, parse_hostport
 from regionguard.core.prefixes import is_address
 from regionguard.core.regions import load_catalogue
 from regionguard.core.zoom import service_classes
 from regionguard.dns.resolve import NameResolver, ResolveError
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("explain", help="where is this Zoom endpoint, how do we know, what is decided",
-                       description="Explain the region, evidence and decision for addresses or "
-                       "hostnames. Addresses work offline; hostnames are resolved with the "
-                       "policy's resolver (or --nameserver).")
-    p.add_argument("targets", nargs="+", metavar="TARGET", help="IPv4/IPv6 address or hostname")
-    add_policy_argument(p)
-    p.add_argument("--client", metavar="IP", type=_address_arg,
-                   help="client address (selects the policy group)")
-    p.add_argument("--port", type=_port_arg, default=443, help="destination port (default 443)")
-    p.add_argument("--transport", choices=("tcp", "udp"), default="tcp")
-    p.add_argument("--host", metavar="NAME", help="hostname/SNI to pair with address targets")
-    p.add_argument("--nameserver", action="append", metavar="HOST:PORT",
-                   help="resolve with this server instead of the policy's (repeatable)")
-    p.add_argument("--json", action="store_true", help="one JSON object per target per line")
-    add_state_dir_argument(p)
-    p.set_defaults(func=cmd_explain)
-
-    v = sub.add_parser("validate", help="check a policy file; exit 0 if valid, 2 if not")
-    v.add_argument("files", nargs="+", metavar="FILE")
-    v.set_defaults(func=cmd_validate)
-
-    r = sub.add_parser("regions", help="list Zoom's regions, groups and aliases")
-    r.add_argument("--json", action="store_true")
-    add_policy_argument(r)
-    r.set_defaults(func=cmd_regions)
-
+from regionguard.exits import EXIT_BLOCKED, EXIT_CONFIG, EXIT_OK, EXIT_RESOLVE
 
 # --- explain ----------------------------------------------------------------------------------
 
@@ -89,18 +54,6 @@ _HOSTNAME = re.compile(r"(?=.{1,253}\.?$)(?!(\d+\.)*\d+\.?$)"
                        r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
 
 
-def _port_arg(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
-    return int(text)
-
-
-def _address_arg(text: str) -> str:
-    if not is_address(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address")
-    return text
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
     # Read only: explain shows what was learned, and its own look-ups teach nothing.
     learned = open_state(args.state_dir)
@@ -114,7 +67,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace, learned: LearnedStore | None) -> int:
-    engine = Engine(load_policy(policy_path(args)), learned=learned)
+    engine = Engine(load_policy(policy_path(args.policy)), learned=learned)
     try:
         resolver = NameResolver(_resolver_settings(engine, args.nameserver))
     except UsageError as e:
@@ -132,7 +85,7 @@ def _explain(args: argparse.Namespace, learned: LearnedStore | None) -> int:
         except ResolveError as e:
             status = max(status, EXIT_RESOLVE)
             if args.json:
-                print_json({"target": target, "error": str(e), "addresses": [], "decision": None})
+                _print_json({"target": target, "error": str(e), "addresses": [], "decision": None})
             else:
                 print(f"{target}: cannot resolve: {e}", file=sys.stderr)
             continue
@@ -143,7 +96,7 @@ def _explain(args: argparse.Namespace, learned: LearnedStore | None) -> int:
         if overall is not None and overall.blocks:
             status = max(status, EXIT_BLOCKED) if status != EXIT_RESOLVE else status
         if args.json:
-            print_json(_as_json(target, answer.source, decisions, overall, engine))
+            _print_json(_as_json(target, answer.source, decisions, overall, engine))
         else:
             _print_text(target, answer.source, decisions, overall, engine)
     return status
@@ -277,7 +230,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
             print(e, file=sys.stderr)
             return EXIT_CONFIG
     if args.json:
-        print_json({
+        _print_json({
             "regions": [{"code": r.code, "name": r.name, "countries": list(r.countries),
                          "dialin_countries": list(r.dialin_countries),
                          **({"allowed": r.code in allowed} if allowed is not None else {})}
@@ -300,4 +253,9 @@ def cmd_regions(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-__all__ = ["register", "EXIT_CONFIG"]
+def _print_json(obj: object) -> None:
+    """One compact JSON document on one line (for scripts that read line by line)."""
+    sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+
+
+__all__ = ["cmd_explain", "cmd_regions", "cmd_validate"]

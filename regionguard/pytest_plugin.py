@@ -35,7 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def regionguard_replay(request: pytest.FixtureRequest) -> Callable[..., object]:
     """Replay recorded files under a policy; returns a ReplayResult with `.assert_complies()`."""
-    from regionguard.replay.replay import DEFAULT_FAIL_ON, ReplayResult, replay
+    from regionguard.replay import DEFAULT_FAIL_ON, ReplayResult, replay
 
     base = Path(request.node.path).parent
     configured = (request.config.getoption("--regionguard-policy")

@@ -704,13 +704,6 @@ class LearnedStore:
 OFF = "off"
 
 
-def add_state_dir_argument(parser) -> None:  # argparse.ArgumentParser
-    parser.add_argument("--state-dir", metavar="DIR", default=None,
-                        help="where learned evidence (Zoom names regionguard resolved) is kept, "
-                        f"shared by `run` and `dns` (default: {default_state_dir()}; "
-                        f"'{OFF}': learn nothing)")
-
-
 def open_state(state_dir: str | Path | None) -> LearnedStore | None:
     """The store a front end uses: None for --state-dir off, else the persistent store (which
     is switched off, with a logged reason, when it cannot be used)."""

@@ -30,3 +30,8 @@ def data_dir() -> Path:
 
 def default_policy_path() -> Path:
     return config_dir() / "policy.yaml"
+
+
+def policy_path(given: str | os.PathLike[str] | None) -> Path:
+    """The policy file a command reads: the one it was given (--policy), else the default."""
+    return Path(given) if given else default_policy_path()

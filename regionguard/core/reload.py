@@ -17,15 +17,18 @@ leaves the holder watching: the next change of the file is loaded as usual.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from regionguard.core.decision import Engine
 from regionguard.core.errors import ConfigError
 from regionguard.core.learned import LearnedStore
 from regionguard.core.policy import load_policy
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ class EngineHolder:
             return None
         if stamp is None:
             return self._gone()
+        import asyncio  # here, not at the top: the core loads without an event loop's library
+
         self._busy = True
         try:
             result = await asyncio.to_thread(self._build)
@@ -86,6 +91,8 @@ class EngineHolder:
     def check_soon(self) -> None:
         """Start check_async() in the background when called on an event loop (a hook that must
         not wait), else check() at once. At most one check runs at a time."""
+        import asyncio  # as in check_async
+
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

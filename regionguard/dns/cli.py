@@ -2,7 +2,8 @@
 them until SIGINT or SIGTERM. The server itself is regionguard.dns.server (which never imports
 this module).
 
-Exit codes: 0 stopped, 2 (EXIT_CONFIG) invalid policy or options, 4 (EXIT_LISTEN) cannot listen.
+Its arguments are defined in regionguard/cli.py, with every command's. Exit codes
+(regionguard/exits.py): 0 stopped, 2 invalid policy or options, 4 (EXIT_LISTEN) cannot listen.
 """
 
 from __future__ import annotations
@@ -14,44 +15,21 @@ import gc
 import ipaddress
 import logging
 import sys
-from dataclasses import dataclass
 
 import dns.resolver
 
 from regionguard import _native
 from regionguard.audit.log import check_audit_path
-from regionguard.cli import EXIT_CONFIG, add_policy_argument, policy_path
 from regionguard.core.errors import ConfigError, Problem
-from regionguard.core.learned import add_state_dir_argument, open_state
+from regionguard.core.learned import open_state
+from regionguard.core.paths import policy_path
 from regionguard.core.policy import parse_hostport
 from regionguard.core.prefixes import is_address
 from regionguard.core.reload import EngineHolder
-from regionguard.dns.server import DnsServer
-from regionguard.dns.tcp import (
-    TCP_IDLE_TIMEOUT,
-    TCP_MAX_CONNECTIONS,
-    TCP_MAX_PER_CLIENT,
-    TCP_READ_TIMEOUT,
-)
+from regionguard.dns.server import Config, DnsServer
+from regionguard.exits import EXIT_LISTEN
 
-EXIT_LISTEN = 4
 FD_SPARE = 64                  # descriptors beside the TCP clients: sockets upstream, audit, ...
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    listen: tuple[str, int]
-    upstreams: tuple[tuple[str, int], ...]
-    timeout: float
-    cache_bytes: int
-    audit_path: str | None = None
-    tcp: bool = True
-    audit_flush: float = 0.25   # seconds between audit batches; 0: each line at once
-    tcp_max_connections: int = TCP_MAX_CONNECTIONS
-    tcp_max_per_client: int = TCP_MAX_PER_CLIENT
-    tcp_idle_timeout: float = TCP_IDLE_TIMEOUT     # waiting for a query's first byte
-    tcp_read_timeout: float = TCP_READ_TIMEOUT     # for the rest of it, and to take the answer
-
 
 
 def system_upstreams() -> tuple[tuple[str, int], ...]:
@@ -171,51 +149,11 @@ def _raise_fd_limit(needed: int) -> int:
     return needed if soft == resource.RLIM_INFINITY else int(soft)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dns", help="DNS server (UDP+TCP) that filters Zoom answers by region",
-                       description="Forward DNS queries to upstream resolvers and drop every "
-                       "address of a Zoom name whose region the policy does not allow. "
-                       "Exit codes: 0 stopped, 2 invalid policy or options, 4 cannot listen.")
-    add_policy_argument(p)
-    p.add_argument("--listen", "-l", default="127.0.0.1:5353", metavar="HOST:PORT",
-                   help="address to serve on, UDP and TCP (default 127.0.0.1:5353; port 0: any)")
-    p.add_argument("--upstream", "-u", action="append", metavar="HOST:PORT",
-                   help="upstream resolver, repeatable, tried in order (default: the policy's "
-                   "resolver.nameservers, else /etc/resolv.conf)")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="answer SERVFAIL when no upstream answered within this time "
-                   "(default: the policy's resolver.timeout, 3 s)")
-    p.add_argument("--cache-mb", type=float, default=64, metavar="MB",
-                   help="memory bound of the answer caches (default 64)")
-    p.add_argument("--audit", metavar="FILE", help="append one JSON line per filtered Zoom answer")
-    p.add_argument("--audit-flush-ms", type=int, default=250, metavar="MS",
-                   help="write audit lines in batches this often, and at exit (default 250; "
-                   "0: each line at once)")
-    p.add_argument("--no-tcp", action="store_true", help="serve UDP only")
-    p.add_argument("--tcp-max-connections", type=int, default=TCP_MAX_CONNECTIONS, metavar="N",
-                   help="open TCP connections at most; when full, the one idle longest is closed "
-                   f"for a new one (default {TCP_MAX_CONNECTIONS})")
-    p.add_argument("--tcp-max-per-client", type=int, default=TCP_MAX_PER_CLIENT, metavar="N",
-                   help="open TCP connections per client address at most; beyond, the client's "
-                   f"own idle one is closed (default {TCP_MAX_PER_CLIENT})")
-    p.add_argument("--tcp-idle-timeout", type=float, default=TCP_IDLE_TIMEOUT, metavar="SECONDS",
-                   help="close a TCP connection that sends no query for this long "
-                   f"(default {TCP_IDLE_TIMEOUT:g})")
-    p.add_argument("--tcp-read-timeout", type=float, default=TCP_READ_TIMEOUT, metavar="SECONDS",
-                   help="close a TCP connection whose query, once begun, is not whole within "
-                   f"this time, or that does not take its answer (default {TCP_READ_TIMEOUT:g})")
-    p.add_argument("--no-uvloop", action="store_true",
-                   help="use asyncio's own event loop even when uvloop is installed")
-    p.add_argument("--verbose", "-v", action="store_true")
-    add_state_dir_argument(p)
-    p.set_defaults(func=cmd_dns)
-
-
 def cmd_dns(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
     learned = open_state(args.state_dir)   # upstream answers teach it; the proxy reads it too
-    holder = EngineHolder(policy_path(args), learned)
+    holder = EngineHolder(policy_path(args.policy), learned)
     config = build_config(args, holder)
     loop_factory = None
     if not args.no_uvloop:
@@ -283,5 +221,4 @@ async def _main(holder: EngineHolder, config: Config) -> int:
     return 0
 
 
-__all__ = ["Config", "EXIT_CONFIG", "EXIT_LISTEN", "build_config", "cmd_dns", "register",
-           "system_upstreams"]
+__all__ = ["Config", "build_config", "cmd_dns", "system_upstreams"]

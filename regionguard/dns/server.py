@@ -27,7 +27,8 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import dns.exception
 import dns.flags
@@ -41,7 +42,13 @@ from regionguard.core.reload import EngineHolder
 from regionguard.dns.cache import WireCache
 from regionguard.dns.filter import AnswerFilter, audit_answer
 from regionguard.dns.miss import Answered, Miss
-from regionguard.dns.tcp import TcpConnections
+from regionguard.dns.tcp import (
+    TCP_IDLE_TIMEOUT,
+    TCP_MAX_CONNECTIONS,
+    TCP_MAX_PER_CLIENT,
+    TCP_READ_TIMEOUT,
+    TcpConnections,
+)
 from regionguard.dns.upstream import Upstreams
 from regionguard.dns.wire import (
     FORMERR,
@@ -61,9 +68,6 @@ from regionguard.dns.wire import (
     wire_name,
 )
 
-if TYPE_CHECKING:
-    from regionguard.dns.cli import Config  # the command's; this module never imports it
-
 log = logging.getLogger(__name__)
 
 MAX_UDP_REPLY = 4096           # never answer over UDP with more than this, whatever is asked
@@ -71,6 +75,23 @@ MAX_QUERY = 4096               # a bigger UDP query is junk: read at most this m
 MAX_INFLIGHT = 2048            # misses being resolved at once; beyond that, SERVFAIL at once
 UDP_RCVBUF = 4 * 1024 * 1024
 RELOAD_EVERY = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What a DnsServer runs with (regionguard.dns.cli builds it from the options)."""
+
+    listen: tuple[str, int]
+    upstreams: tuple[tuple[str, int], ...]
+    timeout: float
+    cache_bytes: int
+    audit_path: str | None = None
+    tcp: bool = True
+    audit_flush: float = 0.25   # seconds between audit batches; 0: each line at once
+    tcp_max_connections: int = TCP_MAX_CONNECTIONS
+    tcp_max_per_client: int = TCP_MAX_PER_CLIENT
+    tcp_idle_timeout: float = TCP_IDLE_TIMEOUT     # waiting for a query's first byte
+    tcp_read_timeout: float = TCP_READ_TIMEOUT     # for the rest of it, and to take the answer
 
 
 class Waiter(NamedTuple):

@@ -74,20 +74,6 @@ def pac_text(zoom: ZoomCatalogue, proxy: str, overrides: Iterable[Override] = ()
                             nets=f"[\n    {nets}\n]", patterns=json.dumps(patterns))
 
 
-def register_pac(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pac", help="write a PAC file sending only Zoom's traffic through the proxy",
-                       description="Write a proxy auto-config (PAC) file that sends Zoom's domains "
-                       "and address ranges through regionguard and everything else DIRECT. "
-                       "`regionguard run` also serves it at http://HOST:PORT/proxy.pac.")
-    p.add_argument("--proxy", metavar="HOST:PORT", default="127.0.0.1:8080",
-                   help="the proxy's address as clients reach it (default 127.0.0.1:8080)")
-    p.add_argument("--policy", "-p", metavar="FILE", default=None,
-                   help="also send the endpoints this policy's overrides declare Zoom's")
-    p.add_argument("--output", "-o", metavar="FILE", default="-",
-                   help="where to write the PAC file (default: standard output)")
-    p.set_defaults(func=cmd_pac)
-
-
 def cmd_pac(args: argparse.Namespace) -> int:
     parsed = parse_hostport(args.proxy, 0)
     if parsed is None:

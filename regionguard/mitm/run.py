@@ -31,36 +31,14 @@ from types import ModuleType
 import yaml
 
 from regionguard.audit.log import check_audit_path
-from regionguard.cli import EXIT_CONFIG
 from regionguard.core.errors import ConfigError
-from regionguard.core.learned import add_state_dir_argument
 from regionguard.core.paths import default_policy_path
 from regionguard.core.policy import load_policy, parse_hostport
 from regionguard.core.prefixes import is_address
+from regionguard.exits import EXIT_CONFIG
 from regionguard.mitm.options import PREFIX, OptionProblem, parse_sets, parse_value
-from regionguard.mitm.pac import register_pac
 
 ADDON = Path(__file__).resolve().parents[2] / "addons" / "regionguard_addon.py"
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run", allow_abbrev=False,
-        help="run the enforcing proxy (mitmdump with the regionguard addon)",
-        description="Run mitmproxy with the regionguard addon. Unknown options are mitmdump's and "
-        "are passed on (e.g. --mode wireguard, --mode transparent, --mode socks5, "
-        "--mode local:zoom, --listen-port 8081, --set regionguard_intercept=non-zoom). "
-        "Without --listen-host it listens on 127.0.0.1 only.")
-    p.add_argument("--policy", metavar="FILE", default=None,
-                   help=f"policy YAML file (default: {default_policy_path()})")
-    p.add_argument("--audit", metavar="FILE", default=None,
-                   help="audit log, one JSON line per decision (= --set regionguard_audit=FILE)")
-    p.add_argument("--dns", metavar="HOST:PORT", default=None,
-                   help="also run the filtering DNS server (`regionguard dns`) on HOST:PORT "
-                   "beside the proxy, stopped with it")
-    add_state_dir_argument(p)
-    p.set_defaults(func=cmd_run, accepts_extra=True)
-    register_pac(sub)
 
 
 def _gives(extra: list[str], *names: str) -> bool:

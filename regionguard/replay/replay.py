@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from regionguard.cli import EXIT_BLOCKED, EXIT_CONFIG, EXIT_INPUT, EXIT_OK, add_policy_argument, policy_path
 from regionguard.core.decision import Action, Decision, Engine
-from regionguard.core.paths import default_policy_path
+from regionguard.core.paths import default_policy_path, policy_path
 from regionguard.core.policy import Policy, load_policy
+from regionguard.exits import EXIT_BLOCKED, EXIT_CONFIG, EXIT_INPUT
 from regionguard.progress import ProgressBar, wanted
-from regionguard.replay.flows import FORMATS, Connection, InputProblem, ObserveDns, read_connections
+from regionguard.replay.flows import Connection, InputProblem, ObserveDns, read_connections
 
 FAIL_CHOICES = ("block", "reroute", "monitor", "none")
 DEFAULT_FAIL_ON = frozenset({"block", "reroute"})
@@ -370,49 +370,8 @@ def junit_xml(result: ReplayResult, include_pass: bool = False) -> bytes:
 # --- the command ---------------------------------------------------------------------------------
 
 
-def _fail_on(text: str) -> frozenset[str]:
-    items = frozenset(x.strip().lower() for x in text.split(",") if x.strip())
-    bad = items - set(FAIL_CHOICES)
-    if bad or not items:
-        raise argparse.ArgumentTypeError(
-            f"{', '.join(sorted(bad)) or 'nothing'}: choose from {', '.join(FAIL_CHOICES)} "
-            "(comma-separated)")
-    return items
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "replay", help="decide recorded sessions (mitmproxy flows, HAR, audit logs, pcap) offline",
-        description="Replay recorded sessions through the decision core, offline: mitmproxy flow "
-        "files (mitmdump -w), HAR files (serverIPAddress is the address), regionguard audit "
-        "logs (JSON lines; also holds CONNECT/passthrough flows that mitmproxy does not save) and "
-        "packet captures (.pcap, .pcapng: one connection per TCP/UDP flow, SNI from the "
-        "ClientHello; their DNS answers are learned evidence for the run). "
-        "Never opens a network connection.",
-        epilog="Exit codes: 0 compliant; 1 something would be blocked (--fail-on); 2 usage error "
-        "or invalid policy; 4 some input unreadable (the rest was replayed); 5 both 1 and 4.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", metavar="FILE",
-                   help=".mitm, .har, audit .jsonl(.gz), .pcap or .pcapng")
-    add_policy_argument(p)
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="read every FILE as this format (default: detected from the content)")
-    p.add_argument("--client", metavar="IP", default=None,
-                   help="client address for records that carry none (HAR): selects the policy group")
-    p.add_argument("--fail-on", type=_fail_on, default=DEFAULT_FAIL_ON, metavar="ACTIONS",
-                   help="comma-separated actions that fail the replay (exit 1): block, reroute, "
-                   "monitor (a monitored connection that enforcement would block), or none "
-                   "(default: block,reroute)")
-    p.add_argument("--all", action="store_true", help="also list connections that are not Zoom's")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-    p.add_argument("--junit", metavar="OUT", default=None, help="also write JUnit XML to OUT")
-    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
-                   help="progress bar on stderr (auto: on a terminal, for inputs over 8 MB)")
-    p.set_defaults(func=cmd_replay)
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
-    result = replay(args.files, policy_path(args), client=args.client,
+    result = replay(args.files, policy_path(args.policy), client=args.client,
                     fail_on=args.fail_on, fmt=args.format, progress=args.progress)
     if args.junit:
         try:
@@ -430,5 +389,5 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-__all__ = ["register", "replay", "ReplayResult", "ReplayComplianceError", "Row", "junit_xml", "format_table",
-           "EXIT_OK", "EXIT_BLOCKED", "EXIT_CONFIG", "EXIT_INPUT"]
+__all__ = ["cmd_replay", "replay", "ReplayResult", "ReplayComplianceError", "Row", "junit_xml",
+           "format_table"]

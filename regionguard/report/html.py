@@ -17,11 +17,8 @@ from pathlib import Path
 
 from regionguard.core.paths import config_dir
 from regionguard.core.regions import load_catalogue
-from regionguard.report.summary import STOPPED, Summary
+from regionguard.report.summary import COLOURS, OTHER, STOPPED, Summary
 
-COLOURS = {"allow": "#2e7d32", "monitor": "#f9a825", "block": "#c62828", "reroute": "#6a1b9a",
-           "pass": "#90a4ae"}
-OTHER = "#607d8b"
 MAP_W, MAP_H = 960, 400
 LAT_TOP, LAT_BOTTOM = 84.0, -58.0     # Antarctica is cut off: no Zoom region there
 

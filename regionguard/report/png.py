@@ -11,8 +11,7 @@ matplotlib.use("Agg")   # no display: headless servers and CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from regionguard.report.html import COLOURS, OTHER  # noqa: E402
-from regionguard.report.summary import Summary  # noqa: E402
+from regionguard.report.summary import COLOURS, OTHER, Summary  # noqa: E402
 
 
 def _stacked(ax, title: str, rows: list[tuple[str, dict[str, int], int]], actions: list[str],

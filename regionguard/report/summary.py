@@ -1,33 +1,23 @@
-"""`regionguard report`: where did the meeting traffic go, and what was stopped? From audit logs.
+"""The report's model: totals over audit logs (`Summary`, filled by `summarise`), and what every
+renderer shares (the action order and colours), so the text, HTML and PNG renderers import this
+module and it imports none of them.
 
 Totals by region, service, scope (`governed`: held to the policy's regions; `other`: Zoom traffic
 outside the governed scope, such as web and login), client group and action.
-
-    regionguard report audit.jsonl audit.jsonl.1             # summary in the terminal
-    regionguard report audit.jsonl --html report.html        # self-contained page: charts and map
-    regionguard report audit.jsonl --png charts.png          # the charts alone (needs matplotlib)
-    regionguard report audit.jsonl --json                    # the same totals for scripts
 
 The logs are read as a stream: memory holds totals, never lines. Totals are keyed by bounded
 things (regions, services, actions, groups, rules, hours); hosts are unbounded, so the "top
 blocked hosts" table keeps at most TOP_HOSTS_KEPT hosts and is exact unless more distinct blocked
 hosts than that appear (then counts of the rarest are dropped, and the report says so).
-
-Exit codes: 0 report written; 2 usage error or an output that cannot be written; 4 some input
-could not be read (the rest is in the report).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from regionguard.cli import EXIT_CONFIG, EXIT_INPUT, EXIT_OK
 from regionguard.progress import ProgressBar, wanted
 from regionguard.replay.flows import InputProblem, iter_audit_lines
 
@@ -35,6 +25,10 @@ TOP_HOSTS_KEPT = 10_000
 MAX_PROBLEMS_KEPT = 200
 STOPPED = frozenset({"block", "reroute"})
 ACTION_ORDER = ("allow", "monitor", "block", "reroute", "pass")
+# one colour per action, the same in every renderer; OTHER for an action not listed
+COLOURS = {"allow": "#2e7d32", "monitor": "#f9a825", "block": "#c62828", "reroute": "#6a1b9a",
+           "pass": "#90a4ae"}
+OTHER = "#607d8b"
 
 
 class TopCounter:
@@ -194,120 +188,4 @@ def summarise(paths: Iterable[str | Path], progress: str = "never") -> Summary:
     return summary
 
 
-# --- terminal -------------------------------------------------------------------------------------
-
-
-def _grid(title: str, rows: list[tuple[str, dict[str, int], int]], actions: list[str],
-          limit: int = 25) -> list[str]:
-    if not rows:
-        return []
-    head = [title.upper(), "TOTAL", *[a.upper() for a in actions]]
-    body = [[k, str(total), *[str(counts.get(a, 0) or "") for a in actions]]
-            for k, counts, total in rows[:limit]]
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    fmt = [w if i == 0 else w for i, w in enumerate(widths)]
-    lines = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                              for i, (c, w) in enumerate(zip(r, fmt, strict=True))).rstrip()
-             for r in [head, *body]]
-    if len(rows) > limit:
-        lines.append(f"  ... {len(rows) - limit} more")
-    return lines
-
-
-def format_text(s: Summary, top: int = 10) -> str:
-    out = [f"regionguard report: {len(s.files)} file(s), {s.decisions:,} decision(s), "
-           f"{s.zoom:,} for Zoom endpoints"
-           + (f", {s.events} event(s)" if s.events else "")
-           + (f", {s.problem_count} unreadable line(s)" if s.problem_count else "")]
-    if s.first_time:
-        out.append(f"time range: {s.first_time} … {s.last_time}")
-    if s.policy_versions:
-        out.append("policy versions: " + ", ".join(f"{v} ({n:,})" for v, n in
-                                                    s.policy_versions.most_common()))
-    if s.by_action:
-        out.append("by action: " + "  ".join(f"{a} {s.by_action[a]:,}" for a in s.actions_seen()))
-    actions = [a for a in s.actions_seen() if a != "pass"]
-    for title, counter in (("region", s.region_action), ("service", s.service_action),
-                           ("scope", s.scope_action),
-                           ("client group", s.group_action),
-                           ("country without a Zoom region", s.country_action)):
-        lines = _grid(title, s.table(counter), actions)
-        if lines:
-            out += ["", f"by {title}:", *lines]
-    blocked = s.blocked_hosts.most_common(top)
-    if blocked:
-        out += ["", "top blocked hosts" + ("" if not s.blocked_hosts.pruned else " (approximate)")
-                + ":"]
-        width = max(len(h) for h, _ in blocked)
-        out += [f"  {h.ljust(width)}  {n:,}" for h, n in blocked]
-    if s.problem_count:
-        out += ["", f"unreadable input ({s.problem_count}):", *[f"  {p}" for p in s.problems[:20]]]
-        if s.problem_count > 20:
-            out.append(f"  ... and {s.problem_count - 20} more (all are in --json)")
-    return "\n".join(out) + "\n"
-
-
-# --- the command ---------------------------------------------------------------------------------
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report", help="summarise audit logs: regions, services, actions, groups; HTML/PNG charts",
-        description="Summarise regionguard audit logs (JSON lines, plain or .gz, rotated files "
-        "too) in the terminal; optionally write a self-contained HTML report with charts and a "
-        "world map, or the charts alone as PNG. Logs are read as a stream (bounded memory).",
-        epilog="Exit codes: 0 done; 2 usage error or unwritable output; 4 some input unreadable "
-        "(the rest is in the report).")
-    p.add_argument("files", nargs="+", metavar="AUDIT.jsonl")
-    p.add_argument("--html", metavar="OUT", help="write a self-contained HTML report to OUT")
-    p.add_argument("--png", metavar="OUT", help="write the charts as a PNG image (needs matplotlib: "
-                   "pip install 'regionguard[report]')")
-    p.add_argument("--json", action="store_true", help="print the totals as JSON instead of text")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="blocked hosts to list (10)")
-    p.add_argument("--title", default="regionguard report", help="title of the HTML/PNG report")
-    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
-                   help="progress bar on stderr (auto: on a terminal, for inputs over 8 MB)")
-    p.set_defaults(func=cmd_report)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    summary = summarise(args.files, progress=args.progress)
-    if args.json:
-        sys.stdout.write(json.dumps(summary.to_dict(args.top), indent=1) + "\n")
-        for p in summary.problems[:20]:
-            print(f"regionguard report: {p}", file=sys.stderr)
-    else:
-        sys.stdout.write(format_text(summary, args.top))
-    status = EXIT_INPUT if summary.problem_count else EXIT_OK
-    if args.html:
-        from regionguard.report.html import render_html
-
-        if not _write(args.html, render_html(summary, title=args.title, top=args.top).encode()):
-            return EXIT_CONFIG
-        print(f"HTML report written to {args.html}", file=sys.stderr)
-    if args.png:
-        try:
-            from regionguard.report.png import render_png
-        except ImportError as e:
-            print(f"regionguard report: --png needs matplotlib ({e}); install it with "
-                  "pip install 'regionguard[report]'", file=sys.stderr)
-            return EXIT_CONFIG
-        try:
-            render_png(summary, args.png, title=args.title)
-        except OSError as e:
-            print(f"regionguard report: cannot write --png {args.png}: {e}", file=sys.stderr)
-            return EXIT_CONFIG
-        print(f"PNG charts written to {args.png}", file=sys.stderr)
-    return status
-
-
-def _write(path: str, data: bytes) -> bool:
-    try:
-        Path(path).write_bytes(data)
-        return True
-    except OSError as e:
-        print(f"regionguard report: cannot write {path}: {e.strerror or e}", file=sys.stderr)
-        return False
-
-
-__all__ = ["register", "summarise", "Summary", "format_text", "TopCounter"]
+__all__ = ["ACTION_ORDER", "COLOURS", "OTHER", "STOPPED", "Summary", "TopCounter", "summarise"]

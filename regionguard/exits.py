@@ -1,0 +1,18 @@
+"""The exit codes of every `regionguard` command, in one place.
+
+The command modules return these; `regionguard/cli.py` maps the errors it catches onto them.
+Engine and command modules import this module, never the command line itself.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0        # success (explain: every target allowed, monitored or not Zoom's)
+EXIT_BLOCKED = 1   # explain, replay: at least one target would be blocked
+EXIT_CONFIG = 2    # usage error, or an invalid policy/configuration/option
+EXIT_RESOLVE = 3   # explain: a target could not be resolved
+EXIT_INPUT = 4     # replay, report, coverage: some input unreadable (the rest was processed)
+EXIT_LISTEN = 4    # dns: cannot listen on the address asked for
+EXIT_INTERRUPTED = 130   # stopped with Ctrl-C (128 + SIGINT), as shells report it
+
+__all__ = ["EXIT_BLOCKED", "EXIT_CONFIG", "EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_LISTEN",
+           "EXIT_OK", "EXIT_RESOLVE"]
