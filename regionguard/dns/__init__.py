@@ -11,7 +11,8 @@ mitmproxy DNS addon (regionguard.mitm.dns_filter) shares. Layered, each module o
   a small transport seam.
 - `server`: the sockets: UDP and TCP fronts, the two caches, the one miss path driving `Miss`.
 - `tcp`: the open DNS-over-TCP connections, bounded in total and per client.
-- `cli`: `regionguard dns`: options, Config, start-up and shutdown.
+- `cli`: `regionguard dns`: its options checked into the server's Config, start-up and shutdown
+  (the arguments themselves are defined in regionguard/cli.py, with every command's).
 - `resolve`: name resolution for the other front ends (the policy's static hosts, then DNS).
 
 Imports go one way: cli -> server -> miss -> filter -> wire; server -> upstream, cache, tcp.
