@@ -448,7 +448,7 @@ class AnswerFilter:
 
     def filter_scan(self, client: str | None, qname: str, qtype: int,
                     scan: Scan) -> FilterResult | None:
-        """`filter` on a scanned wire response (dnscache.scan_response), for the fast path: the
+        """`filter` on a scanned wire response (wire.scan_response), for the fast path: the
         records to drop are in `drop`, `message` is None. None when the answer must be replaced
         (block or reroute): the caller then runs `filter` on the parsed message.
 
