@@ -199,7 +199,8 @@ def mitmdump_args(args: argparse.Namespace, extra: list[str], policy: Path,
 
 
 def load_addon_module() -> ModuleType:
-    """The module of the proxy's addons (regionguard.mitm.addon): `make_addons()` gives them."""
+    """The module that assembles the proxy's addons (regionguard.mitm.addon): `make_addons()`
+    gives a fresh set, the policy addon (named "regionguard") first."""
     return importlib.import_module("regionguard.mitm.addon")
 
 
