@@ -107,14 +107,16 @@ def test_running_starts_the_reload_loop_and_done_stops_it_and_closes_the_audit_l
 
 
 def test_running_while_not_enforcing_says_so_and_starts_nothing(tmp_path, caplog):
+    """A policy loaded, then an option refused before running: nothing starts, no addon speaks
+    of a proxy it is not enforcing (no PAC URL, no open-gateway warning), the guard blocks Zoom."""
     async def check():
         addons = AddonSet()
         with taddons.context(*addons.all) as tctx:
-            tctx.configure(addons.policy, regionguard_policy=str(tmp_path / "missing.yaml"))
-            tctx.options.update(listen_host="0.0.0.0", mode=["regular@8765"])
+            tctx.configure(addons.policy, regionguard_policy=str(write_policy(tmp_path)))
+            tctx.options.update(listen_host="0.0.0.0", mode=["regular@8765"], regionguard_reload=-1)
             with caplog.at_level(logging.INFO, logger="regionguard"):
                 tctx.master.addons.trigger(hooks.RunningHook())
-            assert "regionguard: not enforcing (regionguard_policy: " in caplog.text
+            assert "regionguard: not enforcing (regionguard_reload: -1 is out of range" in caplog.text
             assert "PAC file" not in caplog.text and "beyond loopback" not in caplog.text
             assert addons.policy._reload_task is None
             f = tflow.tflow()
