@@ -15,6 +15,7 @@ wrapped so an internal error blocks Zoom endpoints and leaves other traffic alon
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -57,11 +58,11 @@ class ConnectionEnforcer:
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         """Explicit proxy CONNECT: decide the name, answer 403 or pin the tunnel."""
-        await self._guarded_request(flow, "http_connect")
+        await self._failing_closed(flow, self._decide_request(flow, "http_connect"))
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Plain HTTP through the explicit proxy: decide it like a CONNECT."""
-        await self._guarded_request(flow, "requestheaders")
+        await self._failing_closed(flow, self._requestheaders(flow))
 
     async def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
         """mitmproxy is about to send the upstream proxy a CONNECT. A client's own CONNECT was
@@ -115,12 +116,9 @@ class ConnectionEnforcer:
     def _record(self, verdict: Verdict, client: Any, via: str) -> None:
         record(self.policy.audit, verdict, client, via, self._audit_pass)
 
-    async def _guarded_request(self, flow: http.HTTPFlow, via: str) -> None:
+    async def _failing_closed(self, flow: http.HTTPFlow, deciding: Awaitable[None]) -> None:
         try:
-            if via == "http_connect":
-                await self._decide_request(flow, via)
-            else:
-                await self._requestheaders(flow)
+            await deciding
         except Exception as e:  # noqa: BLE001 - never let a failing hook open the gate
             req = flow.request
             verdict = fail_closed(self.policy.holder, req.host, None, req.port, "tcp", None, e)
