@@ -137,7 +137,8 @@ def test_without_its_dns_filter_the_proxy_refuses_dns_rather_than_relay_it(tmp_p
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(_NO_DNS_FILTER.format(broken=dns_filter == "broken"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     port = free_port()

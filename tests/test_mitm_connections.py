@@ -129,7 +129,7 @@ def test_keep_alive_requests_are_decided_once_per_client_connection_and_policy(t
             assert len(decisions(audit)) == 2
             enforcer.client_disconnected(first.client_conn)
             assert peek_client_state(first.client_conn) is None
-            policy.write_text(POLICY % {"more": ", IN", "dead_port": free_port()})                            # a new policy ...
+            policy.write_text(POLICY % {"more": ", IN", "dead_port": free_port()})   # a new policy ...
             await addons.policy.check_policy()
             later = request_flow("de.zoom.us", client=other_client.client_conn)
             await enforcer.requestheaders(later)

@@ -1,6 +1,7 @@
 """The addon's hooks one by one, in process, through mitmproxy's own test harness (taddons,
 tflow, tutils): the paths the end-to-end tests (test_proxy.py) cannot aim at. The addon is loaded
-as `regionguard run` loads them (make_addons, through proxy_support.AddonSet), with a real policy and the real engine;
+as `regionguard run` loads them (make_addons, through proxy_support.AddonSet), with a real policy
+and the real engine;
 where a path is about a failing dependency, the dependency is broken on purpose (the enforcer, the
 Zoom check, the gateway check, the reload) and the test asserts that Zoom stays blocked.
 
@@ -140,7 +141,8 @@ OTHER_HELLOS = [("plain.example", OTHER), (None, OTHER), ("plain.example", None)
     ("non-zoom", True, False),     # mitmproxy's own behaviour for others; Zoom passes through
     ("all", False, False),         # the operator asked for everything, Zoom included
 ])
-def test_tls_clienthello_intercepts_what_regionguard_intercept_chooses(policy, tmp_path, intercept, zoom_ignored, other_ignored):
+def test_tls_clienthello_intercepts_what_regionguard_intercept_chooses(
+        policy, tmp_path, intercept, zoom_ignored, other_ignored):
     async def check():
         async with enforcing(policy, tmp_path, regionguard_intercept=intercept) as (addon, tctx):
             for sni, address in ZOOM_HELLOS:
@@ -206,7 +208,8 @@ def test_explicit_proxy_decides_by_policy(policy, tmp_path, hook):
 
 
 @pytest.mark.parametrize("hook", ["http_connect", "requestheaders"])
-def test_explicit_proxy_blocks_everything_when_even_the_zoom_check_raises(policy, tmp_path, monkeypatch, hook):
+def test_explicit_proxy_blocks_everything_when_even_the_zoom_check_raises(
+        policy, tmp_path, monkeypatch, hook):
     """The enforcer fails, and so does the check that would tell Zoom from the rest: nothing
     can be told apart, so nothing goes through (not even the non-Zoom name)."""
     make = connect_flow if hook == "http_connect" else request_flow
@@ -246,7 +249,8 @@ def test_requestheaders_fails_closed_for_zoom_only_when_the_enforcer_raises(poli
 # --- http_connect_upstream: the CONNECT sent on to an upstream proxy ---------------------------
 
 
-def test_http_connect_upstream_sends_the_checked_address_or_an_unconnectable_target(policy, tmp_path, monkeypatch):
+def test_http_connect_upstream_sends_the_checked_address_or_an_unconnectable_target(
+        policy, tmp_path, monkeypatch):
     async def check():
         async with enforcing(policy, tmp_path) as (addon, _):
             upstream = "upstream:http://127.0.0.1:3128"
@@ -345,7 +349,8 @@ def test_a_bad_live_option_change_is_rejected_and_enforcement_stays(policy, tmp_
                 tctx.options.update(**{option: bad})
             assert getattr(tctx.options, option) == before       # mitmproxy kept the old value
             assert addon.policy.not_enforcing() is None
-            assert (addon.policy.holder.path, addon.policy.holder.engine.policy.version_id) == (policy, version)
+            holder = addon.policy.holder
+            assert (holder.path, holder.engine.policy.version_id) == (policy, version)
             f = connect_flow("in.zoom.us")
             await addon.connections.http_connect(f)
             assert f.response.status_code == 403
