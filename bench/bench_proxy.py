@@ -13,6 +13,9 @@ latency of a decision. Also, in process, the p50 of Enforcer.verdict (resolve + 
 AuditLog.record on a connection's path: queued for the writer thread (the addon's default,
 regionguard_audit_flush_ms=250) and written at once (regionguard_audit_flush_ms=0).
 Goal: guard ≥ 0.95 × bare for both loads. Loopback only; every loop bounded in count and time.
+
+    --compare DIR   also run DIR's addons (another checkout, e.g. main) as a third proxy, "base",
+                    in the same alternating rounds: before/after figures from one run.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ def _free_port(host: str) -> int:
 
 
 class Mitmdump:
-    def __init__(self, name: str, script: Path, workdir: Path, *sets: str) -> None:
+    def __init__(self, name: str, script: Path, workdir: Path, *sets: str,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log = workdir / f"{name}.log"
         self.port = _free_port("127.0.0.1")
@@ -107,7 +111,7 @@ class Mitmdump:
         for s in sets:
             cmd += ["--set", s]
         self._out = open(self.log, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
@@ -294,6 +298,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--compare", type=Path, metavar="DIR",
+                    help="another checkout whose addons run as a third proxy, base")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -321,6 +327,14 @@ def main() -> int:
                              f"regionguard_policy={policy}",
                              f"regionguard_audit={work / 'audit.jsonl'}")
             proxies.append(guard)
+            base = None
+            if args.compare:
+                other = args.compare.resolve()
+                env = {**os.environ, "PYTHONPATH": str(other)}
+                base = Mitmdump("base", other / "addons" / "regionguard_addon.py", work,
+                                f"regionguard_policy={policy}",
+                                f"regionguard_audit={work / 'audit-base.jsonl'}", env=env)
+                proxies.append(base)
             http_target, tls_target = f"{ORIGIN}:{http_port}", f"{ORIGIN}:{tls_port}"
             results: dict[str, dict[str, list[float]]] = {}
             cost: dict[str, dict[str, list[float]]] = {}   # operations per proxy CPU-second
@@ -330,7 +344,8 @@ def main() -> int:
                 op_kind = "connect" if kind == "connect" else "http"
                 for i in range(args.rounds):
                     # Which proxy goes first alternates, so neither always follows the other.
-                    for proxy in ((bare, guard) if i % 2 == 0 else (guard, bare)):
+                    order = [p for p in (bare, guard, base) if p is not None]
+                    for proxy in (order if i % 2 == 0 else order[::-1]):
                         if kind == "http-by-name" and proxy is bare:
                             continue   # bare mitmproxy cannot resolve the lab name
                         cpu0 = proxy.cpu_seconds()
@@ -377,6 +392,17 @@ def main() -> int:
                             "cpu_ratio": cg / cb}
         by_name = statistics.median(results["http-by-name"]["guard"])
         print(f"  http by name (resolve via policy hosts + pin), guard only: {by_name:8.0f} requests/s")
+        if base is not None:
+            print(f"  guard vs base ({args.compare}), median of per-round ratios:")
+            for kind in ("http", "connect", "http-by-name"):
+                rounds = results[kind]
+                paired = statistics.median(g / b for b, g in
+                                           zip(rounds["base"], rounds["guard"], strict=True))
+                cpu = statistics.median(cost[kind]["guard"]) / statistics.median(cost[kind]["base"])
+                print(f"    {kind:12s} base {statistics.median(rounds['base']):8.0f}/s  guard "
+                      f"{statistics.median(rounds['guard']):8.0f}/s  ratio {paired:.3f}  "
+                      f"per proxy CPU-second {cpu:.3f}")
+                report[f"vs_base_{kind}"] = {"paired_ratio": paired, "cpu_ratio": cpu}
         for kind in ("http", "connect"):
             b, g = lat[(kind, "bare")], lat[(kind, "guard")]
             print(f"  p50 latency {kind:8s} bare {b:6.3f} ms  guard {g:6.3f} ms  "

@@ -3,6 +3,7 @@ subprocess, curl. Everything binds port 0 (or a port found free at runtime) and 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.server
 import ipaddress
@@ -346,3 +347,47 @@ def status_of(result: subprocess.CompletedProcess) -> int | None:
 
 def body_json(result: subprocess.CompletedProcess) -> dict:
     return json.loads(result.stdout.replace("\r\n", "\n").rsplit("\n\n", 1)[-1])
+
+
+# --- the addons in process (mitmproxy.test.taddons) -----------------------------------------
+
+
+class AddonSet:
+    """One `make_addons()` set, as `regionguard run` loads it, each addon by its concern."""
+
+    def __init__(self) -> None:
+        from regionguard.mitm.addon import make_addons
+        from regionguard.mitm.connections import ConnectionEnforcer
+        from regionguard.mitm.gateway import GatewayAccess
+        from regionguard.mitm.pac_server import PacServer
+        from regionguard.mitm.policy_loader import PolicyLoader
+        from regionguard.mitm.tls_passthrough import TlsPassthrough
+
+        self.all = make_addons()
+        by_type = {type(a): a for a in self.all}
+        self.policy: PolicyLoader = by_type[PolicyLoader]
+        self.gateway: GatewayAccess = by_type[GatewayAccess]
+        self.tls: TlsPassthrough = by_type[TlsPassthrough]
+        self.pac: PacServer = by_type[PacServer]
+        self.connections: ConnectionEnforcer = by_type[ConnectionEnforcer]
+
+
+@contextlib.contextmanager
+def enforcing_addons(policy: Path, audit: Path | None = None, **options):
+    """An AddonSet in a taddons master, configured with this policy (and audit log, written at
+    once), enforcing; its policy addon is done() on the way out, as at mitmproxy's shutdown."""
+    from mitmproxy.test import taddons
+
+    addons = AddonSet()
+    with taddons.context(*addons.all) as tctx:
+        extra = {"regionguard_audit": str(audit), "regionguard_audit_flush_ms": 0} if audit else {}
+        tctx.configure(addons.policy, regionguard_policy=str(policy), **{**extra, **options})
+        assert addons.policy.not_enforcing() is None
+        try:
+            yield addons, tctx
+        finally:
+            addons.policy.done()
+
+
+def audit_lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []

@@ -4,6 +4,7 @@ upstream, with addons/dns_filter.py alone and with the proxy addon that includes
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -104,22 +105,47 @@ def test_unusable_policy_refuses_zoom_names(tmp_path, zone):
         _stop(proc)
 
 
+# Loaded first in the mitmdump process (a sitecustomize on PYTHONPATH): the package's DNS addon
+# module cannot be imported, as when it is not installed or is broken.
+_NO_DNS_FILTER = """
+import importlib.abc, importlib.util, sys
+
+class _Broken(importlib.abc.Loader):
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise RuntimeError("half-installed")
+
+class _NoDnsFilter(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "regionguard.mitm.dns_filter":
+            return None
+        if {broken}:
+            return importlib.util.spec_from_loader(name, _Broken())
+        raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+sys.meta_path.insert(0, _NoDnsFilter())
+"""
+
+
 @pytest.mark.parametrize("dns_filter", ["missing", "broken"])
 def test_without_its_dns_filter_the_proxy_refuses_dns_rather_than_relay_it(tmp_path, zone, dns_filter):
-    # addons/regionguard_addon.py copied alone (or beside a dns_filter.py that cannot load): DNS
-    # through the proxy must never be relayed unfiltered, or a CN address reaches the client.
-    addon_dir = tmp_path / "addons"
-    addon_dir.mkdir()
-    (addon_dir / "regionguard_addon.py").write_text((ROOT / "addons" / "regionguard_addon.py").read_text())
-    if dns_filter == "broken":
-        (addon_dir / "dns_filter.py").write_text("raise RuntimeError('half-installed')\n")
+    # The package's DNS addon (regionguard.mitm.dns_filter) missing or failing to import in the
+    # mitmdump process: DNS through the proxy must never be relayed unfiltered, or a CN address
+    # reaches the client.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_NO_DNS_FILTER.format(broken=dns_filter == "broken"))
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     port = free_port()
     cmd = [str(BIN / "mitmdump"), "--set", "listen_host=127.0.0.1",
            "--mode", f"reverse:dns://127.0.0.1:{zone.port}@{port}",
-           "-s", str(addon_dir / "regionguard_addon.py"), "--set", f"regionguard_policy={policy}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "-s", str(ROOT / "addons" / "regionguard_addon.py"), "--set", f"regionguard_policy={policy}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline, reply = time.monotonic() + 90, None
         while reply is None and proc.poll() is None and time.monotonic() < deadline:   # bounded
@@ -136,6 +162,6 @@ def test_without_its_dns_filter_the_proxy_refuses_dns_rather_than_relay_it(tmp_p
     finally:
         out = _stop(proc)
     if reply is None:
-        assert dns_filter == "broken" and "dns_filter.py failed to load" in out, out
+        assert dns_filter == "broken" and "regionguard.mitm.dns_filter failed to load" in out, out
     else:
         assert "every DNS query through the proxy is refused" in out, out

@@ -12,7 +12,9 @@ import pytest
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
-from regionguard.mitm.run import load_addon_module
+from regionguard.mitm.connections import ConnectionEnforcer
+from regionguard.mitm.enforce import Enforcer
+from tests.proxy_support import AddonSet
 
 POLICY = textwrap.dedent("""
     version: 1
@@ -26,21 +28,20 @@ POLICY = textwrap.dedent("""
 
 @pytest.fixture
 def addon(tmp_path, monkeypatch):
-    module = load_addon_module()
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    guard = module.RegionGuard()
+    addons = AddonSet()
 
     async def broken(*args, **kwargs):
         raise RuntimeError("simulated failure inside the decision path")
 
     async def run(check):
-        with taddons.context(guard) as tctx:
-            tctx.configure(guard, regionguard_policy=str(policy),
+        with taddons.context(*addons.all) as tctx:
+            tctx.configure(addons.policy, regionguard_policy=str(policy),
                            regionguard_audit=str(tmp_path / "audit.jsonl"))
-            monkeypatch.setattr(module.Enforcer, "verdict", broken)
-            await check(guard)
-            guard.done()   # as mitmproxy does at shutdown: writes the queued audit lines
+            monkeypatch.setattr(Enforcer, "verdict", broken)
+            await check(addons.connections)
+            addons.policy.done()   # as mitmproxy does at shutdown: writes the queued audit lines
 
     return run, tmp_path
 
@@ -85,14 +86,14 @@ def test_internal_error_kills_a_zoom_server_connection_by_address(addon):
 
 
 def test_flows_are_marked_and_commented_for_mitmweb(tmp_path):
-    module = load_addon_module()
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    guard = module.RegionGuard()
+    addons = AddonSet()
+    guard = addons.connections
 
     async def run():
-        with taddons.context(guard) as tctx:
-            tctx.configure(guard, regionguard_policy=str(policy))
+        with taddons.context(*addons.all) as tctx:
+            tctx.configure(addons.policy, regionguard_policy=str(policy))
             f = _connect_flow("in.zoom.us")
             await guard.http_connect(f)
             assert f.response.status_code == 403
@@ -104,18 +105,18 @@ def test_flows_are_marked_and_commented_for_mitmweb(tmp_path):
 
 def test_an_error_anywhere_in_a_hook_fails_closed_for_zoom(tmp_path, monkeypatch):
     """Not only the decision: a failure after it (here, recording) must not let Zoom through."""
-    module = load_addon_module()
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    guard = module.RegionGuard()
+    addons = AddonSet()
+    guard = addons.connections
 
     def broken_record(*args, **kwargs):
         raise OSError("simulated failure while recording")
 
     async def run():
-        with taddons.context(guard) as tctx:
-            tctx.configure(guard, regionguard_policy=str(policy))
-            monkeypatch.setattr(module.RegionGuard, "_record", broken_record)
+        with taddons.context(*addons.all) as tctx:
+            tctx.configure(addons.policy, regionguard_policy=str(policy))
+            monkeypatch.setattr(ConnectionEnforcer, "_record", broken_record)
             zoom = _connect_flow("in.zoom.us")
             await guard.http_connect(zoom)
             assert zoom.response is not None and zoom.response.status_code == 403
@@ -133,10 +134,9 @@ def test_an_error_anywhere_in_a_hook_fails_closed_for_zoom(tmp_path, monkeypatch
 def test_an_unconfigured_addon_leaves_zoom_blocked_by_the_guard(tmp_path):
     """A bad option the proxy could not stop for: the guard (in mitmproxy's chain, not the
     script's) refuses Zoom and nothing else until the options are good."""
-    module = load_addon_module()
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    addon = module.RegionGuard()
+    addon = AddonSet().policy
 
     async def run():
         with taddons.context(addon) as tctx:

@@ -1,6 +1,7 @@
 """The addon's hooks one by one, in process, through mitmproxy's own test harness (taddons,
 tflow, tutils): the paths the end-to-end tests (test_proxy.py) cannot aim at. The addon is loaded
-as `regionguard run` loads it (runner.load_addon_module), with a real policy and the real engine;
+as `regionguard run` loads them (make_addons, through proxy_support.AddonSet), with a real policy
+and the real engine;
 where a path is about a failing dependency, the dependency is broken on purpose (the enforcer, the
 Zoom check, the gateway check, the reload) and the test asserts that Zoom stays blocked.
 
@@ -23,8 +24,10 @@ from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tls import ClientHello, ClientHelloData
 
 from regionguard.core.decision import Engine
-from regionguard.mitm.run import load_addon_module
+from regionguard.core.zoom import ZoomCatalogue
+from regionguard.mitm.enforce import Enforcer
 from tests.conftest import free_port
+from tests.proxy_support import AddonSet
 
 DE, IN, OTHER = "127.0.1.1", "127.0.2.1", "127.0.3.1"
 
@@ -47,11 +50,6 @@ def policy_text(more: str = "") -> str:
 
 
 @pytest.fixture
-def module():
-    return load_addon_module()
-
-
-@pytest.fixture
 def policy(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text(policy_text())
@@ -59,18 +57,18 @@ def policy(tmp_path):
 
 
 @contextlib.asynccontextmanager
-async def enforcing(module, policy, tmp_path, **options):
-    """The addon in a mitmproxy master, configured with the policy, audit log and options."""
-    addon = module.RegionGuard()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, regionguard_policy=str(policy),
+async def enforcing(policy, tmp_path, **options):
+    """The addons in a mitmproxy master, configured with the policy, audit log and options."""
+    addons = AddonSet()
+    with taddons.context(*addons.all) as tctx:
+        tctx.configure(addons.policy, regionguard_policy=str(policy),
                        regionguard_audit=str(tmp_path / "audit.jsonl"),
                        regionguard_audit_flush_ms=0, **options)
-        assert addon.not_enforcing() is None
+        assert addons.policy.not_enforcing() is None
         try:
-            yield addon, tctx
+            yield addons, tctx
         finally:
-            addon.done()
+            addons.policy.done()
 
 
 def broken(what: str):
@@ -144,39 +142,39 @@ OTHER_HELLOS = [("plain.example", OTHER), (None, OTHER), ("plain.example", None)
     ("all", False, False),         # the operator asked for everything, Zoom included
 ])
 def test_tls_clienthello_intercepts_what_regionguard_intercept_chooses(
-        module, policy, tmp_path, intercept, zoom_ignored, other_ignored):
+        policy, tmp_path, intercept, zoom_ignored, other_ignored):
     async def check():
-        async with enforcing(module, policy, tmp_path, regionguard_intercept=intercept) as (addon, tctx):
+        async with enforcing(policy, tmp_path, regionguard_intercept=intercept) as (addon, tctx):
             for sni, address in ZOOM_HELLOS:
                 data = hello(tctx, sni, address)
-                addon.tls_clienthello(data)
+                addon.tls.tls_clienthello(data)
                 assert data.ignore_connection is zoom_ignored, (sni, address)
             for sni, address in OTHER_HELLOS:
                 data = hello(tctx, sni, address)
-                addon.tls_clienthello(data)
+                addon.tls.tls_clienthello(data)
                 assert data.ignore_connection is other_ignored, (sni, address)
 
     asyncio.run(check())
 
 
-def test_tls_clienthello_never_intercepts_when_the_zoom_check_raises(module, policy, tmp_path,
+def test_tls_clienthello_never_intercepts_when_the_zoom_check_raises(policy, tmp_path,
                                                                       monkeypatch):
     async def check():
-        async with enforcing(module, policy, tmp_path, regionguard_intercept="non-zoom") as (addon, tctx):
+        async with enforcing(policy, tmp_path, regionguard_intercept="non-zoom") as (addon, tctx):
             monkeypatch.setattr(Engine, "is_zoom", broken("is_zoom")[0])
             for sni, address in OTHER_HELLOS + ZOOM_HELLOS:
                 data = hello(tctx, sni, address)
-                addon.tls_clienthello(data)
+                addon.tls.tls_clienthello(data)
                 assert data.ignore_connection is True, (sni, address)
 
     asyncio.run(check())
 
 
-def test_tls_clienthello_is_never_intercepted_while_nothing_enforces(module, policy, tmp_path):
+def test_tls_clienthello_is_never_intercepted_while_nothing_enforces(policy, tmp_path):
     async def check():
-        addon = module.RegionGuard()
-        with taddons.context(addon) as tctx:
-            tctx.configure(addon, regionguard_policy=str(policy), regionguard_intercept="all",
+        addons = AddonSet()
+        with taddons.context(*addons.all) as tctx:
+            tctx.configure(addons.policy, regionguard_policy=str(policy), regionguard_intercept="all",
                            regionguard_reload=-1)                     # bad: not enforcing
             guard = tctx.master.addons.get("regionguard_guard")
             for sni, address in OTHER_HELLOS + ZOOM_HELLOS:
@@ -191,14 +189,14 @@ def test_tls_clienthello_is_never_intercepted_while_nothing_enforces(module, pol
 
 
 @pytest.mark.parametrize("hook", ["http_connect", "requestheaders"])
-def test_explicit_proxy_decides_by_policy(module, policy, tmp_path, hook):
+def test_explicit_proxy_decides_by_policy(policy, tmp_path, hook):
     make = connect_flow if hook == "http_connect" else request_flow
 
     async def check():
-        async with enforcing(module, policy, tmp_path) as (addon, _):
+        async with enforcing(policy, tmp_path) as (addon, _):
             blocked, allowed, other = make("in.zoom.us"), make("de.zoom.us"), make("plain.example")
             for f in (blocked, allowed, other):
-                await getattr(addon, hook)(f)
+                await getattr(addon.connections, hook)(f)
             assert blocked.response.status_code == 403
             assert blocked.response.headers["X-Regionguard-Rule"] == "region-disallowed"
             assert allowed.response is None and other.response is None
@@ -211,18 +209,18 @@ def test_explicit_proxy_decides_by_policy(module, policy, tmp_path, hook):
 
 @pytest.mark.parametrize("hook", ["http_connect", "requestheaders"])
 def test_explicit_proxy_blocks_everything_when_even_the_zoom_check_raises(
-        module, policy, tmp_path, monkeypatch, hook):
+        policy, tmp_path, monkeypatch, hook):
     """The enforcer fails, and so does the check that would tell Zoom from the rest: nothing
     can be told apart, so nothing goes through (not even the non-Zoom name)."""
     make = connect_flow if hook == "http_connect" else request_flow
 
     async def check():
-        async with enforcing(module, policy, tmp_path) as (addon, _):
-            monkeypatch.setattr(module.Enforcer, "verdict", broken("verdict")[1])
+        async with enforcing(policy, tmp_path) as (addon, _):
+            monkeypatch.setattr(Enforcer, "verdict", broken("verdict")[1])
             monkeypatch.setattr(Engine, "is_zoom", broken("is_zoom")[0])
             for host in ("in.zoom.us", "de.zoom.us", "plain.example", OTHER):
                 f = make(host)
-                await getattr(addon, hook)(f)
+                await getattr(addon.connections, hook)(f)
                 assert f.response is not None and f.response.status_code == 403, host
                 assert f.response.headers["X-Regionguard-Rule"] == "internal-error"
                 assert "RuntimeError('simulated failure: verdict')" in \
@@ -231,15 +229,14 @@ def test_explicit_proxy_blocks_everything_when_even_the_zoom_check_raises(
     asyncio.run(check())
 
 
-def test_requestheaders_fails_closed_for_zoom_only_when_the_enforcer_raises(
-        module, policy, tmp_path, monkeypatch):
+def test_requestheaders_fails_closed_for_zoom_only_when_the_enforcer_raises(policy, tmp_path, monkeypatch):
     async def check():
-        async with enforcing(module, policy, tmp_path) as (addon, _):
-            monkeypatch.setattr(module.Enforcer, "verdict", broken("verdict")[1])
+        async with enforcing(policy, tmp_path) as (addon, _):
+            monkeypatch.setattr(Enforcer, "verdict", broken("verdict")[1])
             zoom, by_address, other = (request_flow("de.zoom.us"), request_flow(DE),
                                        request_flow("plain.example"))
             for f in (zoom, by_address, other):
-                await addon.requestheaders(f)
+                await addon.connections.requestheaders(f)
             assert zoom.response.status_code == 403 and by_address.response.status_code == 403
             assert zoom.response.headers["X-Regionguard-Rule"] == "internal-error"
             assert other.response is None and other.request.host == "plain.example"
@@ -253,28 +250,28 @@ def test_requestheaders_fails_closed_for_zoom_only_when_the_enforcer_raises(
 
 
 def test_http_connect_upstream_sends_the_checked_address_or_an_unconnectable_target(
-        module, policy, tmp_path, monkeypatch):
+        policy, tmp_path, monkeypatch):
     async def check():
-        async with enforcing(module, policy, tmp_path) as (addon, _):
+        async with enforcing(policy, tmp_path) as (addon, _):
             upstream = "upstream:http://127.0.0.1:3128"
             allowed, blocked = connect_flow("de.zoom.us", mode=upstream), connect_flow(
                 "in.zoom.us", mode=upstream)
             for f in (allowed, blocked):
-                await addon.http_connect_upstream(f)
+                await addon.connections.http_connect_upstream(f)
             assert (allowed.request.host, allowed.request.authority) == (DE, f"{DE}:443")
             assert (blocked.request.host, blocked.request.port) == ("blocked.regionguard.invalid", 9)
             # The enforcer fails: Zoom's CONNECT goes nowhere, another one is left alone; when the
             # Zoom check fails too, every CONNECT goes nowhere.
-            monkeypatch.setattr(module.Enforcer, "verdict", broken("verdict")[1])
+            monkeypatch.setattr(Enforcer, "verdict", broken("verdict")[1])
             zoom, other = connect_flow("de.zoom.us", mode=upstream), connect_flow(
                 "plain.example", mode=upstream)
             for f in (zoom, other):
-                await addon.http_connect_upstream(f)
+                await addon.connections.http_connect_upstream(f)
             assert zoom.request.host == "blocked.regionguard.invalid"
             assert (other.request.host, other.request.port) == ("plain.example", 443)
             monkeypatch.setattr(Engine, "is_zoom", broken("is_zoom")[0])
             unknown = connect_flow("plain.example", mode=upstream)
-            await addon.http_connect_upstream(unknown)
+            await addon.connections.http_connect_upstream(unknown)
             assert (unknown.request.host, unknown.request.port) == ("blocked.regionguard.invalid", 9)
 
     asyncio.run(check())
@@ -283,32 +280,31 @@ def test_http_connect_upstream_sends_the_checked_address_or_an_unconnectable_tar
 # --- server_connect: every other mode, by address ---------------------------------------------
 
 
-def test_server_connect_blocks_every_address_when_even_the_zoom_check_raises(
-        module, policy, tmp_path, monkeypatch):
+def test_server_connect_blocks_every_address_when_even_the_zoom_check_raises(policy, tmp_path, monkeypatch):
     async def check():
-        async with enforcing(module, policy, tmp_path) as (addon, _):
-            monkeypatch.setattr(module.Enforcer, "verdict", broken("verdict")[1])
+        async with enforcing(policy, tmp_path) as (addon, _):
+            monkeypatch.setattr(Enforcer, "verdict", broken("verdict")[1])
             other = server_data(OTHER)
-            await addon.server_connect(other)
+            await addon.connections.server_connect(other)
             assert other.server.error is None            # the Zoom check works: not Zoom's
             monkeypatch.setattr(Engine, "is_zoom", broken("is_zoom")[0])
             for address, sni in ((OTHER, None), (OTHER, "plain.example"), (DE, None)):
                 data = server_data(address, sni=sni)
-                await addon.server_connect(data)
+                await addon.connections.server_connect(data)
                 assert "rule internal-error" in data.server.error, address
 
     asyncio.run(check())
 
 
-def test_server_connect_pins_an_allowed_name_and_blocks_a_disallowed_address(module, policy, tmp_path):
+def test_server_connect_pins_an_allowed_name_and_blocks_a_disallowed_address(policy, tmp_path):
     async def check():
-        async with enforcing(module, policy, tmp_path) as (addon, _):
+        async with enforcing(policy, tmp_path) as (addon, _):
             by_name = server_data("de.zoom.us", 443, transport="tcp")
-            await addon.server_connect(by_name)
+            await addon.connections.server_connect(by_name)
             assert by_name.server.error is None
             assert (by_name.server.address, by_name.server.sni) == ((DE, 443), "de.zoom.us")
             fronted = server_data(IN, 443, sni="de.zoom.us", transport="tcp")
-            await addon.server_connect(fronted)
+            await addon.connections.server_connect(fronted)
             assert "region IN, rule region-disallowed" in fronted.server.error
 
     asyncio.run(check())
@@ -317,16 +313,16 @@ def test_server_connect_pins_an_allowed_name_and_blocks_a_disallowed_address(mod
 # --- client_connected: the gateway ------------------------------------------------------------
 
 
-def test_client_connected_refuses_when_the_gateway_check_raises(module, policy, tmp_path, monkeypatch):
+def test_client_connected_refuses_when_the_gateway_check_raises(policy, tmp_path, monkeypatch):
     async def check():
-        async with enforcing(module, policy, tmp_path) as (addon, _):
+        async with enforcing(policy, tmp_path) as (addon, _):
             ok = tflow.tclient_conn()
-            addon.client_connected(ok)
+            addon.gateway.client_connected(ok)
             assert ok.error is None                      # no gateway.clients: loopback may use it
-            gateway = type(addon.holder.engine.policy.gateway)
+            gateway = type(addon.policy.holder.engine.policy.gateway)
             monkeypatch.setattr(gateway, "client_allowed", broken("client_allowed")[0])
             client = tflow.tclient_conn()
-            addon.client_connected(client)
+            addon.gateway.client_connected(client)
             assert client.error == ("regionguard: client 127.0.0.1 is not in the policy's "
                                     "gateway.clients")
         assert '"event":"client-refused"' in (tmp_path / "audit.jsonl").read_text()
@@ -344,19 +340,19 @@ def test_client_connected_refuses_when_the_gateway_check_raises(module, policy, 
     ("regionguard_policy", "/nonexistent/policy.yaml", "/nonexistent/policy.yaml"),
     ("regionguard_intercept", "everything", "everything"),
 ])
-def test_a_bad_live_option_change_is_rejected_and_enforcement_stays(
-        module, policy, tmp_path, option, bad, message):
+def test_a_bad_live_option_change_is_rejected_and_enforcement_stays(policy, tmp_path, option, bad, message):
     async def check():
-        async with enforcing(module, policy, tmp_path, regionguard_reload=0) as (addon, tctx):
-            addon.running()
-            before, version = getattr(tctx.options, option), addon.holder.engine.policy.version_id
+        async with enforcing(policy, tmp_path, regionguard_reload=0) as (addon, tctx):
+            addon.policy.running()
+            before, version = getattr(tctx.options, option), addon.policy.holder.engine.policy.version_id
             with pytest.raises(exceptions.OptionsError, match=message.replace("(", r"\(")):
                 tctx.options.update(**{option: bad})
             assert getattr(tctx.options, option) == before       # mitmproxy kept the old value
-            assert addon.not_enforcing() is None
-            assert (addon.holder.path, addon.holder.engine.policy.version_id) == (policy, version)
+            assert addon.policy.not_enforcing() is None
+            holder = addon.policy.holder
+            assert (holder.path, holder.engine.policy.version_id) == (policy, version)
             f = connect_flow("in.zoom.us")
-            await addon.http_connect(f)
+            await addon.connections.http_connect(f)
             assert f.response.status_code == 403
             assert f.response.headers["X-Regionguard-Rule"] == "region-disallowed"
             tctx.options.update(regionguard_reload=5)             # a good change still applies
@@ -376,15 +372,14 @@ async def _until(predicate, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_the_reload_loop_survives_a_failing_check_and_keeps_the_policy(
-        module, policy, tmp_path, monkeypatch, caplog):
+def test_the_reload_loop_survives_a_failing_check_and_keeps_the_policy(policy, tmp_path, monkeypatch, caplog):
     """Each check fails (the reload machinery raises, not the policy file): the loop logs it,
     goes on checking, keeps the policy in force; once checks work, a change is picked up."""
     calls = []
 
     async def check():
-        async with enforcing(module, policy, tmp_path, regionguard_reload=1) as (addon, _):
-            holder_class = type(addon.holder)
+        async with enforcing(policy, tmp_path, regionguard_reload=1) as (addon, _):
+            holder_class = type(addon.policy.holder)
             real = holder_class.check_async
 
             async def failing(self):
@@ -393,34 +388,34 @@ def test_the_reload_loop_survives_a_failing_check_and_keeps_the_policy(
 
             monkeypatch.setattr(holder_class, "check_async", failing)
             with caplog.at_level(logging.ERROR, logger="regionguard"):
-                addon.running()
+                addon.policy.running()
                 await _until(lambda: len(calls) >= 2)    # it kept checking after a failure
             assert "regionguard: policy reload check failed" in caplog.text
             assert "simulated failure: reload check" in caplog.text
             f = connect_flow("in.zoom.us")
-            await addon.http_connect(f)
+            await addon.connections.http_connect(f)
             assert f.response.status_code == 403           # the policy stays in force
             monkeypatch.setattr(holder_class, "check_async", real)
             policy.write_text(policy_text(", IN"))        # now IN is allowed
             await _until(lambda: '"ok":true' in (tmp_path / "audit.jsonl").read_text()
                          if (tmp_path / "audit.jsonl").exists() else False)
             g = connect_flow("in.zoom.us")
-            await addon.http_connect(g)
+            await addon.connections.http_connect(g)
             assert g.response is None                      # the change was picked up
 
     asyncio.run(check())
 
 
-def test_the_reload_loop_keeps_the_policy_when_the_new_file_is_invalid(module, policy, tmp_path):
+def test_the_reload_loop_keeps_the_policy_when_the_new_file_is_invalid(policy, tmp_path):
     async def check():
-        async with enforcing(module, policy, tmp_path, regionguard_reload=1) as (addon, _):
-            addon.running()
+        async with enforcing(policy, tmp_path, regionguard_reload=1) as (addon, _):
+            addon.policy.running()
             policy.write_text(policy_text(", Atlantis"))
             audit = tmp_path / "audit.jsonl"
             await _until(lambda: audit.exists() and '"ok":false' in audit.read_text())
             assert "Atlantis" in audit.read_text()
             f = connect_flow("in.zoom.us")
-            await addon.http_connect(f)
+            await addon.connections.http_connect(f)
             assert f.response.status_code == 403
 
     asyncio.run(check())
@@ -430,22 +425,22 @@ def test_the_reload_loop_keeps_the_policy_when_the_new_file_is_invalid(module, p
 
 
 @pytest.mark.parametrize("armed", [True, False], ids=["last-policy", "bundled-catalogue"])
-def test_the_guard_blocks_everything_when_its_zoom_check_raises(module, policy, tmp_path,
+def test_the_guard_blocks_everything_when_its_zoom_check_raises(policy, tmp_path,
                                                                 monkeypatch, armed):
     """Not enforcing (the addon was unloaded), and the Zoom check the guard relies on (the last
     good policy's, or the bundled catalogue's) raises: nothing can be told apart, so every
     CONNECT, request, server connection and DNS query is refused."""
     async def check():
-        addon = module.RegionGuard()
-        with taddons.context(addon) as tctx:
+        addon = AddonSet()
+        with taddons.context(*addon.all) as tctx:
             guard = tctx.master.addons.get("regionguard_guard")
             if armed:
-                tctx.configure(addon, regionguard_policy=str(policy))
-                addon.done()                                   # unloaded: not enforcing
+                tctx.configure(addon.policy, regionguard_policy=str(policy))
+                addon.policy.done()                                   # unloaded: not enforcing
                 monkeypatch.setattr(Engine, "is_zoom", broken("is_zoom")[0])
             else:
-                monkeypatch.setattr(module.ZoomCatalogue, "load", broken("catalogue")[0])
-            assert addon.not_enforcing() is not None
+                monkeypatch.setattr(ZoomCatalogue, "load", broken("catalogue")[0])
+            assert addon.policy.not_enforcing() is not None
             for f in (connect_flow("plain.example"), request_flow("plain.example")):
                 guard.http_connect(f)
                 assert f.response.status_code == 403

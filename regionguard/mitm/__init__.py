@@ -1,3 +1,18 @@
-"""The mitmproxy front end: the addons that enforce the policy on proxied connections and DNS,
-their options, and `regionguard run`, which starts mitmproxy with them loaded.
+"""The mitmproxy front end: regionguard as mitmproxy addons, one small class per concern, and
+`regionguard run`, which starts mitmproxy with them in its addon chain.
+
+- `addon`: `make_addons()`, a fresh set of the addons below in chain order (what `regionguard
+  run` and addons/regionguard_addon.py load);
+- `policy_loader`: `PolicyLoader`, the addon named "regionguard": declares the options
+  (`options` is their table and their checks), loads and reloads the policy, opens the audit log;
+- `zoom_guard`: `ZoomGuard`, put in mitmproxy's own chain, blocks Zoom whenever no policy is in
+  force (a script unloaded, broken, or not configured);
+- `gateway`: `GatewayAccess`, who may use the proxy (`gateway.clients`);
+- `tls_passthrough`: `TlsPassthrough`, which TLS connections may be intercepted (never Zoom's);
+- `pac_server`: `PacServer`, the PAC file at the proxy's own address (`pac` writes it);
+- `connections`: `ConnectionEnforcer`, each connection decided (`enforce`) and pinned, or blocked;
+  `verdicts` is what a verdict does to a flow, `connection_state` what is remembered on
+  mitmproxy's connection objects;
+- `dns_missing`: the DNS addons (`dns_filter`), or a stand-in refusing DNS when they cannot load;
+- `run`: `regionguard run`.
 """

@@ -177,7 +177,8 @@ def mitmdump_args(args: argparse.Namespace, extra: list[str], policy: Path,
 
 
 def load_addon_module() -> ModuleType:
-    """The module of the proxy's addons (regionguard.mitm.addon): `make_addons()` gives them."""
+    """The module that assembles the proxy's addons (regionguard.mitm.addon): `make_addons()`
+    gives a fresh set, the policy addon (named "regionguard") first."""
     return importlib.import_module("regionguard.mitm.addon")
 
 
@@ -194,7 +195,8 @@ def run_mitmdump(argv: list[str], policy: Path) -> int | str | None:
     class EnforcingMaster(dump.DumpMaster):
         def __init__(self, opts, *a, **kw) -> None:
             super().__init__(opts, *a, **kw)
-            self.addons.add(*module.make_addons())
+            self.regionguard_addons = module.make_addons()
+            self.addons.add(*self.regionguard_addons)
 
         async def run(self) -> None:
             addon = self.addons.get("regionguard")
@@ -202,8 +204,11 @@ def run_mitmdump(argv: list[str], policy: Path) -> int | str | None:
                 problem = "the regionguard addon is not loaded"
             else:
                 if not addon.configured_once:
-                    # not configured yet (no option of its own changed): configure it now
-                    self.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(self.options.keys())))
+                    # not configured yet (no option of its own changed): configure them now,
+                    # the policy addon first, as mitmproxy would
+                    everything = hooks.ConfigureHook(set(self.options.keys()))
+                    for each in self.regionguard_addons:
+                        self.addons.invoke_addon_sync(each, everything)
                 problem = addon.not_enforcing()
                 if problem is None and addon.holder.path.resolve() != policy.resolve():
                     problem = f"the policy in force is {addon.holder.path}, not {policy}"
