@@ -44,7 +44,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
-from regionguard import _native
+from regionguard import _compiled
 from regionguard.audit.log import AuditLog, check_audit_path
 from regionguard.cli import EXIT_CONFIG, add_policy_argument, policy_path
 from regionguard.core.errors import ConfigError, Problem
@@ -1474,7 +1474,7 @@ async def _main(holder: EngineHolder, config: Config) -> int:
         print(warning, file=sys.stderr, flush=True)
     print(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "
           f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id}); "
-          f"hot path {_native.status()}", file=sys.stderr, flush=True)
+          f"hot path {_compiled.status()}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
