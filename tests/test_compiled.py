@@ -10,9 +10,11 @@ import importlib.util
 import json
 import os
 import random
+import runpy
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import dns.message
@@ -147,6 +149,29 @@ def test_an_extension_left_for_a_module_no_longer_listed_is_never_imported(tmp_p
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(root / "regionguard" / "core" / f"{name}.py")
                                    for name in ("decision", "locator")]
+
+
+@pytest.mark.skipif(not (PACKAGE.parent / "hatch_build.py").is_file(), reason="not a source checkout")
+def test_the_build_first_removes_every_extension_and_stamp_in_the_package(tmp_path, monkeypatch):
+    """So a module taken off the list loses the extension an older build left it, whatever the
+    list was then (hatchling is the build's, not the test venv's: its base class is stood in)."""
+    interface = types.ModuleType("hatchling.builders.hooks.plugin.interface")
+    interface.BuildHookInterface = object
+    for name in ("hatchling", "hatchling.builders", "hatchling.builders.hooks",
+                 "hatchling.builders.hooks.plugin"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, interface.__name__, interface)
+    build = runpy.run_path(str(PACKAGE.parent / "hatch_build.py"))
+    package = tmp_path / "regionguard"
+    (package / "core").mkdir(parents=True)
+    (package / "dns").mkdir()
+    built = [package / "core" / f"decision{SUFFIX}", package / "dns" / f"wire{SUFFIX}",
+             package / f"_native__mypyc{SUFFIX}", package / "_native.json", package / "_compiled.json"]
+    kept = [package / "core" / "decision.py", package / "dns" / "wire.py", package / "data.json"]
+    for path in built + kept:
+        path.write_text("x")
+    build["clean"](tmp_path)
+    assert [p for p in built if p.exists()] == [] and all(p.exists() for p in kept)
 
 
 @needs_build
