@@ -203,7 +203,7 @@ SIMPLE_TYPES = frozenset({A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE, _OPT})
 
 def _u16(wire: bytes, pos: int) -> int:
     """The big-endian 16-bit field at `pos`. Fields are read this way, not with struct: compiled
-    (regionguard/_native.py) it is plain C, where a struct.unpack_from call (a module lookup, a
+    (regionguard/_compiled.py) it is plain C, where a struct.unpack_from call (a module lookup, a
     call, a tuple) cost more than the rest of a record."""
     return (wire[pos] << 8) | wire[pos + 1]
 
