@@ -1,17 +1,14 @@
-"""Build hook: compile the DNS hot path (regionguard/_native.py lists the modules) with mypyc.
+"""Build hook: compile the modules regionguard/_compiled.py lists with mypyc.
 
 Runs for wheels and editable installs alike and builds in place: the extension modules land
 beside their sources, where an editable install finds them too, and are shipped in the wheel
-(with the sources, which stay the fallback). Without a C compiler, or when mypyc fails, the
-build warns (pip shows it with -v) and installs pure Python, unless REGIONGUARD_REQUIRE_NATIVE=1
-(./dev test sets it, so a broken compile fails loudly instead of quietly making every cache
-miss slower).
-REGIONGUARD_PURE_PYTHON=1 skips compiling.
+(with the sources, which stay the fallback). REGIONGUARD_COMPILED (see _compiled.py): auto, the
+default, warns when the compile fails (pip shows it with -v) and installs pure Python; require
+fails the build instead (./dev sets it, so a broken compile is loud); off compiles nothing.
 """
 
 from __future__ import annotations
 
-import os
 import runpy
 import subprocess
 import sys
@@ -37,55 +34,61 @@ setup(name="regionguard", packages=[], py_modules=[],
 """
 
 
-class NativeBuildHook(BuildHookInterface):
+class CompileHook(BuildHookInterface):
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict) -> None:
         if self.target_name != "wheel":
             return
         root = Path(self.root)
-        native = runpy.run_path(str(root / "regionguard" / "_native.py"))
-        self._clean(root, native)
-        if native["pure_requested"]():
+        loader = runpy.run_path(str(root / "regionguard" / "_compiled.py"))
+        clean(root)
+        wanted = loader["mode"]()
+        if wanted == "off":
             return
         try:
-            self._compile(root, native)
+            compile_in_place(root, loader)
         except Exception as e:  # noqa: BLE001 - any failure: fall back to the sources
-            self._clean(root, native)
-            if os.environ.get("REGIONGUARD_REQUIRE_NATIVE", "") not in ("", "0"):
+            clean(root)
+            if wanted == "require":
                 raise
-            self.app.display_warning(f"regionguard: compiling the DNS hot path failed, installing "
-                                     f"pure Python (slower cache misses):\n{e}")
+            self.app.display_warning(f"regionguard: compiling {', '.join(loader['MODULES'])} "
+                                     f"failed, installing pure Python (slower cache misses):\n{e}")
             return
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
-        build_data["artifacts"].extend(f"/{p.relative_to(root).as_posix()}"
-                                       for p in self._outputs(root, native))
+        build_data["artifacts"].extend(f"/{p.relative_to(root).as_posix()}" for p in outputs(root))
 
-    @staticmethod
-    def _outputs(root: Path, native: dict) -> list[Path]:
-        package = root / "regionguard"
-        return [*package.glob(f"{native['GROUP']}__mypyc.*"),
-                *(p for m in native["MODULES"]
-                  for p in native["module_path"](package, m).parent.glob(m.rpartition(".")[2] + ".*")
-                  if p.suffix in (".so", ".pyd")),
-                package / native["STAMP"]]
 
-    def _clean(self, root: Path, native: dict) -> None:
-        for path in self._outputs(root, native):
-            path.unlink(missing_ok=True)
+def outputs(root: Path) -> list[Path]:
+    """Every build output in the package: all extension modules, whichever list built them (so a
+    module taken off the list loses its old extension), and the stamps, this one and the one
+    builds wrote before the loader was renamed (_native.json)."""
+    package = root / "regionguard"
+    stamps = [package / name for name in ("_compiled.json", "_native.json")]
+    return [*(p for p in package.rglob("*") if p.suffix in (".so", ".pyd")),
+            *(p for p in stamps if p.exists())]
 
-    def _compile(self, root: Path, native: dict) -> None:
-        with tempfile.TemporaryDirectory(prefix="regionguard-mypyc-") as tmp:
-            sources = [native["module_path"](Path("regionguard"), m).as_posix() for m in native["MODULES"]]
-            # the generated C goes to tmp too, not to ./build in the project
-            cmd = [sys.executable, "-c", _SETUP, f"regionguard.{native['GROUP']}",
-                   str(Path(tmp) / "c"), *_MYPY_ARGS,
-                   "--cache-dir", str(Path(tmp) / "mypy"), *sources, "--",
-                   "build_ext", "--inplace", "--build-temp", str(Path(tmp) / "temp"),
-                   "--build-lib", str(Path(tmp) / "lib")]
-            done = subprocess.run(cmd, cwd=root, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-            if done.returncode:
-                raise RuntimeError(done.stdout[-4000:])
-        native["write_stamp"](root / "regionguard")
+
+def clean(root: Path) -> None:
+    for path in outputs(root):
+        path.unlink(missing_ok=True)
+
+
+def compile_in_place(root: Path, loader: dict) -> None:
+    """Compile loader["MODULES"] beside their sources and write the stamp; raises on failure.
+    `loader` is regionguard/_compiled.py run as a script (runpy.run_path): the build cannot
+    import regionguard itself."""
+    with tempfile.TemporaryDirectory(prefix="regionguard-mypyc-") as tmp:
+        sources = [loader["module_path"](Path("regionguard"), m).as_posix() for m in loader["MODULES"]]
+        # the generated C goes to tmp too, not to ./build in the project
+        cmd = [sys.executable, "-c", _SETUP, f"regionguard.{loader['GROUP']}",
+               str(Path(tmp) / "c"), *_MYPY_ARGS,
+               "--cache-dir", str(Path(tmp) / "mypy"), *sources, "--",
+               "build_ext", "--inplace", "--build-temp", str(Path(tmp) / "temp"),
+               "--build-lib", str(Path(tmp) / "lib")]
+        done = subprocess.run(cmd, cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        if done.returncode:
+            raise RuntimeError(done.stdout[-4000:])
+    loader["write_stamp"](root / "regionguard")

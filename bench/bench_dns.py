@@ -15,8 +15,9 @@ name new), and latency percentiles under load (from dnsperf's per-query report).
 each run, the server's CPU use and how busy the load core was: a load core near 100% means
 dnsperf and the upstream, not the server, set the pace (flagged "LOAD-BOUND").
 rg-audit is regionguard writing its audit log (one JSON line per filtered answer) as well;
-rg-pure is regionguard with REGIONGUARD_PURE_PYTHON=1, its hot path run from source (as where
-nothing was compiled, see regionguard/_native.py).
+rg-pure is regionguard with REGIONGUARD_COMPILED=off, its compiled modules run from source (as
+where nothing was compiled, see regionguard/_compiled.py). --build NAME=DIR adds regionguard from
+another checkout DIR (with its own build, e.g. another list of compiled modules) to the same run.
 floor is bench/dns_floor.py, a uvloop forwarder that only forwards (misses only): what the four
 datagrams of a miss cost any Python server, so the rest of regionguard's cost is its own work.
 Goals (issue 4): hit rate >= 0.6x unbound's; miss rate with filtering >= 1.0x unbound's.
@@ -41,7 +42,7 @@ import dns.query
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from regionguard import _native  # noqa: E402
+from regionguard import _compiled  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -227,12 +228,20 @@ def main() -> int:
     parser.add_argument("--no-audit-run", action="store_true",
                         help="skip the rg-audit variant (regionguard writing its audit log)")
     parser.add_argument("--no-pure-run", action="store_true",
-                        help="skip the rg-pure variant (regionguard with REGIONGUARD_PURE_PYTHON=1: "
+                        help="skip the rg-pure variant (regionguard with REGIONGUARD_COMPILED=off: "
                         "its hot path run from source, as where nothing was compiled)")
     parser.add_argument("--no-floor-run", action="store_true",
                         help="skip the floor run (bench/dns_floor.py: a forwarder that does "
                         "nothing but forward, the I/O cost any Python server pays per miss)")
+    parser.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
+                        help="also run regionguard from the checkout DIR (PYTHONPATH=DIR: its "
+                        "sources and its own compiled build) as variant NAME; repeatable")
     args = parser.parse_args()
+    builds = [b.partition("=")[::2] for b in args.build]
+    for name, directory in builds:
+        if not name or not (Path(directory) / "regionguard" / "__init__.py").is_file():
+            parser.error(f"--build {name}={directory}: give NAME=DIR, DIR a checkout holding "
+                         "regionguard/ (e.g. --build leaf=/tmp/regionguard-leaf)")
     for tool in ("unbound", "dnsperf", "taskset"):
         if shutil.which(tool) is None:
             print(f"bench_dns: `{tool}` not found; install it (Debian: apt-get install unbound dnsperf)",
@@ -263,7 +272,7 @@ def main() -> int:
             policy = work / "policy.yaml"
             policy.write_text("version: 1\naccount: {type: paid, default_region: DE}\n"
                               "regions: {opt_in: [Europe]}\n")
-            pure_env = {**os.environ, "REGIONGUARD_PURE_PYTHON": "1"}
+            pure_env = {**os.environ, _compiled.ENV: "off"}
             variants: list[tuple[str, list[str], dict[str, str] | None]] = [("regionguard", [], None)]
             if not args.no_audit_run:
                 variants.append(("rg-audit", ["--audit", str(work / "audit.jsonl")], None))
@@ -271,6 +280,8 @@ def main() -> int:
                 variants.append(("rg-asyncio", ["--no-uvloop"], None))
             if not args.no_pure_run:
                 variants.append(("rg-pure", [], pure_env))
+            for name, directory in builds:
+                variants.append((name, [], {**os.environ, "PYTHONPATH": directory}))
             if uvloop_installed() and not args.no_floor_run:
                 floor_port = free_port()
                 floor_cmd = [sys.executable, str(ROOT / "bench" / "dns_floor.py"), str(floor_port),
@@ -290,8 +301,10 @@ def main() -> int:
                           f"127.0.0.1:{rg_port}", "--upstream", f"127.0.0.1:{up_port}", "--no-tcp",
                           *extra]
                 commands[name] = ["taskset", "-c", SERVER_CORE, *rg_cmd]
-                if env is not None:
-                    commands[name].insert(0, "REGIONGUARD_PURE_PYTHON=1")
+                if env is pure_env:
+                    commands[name].insert(0, f"{_compiled.ENV}=off")
+                elif env is not None:
+                    commands[name].insert(0, f"PYTHONPATH={env['PYTHONPATH']}")
                 rg = start(rg_cmd, SERVER_CORE, work / f"{name}.log", env)
                 procs.append(rg)
                 answer = wait_answer(rg_port)
@@ -339,8 +352,8 @@ def main() -> int:
         print("regionguard runs on uvloop when it is installed; rg-asyncio is the same server on "
               "asyncio's own loop (--no-uvloop)")
     if "rg-pure" in results:
-        print(f"regionguard's hot path here: {_native.status()}; rg-pure is the same server with "
-              "REGIONGUARD_PURE_PYTHON=1 (its sources, as where nothing compiled)")
+        print(f"regionguard's compiled modules here: {_compiled.status()}; rg-pure is the same "
+              f"server with {_compiled.ENV}=off (its sources, as where nothing compiled)")
     if "floor" in results:
         floor = results["floor"]["miss"]
         print(f"floor (bench/dns_floor.py, forwards and nothing else): miss {floor['qps']:.0f} q/s, "
@@ -365,6 +378,11 @@ def main() -> int:
     if "rg-pure" in results and ub["miss"]["qps"]:
         print(f"ratio miss rg-pure/unbound     = {results['rg-pure']['miss']['qps'] / ub['miss']['qps']:.2f}"
               "  (the hot path run from its sources)")
+    for name, _ in builds:
+        r = results[name]
+        print(f"ratio {name}/unbound: hit {r['hit']['qps'] / ub['hit']['qps']:.2f}  miss "
+              f"{r['miss']['qps'] / ub['miss']['qps']:.2f}  (--build {name}; cpu us/q: hit "
+              f"{r['hit']['cpu_us_per_query']:.1f}, miss {r['miss']['cpu_us_per_query']:.1f})")
     return 0
 
 

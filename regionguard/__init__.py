@@ -8,9 +8,9 @@ Public API::
     d.action, d.region, d.rule, d.location.evidence
 """
 
-from regionguard import _native
+from regionguard import _compiled
 
-_native.install()   # before the compiled modules are imported: compiled, or their sources
+_compiled.install()   # before the compiled modules are imported: compiled, or their sources
 
 from regionguard.core.decision import Action, Decision, Engine
 from regionguard.core.errors import ConfigError, PolicyError, Problem, RegionguardError

@@ -16,6 +16,13 @@ CONFIG = ROOT / "config"
 BIN = Path(sys.executable).parent
 
 
+def pytest_report_header(config) -> str:
+    """Which code the run tests: the compiled modules or their sources (REGIONGUARD_COMPILED)."""
+    from regionguard import _compiled
+    return (f"regionguard compiled modules: {_compiled.status()} "
+            f"({_compiled.ENV}={os.environ.get(_compiled.ENV) or 'auto'})")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_state_home(tmp_path_factory):
     """Learned evidence (regionguard/core/learned.py) is kept under $XDG_STATE_HOME by default: the

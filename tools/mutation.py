@@ -8,7 +8,7 @@ regionguard/core/decision.py, dnsfilter.py and enforce.py the in-process tests n
 
 mutmut (the `test` extra) does the work; [tool.mutmut] in pyproject.toml says which modules it
 breaks and which tests judge them. The sources are mutated, so the run sets
-REGIONGUARD_PURE_PYTHON=1: a mypyc-compiled copy would shadow every mutant. Results are cached
+REGIONGUARD_COMPILED=off: a mypyc-compiled copy would shadow every mutant. Results are cached
 in mutants/ (git-ignored): a second run only checks what changed. Delete mutants/ for a clean one.
 
 "Killed" counts mutants a test failed on or that ran past mutmut's timeout (a mutant that makes
@@ -44,7 +44,7 @@ def mutmut() -> str:
 
 
 def run(minutes: float, children: int, only: list[str]) -> int:
-    env = dict(os.environ, REGIONGUARD_PURE_PYTHON="1")
+    env = dict(os.environ, REGIONGUARD_COMPILED="off")
     env.pop("PYTHONPATH", None)   # mutmut puts mutants/ first; nothing may shadow it
     try:
         return subprocess.run([mutmut(), "run", "--max-children", str(children), *only], cwd=ROOT, env=env,

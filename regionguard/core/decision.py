@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from regionguard.core.evidence import Location
 from regionguard.core.hostnames import normalise_host
@@ -177,7 +176,7 @@ class Engine:
         located = located or address
         location = self.locator.locate(located, host)
         cls = self.zoom.classify(host, located, port, transport, location.zoom)
-        base: dict[str, Any] = dict(host=host, address=address, port=port, transport=transport, client=client,
+        base = dict(host=host, address=address, port=port, transport=transport, client=client,
                     policy_version=self.policy.version_id, zoom_why=cls.why)
         if not cls.zoom:
             return Decision(Action.PASS, "not-zoom", cls.why, False, **base)

@@ -18,7 +18,7 @@ import sys
 
 import dns.resolver
 
-from regionguard import _native
+from regionguard import _compiled
 from regionguard.audit.log import check_audit_path
 from regionguard.core.errors import ConfigError, Problem
 from regionguard.core.learned import open_state
@@ -209,7 +209,7 @@ async def _main(holder: EngineHolder, config: Config) -> int:
         print(warning, file=sys.stderr, flush=True)
     print(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "
           f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id}); "
-          f"hot path {_native.status()}", file=sys.stderr, flush=True)
+          f"hot path {_compiled.status()}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
