@@ -31,7 +31,7 @@ from pathlib import Path
 # Dotted below the package: the DNS miss path's pure computation, each kept only while bench/
 # shows it pays (README, Speed). dns.server holds the miss path's logic until it moves into its
 # own module; the rest of the core stays plain Python.
-MODULES = ("dns.wire", "dns.filter", "core.hostnames", "dns.server")
+MODULES = ("dns.wire", "dns.cache", "dns.filter", "dns.miss", "core.hostnames", "dns.server", "dns.upstream")
 GROUP = "_compiled"          # their shared library: regionguard/_compiled__mypyc<suffix>
 STAMP = "_compiled.json"     # written by the build: {"suffix": ..., "sources": {module: sha256}}
 ENV = "REGIONGUARD_COMPILED"

@@ -19,7 +19,7 @@ learned store (regionguard/core/learned.py) is the one side effect: the engine's
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import dns.message
 import dns.name
@@ -103,7 +103,8 @@ class Miss:
         if result.outcome is Outcome.REROUTE:
             if self.reroutes:
                 self._rerouting = (asked, result)
-                target = dns.name.from_text(result.reroute_to or "").canonicalize().to_wire()
+                # to_wire() without a file always gives bytes; typed Optional for the file case
+                target = cast(bytes, dns.name.from_text(result.reroute_to or "").canonicalize().to_wire())
                 return Reroute(key._replace(qname=target))
             message = flt.reroute_answer(asked, result, None)   # no second hop: blocked
         return self._answered(asked, result, message)

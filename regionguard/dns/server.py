@@ -28,7 +28,7 @@ import struct
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import dns.exception
 import dns.flags
@@ -343,7 +343,8 @@ class DnsServer:
             return error_reply(data, FORMERR)
         group = self.group_of(client)
         q = query.question[0]
-        key = CacheKey(group, q.name.canonicalize().to_wire(), q.rdtype, q.rdclass,
+        qname = cast(bytes, q.name.canonicalize().to_wire())   # bytes: no file given
+        key = CacheKey(group, qname, q.rdtype, q.rdclass,
                        bool(query.ednsflags & dns.flags.DO), bool(query.flags & dns.flags.CD),
                        query.edns >= 0)
         wire = self.answers.get(key, time.monotonic())
