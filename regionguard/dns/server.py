@@ -280,7 +280,7 @@ class DnsServer:
                 return
             self._resolve(key, client, waiter)
         except Exception as e:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
-            self._udp_failed(_tuple_new(Waiter, (data, pq, "", None, addr, transport)), e)
+            self._udp_failed(data, pq, addr, transport, e)
 
     def _refuse_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
         reply = self.refused(data)
@@ -456,12 +456,13 @@ class DnsServer:
                 else:
                     waiter.set_result(canonical)
             elif canonical is None:
-                self._udp_failed(waiter, error or UpstreamError("no answer"))
+                self._udp_failed(waiter.data, waiter.query, waiter.addr, waiter.transport,
+                                 error or UpstreamError("no answer"))
             else:
                 try:
                     self._reply_udp(waiter, canonical)
                 except Exception as e:  # noqa: BLE001
-                    self._udp_failed(waiter, e)
+                    self._udp_failed(waiter.data, waiter.query, waiter.addr, waiter.transport, e)
         miss.waiters.clear()
 
     # --- replies ---
@@ -487,9 +488,9 @@ class DnsServer:
         if not transport.is_closing():
             transport.sendto(reply, addr)
 
-    def _udp_failed(self, waiter: Waiter, error: BaseException) -> None:
+    def _udp_failed(self, data: bytes, pq: Query, addr: Any, transport: Any,
+                    error: BaseException) -> None:
         """SERVFAIL for a plain UDP query, as `answer` and `_answer` give it."""
-        data, pq, _group, _key, addr, transport = waiter
         reply: bytes | None
         self.stats["servfail"] += 1
         if isinstance(error, UpstreamError):
