@@ -137,6 +137,8 @@ def _fetch_one(client: Any, f: Fetch, retries: int, show_progress: bool) -> byte
                 return bytes(body)
         except httpx.TimeoutException as e:
             last = f"timed out ({type(e).__name__})"
+        except httpx.RemoteProtocolError as e:   # closed before Content-Length bytes came
+            last = f"truncated: {e}"
         except httpx.HTTPError as e:   # refused, reset, cut short, bad TLS...
             last = f"{type(e).__name__}: {e}"
     raise UpdateError(f"{f.key}: fetching {f.url} failed after {retries + 1} attempt(s): {last}"
