@@ -147,6 +147,23 @@ def test_a_shrunken_source_is_accepted_with_force(tmp_path):
     assert run.returncode == EXIT_OK, run.stderr
 
 
+def test_the_zoom_tables_cloud_rows_follow_the_clouds(tmp_path):
+    # 3.21.137.130: a Zoom range (3.21.137.128/25) inside AWS us-east-2, placed US by the bundled
+    # zoom-datacenters.csv; AWS moving its prefix to Frankfurt moves the Zoom table's row too
+    data = tmp_path / "data"
+    zoom_address = "3.21.137.130"
+    assert region_of(data, zoom_address) == "US"
+    files = dict(V1, **{AWS_NAME: moved(V1[AWS_NAME], zoom_address, "eu-central-1")})
+    with Mirror(files) as mirror:
+        assert update(data, mirror).returncode == EXIT_OK
+    table = (data / in_force(data) / "zoom-datacenters.csv").read_text()
+    assert "3.21.137.128/25,DE,DE,AWS eu-central-1 (Frankfurt),cloud" in table
+    run = subprocess.run([str(BIN / "regionguard"), "explain", "--json", zoom_address],
+                         capture_output=True, text=True, env=env_for(data), timeout=120)
+    found = json.loads(run.stdout)["addresses"][0]
+    assert found["region"] == "DE" and found["chosen_source"] == "zoom-dc"
+
+
 def test_one_file_from_its_own_mirror(tmp_path):
     data = tmp_path / "data"
     with Mirror(V1) as first, Mirror({AWS_NAME: V2[AWS_NAME]}) as second:

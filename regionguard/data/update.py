@@ -9,9 +9,10 @@ Order of work, so that a failure anywhere leaves the data in force untouched:
 Readers (regionguard.core.datasets.active_set) only ever see a whole set.
 
 What a set holds: AWS's and Oracle's files verbatim; zoom-ranges.csv made from the union of
-Zoom's range files; the curated tables (zoom-datacenters.csv, cloud-regions.csv,
-site-codes.csv, iso3166-alpha2.csv) copied from the bundled snapshot, since no upstream
-publishes them (config/data/README.md).
+Zoom's range files; zoom-datacenters.csv with its `cloud` rows made again from those
+(regionguard.data.cloudmap) and its Zoom-labelled and inferred rows kept; the curated tables
+(cloud-regions.csv, site-codes.csv, iso3166-alpha2.csv) copied from the bundled snapshot, since
+no upstream publishes them (config/data/README.md).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from regionguard.core import datasets
-from regionguard.core.datasets import AWS, FILES, MANIFEST, ORACLE, ZOOM_RANGES
+from regionguard.core.datasets import AWS, DATACENTERS, FILES, MANIFEST, ORACLE, ZOOM_RANGES
 from regionguard.core.paths import bundled_data_dir, config_dir, data_dir, data_root
 from regionguard.exits import EXIT_DATA, EXIT_OK
 from regionguard.progress import ProgressBar
@@ -394,6 +395,7 @@ def update(root: Path, fetches: list[Fetch], *, timeout: float, retries: int, fo
         files[ZOOM_RANGES] = ("prefix,service,source,date\n"
                               + "".join(",".join(r) + "\n" for r in rows)).encode()
         _warn_unknown_locations(files, groups, regions)
+        files[DATACENTERS] = _datacenters(files, rows, zoom_files)
         manifest = {"format": 1, "fetched": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                     "sources": {f.key: f.url for f in fetches}, "counts": new_counts,
                     "dates": {"zoom-ranges": today}}
@@ -406,6 +408,18 @@ def update(root: Path, fetches: list[Fetch], *, timeout: float, retries: int, fo
               f"{len(rows)} prefixes (before: {old_counts})", file=out)
         print(f"  in force: {final}", file=out)
         return final
+
+
+def _datacenters(files: dict[str, bytes], rows: list[list[str]], zoom_files: list) -> bytes:
+    """zoom-datacenters.csv with its cloud rows made from the new files (regionguard.data.cloudmap)."""
+    from regionguard.core.regions import load_catalogue
+    from regionguard.data.cloudmap import cloud_rows, datacenters_csv
+
+    zoom_txt = next((set(networks) for name, networks in zoom_files if name == "Zoom.txt"), set())
+    zoom = [(ipaddress.ip_network(r[0]), r[2]) for r in rows]
+    cloud = cloud_rows(zoom, zoom_txt, files[AWS], files[ORACLE], files[datasets.CLOUD_REGIONS],
+                       load_catalogue().region_for_country)
+    return datacenters_csv(files[DATACENTERS], cloud)
 
 
 def _url(fetches: list[Fetch], key: str) -> str:
