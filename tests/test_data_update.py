@@ -21,7 +21,7 @@ import dns.message
 import dns.rrset
 import pytest
 
-from regionguard.core import datasets
+from regionguard.core import datasets, sources
 from regionguard.core.reload import EngineHolder
 from regionguard.exits import EXIT_DATA, EXIT_OK
 from tests.data_mirror import AWS_NAME, BUNDLED, ORACLE_NAME, Mirror, bundled_files
@@ -212,8 +212,16 @@ def test_a_running_engine_holder_follows_the_set_in_force(tmp_path, monkeypatch,
         assert update(data, mirror).returncode == EXIT_OK
     assert holder.check() is None
     assert holder.engine.locator.locate(ADDRESS).region == "US"
-    # a set that is not whole: refused, the running engine (and its data) stays, and says why
+    first = str(data / in_force(data))
+    assert any(key[0].startswith(first) for key in sources._file_cache)
     with Mirror(V1) as mirror:
+        assert update(data, mirror).returncode == EXIT_OK
+    assert holder.check() is None
+    assert holder.engine.locator.locate(ADDRESS).region == "DE"
+    # the tables of a set no longer in force are not kept
+    assert not any(key[0].startswith(first) for key in sources._file_cache)
+    # a set that is not whole: refused, the running engine (and its data) stays, and says why
+    with Mirror(V2) as mirror:
         assert update(data, mirror).returncode == EXIT_OK
     (data / in_force(data) / "cloud-regions.csv").unlink()
     engine = holder.engine
@@ -221,7 +229,7 @@ def test_a_running_engine_holder_follows_the_set_in_force(tmp_path, monkeypatch,
         error = holder.check()
     assert error is not None and "the new data set is not used" in str(error)
     assert "cloud-regions.csv is missing" in str(error)
-    assert holder.engine is engine and holder.engine.locator.locate(ADDRESS).region == "US"
+    assert holder.engine is engine and holder.engine.locator.locate(ADDRESS).region == "DE"
     assert "not reloaded" in caplog.text
 
 

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from regionguard.core import datasets
+from regionguard.core import datasets, sources
 from regionguard.core.decision import Engine
 from regionguard.core.errors import ConfigError
 from regionguard.core.learned import LearnedStore
@@ -153,8 +153,9 @@ class EngineHolder:
         log.info("regionguard: policy %s reloaded (%s → %s)", self.path, old, result.policy.version_id)
         if self._data_changed:
             self._data_changed = False
+            _forget_old_sets()
             log.info("regionguard: data reloaded: %s",
-                        datasets.describe_set(data_dir(), bundled_data_dir()))
+                     datasets.describe_set(data_dir(), bundled_data_dir()))
         return None
 
     def _gone(self) -> ConfigError:
@@ -177,6 +178,16 @@ def _unusable_set() -> str | None:
     if datasets.set_stamp(root) is None:
         return None
     return datasets.check_set((root / datasets.CURRENT).resolve())
+
+
+def _forget_old_sets() -> None:
+    """Drop the sources' cached tables of updated sets no longer in force: each update is a new
+    directory, and without this a long-running server would keep every set it ever read."""
+    root = str(data_root())
+    keep = str(data_dir())
+    cache = sources._file_cache
+    for key in [k for k in cache if k[0].startswith(root) and not k[0].startswith(keep)]:
+        del cache[key]
 
 
 def _report_data() -> None:
