@@ -263,11 +263,14 @@ def test_a_running_dns_server_answers_with_the_new_data_after_an_update(tmp_path
     policy.write_text(POLICY)                                  # opt_in: [DE]
     with Mirror(V1) as mirror:
         assert update(data, mirror).returncode == EXIT_OK
+    monkeypatch.setenv(datasets.MAX_AGE_ENV, "1")             # the bundled AWS file is older
     zone = ZoneServer()
     zone.answer = _zone_answer
     server = DnsProcess(policy, [zone.address], "--state-dir", "off")
     try:
         assert addresses(ask(server.port, NAME)) == {ADDRESS, "198.51.100.10"}   # DE: allowed
+        log = "".join(server.log)
+        assert "aws data is" in log and "days old" in log      # warned at start-up
         with Mirror(V2) as mirror:
             assert update(data, mirror).returncode == EXIT_OK
         deadline = time.monotonic() + 30
