@@ -87,9 +87,10 @@ def test_the_bundled_snapshot_is_in_force_until_an_update(tmp_path):
 def test_a_good_update_is_in_force_and_shown_with_its_dates(tmp_path):
     data = tmp_path / "data"
     with Mirror(V2) as mirror:
-        run = update(data, mirror)
+        run = update(data, mirror, "--progress", "always")    # the last option wins
     assert run.returncode == EXIT_OK, run.stderr
     assert "fetched in" in run.stdout
+    assert "ip-ranges.json" in run.stderr and "100.0%" in run.stderr   # the progress bar
     assert sorted(set(mirror.requests)) == sorted(V2)       # every file, from the mirror
     current = data / in_force(data)
     assert datasets.check_set(current) is None
