@@ -292,3 +292,40 @@ def test_a_running_dns_server_answers_with_the_new_data_after_an_update(tmp_path
     finally:
         server.close()
         zone.close()
+
+
+def test_a_sources_file_replaces_the_official_list(tmp_path):
+    data = tmp_path / "data"
+    with Mirror(V2) as mirror:
+        sources_file = tmp_path / "sources.yaml"
+        zoom = "".join(f"  - {mirror.base}/{name}\n" for name in V2 if name.startswith("Zoom"))
+        sources_file.write_text(f"aws: {{url: {mirror.base}/{AWS_NAME}}}\n"
+                                f"oracle: {{url: {mirror.base}/{ORACLE_NAME}}}\nzoom:\n{zoom}")
+        run = data_cmd(data, "update", "--sources", str(sources_file))
+        assert run.returncode == EXIT_OK, run.stderr
+    assert region_of(data) == "US"
+    (tmp_path / "bad.yaml").write_text("aws: nothing\n")
+    bad = data_cmd(data, "update", "--sources", str(tmp_path / "bad.yaml"))
+    assert bad.returncode == EXIT_DATA and "bad.yaml" in bad.stderr and "zoom:" in bad.stderr
+
+
+def test_one_update_at_a_time(tmp_path):
+    data = tmp_path / "data"
+    with Mirror(V2, slow_seconds=4) as mirror:
+        mirror.faults[AWS_NAME] = "slow"
+        first = subprocess.Popen([str(BIN / "regionguard"), "data", "update", "--mirror-base",
+                                  mirror.base, "--progress", "never"], env=env_for(data),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while AWS_NAME not in mirror.requests and time.monotonic() < deadline:
+                time.sleep(0.05)                              # the first holds the lock now
+            second = update(data, mirror)
+            assert second.returncode == EXIT_DATA and "another" in second.stderr
+            assert first.wait(timeout=60) == EXIT_OK, first.stderr.read()
+        finally:
+            first.kill()
+            first.wait()
+            first.stdout.close()
+            first.stderr.close()
+    assert region_of(data) == "US"
