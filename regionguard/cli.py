@@ -30,6 +30,7 @@ Exit codes (all commands):
   2  usage error, or an invalid policy/configuration (the message names file, field and fix)
   3  explain: a target could not be resolved
   4  replay, report, coverage: some input unreadable (the rest was processed)
+  5  data: the update or rollback failed (the data in force is unchanged)
 Other commands (run, dns, replay, report, coverage, pac) document their codes in
 `regionguard COMMAND --help`.
 """
@@ -267,6 +268,51 @@ def _add_coverage(sub: Subparsers) -> None:
     p.set_defaults(func=coverage.cmd_coverage)
 
 
+def _add_data(sub: Subparsers) -> None:
+    from regionguard.data import update
+
+    p = sub.add_parser("data", help="update the data regionguard ships (Zoom, AWS, Oracle ranges)",
+                       description="Fetch fresh copies of the public data regionguard ships, check "
+                       "them, and install them atomically beside the previous set (kept for "
+                       "rollback). Running `run` and `dns` switch to a new set without a restart. "
+                       "Exit codes: 0 done, 5 failed (the data in force is unchanged).")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    u = actions.add_parser("update", help="fetch, check and install a new data set",
+                           description="Fetch Zoom's range files, AWS ip-ranges.json and Oracle's "
+                           "public_ip_ranges.json (URLs in config/data-sources.yaml), check each, "
+                           "and make them the data in force.")
+    r = actions.add_parser("rollback", help="put the previous data set back in force")
+    s = actions.add_parser("status", help="which data set is in force, and its dates")
+    for q in (u, r, s):
+        q.add_argument("--data-dir", metavar="DIR", default=None,
+                       help="where data sets are kept (default: $REGIONGUARD_DATA_DIR, else "
+                       "$XDG_STATE_HOME/regionguard/data); front ends read "
+                       "$REGIONGUARD_DATA_DIR, so give them the same directory")
+    u.add_argument("--rollback", action="store_true",
+                   help="fetch nothing: put the previous set back (as `data rollback`)")
+    u.add_argument("--sources", metavar="FILE", default=None,
+                   help="a list of URLs shaped like config/data-sources.yaml, in its place")
+    u.add_argument("--mirror", action="append", metavar="KEY=URL",
+                   help="fetch one file from a mirror; KEY: aws, oracle or a Zoom file name "
+                   "(Zoom.txt, ZoomPhone.txt, ...); repeatable")
+    u.add_argument("--mirror-base", metavar="URL", default=None,
+                   help="fetch every file from URL/<its file name> (a local mirror)")
+    u.add_argument("--timeout", type=float, default=update.DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"per-request timeout (default {update.DEFAULT_TIMEOUT:g})")
+    u.add_argument("--retries", type=int, default=update.DEFAULT_RETRIES, metavar="N",
+                   help="retries after a network error, a timeout or a 5xx answer "
+                   f"(default {update.DEFAULT_RETRIES})")
+    u.add_argument("--max-shrink", type=float, default=update.DEFAULT_MAX_SHRINK,
+                   metavar="FRACTION",
+                   help="refuse a source with this fraction fewer entries than the data in force "
+                   f"(default {update.DEFAULT_MAX_SHRINK:g})")
+    u.add_argument("--force", action="store_true", help="accept a source that shrank that much")
+    u.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="progress bar on stderr (default auto: when stderr is a terminal)")
+    p.set_defaults(func=update.cmd_data)
+
+
 # (the commands an adder adds, the adder): explain and friends are the core's; run and pac the
 # mitmproxy front end's; dns the DNS front end's; replay, report, coverage the offline tools.
 _COMMANDS: tuple[tuple[str, Callable[[Subparsers], None]], ...] = (
@@ -277,6 +323,7 @@ _COMMANDS: tuple[tuple[str, Callable[[Subparsers], None]], ...] = (
     ("replay", _add_replay),
     ("report", _add_report),
     ("coverage", _add_coverage),
+    ("data", _add_data),
 )
 
 

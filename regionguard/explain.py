@@ -7,11 +7,12 @@ import json
 import re
 import sys
 
+from regionguard.core import datasets
 from regionguard.core.decision import Action, Decision, Engine
 from regionguard.core.errors import ConfigError, Problem
 from regionguard.core.learned import LearnedStore, open_state
 from regionguard.core.locator import Locator
-from regionguard.core.paths import policy_path
+from regionguard.core.paths import bundled_data_dir, data_dir, policy_path
 from regionguard.core.policy import ResolverSettings, Rules, load_policy, parse_hostport
 from regionguard.core.prefixes import is_address
 from regionguard.core.regions import load_catalogue
@@ -99,7 +100,17 @@ def _explain(args: argparse.Namespace, learned: LearnedStore | None) -> int:
             _print_json(_as_json(target, answer.source, decisions, overall, engine))
         else:
             _print_text(target, answer.source, decisions, overall, engine)
+    if not args.json:
+        print(datasets.describe_set(data_dir(), bundled_data_dir()))
     return status
+
+
+def _data_json() -> dict:
+    """The data set the answers came from, and the date of each source."""
+    directory = data_dir()
+    return {"directory": str(directory),
+            "updated": directory.resolve() != bundled_data_dir().resolve(),
+            "dates": datasets.dataset_dates(directory)}
 
 
 def _as_json(target: str, how: str, decisions: list[Decision], overall: Decision | None,
@@ -128,6 +139,7 @@ def _as_json(target: str, how: str, decisions: list[Decision], overall: Decision
         "policy": engine.policy.path,
         "policy_version": engine.policy.version_id,
         "addresses": addresses,
+        "data": _data_json(),
         "decision": None if overall is None else {
             "action": str(overall.action), "rule": overall.rule, "reason": overall.reason,
             "address": overall.address, "scope": overall.scope,
@@ -205,6 +217,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
                      else f"; {_scope_text(g)}"))
         print(f"  CRC regions enabled: {' '.join(sorted(policy.enabled_crc_regions()))}; "
               f"dial-in countries enabled: {' '.join(sorted(policy.enabled_dialin_countries()))}")
+    directory = data_dir()
+    print(datasets.describe_set(directory, bundled_data_dir()))
+    for message in datasets.stale_sources(directory):
+        print(f"warning: {message}", file=sys.stderr)
     return status
 
 

@@ -36,6 +36,22 @@ def _private_state_home(tmp_path_factory):
         os.environ["XDG_STATE_HOME"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _bundled_data_without_age_warnings():
+    """The processes the tests start read the bundled data, never a set the user updated
+    (REGIONGUARD_DATA_DIR; the default is under the private state home above), and do not warn
+    that it is old: how old it is depends on the day the tests run. Tests of the warning
+    (tests/test_data_update.py) set the threshold themselves."""
+    saved = {k: os.environ.pop(k, None) for k in ("REGIONGUARD_DATA_DIR", "REGIONGUARD_DATA_MAX_AGE_DAYS")}
+    os.environ["REGIONGUARD_DATA_MAX_AGE_DAYS"] = "0"
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def write_policy(tmp_path):
     """Write a policy YAML (dedented) into tmp_path and return its path."""

@@ -1,10 +1,13 @@
 """The bundled data is sound: every prefix parses, every cloud location has a row, every row says
-where it came from, and the build script reproduces the shipped files."""
+where it came from, and the shipped files can be made again from a fresh clone: by the build
+script from the repository's own inputs, and by `regionguard data update` from a mirror of the
+upstream files served over HTTP on 127.0.0.1."""
 
 import csv
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,9 +104,61 @@ def _assert_same_as_shipped(out):
         assert (out / name).read_bytes() == (DATA / name).read_bytes(), name
 
 
-# The only check that the shipped data can be rebuilt. It needs the public inputs in ../shared/data
-# (CI has them beside its fresh clone; a developer beside the main checkout): it skips only when
-# none of the places it may be holds them, and says where it looked.
+def _fresh_clone(tmp_path: Path) -> Path:
+    """What a clone holds for the build: the script, its in-repository inputs and config/data,
+    in a directory with no ../shared beside it."""
+    clone = tmp_path / "nest" / "clone"
+    shutil.copytree(ROOT / "tools", clone / "tools",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(DATA, clone / "config" / "data")
+    assert not (clone.parent / "shared").exists()
+    return clone
+
+
+def test_build_script_in_a_fresh_clone_reproduces_the_shipped_files(tmp_path):
+    clone = _fresh_clone(tmp_path)
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(clone / "tools" / "build_data.py"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    _assert_same_as_shipped(out)
+    # and in place, over its own config/data: the same bytes again
+    run = subprocess.run([sys.executable, str(clone / "tools" / "build_data.py")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    for name in BUILT:
+        assert (clone / "config" / "data" / name).read_bytes() == (DATA / name).read_bytes(), name
+
+
+def test_data_update_from_a_mirror_of_the_shipped_sources_reproduces_the_shipped_data(tmp_path):
+    from tests.data_mirror import Mirror, bundled_files
+
+    root = tmp_path / "data"
+    with Mirror(bundled_files()) as mirror:
+        run = subprocess.run([str(Path(sys.executable).parent / "regionguard"), "data", "update",
+                              "--mirror-base", mirror.base, "--data-dir", str(root)],
+                             capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    current = root / "current"
+    for name in ("aws-ip-ranges.json", "oracle-public_ip_ranges.json", "cloud-regions.csv",
+                 "site-codes.csv", "iso3166-alpha2.csv"):
+        assert (current / name).read_bytes() == (DATA / name).read_bytes(), name
+
+    def table(path, *columns):
+        with open(path, newline="", encoding="utf-8") as f:
+            return [tuple(r[c] for c in columns) for r in csv.DictReader(f)]
+    assert sorted(table(current / "zoom-ranges.csv", "prefix", "service")) == \
+        sorted(table(DATA / "zoom-ranges.csv", "prefix", "service"))
+    # the cloud rows made again from the fetched files, row for row (the notes name the files
+    # they were made from, which differ)
+    every_but_note = ("prefix", "region", "country", "site", "kind", "confidence", "source", "date")
+    assert table(current / "zoom-datacenters.csv", *every_but_note) == \
+        table(DATA / "zoom-datacenters.csv", *every_but_note)
+
+
+# With the public inputs in ../shared/data (a developer beside the main checkout), the build
+# reads them there; skipped only when none of the places they may be holds them, and says where
+# it looked (the fresh-clone test above needs nothing beside the repository).
 @pytest.mark.skipif(SHARED is None, reason="the public inputs are not present: looked for "
                     + ", ".join(map(str, _shared_data_candidates())))
 def test_build_script_reproduces_the_shipped_files(tmp_path):

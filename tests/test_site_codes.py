@@ -6,25 +6,30 @@ Fixtures (see tests/fixtures/README.md for provenance):
 - zoom_hostnames.csv: concrete Zoom host names seen in public captures and code, each with its
   source, the region the hostname source must give (empty = must not place) and, where an
   independent label exists, the true region of the address the name resolved to.
-- zoom_crc_labelled.csv: a copy of shared/data/zoom_crc_h323_ips_by_location.csv (Zoom's own
-  location labels for CRC entry addresses). When ../shared/data is present its current copy is
-  checked too.
+- tools/data-inputs/zoom_crc_h323_ips_by_location.csv: Zoom's own location labels for CRC entry
+  addresses (an input of tools/build_data.py, kept in the repository: tools/data-inputs/README.md
+  records each input's SHA-256, checked here). When ../shared/data is present its current copy
+  is checked too, and the repository's copies are checked to be its files.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import ipaddress
+import re
 from pathlib import Path
 
 import pytest
 
 from regionguard import Locator, load_catalogue, load_policy
-from tests.conftest import CONFIG
+from tests.conftest import CONFIG, ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DATA = CONFIG / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+INPUTS = ROOT / "tools" / "data-inputs"
+CRC = INPUTS / "zoom_crc_h323_ips_by_location.csv"
 CAT = load_catalogue()
 
 
@@ -39,7 +44,7 @@ SITE_CODES = read_csv(DATA / "site-codes.csv")
 
 def crc_labels() -> list[tuple[str, str, str]]:
     """(ip, true region, where from) for every CRC row in the fixture and, if present, shared."""
-    paths = [FIXTURES / "zoom_crc_labelled.csv"]
+    paths = [CRC]
     if (SHARED / "zoom_crc_h323_ips_by_location.csv").is_file():
         paths.append(SHARED / "zoom_crc_h323_ips_by_location.csv")
     labels = {}
@@ -135,8 +140,23 @@ def test_no_bundled_block_contradicts_any_label():
     assert not wrong, "\n".join(wrong)
 
 
-def test_crc_fixture_is_the_shared_file():
-    shared = SHARED / "zoom_crc_h323_ips_by_location.csv"
-    if not shared.is_file():
-        pytest.skip("../shared/data not present")
-    assert (FIXTURES / "zoom_crc_labelled.csv").read_bytes() == shared.read_bytes()
+def _recorded_digests() -> dict[str, str]:
+    """file name → SHA-256, from the table in tools/data-inputs/README.md."""
+    table = re.findall(r"^\| `([^`]+)` \|.*\| `([0-9a-f]{64})` \|$",
+                       (INPUTS / "README.md").read_text(encoding="utf-8"), re.M)
+    return dict(table)
+
+
+def test_the_repository_inputs_are_the_recorded_files():
+    recorded = _recorded_digests()
+    present = sorted(p.name for p in INPUTS.iterdir() if p.name != "README.md")
+    assert sorted(recorded) == present and CRC.name in recorded
+    for name, digest in recorded.items():
+        assert hashlib.sha256((INPUTS / name).read_bytes()).hexdigest() == digest, name
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="no ../shared/data to compare the copies with: "
+                    "test_the_repository_inputs_are_the_recorded_files checks them")
+def test_the_repository_inputs_are_the_shared_files():
+    for name in _recorded_digests():
+        assert (INPUTS / name).read_bytes() == (SHARED / name).read_bytes(), name

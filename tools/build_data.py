@@ -5,7 +5,10 @@ Stdlib only.  Deterministic: every CSV is sorted and written with "\\n" line
 endings, so running the script twice gives byte-identical output.
 
 Inputs (defaults are the files in the shared data directory, see
-../shared/data/README.md for their upstream source and date):
+../shared/data/README.md for their upstream source and date; a file not there is taken from
+the repository's own copies, so a fresh clone rebuilds config/data with no other input:
+tools/data-inputs/ for the small Zoom files, config/data/ for the verbatim AWS and Oracle
+files; `regionguard data update` fetches fresh AWS, Oracle and Zoom files at run time):
 
   AWS ip-ranges.json            --aws FILE      (https://ip-ranges.amazonaws.com/ip-ranges.json)
   Oracle public_ip_ranges.json  --oracle FILE   (https://docs.oracle.com/en-us/iaas/tools/public_ip_ranges.json)
@@ -40,6 +43,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SHARED = (REPO_ROOT / ".." / "shared" / "data").resolve()
 DEFAULT_OUT = REPO_ROOT / "config" / "data"
+IN_REPO_INPUTS = REPO_ROOT / "tools" / "data-inputs"   # byte-for-byte copies of shared files
 
 # Default file names in the shared directory.
 F_AWS = "aws-ip-ranges_2026-08-22.json"
@@ -54,6 +58,16 @@ F_DERIVED = "zoom_cloud_ranges_region_mapping_DERIVED.csv"
 # Output file names.
 O_AWS = "aws-ip-ranges.json"
 O_OCI = "oracle-public_ip_ranges.json"
+# The verbatim copies in config/data stand in for the two big shared files in a clone.
+IN_REPO_COPIES = {F_AWS: DEFAULT_OUT / O_AWS, F_OCI: DEFAULT_OUT / O_OCI}
+
+
+def default_input(shared: Path, name: str) -> Path:
+    """SHARED/name, else the repository's copy of it (tools/data-inputs, config/data)."""
+    for path in (shared / name, IN_REPO_INPUTS / name, IN_REPO_COPIES.get(name)):
+        if path is not None and path.exists():
+            return path
+    return shared / name
 O_CLOUD_REGIONS = "cloud-regions.csv"
 O_DATACENTERS = "zoom-datacenters.csv"
 O_RANGES = "zoom-ranges.csv"
@@ -660,7 +674,7 @@ def build_datacenters(crc_path: Path, zoom_txt: list, zoom_txt_src: str,
 
 def check_derived(shared: Path, cloud_map: list[dict]) -> None:
     """Cross-check the computed cloud mapping against the shared DERIVED file (if present)."""
-    p = shared / F_DERIVED
+    p = default_input(shared, F_DERIVED)
     if not p.exists():
         return
     with p.open(encoding="utf-8", newline="") as fh:
@@ -686,7 +700,8 @@ def main(argv: list[str] | None = None) -> int:
 Unknown new AWS/OCI locations are written with an empty country and a warning:
 add them to AWS_REGIONS / AWS_METRO_CODES / OCI_REGIONS in this script.""")
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
-                    help=f"directory with the shared public data (default: {DEFAULT_SHARED})")
+                    help=f"directory with the shared public data (default: {DEFAULT_SHARED}); "
+                         f"files missing there are taken from {IN_REPO_INPUTS} and {DEFAULT_OUT}")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
     ap.add_argument("--aws", type=Path, help=f"AWS ip-ranges.json (default: SHARED/{F_AWS})")
     ap.add_argument("--oracle", type=Path, help=f"Oracle public_ip_ranges.json (default: SHARED/{F_OCI})")
@@ -704,13 +719,13 @@ add them to AWS_REGIONS / AWS_METRO_CODES / OCI_REGIONS in this script.""")
     args = ap.parse_args(argv)
 
     shared = args.shared
-    aws_path = args.aws or shared / F_AWS
-    oci_path = args.oracle or shared / F_OCI
-    zoom_txt_path = args.zoom_txt or shared / F_ZOOM_TXT
-    v4_path = args.zoom_v4_union or shared / F_V4_UNION
-    v6_path = args.zoom_v6_union or shared / F_V6_UNION
-    svc_path = args.zoom_services or shared / F_SERVICES
-    crc_path = args.crc or shared / F_CRC
+    aws_path = args.aws or default_input(shared, F_AWS)
+    oci_path = args.oracle or default_input(shared, F_OCI)
+    zoom_txt_path = args.zoom_txt or default_input(shared, F_ZOOM_TXT)
+    v4_path = args.zoom_v4_union or default_input(shared, F_V4_UNION)
+    v6_path = args.zoom_v6_union or default_input(shared, F_V6_UNION)
+    svc_path = args.zoom_services or default_input(shared, F_SERVICES)
+    crc_path = args.crc or default_input(shared, F_CRC)
     for p in (aws_path, oci_path, svc_path, crc_path):
         if not p.exists():
             die(f"missing input {p}")
@@ -767,9 +782,10 @@ add them to AWS_REGIONS / AWS_METRO_CODES / OCI_REGIONS in this script.""")
     # only phone/cdn labels override; 'zoom' is the default anyway
     service_labels = {k: v for k, v in service_labels.items() if v != "zoom"}
 
-    # 1. verbatim copies
-    shutil.copyfile(aws_path, out / O_AWS)
-    shutil.copyfile(oci_path, out / O_OCI)
+    # 1. verbatim copies (nothing to do when rebuilding config/data from its own copies)
+    for source, name in ((aws_path, O_AWS), (oci_path, O_OCI)):
+        if not ((out / name).exists() and (out / name).samefile(source)):
+            shutil.copyfile(source, out / name)
 
     # 2. cloud regions
     cr_rows, cloud_lookup = build_cloud_regions(aws_locations, oci_regions)

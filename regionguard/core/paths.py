@@ -1,9 +1,12 @@
-"""Where the bundled configuration lives: `config/` in a checkout, or inside the wheel."""
+"""Where regionguard's files live: the bundled configuration (`config/` in a checkout, or inside
+the wheel), the state directory, and the data set in force (an updated one, else the bundled)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from regionguard.core.datasets import active_set
 
 
 def config_dir() -> Path:
@@ -24,8 +27,29 @@ def config_dir() -> Path:
     )
 
 
-def data_dir() -> Path:
+def bundled_data_dir() -> Path:
+    """The data snapshot shipped with regionguard (config/data)."""
     return config_dir() / "data"
+
+
+def state_dir() -> Path:
+    """`$XDG_STATE_HOME/regionguard`, else `~/.local/state/regionguard`."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "regionguard"
+
+
+def data_root() -> Path:
+    """Where `regionguard data update` keeps its data sets: REGIONGUARD_DATA_DIR, else
+    STATE_DIR/data. Outside the installed package, so an update needs no write access to it."""
+    env = os.environ.get("REGIONGUARD_DATA_DIR")
+    return Path(env) if env else state_dir() / "data"
+
+
+def data_dir() -> Path:
+    """The data set in force: the updated one when present and whole, else the bundled snapshot
+    (so with no update ever run, or none that succeeded, nothing changes)."""
+    updated = active_set(data_root())
+    return updated if updated is not None else bundled_data_dir()
 
 
 def default_policy_path() -> Path:

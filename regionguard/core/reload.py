@@ -13,6 +13,12 @@ assignment, happens back on the loop.
 
 A reload that fails in any way, an unexpected exception included, keeps the running policy and
 leaves the holder watching: the next change of the file is loaded as usual.
+
+The data set in force (regionguard.core.datasets: `regionguard data update` or `rollback`
+switched it) counts as a change too: the engine is rebuilt over the new data, the same way and
+with the same guarantee. An updated set that is not whole is never half read: the running
+engine, and its data, stay. At start-up the holder says which data set is in force, and warns
+when a source is older than the threshold (datasets.max_age_days).
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from regionguard.core import datasets, sources
 from regionguard.core.decision import Engine
 from regionguard.core.errors import ConfigError
 from regionguard.core.learned import LearnedStore
+from regionguard.core.paths import bundled_data_dir, data_dir, data_root
 from regionguard.core.policy import load_policy
 
 if TYPE_CHECKING:
@@ -40,8 +48,11 @@ class EngineHolder:
         self.path = Path(path)
         self.learned = learned   # learned evidence, shared by every engine this holder makes
         self._stamp = self._stat()
+        self._data_stamp = datasets.set_stamp(data_root())
+        self._data_changed = False
         self.engine = Engine(load_policy(self.path), learned=learned)  # the first load must succeed
         self.last_error: ConfigError | None = None
+        _report_data()
         self._background: asyncio.Task | None = None   # check_soon()'s, while one runs
         self._busy = False                              # a check_async() is parsing
 
@@ -54,9 +65,12 @@ class EngineHolder:
 
     def _changed(self) -> tuple[bool, _Stamp]:
         stamp = self._stat()
-        if stamp == self._stamp:
+        data = datasets.set_stamp(data_root())
+        if stamp == self._stamp and data == self._data_stamp:
             return False, stamp
+        self._data_changed = data != self._data_stamp
         self._stamp = stamp
+        self._data_stamp = data
         return True, stamp
 
     def check(self) -> ConfigError | None:
@@ -116,6 +130,10 @@ class EngineHolder:
         """The new Engine, or why there is none. Never raises: whatever goes wrong, the running
         policy stays and the holder keeps watching."""
         try:
+            if self._data_changed:
+                problem = _unusable_set()
+                if problem is not None:
+                    return _error(f"the new data set is not used: {problem}")
             return Engine(load_policy(self.path), learned=self.learned)
         except ConfigError as e:
             return e
@@ -133,6 +151,11 @@ class EngineHolder:
         self.engine = result
         self.last_error = None
         log.info("regionguard: policy %s reloaded (%s → %s)", self.path, old, result.policy.version_id)
+        if self._data_changed:
+            self._data_changed = False
+            _forget_old_sets()
+            log.info("regionguard: data reloaded: %s",
+                     datasets.describe_set(data_dir(), bundled_data_dir()))
         return None
 
     def _gone(self) -> ConfigError:
@@ -146,6 +169,34 @@ class EngineHolder:
         log.error("regionguard: policy %s not reloaded, the running policy %s stays in force:\n%s",
                   self.path, self.engine.policy.version_id, error)
         return error
+
+
+def _unusable_set() -> str | None:
+    """Why the updated data set now in force cannot be read, or None (whole, or none at all:
+    the bundled snapshot)."""
+    root = data_root()
+    if datasets.set_stamp(root) is None:
+        return None
+    return datasets.check_set((root / datasets.CURRENT).resolve())
+
+
+def _forget_old_sets() -> None:
+    """Drop the sources' cached tables of updated sets no longer in force: each update is a new
+    directory, and without this a long-running server would keep every set it ever read."""
+    root = str(data_root())
+    keep = str(data_dir())
+    cache = sources._file_cache
+    for key in [k for k in cache if k[0].startswith(root) and not k[0].startswith(keep)]:
+        del cache[key]
+
+
+def _report_data() -> None:
+    """Which data set a front end starts with, and a warning per source older than the
+    threshold."""
+    directory = data_dir()
+    log.info("regionguard: %s", datasets.describe_set(directory, bundled_data_dir()))
+    for message in datasets.stale_sources(directory):
+        log.warning("regionguard: %s", message)
 
 
 def _error(message: str) -> ConfigError:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import yaml
 
 from regionguard.core.hostnames import DomainSet, normalise_host
-from regionguard.core.paths import config_dir
+from regionguard.core.paths import config_dir, data_dir
 from regionguard.core.prefixes import PrefixTable, address_key
 
 _V4_BASE = 0xFFFF_0000_0000          # where IPv4 sits among the keys (prefixes.address_key)
@@ -132,7 +132,8 @@ class ZoomCatalogue:
 
     @classmethod
     def load(cls, directory: Path | None = None) -> ZoomCatalogue:
-        return _load(str(directory or config_dir()))
+        # the data set in force (updated or bundled) unless a directory is given
+        return _load(str(directory or config_dir()), None if directory else str(data_dir()))
 
     def is_zoom_host(self, host: str | None) -> bool:
         return bool(host) and host in self.domains
@@ -247,21 +248,22 @@ def _name_rules(raw: dict, services: dict[str, ServiceClass]) -> tuple[tuple[str
 
 
 @cache
-def _load(directory: str) -> ZoomCatalogue:
+def _load(directory: str, data: str | None = None) -> ZoomCatalogue:
     base = Path(directory)
+    data_path = Path(data) if data else base / "data"
     with open(base / "zoom.yaml", encoding="utf-8") as f:
         raw = yaml.safe_load(f)
     ports = {}
     for service, by_proto in (raw.get("ports") or {}).items():
         for proto, specs in by_proto.items():
             ports[(service, proto)] = _port_ranges(specs)
-    ranges_path = base / "data" / "zoom-ranges.csv"
+    ranges_path = data_path / "zoom-ranges.csv"
     items = []
     with open(ranges_path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             items.append((row["prefix"], ZoomRange(row["prefix"], row["service"], row["source"],
                                                    row["date"])))
-    with open(base / "data" / "site-codes.csv", newline="", encoding="utf-8") as f:
+    with open(data_path / "site-codes.csv", newline="", encoding="utf-8") as f:
         site_codes = frozenset(r["code"].lower() for r in csv.DictReader(f) if r["kind"] == "subdomain")
     services = _services(raw)
     unknown = sorted({service for service, _ in ports} - set(services))
