@@ -331,7 +331,10 @@ def main() -> int:
             if args.compare:
                 other = args.compare.resolve()
                 env = {**os.environ, "PYTHONPATH": str(other)}
-                base = Mitmdump("base", other / "addons" / "regionguard_addon.py", work,
+                script = other / "addons" / "regionguard_addon.py"
+                if not script.exists():   # a checkout from before the entry file's rename
+                    script = other / "addons" / "regionguard.py"
+                base = Mitmdump("base", script, work,
                                 f"regionguard_policy={policy}",
                                 f"regionguard_audit={work / 'audit-base.jsonl'}", env=env)
                 proxies.append(base)
