@@ -22,6 +22,7 @@ from tests.dns_support import BIN, ZoneServer, addresses, ask
 from tests.ports import free_port
 
 BASE = DEPLOY / "kubernetes" / "base"
+OVERLAY = DEPLOY / "kubernetes" / "overlays" / "example"
 KUBECTL = shutil.which("kubectl")
 # The oldest release the base is meant for (autoscaling/v2 and policy/v1 are GA from 1.23/1.21;
 # 1.27 is the oldest schema set the validator ships) and the newest it ships.
@@ -32,13 +33,17 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip: ku
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (Debian: kubernetes-client)")
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[dict]:
+def kustomize(directory: Path) -> list[dict]:
     if KUBECTL is None:
         pytest.skip("kubectl is not installed (Debian: kubernetes-client)")
-    done = subprocess.run([KUBECTL, "kustomize", str(BASE)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    return kustomize(BASE)
 
 
 def of_kind(objects: list[dict], kind: str) -> dict[str, dict]:
@@ -60,6 +65,22 @@ def test_every_rendered_object_passes_the_kubernetes_schemas(rendered, version):
                      "Service", "Service"]
     for obj in rendered:
         validate(obj, version)
+
+
+@needs_kubectl
+def test_the_example_overlay_replaces_image_namespace_and_policy_under_the_fixed_name(tmp_path):
+    objects = kustomize(OVERLAY)
+    for obj in objects:
+        validate(obj, "latest")
+        assert obj["metadata"]["namespace"] == "regionguard"
+    (configmap,) = of_kind(objects, "ConfigMap").values()
+    assert configmap["metadata"]["name"] == "regionguard-policy"
+    assert configmap["data"]["policy.yaml"] == (OVERLAY / "policy.yaml").read_text()
+    for _deployment, container in pods(objects).values():
+        assert container["image"] == "registry.example/regionguard:0.1.0"
+    done = subprocess.run([str(BIN / "regionguard"), "validate", str(OVERLAY / "policy.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @needs_kubectl
