@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy_support import DEPLOY, check_dns_serves, check_proxy_serves
+from tests.deploy_support import DEPLOY, check_dns_serves, check_proxy_serves, map_paths
 from tests.dns_support import BIN
 
 UNITS = DEPLOY / "systemd"
@@ -200,3 +200,21 @@ def test_extra_arguments_from_a_drop_in_reach_the_command():
     argv = exec_start(UNITS / "regionguard-proxy.service",
                       {"REGIONGUARD_PROXY_ARGS": "--mode wireguard --set regionguard_pac_proxy=10.0.0.5:8080"})
     assert argv[-4:] == ["--mode", "wireguard", "--set", "regionguard_pac_proxy=10.0.0.5:8080"]
+
+
+@pytest.mark.parametrize("unit", ["regionguard-proxy.service", "regionguard-dns.service"])
+def test_an_invalid_policy_stops_the_unit_for_good_and_other_failures_restart(tmp_path, unit):
+    """The unit's command line exits 2 on an invalid policy, the one code the unit does not
+    restart on (only an edit fixes it); other failures restart slowly enough to stay under
+    systemd's default start limit (5 starts in 10 s)."""
+    path = UNITS / unit
+    assert one(path, "Restart") == "on-failure"
+    assert one(path, "RestartPreventExitStatus") == "2"
+    assert float(one(path, "RestartSec").removesuffix("s")) * 5 > 10
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: 1\nactions: {disallowed: maybe}\n")
+    argv = map_paths(exec_start(path)[1:], tmp_path, broken)
+    done = subprocess.run([str(BIN / "regionguard"), *argv], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "policy.yaml" in done.stdout + done.stderr   # the message names the file
