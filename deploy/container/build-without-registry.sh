@@ -4,12 +4,11 @@
 #   deploy/container/build-without-registry.sh
 # The base image (PYTHON_IMAGE) is made with debootstrap instead of pulled: Debian 13 has the
 # Python >= 3.12 that regionguard needs. Then the unchanged Containerfile is built with buildah,
-# and each front end is started in a network namespace of its own (its 0.0.0.0 is private) with
-# its ports probed from inside. Takes a few minutes; leaves the images localhost/regionguard-base:trixie
-# and localhost/regionguard:0.1.0 in buildah's storage (vfs driver).
+# and both front ends are started in a private network namespace (their 0.0.0.0 is private
+# there) and probed from inside it. Takes a few minutes; leaves the images localhost/regionguard-base:trixie
+# and localhost/regionguard:0.1.0 in buildah's storage (remove: buildah rmi -a).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export STORAGE_DRIVER=vfs
 work=$(mktemp -d)
 ns=rg-image-$$
 cleanup() {
