@@ -158,6 +158,9 @@ def test_each_service_is_sandboxed_as_current_network_daemons_are(tmp_path, unit
     # Learned evidence and data updates go to the one state directory the three units share.
     argv = exec_start(path)
     assert argv[argv.index("--state-dir") + 1] == "/var/lib/regionguard"
+    # systemd 252 gives a dynamic user no $HOME, and regionguard cannot start without one
+    # (seen under a booted systemd: deploy/systemd/try-in-nspawn.sh)
+    assert "HOME=%S/regionguard" in values(path, "Environment")
 
 
 def test_an_unsandboxed_unit_is_rated_unsafe(tmp_path):
