@@ -8,8 +8,11 @@ before learning they are unknown (blocked)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
@@ -231,3 +234,23 @@ def test_an_unusable_store_is_reported_and_places_nothing(tmp_path, damage):
                        capture_output=True, text=True, timeout=120)
     assert "learned evidence store" in r.stderr and "OFF" in r.stderr
     assert json.loads(r.stdout)["addresses"][0]["decision"]["rule"] == "unknown-region"
+
+
+def test_a_user_without_a_home_still_gets_a_state_directory(tmp_path):
+    """A dynamic system user (systemd DynamicUser=, no $HOME, no passwd entry) must be able to
+    start every command: systemd's own state directory first, else one of its own. (Path.home()
+    is made to fail as it does for such a user: the test's Python cannot run as another uid.)"""
+    code = ("import os, pathlib, pwd\n"
+            "pathlib.Path.home = classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError('no home')))\n"
+            "from regionguard.core.paths import state_dir\n"
+            "print(state_dir())\n"
+            "os.environ['STATE_DIRECTORY'] = '/var/lib/regionguard:/var/lib/other'\n"
+            "print(state_dir())\n"
+            "from regionguard.cli import build_parser\n"
+            "build_parser()\n"
+            "print('parser-ok')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_STATE_HOME", "STATE_DIRECTORY")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [f"{tempfile.gettempdir()}/regionguard-{os.getuid()}",
+                                "/var/lib/regionguard", "parser-ok"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -40,7 +39,7 @@ from typing import NamedTuple
 
 from regionguard.core.evidence import Evidence
 from regionguard.core.hostnames import normalise_host
-from regionguard.core.paths import data_dir
+from regionguard.core.paths import data_dir, state_dir
 from regionguard.core.prefixes import address_key
 
 log = logging.getLogger(__name__)
@@ -60,9 +59,8 @@ _DAY = 86400.0
 
 
 def default_state_dir() -> Path:
-    """`$XDG_STATE_HOME/regionguard`, else `~/.local/state/regionguard`."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "regionguard"
+    """The state directory (core.paths.state_dir): `$XDG_STATE_HOME/regionguard` and so on."""
+    return state_dir()
 
 
 def block_of(key: int) -> tuple[int, int]:

@@ -4,6 +4,7 @@ the wheel), the state directory, and the data set in force (an updated one, else
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from regionguard.core.datasets import active_set
@@ -33,9 +34,18 @@ def bundled_data_dir() -> Path:
 
 
 def state_dir() -> Path:
-    """`$XDG_STATE_HOME/regionguard`, else `~/.local/state/regionguard`."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "regionguard"
+    """Where regionguard keeps what it learns and the data it updates:
+    `$XDG_STATE_HOME/regionguard`; else systemd's `$STATE_DIRECTORY` (a unit's StateDirectory=);
+    else `~/.local/state/regionguard`; for a user with no home at all (a dynamic system user
+    without $HOME), a directory of its own under the temporary directory, rather than no start."""
+    if xdg := os.environ.get("XDG_STATE_HOME"):
+        return Path(xdg) / "regionguard"
+    if systemd := os.environ.get("STATE_DIRECTORY"):
+        return Path(systemd.split(":")[0])
+    try:
+        return Path.home() / ".local" / "state" / "regionguard"
+    except RuntimeError:   # no $HOME and no passwd entry
+        return Path(tempfile.gettempdir()) / f"regionguard-{os.getuid()}"
 
 
 def data_root() -> Path:
