@@ -55,6 +55,11 @@ class Action(StrEnum):
     PASS = "pass"         # not Zoom: untouched
 
 
+# The actions that keep a connection from its address (Decision.blocks): for front ends that
+# test many decisions at once, e.g. the DNS filter, one per answer address.
+BLOCKING = (Action.BLOCK, Action.REROUTE)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     action: Action
@@ -78,7 +83,7 @@ class Decision:
 
     @property
     def blocks(self) -> bool:
-        return self.action in (Action.BLOCK, Action.REROUTE)
+        return self.action in BLOCKING
 
     def with_host(self, host: str | None) -> Decision:
         """This decision for another name: dataclasses.replace(self, host=host) at half the

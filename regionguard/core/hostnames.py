@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+# The last name normalised and the result, as one tuple (read and replaced atomically): a DNS
+# miss normalises each new name several times over (is it Zoom's, its CRC and region domains,
+# its decision).
+_last: tuple[str, str] = ("", "")
+
 
 def normalise_host(host: str) -> str:
     """Lower case, no trailing dot, no surrounding brackets or spaces."""
-    return host.strip().strip("[]").rstrip(".").lower()
+    global _last
+    last = _last
+    if last[0] == host:
+        return last[1]
+    normalised = host.strip().strip("[]").rstrip(".").lower()
+    _last = (host, normalised)
+    return normalised
 
 
 def in_domains(host: str, domains: Iterable[str]) -> bool:

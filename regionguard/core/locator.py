@@ -62,7 +62,8 @@ class AddressSource(Protocol):
 class HostSource(Protocol):
     name: str
 
-    def lookup_host(self, host: str) -> Evidence | None: ...
+    def lookup_host(self, host: str) -> Evidence | None:
+        """Evidence from a name, normalised by the caller (normalise_host)."""
 
 
 class _Static(NamedTuple):

@@ -361,19 +361,21 @@ class HostnameSource:
                 target[row["code"].lower()] = ev
 
     def lookup_host(self, host: str) -> Evidence | None:
-        host = normalise_host(host)
+        """`host` normalised (normalise_host), as the locator and the DNS filter pass it."""
         fixed = self._region_domains.match(host)
         if fixed is not None:
             return self._domains[fixed]
         if host not in self._zoom_domains:  # label-wise: "evilzoom.us" is not Zoom's
             return None
-        labels = host.split(".")
-        # <anything>.<site>.zoom.us: the site label sits just above the Zoom domain.
-        for i, label in enumerate(labels[1:-2], 1):
-            ev = self._subdomain.get(label)
-            if ev is not None:
-                return ev._replace(matched=f"*.{'.'.join(labels[i:])}")
-        m = _ZC_NAME.match(host)
+        # <anything>.<site>.zoom.us: the site label sits just above the Zoom domain, so a name of
+        # three labels or fewer has none (most names: not split).
+        if host.count(".") >= 3:
+            labels = host.split(".")
+            for i, label in enumerate(labels[1:-2], 1):
+                ev = self._subdomain.get(label)
+                if ev is not None:
+                    return ev._replace(matched=f"*.{'.'.join(labels[i:])}")
+        m = _ZC_NAME.match(host) if host.startswith("zoom") else None   # the pattern's own start
         if m:
             ev = self._zc_codes.get(m.group(1))
             if ev is not None:

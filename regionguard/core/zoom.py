@@ -176,18 +176,23 @@ class ZoomCatalogue:
 
     def name_class(self, host: str) -> str:
         """The class a (normalised) name gives a connection on a web port: the first name rule
-        that matches the whole name; else `tunnel` for HOST.SITE.zoom.us; else "" (none)."""
+        that matches the whole name; else `tunnel` for HOST.SITE.zoom.us; else "" (none).
+        Remembered per name."""
         found = self._name_classes.get(host)
         if found is None:
-            m = self._name_match(host)
-            if m is not None and m.lastgroup is not None:
-                found = self._name_services[m.lastgroup]
-            else:
-                found = TUNNEL if self._at_site(host) else ""
+            found = self.name_class_unremembered(host)
             if len(self._name_classes) >= _NAME_CACHE:
                 self._name_classes.clear()
             self._name_classes[host] = found
         return found
+
+    def name_class_unremembered(self, host: str) -> str:
+        """name_class() for a caller that remembers the answer itself (the DNS filter keeps
+        every fact of a name it asked about): no second memory of the same names."""
+        m = self._name_match(host)
+        if m is not None and m.lastgroup is not None:
+            return self._name_services[m.lastgroup]
+        return TUNNEL if self._at_site(host) else ""
 
     def is_meeting_server_name(self, host: str) -> bool:
         """Does `host` (normalised) name a meeting server: a zone controller, a multimedia

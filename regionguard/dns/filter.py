@@ -45,8 +45,8 @@ import dns.rdtypes.svcbbase as svcb
 import dns.rrset
 from dns.rdata import GenericRdata
 
-from regionguard.core.decision import Action, Decision, Engine
-from regionguard.core.hostnames import normalise_host
+from regionguard.core.decision import BLOCKING, Action, Decision, Engine
+from regionguard.core.hostnames import DomainSet, normalise_host
 from regionguard.core.prefixes import PrefixTable, network_range
 from regionguard.core.zoom import ZoomCatalogue, embedded_ipv4
 from regionguard.dns.wire import A_TYPE, AAAA_TYPE, CNAME_TYPE, Scan
@@ -198,7 +198,7 @@ class FilterResult:
         for (its `host` field may be another name's). None when nothing was decided."""
         decisions = self.decisions
         for i, d in enumerate(decisions):
-            if d.blocks:
+            if d.action in BLOCKING:
                 return d, self.hosts[i]
         for i, d in enumerate(decisions):
             if d.action is Action.MONITOR:
@@ -222,16 +222,6 @@ def _text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True).lower()
 
 
-def _zoom_host_test(engine: Engine) -> Callable[[str | None], bool]:
-    """Is a name Zoom's: one of Zoom's domains, or a name the policy's overrides declare Zoom's
-    (`zoom: true` on a host rule: labs, tests, a tenant's own names)."""
-    is_zoom_host = engine.zoom.is_zoom_host
-    if not any(o.zoom and not o.is_network for o in engine.policy.overrides):
-        return is_zoom_host
-    is_zoom = engine.is_zoom
-    return lambda host: is_zoom_host(host) or (bool(host) and is_zoom(host=host))
-
-
 class AnswerFilter:
     """The filter for one Engine (one policy). Cheap to build; rebuild when the policy changes.
 
@@ -247,11 +237,19 @@ class AnswerFilter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.settings = engine.policy.dns
-        self._zoom_host = _zoom_host_test(engine)
-        self._range_of = engine.zoom.range_of
+        zoom = engine.zoom
+        # What a miss asks of every new name, held here rather than looked up through the
+        # engine each time (see host_facts).
+        self._zoom_domains: DomainSet = zoom.domains
+        self._crc_domains: DomainSet = zoom.crc_domains
+        self._name_class: Callable[[str], str] = zoom.name_class_unremembered   # host_facts remembers
+        self._host_lookups = tuple(src.lookup_host for src in engine.locator.per_host)
+        # Overrides may declare names Zoom's (`zoom: true` on a host rule: labs, tests).
+        self._overrides_zoom_names = any(o.zoom and not o.is_network
+                                         for o in engine.policy.overrides)
+        self._range_of = zoom.range_of
         # Overrides may declare addresses Zoom's (labs, tests); only then is the locator asked.
         self._overrides_zoom = any(o.zoom for o in engine.policy.overrides if o.is_network)
-        self._per_host = engine.locator.per_host
         self.zoom_bytes = ZoomBytes.for_engine(engine)
         self._decisions: dict[tuple, Decision] = {}
         self._facts: dict[str, int] = {}
@@ -264,15 +262,23 @@ class AnswerFilter:
 
     # --- decisions ----------------------------------------------------------------------------
 
+    def _zoom_host(self, host: str | None) -> bool:
+        """Is a name Zoom's: one of Zoom's domains (ZoomCatalogue.is_zoom_host), or a name the
+        policy's overrides declare Zoom's."""
+        if not host:
+            return False
+        if self._zoom_domains.match(host) is not None:
+            return True
+        return self._overrides_zoom_names and self.engine.is_zoom(host=host)
+
     def host_facts(self, host: str) -> int:
         """Everything of `host` (normalised) that a decision depends on, but the name itself,
         as a small number: names with equal numbers get equal decisions (bar the name)."""
         fid = self._facts.get(host)
         if fid is None:
-            zoom = self.engine.zoom
-            facts = (zoom.domains.match(host), host in zoom.crc_domains,
-                     zoom.name_class(host),   # the service class the name gives (zoom.yaml names)
-                     tuple([src.lookup_host(host) for src in self._per_host]))
+            facts = (self._zoom_domains.match(host), host in self._crc_domains,
+                     self._name_class(host),   # the service class the name gives (zoom.yaml names)
+                     tuple([lookup(host) for lookup in self._host_lookups]))
             fid = self._fact_ids.get(facts)
             if fid is None:
                 if len(self._fact_ids) >= _DECISION_CACHE:   # numbers are keys of _decisions
@@ -455,9 +461,8 @@ class AnswerFilter:
         Every A and AAAA of every section is decided, whatever the rcode. Runs once per cache
         miss: the common case (the query name is Zoom's, its addresses are owned by it) asks
         `_zoom_host` once and reads each address's decision from the cache."""
-        zoom_host = self._zoom_host
         records = scan.records
-        if zoom_host(qname):
+        if self._zoom_host(qname):
             name: str | None = qname
             chained = True
         else:
@@ -465,7 +470,6 @@ class AnswerFilter:
         if name is None:
             return FilterResult(None)
         result = FilterResult(None, True, Outcome.ALLOWED, name)
-        decide = self.decide_unnamed
         decisions, hosts, drop = result.decisions, result.hosts, result.drop
         had_address = kept_address = monitored = False
         for i, r in enumerate(records):
@@ -476,22 +480,23 @@ class AnswerFilter:
             value = r.value
             # Another name's address is the Zoom name's when that name leads to the answer (a
             # Zoom query name, or a CNAME into Zoom's domains); else it is decided as its own.
-            host_for = owner if owner == name or zoom_host(owner) or not chained else name
+            host_for = owner if owner == name or self._zoom_host(owner) or not chained else name
             if rdtype == AAAA_TYPE and _may_embed_ipv4(value):
                 d, host = self.decide_embedded(client, host_for, value)
             else:
-                d, host = decide(client, host_for, value)
+                d, host = self.decide_unnamed(client, host_for, value)
             decisions.append(d)
             hosts.append(host)
             asked = rdtype == qtype and r.section == 0
             had_address = had_address or asked
-            if d.blocks:
-                result.dropped.append(r.value)
+            action = d.action
+            if action in BLOCKING:
+                result.dropped.append(value)
                 drop.add(i)
             else:
-                result.kept.append(r.value)
+                result.kept.append(value)
                 kept_address = kept_address or asked
-                monitored = monitored or d.action is Action.MONITOR
+                monitored = monitored or action is Action.MONITOR
         if had_address and not kept_address:
             return None
         if drop:
@@ -502,13 +507,12 @@ class AnswerFilter:
 
     def _zoom_name_scanned(self, qname: str, records: tuple) -> tuple[str | None, bool]:
         """_survey()'s (name, chained) for a scanned response whose query name is not Zoom's."""
-        zoom_host = self._zoom_host
         by_address = False
         owned: str | None = None
         for r in records:
-            if r.rdtype == CNAME_TYPE and zoom_host(r.value):
+            if r.rdtype == CNAME_TYPE and self._zoom_host(r.value):
                 return r.value, True
-            if owned is None and r.owner != qname and zoom_host(r.owner):
+            if owned is None and r.owner != qname and self._zoom_host(r.owner):
                 owned = r.owner
             if not by_address and r.rdtype in (A_TYPE, AAAA_TYPE):
                 by_address = self._zoom_address(r.value)

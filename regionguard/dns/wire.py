@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-_OPT = 41
+# Final: compiled, a constant in C rather than a module attribute looked up on every use.
+_OPT: Final = 41
 
 
 class WireFormatError(ValueError):
@@ -69,7 +70,10 @@ def ttl_fields(wire: bytes) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 # --- wire-level reading, for the paths that must not pay for dnspython ---------------------------
 
-A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE = 1, 28, 5, 6
+A_TYPE: Final = 1
+AAAA_TYPE: Final = 28
+CNAME_TYPE: Final = 5
+SOA_TYPE: Final = 6
 # Types whose layout the fast path understands; any other type sends a message to dnspython.
 SIMPLE_TYPES = frozenset({A_TYPE, AAAA_TYPE, CNAME_TYPE, SOA_TYPE, _OPT})
 
@@ -303,7 +307,7 @@ def scan_response(wire: bytes) -> Scan | None:
             pos = rdata_end
         if pos != n:
             return None
-        return Scan(rcode, flags, question_end, tuple(records), tuple(pointers), qname)
+        return _tuple_new(Scan, (rcode, flags, question_end, tuple(records), tuple(pointers), qname))
     except (WireFormatError, struct.error, IndexError):
         return None
 
@@ -385,7 +389,8 @@ def wire_name(qname: bytes) -> str:
 
 # --- the messages the server writes: cache keys, upstream queries, replies -----------------------
 
-RD_BIT, CD_BIT = 0x0100, 0x0010
+RD_BIT: Final = 0x0100
+CD_BIT: Final = 0x0010
 UPSTREAM_PAYLOAD = 1232        # EDNS0 buffer size we advertise upstream (DNS flag day 2020)
 SERVFAIL, REFUSED, FORMERR, NOTIMP = 2, 5, 1, 4
 
