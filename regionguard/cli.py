@@ -179,6 +179,10 @@ def _add_dns(sub: Subparsers) -> None:
                    f"this time, or that does not take its answer (default {tcp.TCP_READ_TIMEOUT:g})")
     p.add_argument("--no-uvloop", action="store_true",
                    help="use asyncio's own event loop even when uvloop is installed")
+    p.add_argument("--trusted-forwarder", action="append", metavar="CIDR", default=[],
+                   help="a balancer (e.g. dnsdist) whose PROXY v2 header or EDNS Client Subnet "
+                   "names the client, so per-client policy groups apply behind it; repeatable. "
+                   "From any other peer both are ignored (and counted)")
     p.add_argument("--verbose", "-v", action="store_true")
     add_state_dir_argument(p)
     p.set_defaults(func=dns_cli.cmd_dns)

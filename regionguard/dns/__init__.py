@@ -11,9 +11,13 @@ mitmproxy DNS addon (regionguard.mitm.dns_filter) shares. Layered, each module o
   a small transport seam.
 - `server`: the sockets: UDP and TCP fronts, the two caches, the one miss path driving `Miss`.
 - `tcp`: the open DNS-over-TCP connections, bounded in total and per client.
+- `forwarded`: who asked, behind a balancer: the client a trusted forwarder names (PROXY v2
+  header or EDNS Client Subnet), believed from `--trusted-forwarder` networks only.
+- `proxyproto`: the PROXY protocol v2 header, bytes in, (client address, payload) out.
 - `cli`: `regionguard dns`: its options checked into the server's Config, start-up and shutdown
   (the arguments themselves are defined in regionguard/cli.py, with every command's).
 - `resolve`: name resolution for the other front ends (the policy's static hosts, then DNS).
 
-Imports go one way: cli -> server -> miss -> filter -> wire; server -> upstream, cache, tcp.
+Imports go one way: cli -> server -> miss -> filter -> wire; server -> upstream, cache, tcp,
+forwarded -> proxyproto, wire.
 """

@@ -94,6 +94,15 @@ def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:
                                 f"{args.audit_flush_ms} is not between 0 and 60000",
                                 "give milliseconds, e.g. --audit-flush-ms 250 (0: write at once)"))
     problems.extend(_tcp_problems(args))
+    forwarders = []
+    for text in getattr(args, "trusted_forwarder", None) or ():
+        try:
+            forwarders.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            problems.append(Problem("command line", "--trusted-forwarder",
+                                    f"{text!r} is not an address or CIDR prefix",
+                                    "give the balancer's address or network, e.g. "
+                                    "--trusted-forwarder 10.0.0.5 or --trusted-forwarder 10.0.0.0/29"))
     unwritable = check_audit_path(args.audit) if args.audit else None
     if unwritable is not None:   # said now, before listening, not at the first lost line
         problems.append(unwritable)
@@ -103,7 +112,7 @@ def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:
     return Config(listen, tuple(upstreams), float(timeout), int(args.cache_mb * 1024 * 1024),
                   args.audit, not args.no_tcp, args.audit_flush_ms / 1000,
                   args.tcp_max_connections, args.tcp_max_per_client,
-                  float(args.tcp_idle_timeout), float(args.tcp_read_timeout))
+                  float(args.tcp_idle_timeout), float(args.tcp_read_timeout), tuple(forwarders))
 
 
 def _tcp_problems(args: argparse.Namespace) -> list[Problem]:
@@ -210,6 +219,10 @@ async def _main(holder: EngineHolder, config: Config) -> int:
     print(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "
           f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id}); "
           f"hot path {_compiled.status()}", file=sys.stderr, flush=True)
+    if config.trusted_forwarders:
+        print("regionguard dns: clients named by PROXY v2 headers and EDNS Client Subnet from "
+              f"trusted forwarders {', '.join(config.trusted_forwarders)} only", file=sys.stderr,
+              flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal

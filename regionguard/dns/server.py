@@ -10,9 +10,13 @@ Paths through the server, cheapest first:
    upstream query; a `Miss` (regionguard.dns.miss, no I/O) says what to ask and what the
    answer is; this module sends, caches, audits (filter.audit_answer) and replies. A UDP
    waiter is answered from a callback (no task per query); a coroutine waits on a future.
-Malformed queries get FORMERR (or are dropped when not even the header is usable). A dead, slow
-or garbage-speaking upstream gives SERVFAIL within the timeout. Both caches are bounded in bytes.
-The policy file is watched; a valid change swaps the policy in and empties the caches.
+Behind a balancer (dnsdist), the client is the one a trusted forwarder names with a PROXY v2
+header or ECS (regionguard.dns.forwarded), decided before any cache lookup: a trusted peer's
+group is _FORWARDED, under which nothing is cached, so its datagrams skip the hit path until
+their client is known. Malformed queries get FORMERR (or are dropped when not even the header
+is usable). A dead, slow or garbage-speaking upstream gives SERVFAIL within the timeout. Both
+caches are bounded in bytes. The policy file is watched; a valid change swaps the policy in
+and empties the caches.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ import dns.rdatatype
 
 from regionguard.audit.log import AuditLog
 from regionguard.core.reload import EngineHolder
+from regionguard.dns import proxyproto
 from regionguard.dns.cache import WireCache
 from regionguard.dns.filter import AnswerFilter, audit_answer
+from regionguard.dns.forwarded import COUNTERS, ECS_MALFORMED, ClaimError, Identity, TrustedForwarders
 from regionguard.dns.miss import Answered, Miss
 from regionguard.dns.tcp import (
     TCP_IDLE_TIMEOUT,
@@ -92,6 +98,7 @@ class Config:
     tcp_max_per_client: int = TCP_MAX_PER_CLIENT
     tcp_idle_timeout: float = TCP_IDLE_TIMEOUT     # waiting for a query's first byte
     tcp_read_timeout: float = TCP_READ_TIMEOUT     # for the rest of it, and to take the answer
+    trusted_forwarders: tuple[str, ...] = ()       # networks whose PROXY headers and ECS count
 
 
 class Waiter(NamedTuple):
@@ -101,8 +108,9 @@ class Waiter(NamedTuple):
     query: Query
     group: str
     key: CacheKey
-    addr: Any              # the client's address
+    addr: Any              # the peer's address (the reply goes there)
     transport: Any         # the UDP transport it came in on
+    client: str            # who asked: the peer, or the client a trusted forwarder names
 
 
 _tuple_new = tuple.__new__   # builds a Waiter in C (see wire._tuple_new)
@@ -113,6 +121,9 @@ _tuple_new = tuple.__new__   # builds a Waiter in C (see wire._tuple_new)
 # the client's group up anyway, misses for such a client at no extra cost, and the paths behind
 # it answer REFUSED.
 _REFUSED = "\x00refused"
+# The hit path's group of a trusted forwarder: nothing is cached under it either, so each of its
+# datagrams reaches udp_miss, which finds the client it speaks for first.
+_FORWARDED = "\x00forwarded"
 
 
 class DnsServer:
@@ -138,8 +149,9 @@ class DnsServer:
         self._tcp_conns = TcpConnections(config.tcp_max_connections, config.tcp_max_per_client)
         self._reloader: asyncio.Task | None = None
         self.address: tuple[str, int] | None = None
+        self.forwarders = TrustedForwarders(config.trusted_forwarders)
         self.stats = {"queries": 0, "formerr": 0, "servfail": 0, "upstream_queries": 0,
-                      "refused": 0}
+                      "refused": 0, **dict.fromkeys(COUNTERS, 0)}
         self.learned_source = "dns-filter upstream " + ", ".join(
             f"{h}:{p}" for h, p in config.upstreams)
 
@@ -221,19 +233,31 @@ class DnsServer:
     # --- helpers ---
 
     def group_of(self, client: str) -> str:
-        """The client's policy group, or _REFUSED when gateway.clients keeps it out. Remembered
-        per address until the policy changes (use_engine empties the memory)."""
+        """The peer's group as the hit path keys it: _FORWARDED for a trusted forwarder, else
+        client_group's. Remembered per address until the policy changes (use_engine empties
+        the memory)."""
         group = self._groups.get(client)
         if group is None:
             if len(self._groups) > 65536:
                 self._groups.clear()
-            policy = self.engine.policy
-            if policy.gateway.client_allowed(client):
-                group = policy.rules_for(client).name
+            if self.forwarders and self.forwarders.trusts(client):
+                group = _FORWARDED
             else:
-                group = _REFUSED
+                group = self._policy_group(client)
             self._groups[client] = group
         return group
+
+    def client_group(self, client: str) -> str:
+        """The policy group a query from `client` (the peer, or the client a forwarder named)
+        is answered for, or _REFUSED when gateway.clients keeps it out."""
+        group = self.group_of(client)
+        return self._policy_group(client) if group == _FORWARDED else group
+
+    def _policy_group(self, client: str) -> str:
+        policy = self.engine.policy
+        if policy.gateway.client_allowed(client):
+            return policy.rules_for(client).name
+        return _REFUSED
 
     def refused(self, data: bytes) -> bytes | None:
         """REFUSED for a client gateway.clients keeps out, as unbound's access-control `refuse`
@@ -251,44 +275,87 @@ class DnsServer:
     # --- answering a query: UDP's callbacks, and the coroutine for TCP and unusual queries ---
 
     def udp_miss(self, data: bytes, addr, transport: asyncio.DatagramTransport,
-                 group: str | None = None, now: float | None = None) -> None:
+                 group: str | None = None, now: float | None = None,
+                 client: str | None = None) -> None:
         """A UDP query the hit cache did not answer. A plain one is answered from the filtered
         answers or waits for its miss as a Waiter (no task, future or timer of its own);
         anything else goes the general way (`handle_udp`). `group` and `now`: the client's
-        group and the time, when the caller has them already."""
+        group and the time, when the caller has them already; `client`: the client a trusted
+        forwarder named (else the peer, addr[0])."""
+        if group is None:
+            group = self.group_of(addr[0]) if client is None else self.client_group(client)
         if group == _REFUSED:   # before any parsing: a refused client costs next to nothing
             self.stats["queries"] += 1
             self._refuse_udp(data, addr, transport)
             return
+        if group == _FORWARDED:
+            self._forwarded_udp(data, addr, transport, now)
+            return
         pq = parse_query(data)
         if pq is None or pq.qclass != 1:
-            self.spawn(self.handle_udp(data, addr, transport))
+            self.spawn(self.handle_udp(data, addr, transport, client))
             return
         self.stats["queries"] += 1
-        client = addr[0]
+        if client is None:
+            client = addr[0]
         try:
-            if group is None:
-                group = self.group_of(client)
-                if group == _REFUSED:
-                    self._refuse_udp(data, addr, transport)
-                    return
             key = cache_key(group, pq)
-            waiter = _tuple_new(Waiter, (data, pq, group, key, addr, transport))
+            waiter = _tuple_new(Waiter, (data, pq, group, key, addr, transport, client))
             canonical = self.answers.get(key, now if now is not None else time.monotonic())
             if canonical is not None:
                 self._reply_udp(waiter, canonical)
                 return
             self._resolve(key, client, waiter)
         except Exception as e:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
-            self._udp_failed(data, pq, addr, transport, e)
+            self._udp_failed(data, pq, addr, transport, client, e)
+
+    def _forwarded_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport,
+                       now: float | None) -> None:
+        """A datagram from a trusted forwarder: find the client it names, then serve the DNS
+        message in it as that client's, hit path first. A malformed claim is never guessed
+        around: dropped (a bad PROXY header: where the message starts is unknown) or FORMERR
+        (bad ECS), and counted."""
+        try:
+            identity = self.forwarders.identify(data, addr[0], True)
+        except ClaimError as e:
+            self.stats[e.counter] += 1
+            self.stats["queries"] += 1
+            log.info("regionguard dns: %s", e)
+            if e.counter == ECS_MALFORMED:
+                self.stats["formerr"] += 1
+                reply = error_reply(data, FORMERR)
+                if reply is not None and not transport.is_closing():
+                    transport.sendto(reply, addr)
+            return
+        client, payload = identity.client, identity.payload
+        if identity.counter:
+            self.stats[identity.counter] += 1
+        group = self.client_group(client)
+        if now is None:
+            now = time.monotonic()
+        if group != _REFUSED:
+            wire = self.replies.get((group, payload[2:]), now)
+            if wire is not None:
+                if not transport.is_closing():
+                    transport.sendto(payload[:2] + wire[2:], addr)
+                return
+        self.udp_miss(payload, addr, transport, group, now, client)
 
     def _refuse_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
         reply = self.refused(data)
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
 
-    async def handle_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
-        reply = await self.answer(data, addr[0], udp=True)
+    async def handle_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport,
+                         client: str | None = None) -> None:
+        """The general way for a UDP query. `client`: the one a trusted forwarder named; None:
+        the peer asks for itself, and any claim it makes (PROXY, ECS) is ignored and counted."""
+        if client is None:
+            identity = self.forwarders.identify(data, addr[0], False)
+            client, data = identity.client, identity.payload
+            if identity.counter:
+                self.stats[identity.counter] += 1
+        reply = await self.answer(data, client, udp=True)
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
 
@@ -296,7 +363,7 @@ class DnsServer:
         """The reply to one query from `client` (None: send nothing). Never raises."""
         self.stats["queries"] += 1
         try:
-            if self.group_of(client) == _REFUSED:
+            if self.client_group(client) == _REFUSED:
                 return self.refused(data)
             return await self._answer(data, client, udp)
         except Exception:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
@@ -308,7 +375,7 @@ class DnsServer:
         pq = parse_query(data)
         if pq is None or pq.qclass != 1:
             return await self._answer_parsed(data, client, udp)
-        group = self.group_of(client)
+        group = self.client_group(client)
         key = cache_key(group, pq)
         canonical = self.answers.get(key, time.monotonic())
         if canonical is None:
@@ -341,7 +408,7 @@ class DnsServer:
         if len(query.question) != 1:
             self.stats["formerr"] += 1
             return error_reply(data, FORMERR)
-        group = self.group_of(client)
+        group = self.client_group(client)
         q = query.question[0]
         qname = cast(bytes, q.name.canonicalize().to_wire())   # bytes: no file given
         key = CacheKey(group, qname, q.rdtype, q.rdclass,
@@ -457,12 +524,13 @@ class DnsServer:
                     waiter.set_result(canonical)
             elif canonical is None:
                 self._udp_failed(waiter.data, waiter.query, waiter.addr, waiter.transport,
-                                 error or UpstreamError("no answer"))
+                                 waiter.client, error or UpstreamError("no answer"))
             else:
                 try:
                     self._reply_udp(waiter, canonical)
                 except Exception as e:  # noqa: BLE001
-                    self._udp_failed(waiter.data, waiter.query, waiter.addr, waiter.transport, e)
+                    self._udp_failed(waiter.data, waiter.query, waiter.addr, waiter.transport,
+                                     waiter.client, e)
         miss.waiters.clear()
 
     # --- replies ---
@@ -470,9 +538,9 @@ class DnsServer:
     def _reply_udp(self, waiter: Waiter, canonical: bytes) -> None:
         """The canonical answer, re-addressed: the client's ID, RD bit and question spelling
         (as `_answer`); cached for the hit path and sent."""
-        data, pq, group, key, addr, transport = waiter
+        data, pq, group, key, addr, transport, client = waiter
         if len(canonical) > MAX_UDP_REPLY or len(canonical) > pq.payload:
-            self.spawn(self._general_udp(data, addr, transport))   # dnspython truncates it
+            self.spawn(self._general_udp(data, addr, transport, client))   # dnspython truncates it
             return
         reply = readdressed(pq, canonical)
         entry = self.answers.entry(key)
@@ -488,7 +556,7 @@ class DnsServer:
         if not transport.is_closing():
             transport.sendto(reply, addr)
 
-    def _udp_failed(self, data: bytes, pq: Query, addr: Any, transport: Any,
+    def _udp_failed(self, data: bytes, pq: Query, addr: Any, transport: Any, client: str,
                     error: BaseException) -> None:
         """SERVFAIL for a plain UDP query, as `answer` and `_answer` give it."""
         reply: bytes | None
@@ -497,18 +565,19 @@ class DnsServer:
             log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), error)
             reply = servfail(data, 16 + len(pq.qname), False)
         else:
-            log.error("regionguard dns: failed to answer a query from %s", addr[0],
+            log.error("regionguard dns: failed to answer a query from %s", client,
                       exc_info=error)
             reply = error_reply(data, dns.rcode.SERVFAIL)
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
 
-    async def _general_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
+    async def _general_udp(self, data: bytes, addr, transport: asyncio.DatagramTransport,
+                           client: str) -> None:
         """`handle_udp` for a query already counted: the dnspython path."""
         try:
-            reply = await self._answer_parsed(data, addr[0], True)
+            reply = await self._answer_parsed(data, client, True)
         except Exception:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
-            log.exception("regionguard dns: failed to answer a query from %s", addr[0])
+            log.exception("regionguard dns: failed to answer a query from %s", client)
             self.stats["servfail"] += 1
             reply = error_reply(data, dns.rcode.SERVFAIL)
         if reply is not None and not transport.is_closing():
@@ -534,15 +603,18 @@ class DnsServer:
 
     # --- TCP ---
 
-    # --- TCP ---
-
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One client's connection: length-prefixed queries, answered one after the other. The
         first byte of each query must come within the idle timeout, the rest of it within the
         read timeout (a length prefix then silence is not idle: it holds a reader), and the
-        answer must be taken within the read timeout too. Bounded in number (TcpConnections)."""
+        answer must be taken within the read timeout too. Bounded in number (TcpConnections).
+        A PROXY v2 header may open the connection: from a trusted forwarder it names the client
+        of every query on it; from anyone else it is ignored (and counted)."""
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else "?"
+        trusted = bool(self.forwarders) and self.forwarders.trusts(client)
+        proxied = False    # the connection's client came from a trusted PROXY header
+        opening = True     # only the connection's first bytes may be a PROXY header
         conns = self._tcp_conns
         loop = asyncio.get_running_loop()
         conn = conns.admit(client, writer, loop.time())
@@ -556,13 +628,34 @@ class DnsServer:
             while conn.open:
                 conns.wait(conn, loop.time())
                 first = await asyncio.wait_for(reader.readexactly(1), idle)
-                data = await asyncio.wait_for(_read_query(reader, first), read)
+                if opening and first == b"\r":   # a length prefix of 0x0Dxx is 3328+ bytes
+                    data, header = await asyncio.wait_for(_read_opening(reader, first), read)
+                else:
+                    data, header = await asyncio.wait_for(_read_query(reader, first), read), False
+                opening = False
+                if header:
+                    identity = self._claim(data, client, trusted)
+                    if identity is None:
+                        break   # a trusted forwarder's malformed header: never guess a client
+                    proxied, client = trusted, identity.client
+                    continue    # the header is no query: wait for the first one
                 if not conn.open:
                     break   # closed to make room just as the query came in: not answered
                 conns.busy(conn)
+                asker = client
+                if not proxied:   # ECS (believed only from a trusted forwarder), per query
+                    identity = self._claim(data, client, trusted)
+                    if identity is None:
+                        self.stats["formerr"] += 1
+                        reply = error_reply(data, FORMERR)
+                        if reply is not None:
+                            writer.write(struct.pack("!H", len(reply)) + reply)
+                            await asyncio.wait_for(writer.drain(), read)
+                        continue
+                    asker, data = identity.client, identity.payload
                 # per query: a policy reload may have changed who is let in
-                refused = self.group_of(client) == _REFUSED
-                reply = self.refused(data) if refused else await self.answer(data, client, udp=False)
+                refused = self.client_group(asker) == _REFUSED
+                reply = self.refused(data) if refused else await self.answer(data, asker, udp=False)
                 if reply is not None:
                     writer.write(struct.pack("!H", len(reply)) + reply)
                     await asyncio.wait_for(writer.drain(), read)
@@ -575,6 +668,31 @@ class DnsServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+    def _claim(self, data: bytes, peer: str, trusted: bool) -> Identity | None:
+        """forwarders.identify for TCP, counted; None for a trusted forwarder's malformed claim
+        (counted and logged)."""
+        try:
+            identity = self.forwarders.identify(data, peer, trusted)
+        except ClaimError as e:
+            self.stats[e.counter] += 1
+            log.info("regionguard dns: %s", e)
+            return None
+        if identity.counter:
+            self.stats[identity.counter] += 1
+        return identity
+
+
+async def _read_opening(reader: asyncio.StreamReader, first: bytes) -> tuple[bytes, bool]:
+    """A connection's first bytes, beginning with CR: (a whole PROXY v2 header, True), or
+    (the query that a 0x0Dxx length prefix announced, False)."""
+    head = first + await reader.readexactly(proxyproto.FIXED - 1)
+    if proxyproto.has_signature(head):
+        rest = proxyproto.header_length(head) - proxyproto.FIXED
+        return head + await reader.readexactly(rest), True
+    length = (head[0] << 8) | head[1]   # at least 0x0D00: more than the 14 bytes already read
+    return head[2:] + await reader.readexactly(length - (proxyproto.FIXED - 2)), False
 
 
 async def _read_query(reader: asyncio.StreamReader, first: bytes) -> bytes:
