@@ -115,6 +115,10 @@ def _add_run(sub: Subparsers) -> None:
     p.add_argument("--dns", metavar="HOST:PORT", default=None,
                    help="also run the filtering DNS server (`regionguard dns`) on HOST:PORT "
                    "beside the proxy, stopped with it")
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, a port of "
+                   "their own (= --set regionguard_metrics=HOST:PORT; default: off; PORT alone: "
+                   "127.0.0.1)")
     add_state_dir_argument(p)
     # mitmdump's own options come through unparsed, in args.extra
     p.set_defaults(func=run.cmd_run, accepts_extra=True)
@@ -178,6 +182,9 @@ def _add_dns(sub: Subparsers) -> None:
                    f"this time, or that does not take its answer (default {tcp.TCP_READ_TIMEOUT:g})")
     p.add_argument("--no-uvloop", action="store_true",
                    help="use asyncio's own event loop even when uvloop is installed")
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, a port of "
+                   "their own (default: off; PORT alone: 127.0.0.1)")
     p.add_argument("--verbose", "-v", action="store_true")
     add_state_dir_argument(p)
     p.set_defaults(func=dns_cli.cmd_dns)
