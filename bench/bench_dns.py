@@ -238,6 +238,15 @@ class Scraper:
         self._thread.join(10)
 
 
+def scrape_cost(port: int, pid: int, scrapes: int = 200) -> float:
+    """The server's CPU microseconds per /metrics scrape, idle otherwise (caches full)."""
+    cpu0 = process_cpu(pid)
+    for _ in range(scrapes):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            r.read()
+    return (process_cpu(pid) - cpu0) / scrapes * 1e6
+
+
 def measure(name: str, port: int, work: Path, seconds: float, miss_names: int,
             pid: int | None = None, metrics: tuple[int, float] | None = None) -> dict:
     hits = work / f"{name}-hits.txt"
@@ -365,6 +374,8 @@ def main() -> int:
                 results[name] = measure(name, rg_port, work, args.seconds, args.miss_names, rg.pid,
                                         (metrics_port, args.scrape_every)
                                         if name == "rg-metrics" else None)
+                if name == "rg-metrics":
+                    results[name]["scrape_cpu_us"] = scrape_cost(metrics_port, rg.pid)
                 stop(rg)
         finally:
             for p in procs:
@@ -403,7 +414,8 @@ def main() -> int:
         print(f"metrics on/off (rg-metrics/regionguard), scraped every {args.scrape_every:g} s "
               f"({ok} scrapes, {failed} failed): cpu us/q hit {on['hit']['cpu_us_per_query']:.1f}"
               f" / {rg_off['hit']['cpu_us_per_query']:.1f}, miss "
-              f"{on['miss']['cpu_us_per_query']:.1f} / {rg_off['miss']['cpu_us_per_query']:.1f}")
+              f"{on['miss']['cpu_us_per_query']:.1f} / {rg_off['miss']['cpu_us_per_query']:.1f}; "
+              f"one scrape costs the server {on['scrape_cpu_us']:.0f} cpu us")
     if "rg-asyncio" in results:
         print("regionguard runs on uvloop when it is installed; rg-asyncio is the same server on "
               "asyncio's own loop (--no-uvloop)")
