@@ -181,8 +181,26 @@ def _run(*args: str, tmp_path) -> subprocess.CompletedProcess:
     (["--metrics", "127.0.0.1:9000", "--set", "regionguard_metrics=127.0.0.1:9001"],
      "given twice"),
     (["--set", "regionguard_metrics=nowhere"], "regionguard_metrics: 'nowhere' is not HOST:PORT"),
+    (["--dns", "127.0.0.1:18253", "--metrics", "127.0.0.1:18253"],
+     "port 18253 is the DNS server's (--dns) port"),
 ])
 def test_a_bad_metrics_option_is_exit_2_before_anything_listens(tmp_path, args, said):
     r = _run(*args, tmp_path=tmp_path)
     assert r.returncode == 2, r.stderr
     assert said in r.stderr
+
+
+def test_the_addon_script_serves_metrics_too(tmp_path, web):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY % free_port())
+    port = free_port()
+    proxy = Proxy(policy, tmp_path, "--set", f"regionguard_metrics=127.0.0.1:{port}",
+                  command="script")
+    try:
+        assert _wait(lambda: _healthy(port, proxy.proc), 30), proxy.output()
+        assert status_of(curl("-x", proxy.url, f"http://in.zoom.us:{web[DE].port}/")) == 403
+        samples = scrape_until(port, "regionguard_decisions_total", 1)
+        assert total(samples, "regionguard_decisions_total", action="block", region="IN") == 1
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
+    finally:
+        proxy.stop()
