@@ -18,6 +18,9 @@ rg-audit is regionguard writing its audit log (one JSON line per filtered answer
 rg-pure is regionguard with REGIONGUARD_COMPILED=off, its compiled modules run from source (as
 where nothing was compiled, see regionguard/_compiled.py). --build NAME=DIR adds regionguard from
 another checkout DIR (with its own build, e.g. another list of compiled modules) to the same run.
+--metrics adds rg-metrics: regionguard with its metrics endpoint on (--metrics HOST:PORT), scraped
+every --scrape-every seconds throughout its runs (Prometheus' default is 15 s: 1 s is harsher),
+to show what the metrics cost the hot path beside the same server without them (regionguard).
 floor is bench/dns_floor.py, a uvloop forwarder that only forwards (misses only): what the four
 datagrams of a miss cost any Python server, so the rest of regionguard's cost is its own work.
 Goals (issue 4): hit rate >= 0.6x unbound's; miss rate with filtering >= 1.0x unbound's.
@@ -34,7 +37,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import dns.message
@@ -208,15 +213,57 @@ def write_misses(work: Path, name: str, miss_names: int) -> Path:
     return misses
 
 
+class Scraper:
+    """Scrapes http://127.0.0.1:PORT/metrics every `every` seconds in a thread, as Prometheus
+    would, until stopped; counts the scrapes that succeeded."""
+
+    def __init__(self, port: int, every: float) -> None:
+        self.url, self.every = f"http://127.0.0.1:{port}/metrics", every
+        self.scrapes = self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    r.read()
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def scrape_cost(port: int, pid: int, scrapes: int = 200) -> float:
+    """The server's CPU microseconds per /metrics scrape, idle otherwise (caches full)."""
+    cpu0 = process_cpu(pid)
+    for _ in range(scrapes):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            r.read()
+    return (process_cpu(pid) - cpu0) / scrapes * 1e6
+
+
 def measure(name: str, port: int, work: Path, seconds: float, miss_names: int,
-            pid: int | None = None) -> dict:
+            pid: int | None = None, metrics: tuple[int, float] | None = None) -> dict:
     hits = work / f"{name}-hits.txt"
     hits.write_text("".join(f"h{i}.zoom.us A\n" for i in range(1000)))
     misses = write_misses(work, name, miss_names)
     dnsperf(port, hits, 10, once=True, verbose=False)              # warm the cache
-    hit = dnsperf(port, hits, seconds, once=False, verbose=True, server_pid=pid)
-    miss = dnsperf(port, misses, seconds * 3, once=True, verbose=True, server_pid=pid)
-    return {"hit": hit, "miss": miss}
+    scraper = Scraper(*metrics) if metrics else None
+    try:
+        hit = dnsperf(port, hits, seconds, once=False, verbose=True, server_pid=pid)
+        miss = dnsperf(port, misses, seconds * 3, once=True, verbose=True, server_pid=pid)
+    finally:
+        if scraper is not None:
+            scraper.stop()
+    result = {"hit": hit, "miss": miss}
+    if scraper is not None:
+        result["scrapes"] = (scraper.scrapes, scraper.failures)
+    return result
 
 
 def main() -> int:
@@ -233,6 +280,12 @@ def main() -> int:
     parser.add_argument("--no-floor-run", action="store_true",
                         help="skip the floor run (bench/dns_floor.py: a forwarder that does "
                         "nothing but forward, the I/O cost any Python server pays per miss)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="add rg-metrics: regionguard with --metrics on, scraped throughout")
+    parser.add_argument("--scrape-every", type=float, default=1.0, metavar="SECONDS",
+                        help="how often rg-metrics is scraped (default 1)")
+    parser.add_argument("--no-asyncio-run", action="store_true",
+                        help="skip the rg-asyncio variant (regionguard on asyncio's own loop)")
     parser.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
                         help="also run regionguard from the checkout DIR (PYTHONPATH=DIR: its "
                         "sources and its own compiled build) as variant NAME; repeatable")
@@ -274,9 +327,12 @@ def main() -> int:
                               "regions: {opt_in: [Europe]}\n")
             pure_env = {**os.environ, _compiled.ENV: "off"}
             variants: list[tuple[str, list[str], dict[str, str] | None]] = [("regionguard", [], None)]
+            metrics_port = free_port()
+            if args.metrics:
+                variants.append(("rg-metrics", ["--metrics", f"127.0.0.1:{metrics_port}"], None))
             if not args.no_audit_run:
                 variants.append(("rg-audit", ["--audit", str(work / "audit.jsonl")], None))
-            if uvloop_installed():
+            if uvloop_installed() and not args.no_asyncio_run:
                 variants.append(("rg-asyncio", ["--no-uvloop"], None))
             if not args.no_pure_run:
                 variants.append(("rg-pure", [], pure_env))
@@ -315,7 +371,11 @@ def main() -> int:
                           file=sys.stderr)
                     print((work / f"{name}.log").read_text(), file=sys.stderr)
                     return 1
-                results[name] = measure(name, rg_port, work, args.seconds, args.miss_names, rg.pid)
+                results[name] = measure(name, rg_port, work, args.seconds, args.miss_names, rg.pid,
+                                        (metrics_port, args.scrape_every)
+                                        if name == "rg-metrics" else None)
+                if name == "rg-metrics":
+                    results[name]["scrape_cpu_us"] = scrape_cost(metrics_port, rg.pid)
                 stop(rg)
         finally:
             for p in procs:
@@ -348,6 +408,14 @@ def main() -> int:
               f"{hit['load_busy']:>14.0%} {miss['load_busy']:>15.0%}  {' '.join(flags)}")
     print("LOAD-BOUND: the load core was saturated while the server had CPU to spare, so that "
           "rate understates the server; compare the CPU cost per query (cpu us/q) instead.")
+    if "rg-metrics" in results:
+        on, rg_off = results["rg-metrics"], results["regionguard"]
+        ok, failed = on["scrapes"]
+        print(f"metrics on/off (rg-metrics/regionguard), scraped every {args.scrape_every:g} s "
+              f"({ok} scrapes, {failed} failed): cpu us/q hit {on['hit']['cpu_us_per_query']:.1f}"
+              f" / {rg_off['hit']['cpu_us_per_query']:.1f}, miss "
+              f"{on['miss']['cpu_us_per_query']:.1f} / {rg_off['miss']['cpu_us_per_query']:.1f}; "
+              f"one scrape costs the server {on['scrape_cpu_us']:.0f} cpu us")
     if "rg-asyncio" in results:
         print("regionguard runs on uvloop when it is installed; rg-asyncio is the same server on "
               "asyncio's own loop (--no-uvloop)")

@@ -14,6 +14,8 @@ AuditLog.record on a connection's path: queued for the writer thread (the addon'
 regionguard_audit_flush_ms=250) and written at once (regionguard_audit_flush_ms=0).
 Goal: guard ≥ 0.95 × bare for both loads. Loopback only; every loop bounded in count and time.
 
+    --metrics       also run "metrics": guard with its metrics endpoint on (regionguard_metrics),
+                    scraped every second throughout, in the same rounds: metrics on vs off.
     --compare DIR   also run DIR's addons (another checkout, e.g. main) as a third proxy, "base",
                     in the same alternating rounds: before/after figures from one run.
 """
@@ -298,6 +300,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--metrics", action="store_true",
+                    help="also run guard with the metrics endpoint on, scraped every second")
     ap.add_argument("--compare", type=Path, metavar="DIR",
                     help="another checkout whose addons run as a third proxy, base")
     args = ap.parse_args()
@@ -327,6 +331,17 @@ def main() -> int:
                              f"regionguard_policy={policy}",
                              f"regionguard_audit={work / 'audit.jsonl'}")
             proxies.append(guard)
+            metrics = scraper = None
+            if args.metrics:
+                from bench_dns import Scraper  # the same scraper as the DNS benchmark's
+
+                metrics_port = _free_port("127.0.0.1")
+                metrics = Mitmdump("metrics", ROOT / "addons" / "regionguard_addon.py", work,
+                                   f"regionguard_policy={policy}",
+                                   f"regionguard_audit={work / 'audit-metrics.jsonl'}",
+                                   f"regionguard_metrics=127.0.0.1:{metrics_port}")
+                proxies.append(metrics)
+                scraper = Scraper(metrics_port, 1.0)
             base = None
             if args.compare:
                 other = args.compare.resolve()
@@ -347,7 +362,7 @@ def main() -> int:
                 op_kind = "connect" if kind == "connect" else "http"
                 for i in range(args.rounds):
                     # Which proxy goes first alternates, so neither always follows the other.
-                    order = [p for p in (bare, guard, base) if p is not None]
+                    order = [p for p in (bare, guard, metrics, base) if p is not None]
                     for proxy in (order if i % 2 == 0 else order[::-1]):
                         if kind == "http-by-name" and proxy is bare:
                             continue   # bare mitmproxy cannot resolve the lab name
@@ -366,6 +381,8 @@ def main() -> int:
                 for proxy in (bare, guard):
                     lat[(kind, proxy.name)] = latency_p50(kind, proxy.port, target, str(cert))
         finally:
+            if scraper is not None:
+                scraper.stop()
             for p in proxies:
                 p.stop()
             origin.terminate()
@@ -406,6 +423,19 @@ def main() -> int:
                       f"{statistics.median(rounds['guard']):8.0f}/s  ratio {paired:.3f}  "
                       f"per proxy CPU-second {cpu:.3f}")
                 report[f"vs_base_{kind}"] = {"paired_ratio": paired, "cpu_ratio": cpu}
+        if metrics is not None:
+            print(f"  metrics on vs off (metrics / guard, scraped every 1 s: {scraper.scrapes} "
+                  f"scrapes, {scraper.failures} failed), median of per-round ratios:")
+            for kind in ("http", "connect", "http-by-name"):
+                rounds = results[kind]
+                paired = statistics.median(m / g for g, m in
+                                           zip(rounds["guard"], rounds["metrics"], strict=True))
+                cpu = (statistics.median(cost[kind]["metrics"])
+                       / statistics.median(cost[kind]["guard"]))
+                print(f"    {kind:12s} guard {statistics.median(rounds['guard']):8.0f}/s  metrics "
+                      f"{statistics.median(rounds['metrics']):8.0f}/s  ratio {paired:.3f}  "
+                      f"per proxy CPU-second {cpu:.3f}")
+                report[f"metrics_{kind}"] = {"paired_ratio": paired, "cpu_ratio": cpu}
         for kind in ("http", "connect"):
             b, g = lat[(kind, "bare")], lat[(kind, "guard")]
             print(f"  p50 latency {kind:8s} bare {b:6.3f} ms  guard {g:6.3f} ms  "

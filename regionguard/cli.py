@@ -116,6 +116,10 @@ def _add_run(sub: Subparsers) -> None:
     p.add_argument("--dns", metavar="HOST:PORT", default=None,
                    help="also run the filtering DNS server (`regionguard dns`) on HOST:PORT "
                    "beside the proxy, stopped with it")
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, a port of "
+                   "their own (= --set regionguard_metrics=HOST:PORT; default: off; PORT alone: "
+                   "127.0.0.1)")
     add_state_dir_argument(p)
     # mitmdump's own options come through unparsed, in args.extra
     p.set_defaults(func=run.cmd_run, accepts_extra=True)
@@ -183,6 +187,9 @@ def _add_dns(sub: Subparsers) -> None:
                    help="a balancer (e.g. dnsdist) whose PROXY v2 header or EDNS Client Subnet "
                    "names the client, so per-client policy groups apply behind it; repeatable. "
                    "From any other peer both are ignored (and counted)")
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, a port of "
+                   "their own (default: off; PORT alone: 127.0.0.1)")
     p.add_argument("--verbose", "-v", action="store_true")
     add_state_dir_argument(p)
     p.set_defaults(func=dns_cli.cmd_dns)

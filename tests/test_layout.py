@@ -26,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "regionguard"
-FORBIDDEN_IN_CORE = ("mitmproxy", "asyncio")
+FORBIDDEN_IN_CORE = ("mitmproxy", "asyncio", "prometheus_client")   # metrics stay out of the core
 ONLY_IMPORTER_OF_CLI = f"{PACKAGE}.__main__"
 
 

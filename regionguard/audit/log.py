@@ -50,19 +50,28 @@ log = logging.getLogger(__name__)
 
 
 class Counters:
-    """Totals of decisions by action, rule, region and service (thread-safe)."""
+    """Totals of decisions by action, rule, region, service, scope and client group, and of
+    audit lines written and lost (thread-safe)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # One count per (action, rule, region, service): a single increment per decision on the
-        # hot path; the totals by each are summed when asked for.
-        self._by_key: Counter[tuple[str, str, str, str]] = Counter()
+        # One count per (action, rule, region, service, scope, group): a single increment per
+        # decision on the hot path; the totals by each are summed when asked for (status output,
+        # metrics at scrape time). Every field is from a bounded set: no host or address.
+        self._by_key: Counter[tuple[str, str, str, str, str, str]] = Counter()
         self.audit_failures = 0     # audit lines lost (not written, or written to a deleted file)
+        self.audit_written = 0      # audit lines appended to the file (under the log's file lock)
 
     def count(self, decision: Decision) -> None:
-        key = (decision.action, decision.rule, decision.region or "none", decision.service or "none")
+        key = (decision.action, decision.rule, decision.region or "none", decision.service or "none",
+               decision.scope or "none", decision.group or "none")
         with self._lock:
             self._by_key[key] += 1
+
+    def by_key(self) -> dict[tuple[str, str, str, str, str, str], int]:
+        """A copy of the counts by (action, rule, region, service, scope, group)."""
+        with self._lock:
+            return dict(self._by_key)
 
     def lost(self, lines: int) -> None:
         """Count audit lines lost (called from the writer thread and the event loop alike)."""
@@ -202,6 +211,11 @@ class AuditLog:
             return
         self._write_lines([line])
 
+    @property
+    def queued(self) -> int:
+        """Lines queued for the writer thread and not yet written (buffered mode)."""
+        return len(self._pending)
+
     # --- buffered mode -----------------------------------------------------------------------
 
     def _enqueue(self, entry: _Entry) -> None:
@@ -329,6 +343,7 @@ class AuditLog:
             view = view[self._file.write(view):]
         self._size += size
         self._file_lines += lines
+        self.counters.audit_written += lines
 
     def _rotate(self) -> None:
         self._file.close()

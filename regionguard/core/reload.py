@@ -52,6 +52,8 @@ class EngineHolder:
         self._data_changed = False
         self.engine = Engine(load_policy(self.path), learned=learned)  # the first load must succeed
         self.last_error: ConfigError | None = None
+        self.reloads_ok = 0       # policies swapped in after the first (for metrics)
+        self.reloads_failed = 0   # changes that did not load: the running policy stayed
         _report_data()
         self._background: asyncio.Task | None = None   # check_soon()'s, while one runs
         self._busy = False                              # a check_async() is parsing
@@ -150,6 +152,7 @@ class EngineHolder:
         old = self.engine.policy.version_id
         self.engine = result
         self.last_error = None
+        self.reloads_ok += 1
         log.info("regionguard: policy %s reloaded (%s → %s)", self.path, old, result.policy.version_id)
         if self._data_changed:
             self._data_changed = False
@@ -166,6 +169,7 @@ class EngineHolder:
     def _keep(self, error: ConfigError) -> ConfigError:
         """Record and log why the running policy stays in force."""
         self.last_error = error
+        self.reloads_failed += 1
         log.error("regionguard: policy %s not reloaded, the running policy %s stays in force:\n%s",
                   self.path, self.engine.policy.version_id, error)
         return error

@@ -17,7 +17,9 @@ mitmproxy DNS addon (regionguard.mitm.dns_filter) shares. Layered, each module o
 - `cli`: `regionguard dns`: its options checked into the server's Config, start-up and shutdown
   (the arguments themselves are defined in regionguard/cli.py, with every command's).
 - `resolve`: name resolution for the other front ends (the policy's static hosts, then DNS).
+- `metrics`: `--metrics`: the server's Prometheus families, read from its tallies at scrape
+  time, its readiness and its endpoint (regionguard.metrics).
 
 Imports go one way: cli -> server -> miss -> filter -> wire; server -> upstream, cache, tcp,
-forwarded -> proxyproto, wire.
+forwarded -> proxyproto, wire; cli -> metrics -> server.
 """

@@ -28,6 +28,7 @@ from regionguard.core.prefixes import is_address
 from regionguard.core.reload import EngineHolder
 from regionguard.dns.server import Config, DnsServer
 from regionguard.exits import EXIT_LISTEN
+from regionguard.metrics.address import exposure_warning, parse_metrics_address
 
 FD_SPARE = 64                  # descriptors beside the TCP clients: sockets upstream, audit, ...
 
@@ -158,12 +159,24 @@ def _raise_fd_limit(needed: int) -> int:
     return needed if soft == resource.RLIM_INFINITY else int(soft)
 
 
+def metrics_address(args: argparse.Namespace, listen: tuple[str, int]) -> tuple[str, int] | None:
+    """--metrics HOST:PORT checked (never the DNS port); None when off."""
+    if getattr(args, "metrics", None) is None:
+        return None
+    address, problem = parse_metrics_address(args.metrics,
+                                             taken={listen[1]: "DNS"} if listen[1] else None)
+    if problem is not None:
+        raise ConfigError([problem])
+    return address
+
+
 def cmd_dns(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
     learned = open_state(args.state_dir)   # upstream answers teach it; the proxy reads it too
     holder = EngineHolder(policy_path(args.policy), learned)
     config = build_config(args, holder)
+    metrics = metrics_address(args, config.listen)
     loop_factory = None
     if not args.no_uvloop:
         try:   # optional: uvloop roughly halves the cost of each packet on the cache-hit path
@@ -173,7 +186,11 @@ def cmd_dns(args: argparse.Namespace) -> int:
             pass
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(_main(holder, config))
+            return runner.run(_main(holder, config, metrics))
+    except MetricsListenError as e:
+        print(f"regionguard dns: cannot serve metrics on {e.address[0]}:{e.address[1]}: "
+              f"{e.reason}\n    fix: choose a free port with --metrics HOST:PORT", file=sys.stderr)
+        return EXIT_LISTEN
     except OSError as e:
         print(f"regionguard dns: cannot listen on {config.listen[0]}:{config.listen[1]}: "
               f"{e.strerror or e}\n    fix: choose a free port with --listen HOST:PORT "
@@ -204,8 +221,37 @@ def open_resolver_warning(host: str, restricted: bool) -> str | None:
             "policy (e.g. clients: [10.0.0.0/8]), or listen on 127.0.0.1")
 
 
-async def _main(holder: EngineHolder, config: Config) -> int:
+class MetricsListenError(Exception):
+    def __init__(self, address: tuple[str, int], reason: str) -> None:
+        super().__init__(reason)
+        self.address, self.reason = address, reason
+
+
+async def _main(holder: EngineHolder, config: Config,
+                metrics: tuple[str, int] | None = None) -> int:
     server = DnsServer(holder, config)
+    endpoint = None
+    if metrics is not None:
+        # up before the DNS listener: /healthz answers, /readyz says 503 until the listener is up
+        from regionguard.dns.metrics import endpoint as metrics_endpoint
+
+        endpoint = metrics_endpoint(server, metrics)
+        try:
+            endpoint.start()
+        except OSError as e:
+            raise MetricsListenError(metrics, e.strerror or str(e)) from None
+        warning = exposure_warning(metrics[0], "regionguard dns")
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+    try:
+        return await _serve(server, holder, config, metrics)
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
+
+
+async def _serve(server: DnsServer, holder: EngineHolder, config: Config,
+                 metrics: tuple[str, int] | None) -> int:
     host, port = await server.start()
     # The collector tuned for a long-lived cache server (README, "Speed"): the start-up objects
     # frozen out of its walks, young collections ten times rarer than the default.
@@ -218,7 +264,9 @@ async def _main(holder: EngineHolder, config: Config) -> int:
         print(warning, file=sys.stderr, flush=True)
     print(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "
           f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id}); "
-          f"hot path {_compiled.status()}", file=sys.stderr, flush=True)
+          f"hot path {_compiled.status()}"
+          + (f"; metrics on http://{_shown(metrics)}/metrics" if metrics else ""),
+          file=sys.stderr, flush=True)
     if config.trusted_forwarders:
         print("regionguard dns: clients named by PROXY v2 headers and EDNS Client Subnet from "
               f"trusted forwarders {', '.join(config.trusted_forwarders)} only", file=sys.stderr,
@@ -232,6 +280,11 @@ async def _main(holder: EngineHolder, config: Config) -> int:
     await stop.wait()
     await server.close()
     return 0
+
+
+def _shown(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 __all__ = ["Config", "build_config", "cmd_dns", "system_upstreams"]

@@ -152,6 +152,7 @@ class DnsServer:
         self.forwarders = TrustedForwarders(config.trusted_forwarders)
         self.stats = {"queries": 0, "formerr": 0, "servfail": 0, "upstream_queries": 0,
                       "refused": 0, **dict.fromkeys(COUNTERS, 0)}
+        self.answer_outcomes: dict[str, int] = {}   # upstream answers by filter outcome (metrics)
         self.learned_source = "dns-filter upstream " + ", ".join(
             f"{h}:{p}" for h, p in config.upstreams)
 
@@ -504,6 +505,8 @@ class DnsServer:
         """Audit a Zoom answer, and cache it under the miss's key; its bytes."""
         wire, ttl, fields, result, qname = answered   # unpacked: compiled, fields are getattr
         key = miss.key
+        outcomes = self.answer_outcomes
+        outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
         if result.zoom:
             audit_answer(self.audit, result, "resolver", miss.client, qname, key[2])
         self.answers.put(key, wire, ttl, time.monotonic(), fields)

@@ -18,6 +18,7 @@ to ask one over TCP. `SocketTransport` is asyncio's; tests give a fake one
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import logging
@@ -29,6 +30,9 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from regionguard.dns.wire import UpstreamError, answers_question
+
+# Upper bounds (seconds) of the upstream latency histogram's buckets, as Prometheus' `le`.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,11 @@ class Upstreams:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._tasks: set[asyncio.Task] = set()
+        # For metrics, read at scrape time (regionguard.dns.metrics): plain ints, no lock.
+        self.failures = 0          # exchanges no upstream answered (the client got SERVFAIL)
+        self.timeouts = 0          # tries that timed out (an exchange may try several upstreams)
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)   # answered, by bucket; last: +Inf
+        self.latency_sum = 0.0
 
     @property
     def _running(self) -> asyncio.AbstractEventLoop:
@@ -300,6 +309,7 @@ class Upstreams:
             self._next(ex)
 
     def _timed_out(self, ex: _Exchange) -> None:
+        self.timeouts += 1
         proto = ex.proto
         if proto is not None:
             if proto.pending.get(ex.qid) is ex:
@@ -312,6 +322,12 @@ class Upstreams:
         done, ex.done = ex.done, None
         ex.packet = ex.wire = b""
         if done is not None:   # called once per exchange: a second call finds nobody to tell
+            if data is None:
+                self.failures += 1
+            else:
+                elapsed = self._running.time() - (ex.deadline - self.timeout)
+                self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+                self.latency_sum += elapsed
             done(data, error)
 
     def abandon(self, ex: _Exchange | None) -> None:

@@ -14,5 +14,7 @@
   `verdicts` is what a verdict does to a flow, `connection_state` what is remembered on
   mitmproxy's connection objects;
 - `dns_missing`: the DNS addons (`dns_filter`), or a stand-in refusing DNS when they cannot load;
+- `metrics`: `Metrics`, the Prometheus endpoint (`regionguard_metrics`, `run --metrics`), from
+  `running` to `done`;
 - `run`: `regionguard run`.
 """

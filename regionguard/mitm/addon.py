@@ -14,6 +14,7 @@ from __future__ import annotations
 from regionguard.mitm.connections import ConnectionEnforcer
 from regionguard.mitm.dns_missing import dns_addons
 from regionguard.mitm.gateway import GatewayAccess
+from regionguard.mitm.metrics import Metrics
 from regionguard.mitm.pac_server import PacServer
 from regionguard.mitm.policy_loader import PolicyLoader
 from regionguard.mitm.tls_passthrough import TlsPassthrough
@@ -21,7 +22,7 @@ from regionguard.mitm.tls_passthrough import TlsPassthrough
 
 def make_addons() -> list:
     """A fresh set of the proxy's addons: the policy, who may connect, TLS, the PAC file,
-    connection enforcement, then DNS."""
+    connection enforcement, then DNS; the metrics endpoint (no per-connection hook) last."""
     policy = PolicyLoader()
     return [policy, GatewayAccess(policy), TlsPassthrough(policy), PacServer(policy),
-            ConnectionEnforcer(policy), *dns_addons()]
+            ConnectionEnforcer(policy), *dns_addons(), Metrics(policy)]

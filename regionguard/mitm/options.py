@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from regionguard.core.paths import default_policy_path
 from regionguard.core.policy import parse_hostport
+from regionguard.metrics.address import parse_metrics_address
 
 PREFIX = "regionguard_"
 INTERCEPT_CHOICES = ("none", "non-zoom", "all")
@@ -53,6 +54,14 @@ def _check_pac_proxy(value: object) -> str | None:
     if text and parse_hostport(text, 0) is None:
         return f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:8080"
     return None
+
+
+def _check_metrics(value: object) -> str | None:
+    text = str(value)
+    if not text:
+        return None
+    _address, problem = parse_metrics_address(text, "regionguard_metrics")
+    return f"{problem.message}; {problem.fix}" if problem is not None else None
 
 
 def _check_path(value: object) -> str | None:
@@ -106,6 +115,9 @@ OPTIONS: tuple[ProxyOption, ...] = (
     ProxyOption("regionguard_state_dir", str, "",
                 "Where learned evidence (site-coded Zoom names the proxy resolved, and the DNS "
                 "filter's) is kept (default: $XDG_STATE_HOME/regionguard; 'off': learn nothing)."),
+    ProxyOption("regionguard_metrics", str, "",
+                "Serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, a port of their own "
+                "(empty: off; PORT alone: 127.0.0.1).", _check_metrics),
 )
 BY_NAME: dict[str, ProxyOption] = {o.name: o for o in OPTIONS}
 

@@ -36,6 +36,7 @@ from regionguard.core.paths import default_policy_path
 from regionguard.core.policy import load_policy, parse_hostport
 from regionguard.core.prefixes import is_address
 from regionguard.exits import EXIT_CONFIG
+from regionguard.metrics.address import parse_metrics_address
 from regionguard.mitm.options import PREFIX, OptionProblem, parse_sets, parse_value
 
 ADDON = Path(__file__).resolve().parents[2] / "addons" / "regionguard_addon.py"
@@ -119,6 +120,13 @@ def checked_options(args: argparse.Namespace, extra: list[str]) -> tuple[Path, d
     if args.audit is not None and given_audit:
         raise RunOptionError("the audit log is given twice (--audit and --set regionguard_audit); "
                              "give it once, with --audit FILE")
+    if getattr(args, "metrics", None) is not None and "regionguard_metrics" in values:
+        raise RunOptionError("the metrics address is given twice (--metrics and --set "
+                             "regionguard_metrics); give it once, with --metrics HOST:PORT")
+    metrics = getattr(args, "metrics", None) or values.get("regionguard_metrics")
+    if metrics:
+        _check_metrics(str(metrics), "--metrics" if getattr(args, "metrics", None)
+                       else "regionguard_metrics", extra, getattr(args, "dns", None))
     if getattr(args, "state_dir", None) is not None and given_state:
         raise RunOptionError("the state directory is given twice (--state-dir and --set "
                              "regionguard_state_dir); give it once, with --state-dir DIR")
@@ -129,6 +137,31 @@ def checked_options(args: argparse.Namespace, extra: list[str]) -> tuple[Path, d
     else:
         policy = default_policy_path()
     return policy, values
+
+
+def _listen_port(extra: list[str]) -> int:
+    """The proxy's port as mitmdump will take it from its options (8080 unless given)."""
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--listen-port", "-p", dest="port", default=None)
+    known, _ = p.parse_known_args(extra)
+    port = known.port
+    for spec in _given_sets(extra)[0]:
+        name, _eq, value = spec.partition("=")
+        if name == "listen_port":
+            port = value
+    return int(port) if port and str(port).isdigit() else 8080
+
+
+def _check_metrics(text: str, option: str, extra: list[str], dns: str | None) -> None:
+    """The metrics address: HOST:PORT, and a port of its own (not the proxy's, not --dns's).
+    Beyond loopback, the Metrics addon warns when it starts."""
+    taken = {_listen_port(extra): "proxy's"}
+    dns_address = parse_hostport(dns, 53) if dns else None
+    if dns_address is not None:
+        taken[dns_address[1]] = "DNS server's (--dns)"
+    _address, problem = parse_metrics_address(text, option, taken)
+    if problem is not None:
+        raise RunOptionError(str(problem))
 
 
 def _config_file_options(specs: list[str]) -> tuple[dict[str, object], list[str]]:
@@ -171,6 +204,8 @@ def mitmdump_args(args: argparse.Namespace, extra: list[str], policy: Path,
     state_dir = getattr(args, "state_dir", None)
     if state_dir:
         argv += ["--set", f"regionguard_state_dir={_state_dir_value(state_dir)}"]
+    if getattr(args, "metrics", None):
+        argv += ["--set", f"regionguard_metrics={args.metrics}"]
     if not _gives(extra, "--listen-host"):
         argv += ["--listen-host", "127.0.0.1"]
     return argv + list(extra)
