@@ -62,6 +62,28 @@ def replace_option(argv: list[str], name: str, value: str) -> list[str]:
     return out
 
 
+def _check_health(argv: list[str]) -> None:
+    """When the arguments serve metrics (`--metrics HOST:PORT`), /healthz and /readyz answer 200
+    there: the probes the manifests and units point at really answer."""
+    (metrics,) = option_values(argv, "--metrics") or [None]
+    if metrics is None:
+        return
+    base = f"http://{metrics}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:   # bounded: the listener may come up just after the log line
+        try:
+            ready = httpx.get(base + "/readyz", timeout=2)
+            if ready.status_code == 200 or time.monotonic() > deadline:
+                break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+    assert ready.status_code == 200, ready.text
+    assert httpx.get(base + "/healthz", timeout=2).status_code == 200
+    assert "regionguard_decisions_total" in httpx.get(base + "/metrics", timeout=2).text
+
+
 def _wait_output(proc: subprocess.Popen, log: Path, text: str) -> str:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
@@ -92,6 +114,7 @@ def check_dns_serves(argv: list[str], tmp: Path, policy: Path) -> None:
         _wait_output(proc, log, f"listening on 127.0.0.1:{port}")
         assert addresses(ask(port, "www.example.org")) == {"192.0.2.80"}
         assert CN_ZOOM_ADDRESS not in addresses(ask(port, "cn-test.zoom.us"))
+        _check_health(local)
         assert proc.poll() is None
     finally:
         stop(proc)
@@ -134,6 +157,7 @@ def check_proxy_serves(argv: list[str], tmp: Path, policy: Path) -> None:
             blocked = client.get(f"http://{CN_ZOOM_ADDRESS}/")
         assert blocked.status_code == 403, blocked.text
         assert blocked.headers["X-Regionguard-Region"] == "CN"
+        _check_health(local)
         assert proc.poll() is None
     finally:
         stop(proc)
