@@ -312,3 +312,24 @@ def test_a_forwarded_client_outside_gateway_clients_is_refused(resolver):
     assert reply is not None and reply[3] & 0x0F == dns.rcode.REFUSED
     reply = udp(resolver.port, multi(use_edns=0, options=[_ecs("10.9.9.0", 24)]), FORWARDER)
     assert reply is not None and reply[3] & 0x0F == dns.rcode.REFUSED
+
+
+def test_what_peers_claimed_is_exported_as_metrics(resolver):
+    """The counts above reach Prometheus (`regionguard dns --metrics`): what a peer said about
+    its client, by kind and by what the server made of it; no address becomes a label."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from regionguard.dns.metrics import DnsCollector
+
+    port = resolver.port
+    assert got(udp(port, proxied(US_OFFICE, multi()), FORWARDER)) == {DE, US}
+    assert got(udp(port, proxied(US_OFFICE, multi()), UNTRUSTED)) == {DE}
+    assert udp(port, proxied(US_OFFICE)[:20], FORWARDER, timeout=1.0) is None
+    registry = CollectorRegistry()
+    registry.register(DnsCollector(resolver.server))
+    text = generate_latest(registry).decode()
+    for kind, result, n in (("proxy", "believed", 1), ("proxy", "untrusted", 1),
+                            ("proxy", "malformed", 1), ("ecs", "believed", 0)):
+        line = f'regionguard_dns_client_claims_total{{kind="{kind}",result="{result}"}} {n}.0'
+        assert line in text, text
+    assert US_OFFICE not in text

@@ -15,12 +15,24 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from regionguard.dns.forwarded import (
+    ECS_MALFORMED,
+    ECS_UNTRUSTED,
+    FORWARDED_ECS,
+    FORWARDED_PROXY,
+    PROXY_MALFORMED,
+    PROXY_UNTRUSTED,
+)
 from regionguard.dns.server import DnsServer
 from regionguard.dns.upstream import LATENCY_BUCKETS
 from regionguard.metrics.common import FrontEndCollector, copied
 from regionguard.metrics.endpoint import MetricsEndpoint
 
 FILTERED = ("filtered", "blocked", "reroute")   # the outcomes that changed an answer
+# What a peer said about the client behind it (dns.forwarded's counters), as (kind, result).
+CLAIMS = {FORWARDED_PROXY: ("proxy", "believed"), FORWARDED_ECS: ("ecs", "believed"),
+          PROXY_UNTRUSTED: ("proxy", "untrusted"), ECS_UNTRUSTED: ("ecs", "untrusted"),
+          PROXY_MALFORMED: ("proxy", "malformed"), ECS_MALFORMED: ("ecs", "malformed")}
 
 
 class DnsCollector(Collector):
@@ -64,6 +76,13 @@ class DnsCollector(Collector):
         for key, doc in (("servfail", "SERVFAIL replies"), ("formerr", "FORMERR replies"),
                          ("refused", "REFUSED replies (clients gateway.clients keeps out)")):
             yield counter(f"regionguard_dns_{key}", doc, stats.get(key, 0))
+        claims = CounterMetricFamily("regionguard_dns_client_claims", "PROXY v2 headers and ECS "
+                                     "options naming a client: believed (from a trusted forwarder), "
+                                     "untrusted (ignored), malformed (dropped or FORMERR)",
+                                     labels=["kind", "result"])
+        for key, (kind, result) in CLAIMS.items():
+            claims.add_metric([kind, result], stats.get(key, 0))
+        yield claims
         yield counter("regionguard_dns_upstream_failures", "Upstream exchanges no upstream "
                       "answered (SERVFAIL to the client)", upstreams.failures)
         yield counter("regionguard_dns_upstream_timeouts", "Upstream tries that timed out",
