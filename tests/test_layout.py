@@ -142,7 +142,7 @@ def core_loads_without(root: Path) -> list[str]:
               f"for m in {core!r}: importlib.import_module(m)\n"
               "print(json.dumps(sorted({k.split('.')[0] for k in sys.modules})))\n")
     # the sources, whatever is compiled: the switch's old name and its new one (REGIONGUARD_COMPILED)
-    env = {"PYTHONPATH": str(root), "REGIONGUARD_PURE_PYTHON": "1", "REGIONGUARD_COMPILED": "off",
+    env = {"PYTHONPATH": str(root), "REGIONGUARD_COMPILED": "off",
            "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=120, env=env, cwd=root)
