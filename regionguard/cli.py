@@ -16,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from regionguard import __version__
 from regionguard.core.errors import ConfigError
 from regionguard.core.learned import OFF, default_state_dir
 from regionguard.core.paths import default_policy_path
@@ -97,6 +98,23 @@ def _add_explain_commands(sub: Subparsers) -> None:
     r.add_argument("--json", action="store_true")
     add_policy_argument(r)
     r.set_defaults(func=explain.cmd_regions)
+
+
+def _add_policy(sub: Subparsers) -> None:
+    from regionguard import policy_examples
+
+    p = sub.add_parser("policy", help="the example policies shipped with regionguard",
+                       description="Print a bundled example policy, to start your own from: "
+                       "`regionguard policy example eu-only > my.yaml`.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    e = actions.add_parser("example", help="print a bundled example policy (none named: list them)",
+                           description="Print the bundled example policy NAME on standard output; "
+                           "without NAME (or with --list), list the examples. Exit 2: no such "
+                           "example.")
+    e.add_argument("name", nargs="?", metavar="NAME", help="the example's name, e.g. eu-only")
+    e.add_argument("--list", action="store_true", help="list the bundled examples")
+    e.set_defaults(func=policy_examples.cmd_policy_example)
 
 
 def _add_run(sub: Subparsers) -> None:
@@ -328,6 +346,7 @@ def _add_data(sub: Subparsers) -> None:
 # mitmproxy front end's; dns the DNS front end's; replay, report, coverage the offline tools.
 _COMMANDS: tuple[tuple[str, Callable[[Subparsers], None]], ...] = (
     ("explain, validate, regions", _add_explain_commands),
+    ("policy", _add_policy),
     ("run", _add_run),
     ("pac", _add_pac),
     ("dns", _add_dns),
@@ -345,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_EXIT_CODES,
     )
+    parser.add_argument("--version", action="version", version=f"regionguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for commands, add in _COMMANDS:

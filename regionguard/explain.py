@@ -238,18 +238,17 @@ def _scope_text(rules: Rules) -> str:
 
 def cmd_regions(args: argparse.Namespace) -> int:
     cat = load_catalogue()
-    allowed = None
-    if args.policy:
-        try:
-            allowed = load_policy(args.policy).rules.allowed
-        except ConfigError as e:
-            print(e, file=sys.stderr)
-            return EXIT_CONFIG
+    # the allowed column is the policy's: --policy, else the bundled default (as the help says)
+    try:
+        allowed = load_policy(policy_path(args.policy)).rules.allowed
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_CONFIG
     if args.json:
         _print_json({
             "regions": [{"code": r.code, "name": r.name, "countries": list(r.countries),
                          "dialin_countries": list(r.dialin_countries),
-                         **({"allowed": r.code in allowed} if allowed is not None else {})}
+                         "allowed": r.code in allowed}
                         for r in cat.regions.values()],
             "groups": {k: list(v) for k, v in cat.groups.items()},
             "aliases": cat.aliases,
@@ -257,7 +256,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
         return EXIT_OK
     print("Zoom data-center regions (API codes):")
     for r in cat.regions.values():
-        state = "" if allowed is None else ("  allowed" if r.code in allowed else "  not allowed")
+        state = "  allowed" if r.code in allowed else "  not allowed"
         print(f"  {r.code}  {r.name:<15} data centers in {', '.join(r.countries)}{state}")
     print("Groups:")
     for name, codes in cat.groups.items():

@@ -134,3 +134,13 @@ def test_regions_lists_codes_groups_and_aliases():
     assert data["groups"]["Europe"] == ["DE", "NL", "IE"] and data["aliases"]["JP"] == "TY"
     text = run("regions").stdout
     assert "Japan/Hong Kong" in text and "no Zoom data center" in text
+
+
+def test_regions_without_policy_shows_what_the_default_policy_allows():
+    # the help says the default policy is used: the allowed column must be there without --policy
+    text = run("regions").stdout
+    assert "  CN  China           data centers in CN  not allowed" in text
+    assert "  DE  Germany         data centers in DE  allowed" in text
+    data = json.loads(run("regions", "--json").stdout)
+    allowed = {x["code"]: x["allowed"] for x in data["regions"]}
+    assert allowed["CN"] is False and allowed["US"] is True

@@ -241,3 +241,14 @@ def test_domain_set_matches_the_longest_listed_suffix(listed):
         assert (host in ds) == in_domains(plain, listed)
 
     check()
+
+
+def test_only_accepted_evidence_makes_or_names_a_conflict(default_locator):
+    # 159.124.47.249: zoom-dc DE (0.95), the RIR fallback US (0.30, below min_confidence).
+    alone = default_locator.locate("159.124.47.249", None)
+    assert alone.region == "DE" and not alone.conflict and alone.rivals == ()
+    assert any(e.source == "fallback" and e.region == "US" for e in alone.evidence)
+    # with a name whose site code says NL (0.70, accepted): a conflict with NL, and NL only
+    loc = default_locator.locate("159.124.47.249", "zoomam104zc.zoom.us")
+    assert loc.conflict and loc.rivals == ("NL",)
+    assert loc.summary().endswith("; CONFLICT with NL")

@@ -27,6 +27,11 @@ class Evidence(NamedTuple):
         """Whether this answer puts the address somewhere (a region, or a country)."""
         return self.region is not None or self.country is not None
 
+    @property
+    def place(self) -> str:
+        """Where this answer puts the address, as a conflict names it."""
+        return self.region or f"no-region({self.country})"
+
     def describe(self) -> str:
         if self.region:
             where = self.region + (f" ({self.country})" if self.country else "")
@@ -62,6 +67,7 @@ class Location(NamedTuple):
     evidence: tuple[Evidence, ...]  # every source's answer, in precedence order
     conflict: bool            # accepted answers disagree on the region
     zoom: bool | None         # an override's word on whether this is Zoom's
+    rivals: tuple[str, ...] = ()   # the places accepted answers give other than the chosen one
 
     @property
     def known(self) -> bool:
@@ -78,9 +84,9 @@ class Location(NamedTuple):
             return "unknown: no trusted source places this address"
         text = self.chosen.describe()
         if self.conflict:
-            others = sorted({e.region or f"no-region({e.country})" for e in self.evidence
-                             if e.places and e is not self.chosen and e.region != self.region})
-            text += f"; CONFLICT with {', '.join(others)}"
+            # only answers at or above min_confidence conflict (the locator lists them); a
+            # fallback below it is shown in the evidence but never named here
+            text += f"; CONFLICT with {', '.join(self.rivals)}"
         return text
 
     def to_dict(self) -> dict:

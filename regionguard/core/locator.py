@@ -76,10 +76,16 @@ class _Static(NamedTuple):
     location: Location
 
 
-def _location(evidence: tuple[Evidence, ...], chosen: Evidence | None, regions, zoom) -> Location:
+def _location(evidence: tuple[Evidence, ...], chosen: Evidence | None, regions, zoom,
+              minimum: float) -> Location:
     if chosen is None:
         return Location(None, None, None, evidence, False, zoom)
-    return Location(chosen.region, chosen.country, chosen, evidence, len(regions) > 1, zoom)
+    if len(regions) <= 1:
+        return Location(chosen.region, chosen.country, chosen, evidence, False, zoom)
+    # Only accepted answers (at or above min_confidence) conflict, so only they are named.
+    rivals = tuple(sorted({e.place for e in evidence
+                           if e.confidence >= minimum and e.places and e.region != chosen.region}))
+    return Location(chosen.region, chosen.country, chosen, evidence, True, zoom, rivals)
 
 
 _NOTHING = _Static((), None, frozenset(), None, Location(None, None, None, (), False, None))
@@ -199,7 +205,8 @@ class Locator:
 
     def _resolve_static(self, evidence: tuple[Evidence, ...]) -> _Static:
         chosen, regions, zoom = self._conclude(evidence)
-        return _Static(evidence, chosen, frozenset(regions), zoom, _location(evidence, chosen, regions, zoom))
+        location = _location(evidence, chosen, regions, zoom, self._min_confidence)
+        return _Static(evidence, chosen, frozenset(regions), zoom, location)
 
     def _conclude(self, evidence) -> tuple[Evidence | None, set, bool | None]:
         chosen = None
@@ -268,15 +275,16 @@ class Locator:
         # The address decides (decision rule 5): answers about the name are shown and can make a
         # conflict, but never place an address that no address source places, so a fronted SNI
         # cannot carry a connection to an unplaced or disallowed address.
-        conflict = loc.conflict
+        rivals = set(loc.rivals)
         minimum = self._min_confidence
         for ev in by_name:
             if (loc.chosen is not None and ev.confidence >= minimum and ev.places
                     and ev.region != loc.region):
-                conflict = True
+                rivals.add(ev.place)
         zoom = loc.zoom if loc.zoom is not None else next(
             (ev.zoom for ev in by_name if ev.zoom is not None), None)
-        return loc._replace(evidence=loc.evidence + tuple(by_name), conflict=conflict, zoom=zoom)
+        return loc._replace(evidence=loc.evidence + tuple(by_name), zoom=zoom,
+                            conflict=loc.conflict or bool(rivals), rivals=tuple(sorted(rivals)))
 
     def _combine(self, static: _Static, extra: list[Evidence], sort: bool) -> Location:
         if not extra:
@@ -286,7 +294,7 @@ class Locator:
             rank = self._rank
             evidence = tuple(sorted(evidence, key=lambda e: rank[e.source]))  # stable
         chosen, regions, zoom = self._conclude(evidence)
-        return _location(evidence, chosen, regions, zoom)
+        return _location(evidence, chosen, regions, zoom, self._min_confidence)
 
     # --- learned evidence ---------------------------------------------------------------------
 
@@ -324,7 +332,7 @@ class Locator:
                 rank = self._rank
                 evidence = tuple(sorted(loc.evidence + found, key=lambda e: rank[e.source]))
                 chosen, regions, zoom = self._conclude(evidence)
-                merged = _location(evidence, chosen, regions, zoom)
+                merged = _location(evidence, chosen, regions, zoom, self._min_confidence)
                 if by_loc is None:
                     if len(self._learned_memo) >= self._memo_size:
                         self._learned_memo.clear()

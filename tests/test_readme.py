@@ -1,0 +1,109 @@
+"""The README's examples are real output: every code block marked with
+`<!-- checked: tests/test_readme.py -->` is run here and compared with what the commands print.
+
+In a checked block, a line `$ regionguard ARGS [> FILE]` is a command (run in a fresh directory,
+so each block starts from what a `pip install` gives: no checkout paths), and the lines after it,
+up to the next `$`, are its standard output. `…` stands for any text within a line (what changes
+with the data set: file names, versions, long notes); a line that is only `…` stands for any
+number of lines. Only offline commands are allowed: anything else fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from tests.conftest import BIN, ROOT
+
+MARK = "<!-- checked: tests/test_readme.py -->"
+# commands that never touch the network when given addresses and files (explain: addresses only)
+OFFLINE = {"explain", "validate", "regions", "policy", "pac", "replay", "--version"}
+
+
+def checked_blocks(text: str) -> list[tuple[int, list[str]]]:
+    """(line number, lines) of each fenced block right after a MARK line."""
+    lines = text.splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        if line.strip() != MARK:
+            continue
+        assert lines[i + 1].startswith("```"), f"README.md:{i + 1}: {MARK} must precede a code block"
+        end = next(j for j in range(i + 2, len(lines)) if lines[j].startswith("```"))
+        blocks.append((i + 2, lines[i + 2:end]))
+    return blocks
+
+
+def steps(block: list[str]) -> list[tuple[str, list[str]]]:
+    out: list[tuple[str, list[str]]] = []
+    for line in block:
+        if line.startswith("$ "):
+            out.append((line[2:], []))
+        else:
+            assert out, f"output before any command: {line!r}"
+            out[-1][1].append(line)
+    return out
+
+
+def pattern(expected: list[str]) -> re.Pattern[str]:
+    parts = []
+    for line in expected:
+        if line.strip() == "…":
+            parts.append(r"(?:[^\n]*\n)*?")
+        else:
+            parts.append(".*?".join(re.escape(p) for p in line.rstrip().split("…")) + r"[ \t]*\n")
+    return re.compile("".join(parts))
+
+
+def run_step(command: str, cwd) -> str:
+    argv = shlex.split(command)
+    target = None
+    if len(argv) >= 2 and argv[-2] == ">":
+        argv, target = argv[:-2], argv[-1]
+    assert argv[0] == "regionguard" and argv[1] in OFFLINE, f"not an offline command: {command}"
+    if argv[1] == "explain":   # addresses only: a hostname target would be resolved
+        assert "--nameserver" not in argv, command
+        args = iter(argv[2:])
+        for arg in args:
+            if arg.startswith("-"):
+                if arg not in ("--json",):
+                    next(args, None)   # the option's value
+            else:
+                assert re.fullmatch(r"[0-9a-fA-F.:]+", arg), f"explain of a name needs DNS: {command}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([str(BIN / "regionguard"), *argv[1:]], cwd=cwd, capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert "Traceback" not in r.stderr, r.stderr
+    if target is not None:
+        (cwd / target).write_text(r.stdout)
+        return ""
+    return r.stdout
+
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+BLOCKS = checked_blocks(README)
+
+
+def test_the_readme_has_checked_examples():
+    # explain (with and without --host), regions, policy example, --version at least
+    assert len(BLOCKS) >= 4
+    assert sum(len(steps(b)) for _, b in BLOCKS) >= 6
+
+
+@pytest.mark.parametrize("line, block", BLOCKS, ids=[f"README.md:{n}" for n, _ in BLOCKS])
+def test_readme_example_is_real_output(line, block, tmp_path):
+    for command, expected in steps(block):
+        out = run_step(command, tmp_path)
+        assert pattern(expected).fullmatch(out), (
+            f"README.md:{line}: `{command}` printed\n{out}\nbut the README shows\n" + "\n".join(expected))
+
+
+def test_placeholders_match_only_what_they_stand_for():
+    # the checker itself must be able to fail: a wrong word, a missing or an extra line
+    assert pattern(["a … c", "…", "end"]).fullmatch("a b c\nx\ny\nend\n")
+    assert not pattern(["a … c"]).fullmatch("a b d\n")
+    assert not pattern(["a", "b"]).fullmatch("a\n")
+    assert not pattern(["a"]).fullmatch("a\nextra\n")
