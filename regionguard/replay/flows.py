@@ -184,6 +184,8 @@ def _read_mitm(path: Path, progress: Progress | None) -> Iterator[Record]:
     with _open(path) as f:
         if not starts_like_flow_file(f):
             head = f.read(40)
+            if not head:
+                return     # an empty flow file: mitmdump -w with nothing recorded
             yield InputProblem(name, "byte 0", "not a mitmproxy flow file: it does not start with "
                                f"a tnetstring (it starts {_preview(head)}); nothing in it was "
                                "replayed",

@@ -26,7 +26,7 @@ def format_text(s: Summary, top: int = 10) -> str:
     out = [f"regionguard report: {len(s.files)} file(s), {s.decisions:,} decision(s), "
            f"{s.zoom:,} for Zoom endpoints"
            + (f", {s.events} event(s)" if s.events else "")
-           + (f", {s.problem_count} unreadable line(s)" if s.problem_count else "")]
+           + (f", {s.problem_count} unreadable line(s) or file(s)" if s.problem_count else "")]
     if s.first_time:
         out.append(f"time range: {s.first_time} … {s.last_time}")
     if s.policy_versions:
