@@ -90,8 +90,11 @@ def test_unknown_key_and_bad_choice_are_reported_together():
 
 
 @pytest.mark.parametrize("text,line", [
-    # the unclosed `{` of line 2 is found where the next key starts without a comma
-    ("version: 1\naccount: {type: paid, default_region: US\nregions: [\n", 3),
+    # the unclosed `{` of line 2: PyYAML notices it where the next key starts (line 3), but
+    # the brace is missing at the end of line 2, so that is the line reported
+    ("version: 1\naccount: {type: paid, default_region: US\nregions: [\n", 2),
+    ("version: 1\naccount: {type: paid,\n  default_region: US\n\n# c\nregions: {}\n", 3),
+    ("version: 1\nregions: {opt_in: [US, EU\n}\n", 2),                      # `]` missing
     ("version: 1\naccount:\n  type: paid\n   default_region: US\n", 4),      # indentation
     ("version: 1\naccount: {type: paid, default_region: US}\nclient: {location: china}\n"
      "regions: {opt_in: [US}\n", 4),                                          # `]` missing

@@ -13,6 +13,23 @@ HEAD = "version: 1\naccount: {type: paid, default_region: US}\n"
 
 # (the policy after HEAD, whose first line is line 3; the line, field, message and fix reported)
 CASES = [
+    # a string where a list goes: one error whose fix is the list meant (issue 19)
+    pytest.param('regions:\n'
+                 '  opt_in: US\n',
+                 4, 'regions.opt_in',
+                 "expected a list, got text 'US'",
+                 '`opt_in: [US]`',
+                 id='opt_in as a string'),
+    pytest.param('groups: lab\n',
+                 3, 'groups',
+                 "expected a list, got text 'lab'",
+                 '`groups` is a list of mappings, one per group',
+                 id='groups as a string'),
+    pytest.param('groups: [lab]\n',
+                 3, 'groups[0]',
+                 "expected a group (a mapping), got text 'lab'",
+                 'write `groups: [{name: lab, clients: [10.20.0.0/16]',
+                 id='a group as a string'),
     pytest.param('groups:\n'
                  '  - clients: [10.20.0.0/16]\n',
                  4, 'groups[0].name',

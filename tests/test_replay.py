@@ -347,3 +347,44 @@ def test_short_cut_gzip_audit_log_still_yields_what_it_holds(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 4 and "short.jsonl.gz" in r.stderr, (r.returncode, r.stderr)
     assert json.loads(r.stdout)["decisions"] == 2, r.stdout
+
+
+# --- a file that is not a flow file at all (issue 19) ---------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["meeting notes\nroom 4, Tuesday\n", "12:30 stand-up\n",
+                                  "2026 plan: move to EU\n"])
+def test_a_text_file_is_not_read_as_a_flow_file(tmp_path, text):
+    notes = tmp_path / "notes.txt"        # no known extension: detection falls back to mitm
+    notes.write_text(text)
+    p = run("replay", str(notes), "eu-session.har", "-p", "policy-eu.yaml", "--json")
+    assert p.returncode == 4, p.stderr
+    doc = json.loads(p.stdout)
+    [problem] = doc["problems"]          # one problem for the file, not one per "flow"
+    assert problem["file"] == str(notes) and problem["position"] == "byte 0"
+    assert "not a mitmproxy flow file" in problem["message"]
+    assert "nothing in it was replayed" in problem["message"]
+    assert "replayed" not in problem["fix"]                     # no claim that flows were replayed
+    assert "HAR" in problem["fix"] and "pcap" in problem["fix"]
+    assert any("eu-session.har" in c["first_seen"] for c in doc["connections"])  # next file read
+
+
+def test_a_corrupt_first_flow_does_not_claim_flows_before_it(tmp_path):
+    data = bytearray((FIX / "mixed-session.mitm").read_bytes())
+    offsets = _flow_offsets(FIX / "mixed-session.mitm")
+    end = offsets[1] - 1                                   # flow 1's closing `}`
+    data[end:end + 1] = b"x"                               # no tnetstring type, so corrupt
+    broken = tmp_path / "corrupt.mitm"
+    broken.write_bytes(bytes(data))
+    result = replay([broken], FIX / "policy-record.yaml")
+    [problem] = result.problems
+    assert problem.position == "flow 1 (byte 0)"
+    assert "no flow before it was read" in problem.fix, problem.fix
+    assert f"next whole flow (byte {offsets[1]})" in problem.fix
+    assert result.records == len(offsets) - 1
+    # a corrupt flow after two good ones says how many were replayed before it
+    data = bytearray((FIX / "mixed-session.mitm").read_bytes())
+    data[offsets[2]:offsets[2] + 3] = b"x!?"
+    broken.write_bytes(bytes(data))
+    [problem] = replay([broken], FIX / "policy-record.yaml").problems
+    assert problem.fix.startswith("the 2 flow(s) before it were replayed; replay went on")

@@ -24,8 +24,26 @@ TOLERANCE = 0.3
 EXTRA_A2 = {"KOS": "XK", "-99": None, "CYN": "CY", "SOL": "SO", "SDS": "SS"}
 
 
+def dbf_encoding(path: Path) -> str:
+    """The text encoding of a shapefile's .dbf: its .cpg file when there is one, else cp1252,
+    the encoding of Natural Earth's older releases (naturalearth_lowres's names are not UTF-8:
+    reading `C\xf4te d'Ivoire` as UTF-8 is what put a replacement character in the map file)."""
+    cpg = path.with_suffix(".cpg")
+    if cpg.is_file():
+        name = cpg.read_text(encoding="ascii").strip() or "utf-8"
+        return "utf-8" if name.replace("-", "").lower() == "utf8" else name
+    return "cp1252"
+
+
+def decode_field(raw: bytes, encoding: str) -> str:
+    """One DBF text field. Strict: a byte the encoding cannot read stops the build with the
+    field shown, rather than putting a broken character into the map."""
+    return raw.decode(encoding).strip()
+
+
 def read_dbf(path: Path) -> list[dict[str, str]]:
     data = path.read_bytes()
+    encoding = dbf_encoding(path)
     count, header_len, record_len = struct.unpack("<IHH", data[4:12])
     fields = []
     pos = 32
@@ -38,7 +56,7 @@ def read_dbf(path: Path) -> list[dict[str, str]]:
         rec = data[header_len + i * record_len + 1: header_len + (i + 1) * record_len]
         row, off = {}, 0
         for name, size in fields:
-            row[name] = rec[off:off + size].decode("utf-8", "replace").strip()
+            row[name] = decode_field(rec[off:off + size], encoding)
             off += size
         rows.append(row)
     return rows

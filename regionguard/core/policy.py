@@ -314,14 +314,18 @@ class _Checker:
                 self.error(path + (k,), f"unknown key {k!r}", f"remove it or rename it ({hint})")
         return value
 
-    def sequence(self, value: Any, path: tuple) -> list:
+    def sequence(self, value: Any, path: tuple, fix: str | None = None) -> list:
         """A YAML list. A lone scalar is not taken as a list of one: `clients: 10.0.0.0/8,
-        10.1.0.0/16` is one string, and `opt_in: true` a mistake, not a region."""
+        10.1.0.0/16` is one string, and `opt_in: true` a mistake, not a region. The fix shows the
+        list the user most likely meant (`opt_in: [US]`) unless the caller knows better."""
         if value is None:
             return []
         if not isinstance(value, list):
+            if fix is None and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                fix = (f"write a YAML list: `{path[-1]}: [{value}]` (or one `- item` per line "
+                       "under it)")
             self.error(path, f"expected a list, got {_kind(value)} {_show(value)}",
-                       "write a YAML list: [A, B] (or one `- item` per line)")
+                       fix or "write a YAML list: [A, B] (or one `- item` per line)")
             return []
         return value
 
@@ -415,8 +419,16 @@ class _Checker:
         base = self.rules(top, (), "default", account_type, default_region, None)
         groups = []
         names = set()
-        for i, g in enumerate(self.sequence(top.get("groups"), ("groups",))):
+        group_fix = ("`groups` is a list of mappings, one per group: write `groups: [{name: lab, "
+                     "clients: [10.20.0.0/16], regions: {opt_in: [US]}}]` or one `- name: ...` "
+                     "block per group")
+        for i, g in enumerate(self.sequence(top.get("groups"), ("groups",), group_fix)):
             gpath = ("groups", i)
+            if not isinstance(g, dict):
+                # one error for the entry: its name, clients and rules would only follow from it
+                self.error(gpath, f"expected a group (a mapping), got {_kind(g)} {_show(g)}",
+                           group_fix)
+                continue
             g = self.mapping(g, gpath, _KEYS["group"])
             raw_name = g.get("name")
             given = (self.text(raw_name, gpath + ("name",), "name: shanghai-office")

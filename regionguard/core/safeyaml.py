@@ -46,13 +46,38 @@ def load_yaml(text: str, filename: str, error: type[ConfigError] = ConfigError
     try:
         return _read(text, fail)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        raise fail(f"not valid YAML: {_short(str(problem))}",
-                   "fix the YAML syntax at that line (indentation, quotes, colons)",
-                   mark.line + 1 if mark else None) from None
+        line, message, fix = _syntax_error(text, e)
+        raise fail(message, fix, line) from None
     except (ValueError, OverflowError) as e:   # e.g. an integer too long to convert
         raise fail(f"a value cannot be read: {_short(str(e))}", "shorten or quote the value") from None
+
+
+def _syntax_error(text: str, e: yaml.YAMLError) -> tuple[int | None, str, str]:
+    """(1-based line, message, fix) for PyYAML's error. PyYAML marks where it noticed the
+    problem; for a `{` or `[` left open, that is the start of the next key, a line after the
+    missing bracket. Then the line reported is the last one with content before it (where the
+    bracket belongs), and the message names the line that opened it (PyYAML's context_mark)."""
+    problem_mark = getattr(e, "problem_mark", None)
+    context_mark = getattr(e, "context_mark", None)
+    problem = str(getattr(e, "problem", None) or e)
+    context = str(getattr(e, "context", None) or "")
+    fix = "fix the YAML syntax at that line (indentation, quotes, colons)"
+    if (problem_mark is not None and context_mark is not None
+            and context.startswith("while parsing a flow ")
+            and problem_mark.line > context_mark.line):
+        closer = "}" if "mapping" in context else "]"
+        opener = "{" if closer == "}" else "["
+        lines = text.splitlines()
+        end = next((i for i in range(min(problem_mark.line, len(lines)) - 1,
+                                     context_mark.line - 1, -1)
+                    if lines[i].split("#", 1)[0].strip()), context_mark.line)
+        return (end + 1,
+                f"not valid YAML: the `{opener}` opened at line {context_mark.line + 1} is not "
+                f"closed ({_short(problem)} at line {problem_mark.line + 1})",
+                f"fix the YAML syntax at that line: close it with `{closer}` at the end of "
+                f"line {end + 1}")
+    mark = problem_mark or context_mark
+    return (mark.line + 1 if mark else None, f"not valid YAML: {_short(problem)}", fix)
 
 
 class _Frame:

@@ -119,6 +119,37 @@ def detect_format(path: str | Path) -> str:
     return "mitm"
 
 
+FORMAT_NAMES = {"mitm": "a mitmproxy flow file (mitmdump -w)",
+                "har": "a HAR file (HTTP requests exported by a browser or mitmproxy)",
+                "audit": "a regionguard audit log", "pcap": "a packet capture (pcap/pcapng)"}
+
+# A flow file starts with a tnetstring dict: `LENGTH:` then its first key, itself a tnetstring
+# string `LENGTH:BYTES` closed by `;` (text) or `,` (bytes).
+_TNETSTRING_DICT_START = re.compile(rb"\d{1,10}:(\d{1,10}):")
+
+
+def starts_like_flow_file(f: BinaryIO) -> bool:
+    """Does the stream (at its start) open a tnetstring dict, as every mitmproxy flow file does?
+    A text file that happens to start with a digit does not: `12 meetings` has no `12:`, and in
+    `12:30:45 ...` no key of 30 bytes ends in `;` or `,`. Only the start is checked: a first flow
+    that is corrupt further in is the reader's to report (and to skip)."""
+    start = f.tell()
+    try:
+        head = f.read(64)
+        m = _TNETSTRING_DICT_START.match(head)
+        if m is None:
+            return False
+        f.seek(start + m.end() + int(m.group(1)))
+        return f.read(1) in (b";", b",")
+    finally:
+        f.seek(start)
+
+
+def is_flow_file(path: str | Path) -> bool:
+    with _open(Path(path)) as f:
+        return starts_like_flow_file(f)
+
+
 def read_connections(path: str | Path, *, fmt: str | None = None,
                      progress: Progress | None = None,
                      observe_dns: ObserveDns | None = None) -> Iterator[Record]:
@@ -151,7 +182,19 @@ def _read_mitm(path: Path, progress: Progress | None) -> Iterator[Record]:
 
     name = str(path)
     with _open(path) as f:
+        if not starts_like_flow_file(f):
+            head = f.read(40)
+            if not head:
+                return     # an empty flow file: mitmdump -w with nothing recorded
+            yield InputProblem(name, "byte 0", "not a mitmproxy flow file: it does not start with "
+                               f"a tnetstring (it starts {_preview(head)}); nothing in it was "
+                               "replayed",
+                               "replay reads mitmproxy flow files (mitmdump -w), HAR files, "
+                               "regionguard audit logs (JSON lines) and pcap/pcapng captures; "
+                               "pass one of those, or --format if the detection was wrong")
+            return
         number = 0
+        read = 0       # flows read so far: what the fix text may claim was replayed
         while True:
             start = f.tell()
             if not f.read(1):
@@ -163,15 +206,18 @@ def _read_mitm(path: Path, progress: Progress | None) -> Iterator[Record]:
                 state = tnetstring.load(f)
             except (ValueError, TypeError, IndexError) as e:
                 end = _file_size(f)
+                before = (f"the {read} flow(s) before it were replayed" if read
+                          else "no flow before it was read")
                 if _looks_truncated(f, start, end):
                     yield InputProblem(name, where, f"file ends inside a flow ({end - start} of its "
                                        "bytes present): the file is truncated",
-                                       "the flows before it were replayed; re-record or copy the "
-                                       "file again if the session continued")
+                                       f"{before}; re-record or copy the file again if the "
+                                       "session continued")
                     return
-                yield InputProblem(name, where, f"corrupt flow: {_short(e)}",
-                                   "the flows before and after it were replayed")
                 resume = _next_flow_offset(f, start + 1)
+                after = (f"replay went on at the next whole flow (byte {resume})"
+                         if resume is not None else "no readable flow follows it")
+                yield InputProblem(name, where, f"corrupt flow: {_short(e)}", f"{before}; {after}")
                 if resume is None:
                     return
                 f.seek(resume)
@@ -182,9 +228,10 @@ def _read_mitm(path: Path, progress: Progress | None) -> Iterator[Record]:
                 flow = _flow_from_state(compat.migrate_flow(state))
             except Exception as e:  # noqa: BLE001 - any malformed state: report it, go on
                 yield InputProblem(name, where, f"unreadable flow: {_short(e)}",
-                                   "the other flows were replayed; was this file written by "
-                                   "mitmproxy (mitmdump -w)?")
+                                   "the other readable flows were replayed; was this file "
+                                   "written by mitmproxy (mitmdump -w)?")
                 continue
+            read += 1
             if progress:
                 progress(f.tell() if not isinstance(f, gzip.GzipFile) else f.fileobj.tell())
             yield from _flow_connections(flow, name, f"flow {number} (byte {start})")

@@ -21,6 +21,16 @@ from regionguard.report.summary import COLOURS, OTHER, STOPPED, Summary
 
 MAP_W, MAP_H = 960, 400
 LAT_TOP, LAT_BOTTOM = 84.0, -58.0     # Antarctica is cut off: no Zoom region there
+MARKER_GAP = 2.0          # pixels kept between two markers pushed apart
+DECLUTTER_ROUNDS = 60     # bounded: markers settle in a few rounds; a crowd stops here anyway
+# How a country is shaded, and what the legend says the shade means (in drawing order).
+SHADES = (("all", "#c8e6c9", "Zoom region: all allowed"),
+          ("some", "#f9e0b4", "Zoom region: some stopped"),
+          ("stopped", "#f4c7c3", "Zoom region: all stopped"),
+          ("idle", "#cfd8dc", "Zoom region, no traffic"),
+          ("outside", "#ffe0b2", "no Zoom region; traffic went there"),
+          ("none", "#d9d9d9", "no Zoom region, no traffic"))
+SHADE = {key: colour for key, colour, _ in SHADES}
 
 
 def esc(text: object) -> str:
@@ -96,6 +106,48 @@ def _place_label(text: str, x: float, y: float, r: float,
     return f'<text x="{tx:.1f}" y="{ty:.1f}" class="lbl" text-anchor="{anchor}">{esc(text)}</text>'
 
 
+def declutter(centres: list[tuple[float, float]], radii: list[float]
+              ) -> list[tuple[float, float]]:
+    """Centres moved apart so that no two markers overlap: Europe's sites (Amsterdam and
+    Frankfurt) are closer than two markers are wide. Each round pushes every overlapping pair
+    apart along the line between them, the smaller marker further; bounded in rounds, and kept
+    on the map. Deterministic: the same totals draw the same map."""
+    pos = [[x, y] for x, y in centres]
+    n = len(pos)
+    for _ in range(DECLUTTER_ROUNDS):
+        moved = False
+        for i in range(n):
+            for j in range(i + 1, n):
+                dx, dy = pos[j][0] - pos[i][0], pos[j][1] - pos[i][1]
+                d = math.hypot(dx, dy)
+                need = radii[i] + radii[j] + MARKER_GAP
+                if d >= need:
+                    continue
+                if d < 1e-6:                   # the same spot: part them sideways
+                    dx, dy, d = 1.0, 0.0, 1.0
+                push = need - d
+                share_j = radii[i] / (radii[i] + radii[j])   # the smaller one moves more
+                ux, uy = dx / d, dy / d
+                pos[i][0] -= ux * push * (1 - share_j)
+                pos[i][1] -= uy * push * (1 - share_j)
+                pos[j][0] += ux * push * share_j
+                pos[j][1] += uy * push * share_j
+                moved = True
+        for k in range(n):
+            pos[k][0] = min(max(pos[k][0], radii[k]), MAP_W - radii[k])
+            pos[k][1] = min(max(pos[k][1], radii[k]), MAP_H - radii[k])
+        if not moved:
+            break
+    return [(x, y) for x, y in pos]
+
+
+def shade_legend() -> str:
+    """What each country shade means: the map's colours are otherwise unexplained."""
+    return "<p class=legend>" + " ".join(
+        f'<span><i style="background:{colour}"></i>{esc(text)}</span>' for _, colour, text in SHADES
+    ) + "</p>"
+
+
 def world_map(s: Summary) -> str:
     cat = load_catalogue()
     regions = {k: (counts, total) for k, counts, total in s.table(s.governed_region_action)}
@@ -108,17 +160,17 @@ def world_map(s: Summary) -> str:
         a2 = c.get("a2") or ""
         centres[a2] = _centre(c)
         region = cat.region_for_country(a2)
-        fill, tip = "#d9d9d9", c["name"]
+        fill, tip = SHADE["none"], c["name"]
         if region in regions:
             counts, total = regions[region]
             stopped = sum(n for a, n in counts.items() if a in STOPPED)
-            fill = "#f4c7c3" if stopped == total else ("#f9e0b4" if stopped else "#c8e6c9")
+            fill = SHADE["stopped" if stopped == total else ("some" if stopped else "all")]
             tip = f"{c['name']}: Zoom region {region}, {total:,} decision(s), {stopped:,} stopped"
         elif region:
-            fill, tip = "#cfd8dc", f"{c['name']}: Zoom region {region}, no traffic"
+            fill, tip = SHADE["idle"], f"{c['name']}: Zoom region {region}, no traffic"
         elif a2 in no_region:
             counts, total = no_region[a2]
-            fill, tip = "#ffe0b2", f"{c['name']}: no Zoom region; {total:,} decision(s)"
+            fill, tip = SHADE["outside"], f"{c['name']}: no Zoom region; {total:,} decision(s)"
         d = "".join(_ring_path(r) for r in c["rings"])
         parts.append(f'<path d="{d}" fill="{fill}" stroke="#fff" stroke-width="0.4">'
                      f'<title>{esc(tip)}</title></path>')
@@ -136,9 +188,16 @@ def world_map(s: Summary) -> str:
             markers.append((total, a2, "country without a Zoom region", lat, lon, counts))
     placed: list[tuple[float, float, float, float]] = []   # label boxes already drawn
     labels = []
-    for total, code, city, lat, lon, counts in sorted(markers, reverse=True):
-        x, y = _xy(lon, lat)
-        r = 5 + 17 * math.sqrt(total / biggest)
+    markers.sort(reverse=True)
+    sites_xy = [_xy(lon, lat) for _, _, _, lat, lon, _ in markers]
+    radii = [5 + 17 * math.sqrt(total / biggest) for total, *_ in markers]
+    centres_xy = declutter(sites_xy, radii)
+    for (total, code, city, _lat, _lon, counts), (sx, sy), r, (x, y) in zip(
+            markers, sites_xy, radii, centres_xy, strict=True):
+        if math.hypot(x - sx, y - sy) > 1.0:   # moved off its site: a leader line to the site
+            parts.append(f'<line class="leader" x1="{sx:.1f}" y1="{sy:.1f}" x2="{x:.1f}" '
+                         f'y2="{y:.1f}" stroke="#555" stroke-width="0.8"/>'
+                         f'<circle cx="{sx:.1f}" cy="{sy:.1f}" r="1.5" fill="#555"/>')
         pie = [(COLOURS.get(a, OTHER), counts.get(a, 0)) for a in
                ("allow", "monitor", "block", "reroute")]
         detail = ", ".join(f"{a} {n:,}" for a, n in sorted(counts.items()))
@@ -219,6 +278,29 @@ def legend(actions: list[str]) -> str:
     ) + "</p>"
 
 
+def reload_table(s: Summary) -> str:
+    """Policy reloads: counts, and the latest ones with the reason for each failure."""
+    if not (s.reloads_ok or s.reloads_failed):
+        return ""
+    latest = s.latest_reloads()
+    out = [f"<h2>Policy reloads</h2><p>{s.reloads_ok:,} ok, "
+           + (f"<b class=bad>{s.reloads_failed:,} failed</b>" if s.reloads_failed else "0 failed")
+           + (" (the running policy stayed in force after each failure)" if s.reloads_failed
+              else "")
+           + (f"; the latest {len(latest)} are listed" if len(latest) < s.reloads_ok + s.reloads_failed
+              else "") + "</p>",
+           "<table><tr><th>time</th><th>outcome</th><th>policy</th><th>version</th>"
+           "<th>reason</th></tr>"]
+    for r in reversed(latest):     # newest first
+        version = (f"{r['previous_version'] or '?'} → {r['policy_version'] or '?'}" if r["ok"]
+                   else f"kept {r['policy_version'] or '?'}")
+        out.append(f"<tr{'' if r['ok'] else ' class=fail'}><td>{esc(r['time'])}</td>"
+                   f"<td>{'ok' if r['ok'] else 'FAILED'}</td><td>{esc(r['policy'])}</td>"
+                   f"<td>{esc(version)}</td><td>{esc(r['error'])}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1000px;
 color:#222;padding:0 16px}
@@ -235,6 +317,7 @@ margin-right:4px;border-radius:2px;vertical-align:-1px}
 table{border-collapse:collapse;margin:6px 0}
 td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
+tr.fail td{color:#c62828}b.bad{color:#c62828}
 """
 
 
@@ -257,10 +340,12 @@ def render_html(s: Summary, title: str = "regionguard report", top: int = 10) ->
             '<div class="cards">' + "".join(f'<div class="card {cls}"><b>{v}</b>{esc(k)}</div>'
                                               for k, v, cls in cards) + "</div>",
             "<h2>Where the meeting traffic went</h2>", world_map(s), legend(zoom_actions),
+            shade_legend(),
             "<p class=muted>Markers: one per Zoom region (at one of its data-center cities) and per "
             "country without a Zoom region; area grows with the number of decisions; slices show "
-            "what was allowed, monitored and stopped. Countries are shaded green (all allowed), "
-            "amber (some stopped), red (all stopped) or orange (no Zoom region)."
+            "what was allowed, monitored and stopped. Markers that would cover each other are "
+            "moved apart, with a line to their site. Countries are shaded by their Zoom region's "
+            "traffic, as the second legend says."
             + (f" {unknown:,} Zoom decision(s) had no provable region and are not on the map."
                if unknown else "")
             + (f" The map shows the governed scope (meeting and webinar traffic) only: {other:,} "
@@ -288,6 +373,7 @@ def render_html(s: Summary, title: str = "regionguard report", top: int = 10) ->
     body.append("<table><tr><th>policy version</th><th>decisions</th></tr>" + "".join(
         f"<tr><td>{esc(v)}</td><td class=n>{n:,}</td></tr>" for v, n in s.policy_versions.most_common())
         + "</table>")
+    body.append(reload_table(s))
     if s.problem_count:
         body.append(f"<h2>Unreadable input ({s.problem_count:,})</h2><ul>" + "".join(
             f"<li>{esc(p)}</li>" for p in s.problems[:50]) + "</ul>")

@@ -13,22 +13,28 @@ hosts than that appear (then counts of the rarest are dropped, and the report sa
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from regionguard.progress import ProgressBar, wanted
-from regionguard.replay.flows import InputProblem, iter_audit_lines
+from regionguard.replay.flows import FORMAT_NAMES, InputProblem, detect_format, is_flow_file, iter_audit_lines
 
 TOP_HOSTS_KEPT = 10_000
 MAX_PROBLEMS_KEPT = 200
+RELOADS_KEPT = 50          # the latest policy reloads listed; all are counted
+RELOAD_ERROR_CHARS = 500   # a failed reload's error as listed (a policy error can be long)
 STOPPED = frozenset({"block", "reroute"})
 ACTION_ORDER = ("allow", "monitor", "block", "reroute", "pass")
 # one colour per action, the same in every renderer; OTHER for an action not listed
 COLOURS = {"allow": "#2e7d32", "monitor": "#f9a825", "block": "#c62828", "reroute": "#6a1b9a",
            "pass": "#90a4ae"}
 OTHER = "#607d8b"
+# the key for a field an audit line leaves empty (lines from before the field existed, a host
+# never named): one word every renderer shows, rather than a bare "-"
+NONE = "(none)"
 
 
 class TopCounter:
@@ -77,16 +83,22 @@ class Summary:
     country_action: Counter[tuple[str, str]] = field(default_factory=Counter)  # no Zoom region
     hour_action: Counter[tuple[str, str]] = field(default_factory=Counter)
     blocked_hosts: TopCounter = field(default_factory=TopCounter)
+    # policy reloads (the proxy's "policy-reload" events): counted, and the latest listed
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    reloads: list[dict] = field(default_factory=list)
 
     def add(self, r: dict) -> None:
         if "action" not in r:
             self.events += 1
+            if r.get("event") == "policy-reload":
+                self._reload(r)
             return
         action = str(r.get("action") or "unknown")
         self.decisions += 1
         self.by_action[action] += 1
-        self.by_rule[str(r.get("rule") or "-")] += 1
-        self.by_front_end[str(r.get("front_end") or "-")] += 1
+        self.by_rule[str(r.get("rule") or NONE)] += 1
+        self.by_front_end[str(r.get("front_end") or NONE)] += 1
         if r.get("policy_version"):
             self.policy_versions[str(r["policy_version"])] += 1
         t = r.get("time")
@@ -108,11 +120,32 @@ class Summary:
             self.country_action[(str(r["country"]), action)] += 1
             if governed:
                 self.governed_country_action[(str(r["country"]), action)] += 1
-        self.service_action[(str(r.get("service") or "-"), action)] += 1
-        self.scope_action[(str(r.get("scope") or "-"), action)] += 1
-        self.group_action[(str(r.get("group") or "-"), action)] += 1
+        self.service_action[(str(r.get("service") or NONE), action)] += 1
+        self.scope_action[(str(r.get("scope") or NONE), action)] += 1
+        self.group_action[(str(r.get("group") or NONE), action)] += 1
         if action in STOPPED or (action == "monitor" and r.get("would") in STOPPED):
-            self.blocked_hosts.add(str(r.get("host") or r.get("address") or "-"))
+            self.blocked_hosts.add(str(r.get("host") or r.get("address") or NONE))
+
+    def _reload(self, r: dict) -> None:
+        ok = r.get("ok") is True
+        if ok:
+            self.reloads_ok += 1
+        else:
+            self.reloads_failed += 1
+        error = " ".join(str(r.get("error") or "").split())   # one line, whatever the policy said
+        if len(error) > RELOAD_ERROR_CHARS:
+            error = error[:RELOAD_ERROR_CHARS - 3] + "..."
+        self.reloads.append({"time": str(r.get("time") or ""), "ok": ok,
+                             "policy": str(r.get("policy") or ""),
+                             "policy_version": str(r.get("policy_version") or ""),
+                             "previous_version": str(r.get("previous_version") or ""),
+                             "error": "" if ok else (error or "(no reason recorded)")})
+        if len(self.reloads) > 2 * RELOADS_KEPT:   # bounded: keep the latest by time
+            self.reloads = self.latest_reloads()
+
+    def latest_reloads(self) -> list[dict]:
+        """The latest RELOADS_KEPT reloads, oldest first (logs may be given in any order)."""
+        return sorted(self.reloads, key=lambda x: x["time"])[-RELOADS_KEPT:]
 
     def problem(self, p: InputProblem) -> None:
         self.problem_count += 1
@@ -158,6 +191,8 @@ class Summary:
             "top_blocked_hosts": [{"host": h, "count": n}
                                   for h, n in self.blocked_hosts.most_common(top)],
             "top_blocked_hosts_exact": self.blocked_hosts.pruned == 0,
+            "policy_reloads": {"ok": self.reloads_ok, "failed": self.reloads_failed,
+                               "latest": self.latest_reloads()},
         }
 
 
@@ -173,6 +208,10 @@ def summarise(paths: Iterable[str | Path], progress: str = "never") -> Summary:
         if bar:
             bar.start_file(path.name)
         try:
+            other = _recording_not_audit(path)
+            if other is not None:    # one problem for the file, not one per "line" of it
+                summary.problem(other)
+                continue
             for item in iter_audit_lines(path, bar.update if bar else None):
                 if isinstance(item, InputProblem):
                     summary.problem(item)
@@ -181,11 +220,32 @@ def summarise(paths: Iterable[str | Path], progress: str = "never") -> Summary:
         except OSError as e:
             summary.problem(InputProblem(str(path), "file", f"cannot read: {e.strerror or e}",
                                          "check the path and permissions"))
-        if bar:
-            bar.finish_file(size)
+        finally:
+            if bar:
+                bar.finish_file(size)
     if bar:
         bar.close()
     return summary
 
 
-__all__ = ["ACTION_ORDER", "COLOURS", "OTHER", "STOPPED", "Summary", "TopCounter", "summarise"]
+def _recording_not_audit(path: Path) -> InputProblem | None:
+    """A recorded session given to `report` (a HAR, a mitmproxy flow file, a capture) instead of
+    an audit log: what it is, and the command that reads it. None for anything else; a text file
+    that is neither goes on to be read line by line, each bad line reported."""
+    try:
+        fmt = detect_format(path)
+        if fmt == "mitm" and not is_flow_file(path):
+            return None
+    except (EOFError, zlib.error):
+        return None       # a broken gzip file: the line reader says where it breaks
+    if fmt == "audit":
+        return None
+    return InputProblem(str(path), "file",
+                        f"this is {FORMAT_NAMES[fmt]}, not a regionguard audit log: nothing in it "
+                        "was counted",
+                        f"`regionguard replay {path} --policy POLICY` decides the connections it "
+                        "holds; `report` reads the audit logs that `regionguard run`, the "
+                        "mitmproxy addon or `regionguard dns` write (JSON lines)")
+
+
+__all__ = ["ACTION_ORDER", "COLOURS", "NONE", "OTHER", "STOPPED", "Summary", "TopCounter", "summarise"]

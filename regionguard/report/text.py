@@ -26,7 +26,7 @@ def format_text(s: Summary, top: int = 10) -> str:
     out = [f"regionguard report: {len(s.files)} file(s), {s.decisions:,} decision(s), "
            f"{s.zoom:,} for Zoom endpoints"
            + (f", {s.events} event(s)" if s.events else "")
-           + (f", {s.problem_count} unreadable line(s)" if s.problem_count else "")]
+           + (f", {s.problem_count} unreadable line(s) or file(s)" if s.problem_count else "")]
     if s.first_time:
         out.append(f"time range: {s.first_time} … {s.last_time}")
     if s.policy_versions:
@@ -42,6 +42,7 @@ def format_text(s: Summary, top: int = 10) -> str:
         lines = _grid(title, s.table(counter), actions)
         if lines:
             out += ["", f"by {title}:", *lines]
+    out += _reloads(s)
     blocked = s.blocked_hosts.most_common(top)
     if blocked:
         out += ["", "top blocked hosts" + ("" if not s.blocked_hosts.pruned else " (approximate)")
@@ -53,6 +54,30 @@ def format_text(s: Summary, top: int = 10) -> str:
         if s.problem_count > 20:
             out.append(f"  ... and {s.problem_count - 20} more (all are in --json)")
     return "\n".join(out) + "\n"
+
+
+RELOADS_SHOWN = 10
+
+
+def _reloads(s: Summary) -> list[str]:
+    """Policy reloads, failed ones with their reason: what an admin most needs to see."""
+    if not (s.reloads_ok or s.reloads_failed):
+        return []
+    out = ["", f"policy reloads: {s.reloads_ok:,} ok, {s.reloads_failed:,} failed"
+           + (" (the running policy stayed in force after each failure)" if s.reloads_failed else "")]
+    latest = s.latest_reloads()
+    shown = latest[-RELOADS_SHOWN:]
+    for r in shown:
+        if r["ok"]:
+            out.append(f"  {r['time']}  ok      {r['policy']}: {r['previous_version'] or '?'} → "
+                       f"{r['policy_version'] or '?'}")
+        else:
+            out.append(f"  {r['time']}  FAILED  {r['policy']}: {r['error']}"
+                       + (f" (kept {r['policy_version']})" if r["policy_version"] else ""))
+    hidden = s.reloads_ok + s.reloads_failed - len(shown)
+    if hidden:
+        out.append(f"  ... {hidden:,} earlier (the latest {len(latest)} are in --json)")
+    return out
 
 
 __all__ = ["format_text"]
