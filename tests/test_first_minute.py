@@ -32,3 +32,59 @@ def test_explain_with_a_dead_name_server_stops_at_the_lifetime_it_reports():
     # A bound on behaviour, not a benchmark: the reported lifetime plus the interpreter's
     # start-up, well below a second lifetime (A, then AAAA, each waited the full one).
     assert took < float(reported.group(1)) + 2.0, (took, r.stderr)
+
+
+# --- ./dev ------------------------------------------------------------------------------------
+
+def _tools_dir(tmp_path):
+    """A PATH with the few tools ./dev needs before it looks for Python, and no Python at all."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "ls", "sort", "cat", "cut", "head", "sha256sum", "xargs", "sed"):
+        found = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True,
+                               text=True).stdout.strip()
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    return bin_dir
+
+
+def test_dev_without_python_suggests_installs_that_exist_on_debian_12(tmp_path):
+    empty = tmp_path / "pyenv"
+    empty.mkdir()
+    env = {"PATH": str(_tools_dir(tmp_path)), "HOME": str(tmp_path), "PYENV_ROOT": str(empty),
+           "REGIONGUARD_VENV": str(tmp_path / "venv")}
+    r = subprocess.run(["/bin/bash", os.path.join(ROOT, "dev"), "setup"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "none was found" in r.stderr
+    # Debian 12 has no python3.12 package: the hint names what works there.
+    assert "apt-get install python3.12" not in r.stderr
+    assert "uv python install 3.12" in r.stderr and "pyenv install 3.12" in r.stderr
+    assert "Debian 13" in r.stderr
+
+
+def test_dev_run_says_each_install_step_before_it_starts(tmp_path):
+    # A venv whose pip only records that it was asked (the real install takes a minute and the
+    # network): what is checked is ./dev's own output around the steps.
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls"
+    real = os.path.realpath(str(BIN / "python"))
+    (venv / "bin" / "python").write_text(
+        "#!/bin/bash\n"
+        f'if [ "$1 $2" = "-m pip" ]; then echo "pip $*" >> {calls}; echo "pip $*" >&2; exit 0; fi\n'
+        f'exec {real} "$@"\n')
+    (venv / "bin" / "regionguard").write_text('#!/bin/bash\necho "regionguard $*" >&2\n')
+    for f in ("python", "regionguard"):
+        (venv / "bin" / f).chmod(0o755)
+    env = {**os.environ, "REGIONGUARD_VENV": str(venv)}
+    r = subprocess.run([os.path.join(ROOT, "dev"), "run", "--help"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(calls.read_text().splitlines()) == 2        # pip upgraded, then the install
+    said = [i for i, line in enumerate(lines) if line.startswith("dev: ")]
+    pip = [i for i, line in enumerate(lines) if line.startswith("pip ")]
+    assert said and pip and said[0] < pip[0] and said[1] < pip[1], lines
+    assert any("installing" in line and "mypyc" in line for line in lines), lines
+    assert lines[-1] == "regionguard run --help"
