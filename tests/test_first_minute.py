@@ -88,3 +88,16 @@ def test_dev_run_says_each_install_step_before_it_starts(tmp_path):
     assert said and pip and said[0] < pip[0] and said[1] < pip[1], lines
     assert any("installing" in line and "mypyc" in line for line in lines), lines
     assert lines[-1] == "regionguard run --help"
+
+
+def test_dev_finds_the_python_uv_installed(tmp_path):
+    # What the hint's `uv python install 3.12` leaves: a Python under ~/.local/share/uv/python.
+    uv_python = tmp_path / ".local/share/uv/python/cpython-3.12.9-linux-x86_64-gnu/bin"
+    uv_python.mkdir(parents=True)
+    (uv_python / "python3").symlink_to(os.path.realpath(str(BIN / "python")))
+    script = (f"source <(sed -n '/^find_python()/,/^}}/p' {os.path.join(ROOT, 'dev')}); "
+              f"PATH={_tools_dir(tmp_path)} find_python")
+    r = subprocess.run(["/bin/bash", "-c", script], capture_output=True, text=True, timeout=30,
+                       env={"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+                            "PYENV_ROOT": str(tmp_path / "none")})
+    assert r.returncode == 0 and r.stdout.strip() == str(uv_python / "python3"), r
