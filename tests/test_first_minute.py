@@ -8,7 +8,10 @@ import socket
 import subprocess
 import time
 
+from regionguard.mitm.console_summary import summary_line
 from tests.conftest import BIN
+from tests.proxy_support import Proxy, curl, origins_on_one_port, status_of
+from tests.test_proxy import policy_text
 
 RG = str(BIN / "regionguard")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,3 +104,92 @@ def test_dev_finds_the_python_uv_installed(tmp_path):
                        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path),
                             "PYENV_ROOT": str(tmp_path / "none")})
     assert r.returncode == 0 and r.stdout.strip() == str(uv_python / "python3"), r
+
+
+# --- the proxy's and the DNS server's consoles ------------------------------------------------
+
+LINE = re.compile(r"^\[\d\d:\d\d:\d\d\.\d{3}\] regionguard( dns)?: \S")
+DE, IN = "127.0.1.1", "127.0.2.1"
+
+
+def _proxy(tmp_path, *extra, audit=True):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text())
+    return Proxy(policy, tmp_path, *extra, audit=audit)
+
+
+def test_proxy_start_up_says_that_decisions_are_not_logged_and_how_to(tmp_path):
+    proxy = _proxy(tmp_path, audit=False)
+    try:
+        out = proxy.wait_for_output("regionguard: audit: off", timeout=30)
+        assert "regionguard run --audit FILE" in out
+    finally:
+        proxy.stop()
+
+
+def test_proxy_start_up_says_where_decisions_are_logged(tmp_path):
+    proxy = _proxy(tmp_path)
+    try:
+        proxy.wait_for_output(f"regionguard: audit: decisions logged to {proxy.audit}", timeout=30)
+    finally:
+        proxy.stop()
+
+
+def test_proxy_console_counts_allowed_traffic_too(tmp_path):
+    web = origins_on_one_port([DE, IN])
+    proxy = _proxy(tmp_path, "--set", "regionguard_summary=1")
+    try:
+        port = web[DE].port
+        for host, status in (("de.zoom.us", 200), ("de.zoom.us", 200), ("in.zoom.us", 403)):
+            assert status_of(curl("-x", proxy.url, f"http://{host}:{port}/")) == status
+        # The counts may fall into two one-second lines: add them up (bounded wait).
+        summary = re.compile(r"regionguard: last 1 s: allowed (\d+), blocked (\d+)")
+        deadline = time.monotonic() + 20
+        totals = (0, 0)
+        while time.monotonic() < deadline and totals != (2, 1):
+            found = summary.findall(proxy.output())
+            totals = (sum(int(a) for a, _ in found), sum(int(b) for _, b in found))
+            time.sleep(0.2)
+        assert totals == (2, 1), proxy.output()
+        # one line per decision still for what enforcement changed, none per allowed connection
+        out = proxy.output()
+        assert out.count("regionguard: BLOCK") == 1 and "regionguard: ALLOW" not in out
+        assert all(LINE.match(line) for line in out.splitlines() if "last 1 s" in line)
+    finally:
+        proxy.stop()
+        for server in web.values():
+            server.stop()
+
+
+def test_an_idle_proxy_prints_no_summary():
+    assert summary_line({"allow": 3}, {"allow": 3}, 10) is None
+    assert summary_line({}, {"allow": 2, "monitor": 1}, 10) == \
+        "regionguard: last 10 s: allowed 2, blocked 0, monitored 1"
+
+
+def test_proxy_and_dns_server_print_their_start_up_lines_in_one_format(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text())
+    proxy = Proxy(policy, tmp_path, audit=False)
+    dns_log = tmp_path / "dns.log"
+    with open(dns_log, "wb") as log:
+        dns = subprocess.Popen([RG, "dns", "--policy", str(policy), "--listen", "127.0.0.1:0",
+                                "--upstream", "127.0.0.1:9"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        proxy.wait_for_output("regionguard: audit:", timeout=30)
+        deadline = time.monotonic() + 30
+        while "audit:" not in dns_log.read_text() and time.monotonic() < deadline:
+            assert dns.poll() is None, dns_log.read_text()
+            time.sleep(0.1)
+        dns_lines = dns_log.read_text().splitlines()
+        proxy_lines = [line for line in proxy.output().splitlines() if "] regionguard" in line]
+        assert any("regionguard dns: listening on" in line for line in dns_lines), dns_lines
+        assert any("regionguard dns: audit: off" in line for line in dns_lines), dns_lines
+        assert any("regionguard: policy" in line for line in proxy_lines), proxy_lines
+        # every line of both: [HH:MM:SS.mmm] regionguard...: message (mitmproxy's own format)
+        for line in [*dns_lines, *proxy_lines]:
+            assert LINE.match(line), line
+    finally:
+        proxy.stop()
+        dns.terminate()
+        dns.wait(timeout=15)
