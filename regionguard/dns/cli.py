@@ -15,6 +15,8 @@ import gc
 import ipaddress
 import logging
 import sys
+import time
+from pathlib import Path
 
 import dns.resolver
 
@@ -29,6 +31,26 @@ from regionguard.core.reload import EngineHolder
 from regionguard.dns.server import Config, DnsServer
 from regionguard.exits import EXIT_LISTEN
 from regionguard.metrics.address import exposure_warning, parse_metrics_address
+
+
+class ConsoleFormatter(logging.Formatter):
+    """mitmproxy's console format, `[HH:MM:SS.mmm] message` with no level name: the proxy and
+    this server print regionguard's lines alike (`regionguard: ...`, `regionguard dns: ...`), so
+    one eye, or one grep, reads both."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return stamped(super().format(record), record.created)
+
+
+def stamped(message: str, when: float | None = None) -> str:
+    when = time.time() if when is None else when
+    return f"[{time.strftime('%H:%M:%S', time.localtime(when))}.{int(when % 1 * 1000):03d}] {message}"
+
+
+def say(message: str) -> None:
+    """A start-up or exit line on the console, in the format of the log records."""
+    print(stamped(message), file=sys.stderr, flush=True)
+
 
 FD_SPARE = 64                  # descriptors beside the TCP clients: sockets upstream, audit, ...
 
@@ -171,8 +193,10 @@ def metrics_address(args: argparse.Namespace, listen: tuple[str, int]) -> tuple[
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
+    handler = logging.StreamHandler()
+    handler.setFormatter(ConsoleFormatter())
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s")
+                        handlers=[handler])
     learned = open_state(args.state_dir)   # upstream answers teach it; the proxy reads it too
     holder = EngineHolder(policy_path(args.policy), learned)
     config = build_config(args, holder)
@@ -188,13 +212,13 @@ def cmd_dns(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(_main(holder, config, metrics))
     except MetricsListenError as e:
-        print(f"regionguard dns: cannot serve metrics on {e.address[0]}:{e.address[1]}: "
-              f"{e.reason}\n    fix: choose a free port with --metrics HOST:PORT", file=sys.stderr)
+        say(f"regionguard dns: cannot serve metrics on {e.address[0]}:{e.address[1]}: "
+              f"{e.reason}\n    fix: choose a free port with --metrics HOST:PORT")
         return EXIT_LISTEN
     except OSError as e:
-        print(f"regionguard dns: cannot listen on {config.listen[0]}:{config.listen[1]}: "
+        say(f"regionguard dns: cannot listen on {config.listen[0]}:{config.listen[1]}: "
               f"{e.strerror or e}\n    fix: choose a free port with --listen HOST:PORT "
-              "(ports below 1024 need root)", file=sys.stderr)
+              "(ports below 1024 need root)")
         return EXIT_LISTEN
     finally:
         if learned is not None:
@@ -242,7 +266,7 @@ async def _main(holder: EngineHolder, config: Config,
             raise MetricsListenError(metrics, e.strerror or str(e)) from None
         warning = exposure_warning(metrics[0], "regionguard dns")
         if warning:
-            print(warning, file=sys.stderr, flush=True)
+            say(warning)
     try:
         return await _serve(server, holder, config, metrics)
     finally:
@@ -261,16 +285,15 @@ async def _serve(server: DnsServer, holder: EngineHolder, config: Config,
     shown = f"[{host}]" if ":" in host else host
     warning = open_resolver_warning(host, holder.engine.policy.gateway.restricted)
     if warning:
-        print(warning, file=sys.stderr, flush=True)
-    print(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "
-          f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id}); "
-          f"hot path {_compiled.status()}"
-          + (f"; metrics on http://{_shown(metrics)}/metrics" if metrics else ""),
-          file=sys.stderr, flush=True)
+        say(warning)
+    say(f"regionguard dns: listening on {shown}:{port} ({'udp+tcp' if config.tcp else 'udp'}); "
+        f"upstream {ups}; policy {holder.path} ({holder.engine.policy.version_id}); "
+        f"hot path {_compiled.status()}"
+        + (f"; metrics on http://{_shown(metrics)}/metrics" if metrics else ""))
+    say(audit_line(config.audit_path))
     if config.trusted_forwarders:
-        print("regionguard dns: clients named by PROXY v2 headers and EDNS Client Subnet from "
-              f"trusted forwarders {', '.join(config.trusted_forwarders)} only", file=sys.stderr,
-              flush=True)
+        say("regionguard dns: clients named by PROXY v2 headers and EDNS Client Subnet from "
+            f"trusted forwarders {', '.join(config.trusted_forwarders)} only")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
@@ -280,6 +303,14 @@ async def _serve(server: DnsServer, holder: EngineHolder, config: Config,
     await stop.wait()
     await server.close()
     return 0
+
+
+def audit_line(path: str | None) -> str:
+    """The start-up line saying where answers are audited, or that they are not and how to."""
+    if path:
+        return f"regionguard dns: audit: decisions logged to {Path(path).resolve()} (one JSON line each)"
+    return ("regionguard dns: audit: off, decisions are not logged to a file; to keep them: "
+            "regionguard dns --audit FILE")
 
 
 def _shown(address: tuple[str, int]) -> str:

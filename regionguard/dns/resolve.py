@@ -11,6 +11,7 @@ to. The policy's static `hosts` and literal addresses teach nothing.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -79,12 +80,19 @@ class NameResolver:
         found = self._static(name)
         if found:
             return found
+        # One deadline for both look-ups: the timeout is the command's, not each type's (A then
+        # AAAA with the full lifetime each took twice the time the error message reported).
+        deadline = time.monotonic() + self.settings.timeout
         outcomes: list[dns.resolver.Answer | dns.exception.DNSException] = []
         for rdtype in ADDRESS_TYPES:
             try:
-                outcomes.append(self._sync.resolve(name, rdtype, search=False))
+                outcomes.append(self._sync.resolve(name, rdtype, search=False,
+                                                   lifetime=max(deadline - time.monotonic(), 0.05)))
+            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN) as e:
+                outcomes.append(e)
             except dns.exception.DNSException as e:
                 outcomes.append(e)
+                break   # a server failure fails the name (_answer): the other type cannot help
         self._observe(outcomes)
         return _answer(name, outcomes)
 

@@ -16,5 +16,7 @@
 - `dns_missing`: the DNS addons (`dns_filter`), or a stand-in refusing DNS when they cannot load;
 - `metrics`: `Metrics`, the Prometheus endpoint (`regionguard_metrics`, `run --metrics`), from
   `running` to `done`;
+- `console_summary`: `ConsoleSummary`, a console line every few seconds counting the decisions
+  (allowed, blocked, ...), so a user sees allowed traffic flow without a line per connection;
 - `run`: `regionguard run`.
 """

@@ -12,6 +12,7 @@ decided, and DNS comes last.
 from __future__ import annotations
 
 from regionguard.mitm.connections import ConnectionEnforcer
+from regionguard.mitm.console_summary import ConsoleSummary
 from regionguard.mitm.dns_missing import dns_addons
 from regionguard.mitm.gateway import GatewayAccess
 from regionguard.mitm.metrics import Metrics
@@ -22,7 +23,8 @@ from regionguard.mitm.tls_passthrough import TlsPassthrough
 
 def make_addons() -> list:
     """A fresh set of the proxy's addons: the policy, who may connect, TLS, the PAC file,
-    connection enforcement, then DNS; the metrics endpoint (no per-connection hook) last."""
+    connection enforcement, then DNS; the metrics endpoint and the console summary (no
+    per-connection hook) last."""
     policy = PolicyLoader()
     return [policy, GatewayAccess(policy), TlsPassthrough(policy), PacServer(policy),
-            ConnectionEnforcer(policy), *dns_addons(), Metrics(policy)]
+            ConnectionEnforcer(policy), *dns_addons(), Metrics(policy), ConsoleSummary(policy)]

@@ -106,6 +106,10 @@ OPTIONS: tuple[ProxyOption, ...] = (
     ProxyOption("regionguard_reload", int, 1,
                 "Check the policy file for changes every this many seconds (0: never).",
                 _int_range(0, 86_400, "give seconds from 1 to 86400, or 0 to never reload")),
+    ProxyOption("regionguard_summary", int, 10,
+                "Every this many seconds, one console line counting the decisions since the last "
+                "(allowed, blocked, ...), when there were any (0: never; BLOCK lines come anyway).",
+                _int_range(0, 86_400, "give seconds from 1 to 86400, or 0 for no summary")),
     ProxyOption("regionguard_pac_path", str, "/proxy.pac",
                 "Serve a PAC file (Zoom's domains through this proxy) at this path on the "
                 "proxy's own address (empty: off).", _check_pac_path),

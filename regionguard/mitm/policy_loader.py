@@ -30,6 +30,14 @@ _AUDIT_OPTIONS = frozenset({"regionguard_audit", "regionguard_audit_max_bytes",
                             "regionguard_audit_backups", "regionguard_audit_flush_ms"})
 
 
+def audit_line(path: str) -> str:
+    """The start-up line saying where decisions are logged, or that they are not and how to."""
+    if path:
+        return f"regionguard: audit: decisions logged to {Path(path).resolve()} (one JSON line each)"
+    return ("regionguard: audit: off, decisions are not logged to a file; to keep them: "
+            "regionguard run --audit FILE (mitmdump: --set regionguard_audit=FILE)")
+
+
 class PolicyLoader:
     name = "regionguard"
 
@@ -77,6 +85,7 @@ class PolicyLoader:
         if problem is not None:
             log.error("regionguard: not enforcing (%s); Zoom traffic is blocked", problem)
             return
+        log.info("%s", audit_line(ctx.options.regionguard_audit))
         if self._reload_task is None and ctx.options.regionguard_reload > 0:
             self._reload_task = asyncio.get_running_loop().create_task(self._reload_loop())
 
@@ -176,6 +185,8 @@ class PolicyLoader:
                               opts.regionguard_audit_backups, counters=old.counters,
                               flush_interval=opts.regionguard_audit_flush_ms / 1000)
         old.close()
+        if self._running:   # a live change; the start-up line is running()'s
+            log.info("%s", audit_line(opts.regionguard_audit))
 
     async def _reload_loop(self) -> None:
         while True:
