@@ -3,7 +3,7 @@
 
 In a checked block, a line `$ regionguard ARGS [> FILE]` is a command (run in a fresh directory,
 so each block starts from what a `pip install` gives: no checkout paths), and the lines after it,
-up to the next `$`, are its standard output. `…` stands for any text within a line (what changes
+up to the next `$`, are what it prints (standard output and error, as a terminal shows them). `…` stands for any text within a line (what changes
 with the data set: file names, versions, long notes); a line that is only `…` stands for any
 number of lines. Only offline commands are allowed: anything else fails the test.
 """
@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import BIN, ROOT
 
 MARK = "<!-- checked: tests/test_readme.py -->"
+FILE_MARK = re.compile(r"<!-- file: ([\w.-]+) -->")   # a block that is the file the examples read
 # commands that never touch the network when given addresses and files (explain: addresses only)
 OFFLINE = {"explain", "validate", "regions", "policy", "pac", "replay", "--version"}
 
@@ -35,6 +36,17 @@ def checked_blocks(text: str) -> list[tuple[int, list[str]]]:
         end = next(j for j in range(i + 2, len(lines)) if lines[j].startswith("```"))
         blocks.append((i + 2, lines[i + 2:end]))
     return blocks
+
+
+def example_files(text: str) -> dict[str, str]:
+    """The blocks marked `<!-- file: NAME -->`: written into each example's directory."""
+    lines = text.splitlines()
+    files = {}
+    for i, line in enumerate(lines):
+        if m := FILE_MARK.fullmatch(line.strip()):
+            end = next(j for j in range(i + 2, len(lines)) if lines[j].startswith("```"))
+            files[m.group(1)] = "\n".join(lines[i + 2:end]) + "\n"
+    return files
 
 
 def steps(block: list[str]) -> list[tuple[str, list[str]]]:
@@ -74,9 +86,11 @@ def run_step(command: str, cwd) -> str:
             else:
                 assert re.fullmatch(r"[0-9a-fA-F.:]+", arg), f"explain of a name needs DNS: {command}"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([str(BIN / "regionguard"), *argv[1:]], cwd=cwd, capture_output=True,
+    # what a terminal shows: standard error too (validate's findings go there), in order
+    r = subprocess.run([str(BIN / "regionguard"), *argv[1:]], cwd=cwd, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT if target is None else subprocess.PIPE,
                        text=True, timeout=120, env=env)
-    assert "Traceback" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stdout + (r.stderr or ""), r.stdout
     if target is not None:
         (cwd / target).write_text(r.stdout)
         return ""
@@ -85,6 +99,7 @@ def run_step(command: str, cwd) -> str:
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 BLOCKS = checked_blocks(README)
+FILES = example_files(README)
 
 
 def test_the_readme_has_checked_examples():
@@ -95,6 +110,8 @@ def test_the_readme_has_checked_examples():
 
 @pytest.mark.parametrize("line, block", BLOCKS, ids=[f"README.md:{n}" for n, _ in BLOCKS])
 def test_readme_example_is_real_output(line, block, tmp_path):
+    for name, content in FILES.items():
+        (tmp_path / name).write_text(content)
     for command, expected in steps(block):
         out = run_step(command, tmp_path)
         assert pattern(expected).fullmatch(out), (
