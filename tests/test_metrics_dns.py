@@ -47,7 +47,8 @@ def served(tmp_path):
     zone = ZoneServer()
     port = free_port()
     server = DnsProcess(policy, [zone.address], "--metrics", f"127.0.0.1:{port}",
-                        "--audit-flush-ms", "0", audit=tmp_path / "audit.jsonl")
+                        "--audit-flush-ms", "0", "--state-dir", "off",
+                        audit=tmp_path / "audit.jsonl")
     yield server, port, policy
     server.close()
     zone.close()
@@ -80,8 +81,11 @@ def test_queries_cache_decisions_and_upstream_latency_are_counted(served):
     assert 0 < moved("regionguard_dns_upstream_latency_seconds_sum") < 5
     # decisions by action, rule, region, service, scope and client group
     # us.zoom.us, and multi.zoom.us's US address (the decision that stands for its answer)
+    # (multi.zoom.us answers US and IN addresses in no fixed order: the first dropped stands)
     assert moved("regionguard_decisions_total", action="block", rule="region-disallowed",
-                 region="US", group="default", scope="governed") == 2
+                 group="default", scope="governed") == 2
+    assert moved("regionguard_decisions_total", action="block", rule="region-disallowed",
+                 region="US", group="default", scope="governed") >= 1
     assert moved("regionguard_decisions_total", action="block", rule="unknown-region") == 1
     assert moved("regionguard_unknown_region_decisions_total", action="block") == 1
     assert moved("regionguard_decisions_total", action="allow", region="DE", group="default") == 1
