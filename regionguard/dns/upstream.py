@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
@@ -117,7 +118,7 @@ class _Exchange:
     queued deadline is stale once it is no longer the exchange's `until`."""
 
     __slots__ = ("wire", "done", "deadline", "index", "errors", "attempt", "until", "proto",
-                 "qid", "packet")
+                 "qid", "packet", "started")
 
     def __init__(self, wire: bytes, done: Callable[[bytes | None, Exception | None], None],
                  deadline: float) -> None:
@@ -131,6 +132,9 @@ class _Exchange:
         self.proto: UpstreamSocket | None = None
         self.qid = -1
         self.packet = b""
+        # Latency is timed on the process clock, not the loop's: uvloop's loop.time() ticks in
+        # milliseconds, so an answer over loopback would measure 0.
+        self.started = time.perf_counter()
 
 
 class Upstreams:
@@ -325,7 +329,7 @@ class Upstreams:
             if data is None:
                 self.failures += 1
             else:
-                elapsed = self._running.time() - (ex.deadline - self.timeout)
+                elapsed = time.perf_counter() - ex.started
                 self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, elapsed)] += 1
                 self.latency_sum += elapsed
             done(data, error)
