@@ -20,10 +20,36 @@ from pathlib import Path
 
 from regionguard.mitm.run import stop
 from tests.conftest import BIN, ROOT
+from tests.ports import free_port
 
 STARTUP_TIMEOUT = 60.0    # a shared 2-core machine: generous, and only an upper bound
 SETTLE = 1.0              # an audit log unchanged this long holds every line (4 × the flush interval)
 CURL_TIMEOUT = 30
+
+
+# --- the hook-level tests' lab policy ------------------------------------------------------------
+
+# Loopback addresses the lab policy places: DE (allowed), IN (allowed only when `more` adds it),
+# and a host that is not Zoom's.
+LAB_DE, LAB_IN, LAB_OTHER = "127.0.1.1", "127.0.2.1", "127.0.3.1"
+
+_LAB_POLICY = """
+version: 1
+account: {type: paid, default_region: US}
+regions: {opt_in: [US, DE%(more)s]}
+overrides:
+  - {match: 127.0.1.0/24, region: DE, zoom: true}
+  - {match: 127.0.2.0/24, region: IN, zoom: true}
+resolver:
+  nameservers: ["127.0.0.1:%(dead_port)d"]   # nothing answers: names come from `hosts` only
+  timeout: 1
+  hosts: {de.zoom.us: 127.0.1.1, in.zoom.us: 127.0.2.1, plain.example: 127.0.3.1}
+"""
+
+
+def lab_policy_text(more: str = "") -> str:
+    """The lab policy, with `more` appended to its opt-in list (e.g. ", IN")."""
+    return _LAB_POLICY % {"more": more, "dead_port": free_port()}
 
 
 # --- certificates ---------------------------------------------------------------------------

@@ -5,34 +5,19 @@ later hooks of the same connection use it. The failure paths are in test_proxy_h
 from __future__ import annotations
 
 import asyncio
-import textwrap
 
 from mitmproxy.proxy import mode_specs, server_hooks
 from mitmproxy.test import tflow, tutils
 
 from regionguard.mitm.connection_state import client_state, peek_client_state, server_verdict
-from tests.conftest import free_port
-from tests.proxy_support import audit_lines, enforcing_addons
+from tests.proxy_support import LAB_DE, LAB_IN, LAB_OTHER, audit_lines, enforcing_addons, lab_policy_text
 
-DE, IN, OTHER = "127.0.1.1", "127.0.2.1", "127.0.3.1"
-
-POLICY = textwrap.dedent("""
-    version: 1
-    account: {type: paid, default_region: US}
-    regions: {opt_in: [US, DE%(more)s]}
-    overrides:
-      - {match: 127.0.1.0/24, region: DE, zoom: true}
-      - {match: 127.0.2.0/24, region: IN, zoom: true}
-    resolver:
-      nameservers: ["127.0.0.1:%(dead_port)d"]   # nothing answers: names come from `hosts` only
-      timeout: 1
-      hosts: {de.zoom.us: 127.0.1.1, in.zoom.us: 127.0.2.1, plain.example: 127.0.3.1}
-""")
+DE, IN, OTHER = LAB_DE, LAB_IN, LAB_OTHER
 
 
 def write_policy(tmp_path, more: str = ""):
     path = tmp_path / "policy.yaml"
-    path.write_text(POLICY % {"more": more, "dead_port": free_port()})
+    path.write_text(lab_policy_text(more))
     return path
 
 
@@ -129,7 +114,7 @@ def test_keep_alive_requests_are_decided_once_per_client_connection_and_policy(t
             assert len(decisions(audit)) == 2
             enforcer.client_disconnected(first.client_conn)
             assert peek_client_state(first.client_conn) is None
-            policy.write_text(POLICY % {"more": ", IN", "dead_port": free_port()})   # a new policy ...
+            policy.write_text(lab_policy_text(", IN"))   # a new policy ...
             await addons.policy.check_policy()
             later = request_flow("de.zoom.us", client=other_client.client_conn)
             await enforcer.requestheaders(later)

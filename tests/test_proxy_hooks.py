@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import textwrap
 
 import pytest
 from mitmproxy import exceptions
@@ -26,27 +25,10 @@ from mitmproxy.tls import ClientHello, ClientHelloData
 from regionguard.core.decision import Engine
 from regionguard.core.zoom import ZoomCatalogue
 from regionguard.mitm.enforce import Enforcer
-from tests.conftest import free_port
-from tests.proxy_support import AddonSet
+from tests.proxy_support import LAB_DE, LAB_IN, LAB_OTHER, AddonSet, lab_policy_text
 
-DE, IN, OTHER = "127.0.1.1", "127.0.2.1", "127.0.3.1"
-
-POLICY = """
-version: 1
-account: {type: paid, default_region: US}
-regions: {opt_in: [US, DE%(more)s]}
-overrides:
-  - {match: 127.0.1.0/24, region: DE, zoom: true}
-  - {match: 127.0.2.0/24, region: IN, zoom: true}
-resolver:
-  nameservers: ["127.0.0.1:%(dead_port)d"]   # nothing answers: names come from `hosts` only
-  timeout: 1
-  hosts: {de.zoom.us: 127.0.1.1, in.zoom.us: 127.0.2.1, plain.example: 127.0.3.1}
-"""
-
-
-def policy_text(more: str = "") -> str:
-    return textwrap.dedent(POLICY) % {"more": more, "dead_port": free_port()}
+DE, IN, OTHER = LAB_DE, LAB_IN, LAB_OTHER
+policy_text = lab_policy_text
 
 
 @pytest.fixture
