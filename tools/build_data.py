@@ -45,6 +45,9 @@ DEFAULT_SHARED = (REPO_ROOT / ".." / "shared" / "data").resolve()
 DEFAULT_OUT = REPO_ROOT / "config" / "data"
 IN_REPO_INPUTS = REPO_ROOT / "tools" / "data-inputs"   # byte-for-byte copies of shared files
 
+sys.path.insert(0, str(REPO_ROOT))   # this clone's regionguard, installed or not
+from regionguard.data.cloudmap import cloud_row  # noqa: E402 - after the path it needs
+
 # Default file names in the shared directory.
 F_AWS = "aws-ip-ranges_2026-08-22.json"
 F_OCI = "oracle-oci-public_ip_ranges_2025-07-31.json"
@@ -341,7 +344,6 @@ GEN_OLD = "2018-2021 invitations"
 CONF_LABELLED_NEW = "0.95"
 CONF_LABELLED_OLD = "0.85"
 CONF_INFERRED = "0.6"
-CONF_CLOUD = "0.9"
 # In the 2025 list each CRC site sits in its own /19 inside these Zoom blocks.
 SITE_PER_19_BLOCKS = ("159.124.0.0/16", "170.114.0.0/16")
 # Largest covering Zoom.txt range that may be inferred as one site (needs all
@@ -652,20 +654,10 @@ def build_datacenters(crc_path: Path, zoom_txt: list, zoom_txt_src: str,
     # --- cloud-hosted Zoom ranges -------------------------------------------
     for h in cloud_map:
         country, city = cloud_lookup.get((h["cloud"], h["location"]), ("", ""))
-        region = "" if h["location"] == "GLOBAL" else zoom_region(country)
-        in_txt = any(h["net"] == z for z in zoom_txt)
-        notes = [f"Zoom range from {union_src} hosted in {h['detail']}",
-                 f"in {zoom_txt_src}: {'yes' if in_txt else 'no'}"]
-        if h["location"] == "GLOBAL":
-            notes.append("anycast/global: no region")
-        elif country and not region:
-            notes.append(f"country {country} has no Zoom region")
-        elif not country:
-            notes.append("cloud location unknown")
-        site = f"{h['cloud']} {h['location']}" + (f" ({city})" if city else "")
-        rows.append([str(h["net"]), region, country, site, "cloud", CONF_CLOUD,
-                     f"derived: inside {h['cloud']} {h['covering']} {h['location']}",
-                     cloud_dates[h["cloud"]], "; ".join(notes)])
+        rows.append(cloud_row(h["net"], h["cloud"], h["location"], h["covering"], h["detail"],
+                              cloud_dates[h["cloud"]], country, city, zoom_region,
+                              f"Zoom range from {union_src}",
+                              (zoom_txt_src, any(h["net"] == z for z in zoom_txt))))
 
     kind_order = {"labelled": 0, "inferred": 1, "cloud": 2}
     rows.sort(key=lambda r: (netkey(ipaddress.ip_network(r[0])), kind_order[r[4]]))

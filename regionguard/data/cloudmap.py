@@ -86,19 +86,30 @@ def cloud_rows(zoom: Iterable[tuple[Network, str]], in_zoom_txt: set[Network], a
             cloud, date = "OCI", oci_date
             detail = f"OCI region {location}, tags {tags}"
         country, city = places.get((cloud, location), ("", ""))
-        region = "" if location == "GLOBAL" else (region_for_country(country) or "" if country else "")
-        notes = [f"Zoom range from {source} hosted in {detail}",
-                 f"in Zoom.txt: {'yes' if n in in_zoom_txt else 'no'}"]
-        if location == "GLOBAL":
-            notes.append("anycast/global: no region")
-        elif country and not region:
-            notes.append(f"country {country} has no Zoom region")
-        elif not country:
-            notes.append("cloud location unknown")
-        site = f"{cloud} {location}" + (f" ({city})" if city else "")
-        rows.append([str(n), region, country, site, "cloud", CONFIDENCE,
-                     f"derived: inside {cloud} {covering} {location}", date, "; ".join(notes)])
+        rows.append(cloud_row(n, cloud, location, covering, detail, date, country, city,
+                              region_for_country, f"Zoom range from {source}",
+                              ("Zoom.txt", n in in_zoom_txt)))
     return rows
+
+
+def cloud_row(n: Network, cloud: str, location: str, covering: str, detail: str, date: str,
+              country: str, city: str, region_for_country, origin: str,
+              listed: tuple[str, bool]) -> list[str]:
+    """The `cloud` row of Zoom range `n` inside `covering` of `cloud` at `location` (an AWS
+    network border group or OCI region), in `country`/`city` as cloud-regions.csv places it.
+    `origin` says which file the range came from; `listed` whether that list names it. The one
+    writer of these rows, for tools/build_data.py and `regionguard data update` alike."""
+    region = "" if location == "GLOBAL" or not country else (region_for_country(country) or "")
+    notes = [f"{origin} hosted in {detail}", f"in {listed[0]}: {'yes' if listed[1] else 'no'}"]
+    if location == "GLOBAL":
+        notes.append("anycast/global: no region")
+    elif country and not region:
+        notes.append(f"country {country} has no Zoom region")
+    elif not country:
+        notes.append("cloud location unknown")
+    site = f"{cloud} {location}" + (f" ({city})" if city else "")
+    return [str(n), region, country, site, "cloud", CONFIDENCE,
+            f"derived: inside {cloud} {covering} {location}", date, "; ".join(notes)]
 
 
 def datacenters_csv(bundled: bytes, cloud: list[list[str]]) -> bytes:
