@@ -138,6 +138,9 @@ def _add_run(sub: Subparsers) -> None:
                    help="serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, a port of "
                    "their own (= --set regionguard_metrics=HOST:PORT; default: off; PORT alone: "
                    "127.0.0.1)")
+    p.add_argument("--dns-metrics", metavar="HOST:PORT", default=None,
+                   help="with --dns: the DNS server's own Prometheus endpoint (its queries, "
+                   "cache and upstreams), a port apart from --metrics (default: off)")
     add_state_dir_argument(p)
     # mitmdump's own options come through unparsed, in args.extra
     p.set_defaults(func=run.cmd_run, accepts_extra=True)

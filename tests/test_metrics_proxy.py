@@ -183,6 +183,11 @@ def _run(*args: str, tmp_path) -> subprocess.CompletedProcess:
     (["--set", "regionguard_metrics=nowhere"], "regionguard_metrics: 'nowhere' is not HOST:PORT"),
     (["--dns", "127.0.0.1:18253", "--metrics", "127.0.0.1:18253"],
      "port 18253 is the DNS server's (--dns) port"),
+    (["--dns-metrics", "127.0.0.1:18254"], "--dns-metrics is the DNS server's endpoint: it needs --dns"),
+    (["--dns", "127.0.0.1:18253", "--metrics", "127.0.0.1:18254", "--dns-metrics",
+      "127.0.0.1:18254"], "port 18254 is the proxy's metrics (--metrics) port"),
+    (["--dns", "127.0.0.1:18253", "--dns-metrics", "127.0.0.1:18253"],
+     "port 18253 is the DNS server's (--dns) port"),
 ])
 def test_a_bad_metrics_option_is_exit_2_before_anything_listens(tmp_path, args, said):
     r = _run(*args, tmp_path=tmp_path)

@@ -13,6 +13,7 @@ import subprocess
 import textwrap
 import time
 
+import httpx
 import pytest
 
 from regionguard.core.policy import load_policy
@@ -413,7 +414,8 @@ def test_pac_command_writes_the_file(tmp_path):
 def test_run_with_dns_starts_a_filtering_dns_server_and_stops_it(start_proxy):
     """`--dns` runs `regionguard dns` beside the proxy with the policy's own name servers as its
     upstream (here a zone server on loopback): it answers, filtered by the policy, into its own
-    audit log; when the proxy stops, so does it, and its port is free again."""
+    audit log and, with --dns-metrics, its own metrics endpoint; when the proxy stops, so does
+    it, and its port is free again."""
     import dns.exception
     import dns.rcode
 
@@ -422,9 +424,10 @@ def test_run_with_dns_starts_a_filtering_dns_server_and_stops_it(start_proxy):
 
     zone = ZoneServer()
     try:
-        dns_port = free_port()
+        dns_port, metrics_port = free_port(), free_port()
         text = DNS_POLICY + f'resolver: {{nameservers: ["127.0.0.1:{zone.port}"], timeout: 2}}\n'
-        proxy = start_proxy(text, "--dns", f"127.0.0.1:{dns_port}")
+        proxy = start_proxy(text, "--dns", f"127.0.0.1:{dns_port}",
+                            "--dns-metrics", f"127.0.0.1:{metrics_port}")
         allowed = ask(dns_port, "de.zoom.us")                  # DE: in the allowed set
         assert allowed.rcode() == dns.rcode.NOERROR and addresses(allowed) == {"198.51.100.10"}
         blocked = ask(dns_port, "in.zoom.us")                  # IN: filtered out
@@ -440,6 +443,10 @@ def test_run_with_dns_starts_a_filtering_dns_server_and_stops_it(start_proxy):
         [line] = [x for x in found if x.get("dns_qname") == "in.zoom.us"]
         assert (line["front_end"], line["action"], line["region"], line["dns_dropped"]) == \
             ("dns", "block", "IN", ["100.70.0.10"])
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        [queries] = [line for line in scraped.splitlines()
+                     if line.startswith("regionguard_dns_queries_total")]
+        assert float(queries.split()[-1]) >= 2                  # the DNS child's own counters
         proxy.stop()
         # Stopped with the proxy: nothing answers, and the port can be bound again.
         with pytest.raises(dns.exception.Timeout):

@@ -127,6 +127,13 @@ def checked_options(args: argparse.Namespace, extra: list[str]) -> tuple[Path, d
     if metrics:
         _check_metrics(str(metrics), "--metrics" if getattr(args, "metrics", None)
                        else "regionguard_metrics", extra, getattr(args, "dns", None))
+    dns_metrics = getattr(args, "dns_metrics", None)
+    if dns_metrics is not None:
+        if not getattr(args, "dns", None):
+            raise RunOptionError("--dns-metrics is the DNS server's endpoint: it needs --dns "
+                                 "HOST:PORT too (the proxy's own is --metrics)")
+        _check_metrics(str(dns_metrics), "--dns-metrics", extra, args.dns,
+                       str(metrics) if metrics else None)
     if getattr(args, "state_dir", None) is not None and given_state:
         raise RunOptionError("the state directory is given twice (--state-dir and --set "
                              "regionguard_state_dir); give it once, with --state-dir DIR")
@@ -152,13 +159,18 @@ def _listen_port(extra: list[str]) -> int:
     return int(port) if port and str(port).isdigit() else 8080
 
 
-def _check_metrics(text: str, option: str, extra: list[str], dns: str | None) -> None:
-    """The metrics address: HOST:PORT, and a port of its own (not the proxy's, not --dns's).
-    Beyond loopback, the Metrics addon warns when it starts."""
+def _check_metrics(text: str, option: str, extra: list[str], dns: str | None,
+                   proxy_metrics: str | None = None) -> None:
+    """A metrics address: HOST:PORT, and a port of its own (not the proxy's, not --dns's, not
+    the proxy's metrics'). Beyond loopback, the endpoint warns when it starts."""
     taken = {_listen_port(extra): "proxy's"}
     dns_address = parse_hostport(dns, 53) if dns else None
     if dns_address is not None:
         taken[dns_address[1]] = "DNS server's (--dns)"
+    if proxy_metrics:
+        proxy_address, _ = parse_metrics_address(proxy_metrics)
+        if proxy_address is not None:
+            taken[proxy_address[1]] = "proxy's metrics (--metrics)"
     _address, problem = parse_metrics_address(text, option, taken)
     if problem is not None:
         raise RunOptionError(str(problem))
@@ -272,7 +284,7 @@ class DnsStartError(Exception):
 
 def start_dns(policy: Path, nameservers: tuple[tuple[str, int], ...], listen: str,
               audit: str | None = None, timeout: float = 15.0,
-              state_dir: str | None = None) -> subprocess.Popen:
+              state_dir: str | None = None, metrics: str | None = None) -> subprocess.Popen:
     """Start `regionguard dns` beside the proxy and wait until it accepts TCP on its address, so
     the proxy never runs with a DNS server that died at start-up. `nameservers`: the policy's
     resolver name servers (the policy is already loaded)."""
@@ -289,6 +301,8 @@ def start_dns(policy: Path, nameservers: tuple[tuple[str, int], ...], listen: st
         cmd += ["--audit", str(path.with_name(path.stem + ".dns" + path.suffix))]
     if state_dir:   # the same learned evidence as the proxy
         cmd += ["--state-dir", _state_dir_value(state_dir)]
+    if metrics:
+        cmd += ["--metrics", metrics]
     # The proxy resolves through the policy's name servers; when that is this very server, the
     # DNS child forwards to the system's resolvers instead of to itself.
     if not nameservers or hostport in nameservers:
@@ -347,7 +361,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         child = (start_dns(policy, loaded.resolver.nameservers, args.dns, args.audit,
-                           state_dir=args.state_dir) if args.dns else None)
+                           state_dir=args.state_dir, metrics=args.dns_metrics)
+                 if args.dns else None)
     except DnsStartError as e:
         print(f"regionguard run: {e}", file=sys.stderr)
         return EXIT_CONFIG
