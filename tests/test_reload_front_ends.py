@@ -4,6 +4,7 @@ the server watching for the next change."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import dns.exception
@@ -91,10 +92,13 @@ def test_answers_keep_flowing_while_a_big_policy_is_read(tmp_path):
 
 
 def test_the_server_keeps_watching_after_a_reload_that_crashed(tmp_path):
+    """... and its audit log says so, as the proxy's does: the rejected file, then the new
+    version in force."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     zone = ZoneServer()
-    server = DnsProcess(policy, [zone.address])
+    audit = tmp_path / "audit.jsonl"
+    server = DnsProcess(policy, [zone.address], "--audit-flush-ms", "0", audit=audit)
     try:
         assert addresses(ask(server.port, "multi.zoom.us")) == DE_ONLY
         # nesting deep enough to crash a recursive YAML loader (RecursionError, not a YAML error)
@@ -110,6 +114,12 @@ def test_the_server_keeps_watching_after_a_reload_that_crashed(tmp_path):
         assert server.proc.poll() is None
         log = "".join(server.log)
         assert "not reloaded" in log and "nested more than" in log and "Traceback" not in log
+        reloads = [json.loads(line) for line in audit.read_text().splitlines()
+                   if '"policy-reload"' in line]
+        assert [r["ok"] for r in reloads] == [False, True], reloads
+        assert "nested more than" in reloads[0]["error"] and reloads[0]["policy"] == str(policy)
+        assert reloads[1]["previous_version"] == reloads[0]["policy_version"] != \
+            reloads[1]["policy_version"]
     finally:
         server.close()
         zone.close()

@@ -76,6 +76,19 @@ def audit_record(decision: Decision, *, mode: str = "", front_end: str = "", **e
     return record
 
 
+def reload_record(path: object, before_version: str, after_version: str | None,
+                  error: object | None = None) -> dict | None:
+    """The audit line of a policy reload check: the rejected file (error, the old policy kept),
+    the new version in force, or None when nothing changed. Both front ends write it."""
+    if error is not None:
+        return {"time": timestamp(), "event": "policy-reload", "ok": False, "policy": str(path),
+                "error": str(error), "policy_version": before_version}
+    if after_version is None:
+        return None
+    return {"time": timestamp(), "event": "policy-reload", "ok": True, "policy": str(path),
+            "policy_version": after_version, "previous_version": before_version}
+
+
 def encode(record: dict) -> str:
     """A whole record (write_raw's events) as a line, newline included."""
     return _encode(record) + "\n"

@@ -41,6 +41,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
+from regionguard.audit.line import reload_record
 from regionguard.audit.log import AuditLog
 from regionguard.core.reload import EngineHolder
 from regionguard.dns import proxyproto
@@ -205,8 +206,15 @@ class DnsServer:
             await asyncio.sleep(RELOAD_EVERY)
             try:
                 # parsed in a worker thread: answers keep flowing while a policy loads
-                await self.holder.check_async()
-                if self.holder.engine is not self.engine:
+                before = self.holder.engine
+                error = await self.holder.check_async()
+                after = self.holder.engine
+                record = reload_record(self.holder.path, before.policy.version_id,
+                                       after.policy.version_id if after is not before else None,
+                                       error)
+                if record is not None:
+                    self.audit.write_raw(record)
+                if after is not self.engine:
                     self._swap_engine()
             except Exception:  # noqa: BLE001 - one failed reload must not end the watching
                 log.exception("regionguard dns: policy reload of %s failed; the running policy "

@@ -16,7 +16,8 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
-from regionguard.audit.log import AuditLog, check_audit_path, timestamp
+from regionguard.audit.line import reload_record
+from regionguard.audit.log import AuditLog, check_audit_path
 from regionguard.core.errors import ConfigError
 from regionguard.core.learned import open_state
 from regionguard.core.paths import default_policy_path
@@ -112,15 +113,10 @@ class PolicyLoader:
             return
         before = holder.engine
         error = await holder.check_async()   # parsed off the event loop
-        if error is not None:
-            self.audit.write_raw({"time": timestamp(), "event": "policy-reload", "ok": False,
-                                  "policy": str(holder.path), "error": str(error),
-                                  "policy_version": before.policy.version_id})
-        elif holder.engine is not before:
-            self.audit.write_raw({"time": timestamp(), "event": "policy-reload", "ok": True,
-                                  "policy": str(holder.path),
-                                  "policy_version": holder.engine.policy.version_id,
-                                  "previous_version": before.policy.version_id})
+        after = holder.engine.policy.version_id if holder.engine is not before else None
+        record = reload_record(holder.path, before.policy.version_id, after, error)
+        if record is not None:
+            self.audit.write_raw(record)
 
     # --- inside ---------------------------------------------------------------------------------
 
