@@ -406,3 +406,32 @@ def test_asyncio_loop_without_uvloop(tmp_path):
     finally:
         server.close()
         zone.close()
+
+
+def test_two_names_rerouted_to_each_other_in_flight_at_once_both_answer(tmp_path):
+    """A reroute's alternative is resolved without a second hop. When two names reroute to each
+    other and both are asked at once, each alternative must be a lookup of its own, not a wait
+    on the other name's rerouting miss (which waits on this one): both answer, promptly, and the
+    names keep answering afterwards."""
+    import concurrent.futures
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace(
+        'reroute:\n  - {match: "*.zoom.us", to: de.zoom.us}\n',
+        "reroute:\n  - {match: us.zoom.us, to: in.zoom.us}\n"
+        "  - {match: in.zoom.us, to: us.zoom.us}\n"))
+    zone = ZoneServer(delay=0.3)   # slow enough that both misses are in flight together
+    server = DnsProcess(policy, [zone.address], "--timeout", "3")
+    try:
+        for rdtype in ("A", "AAAA"):   # AAAA: new misses, so nothing stayed stuck in flight
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                started = time.monotonic()
+                replies = list(pool.map(lambda name, t=rdtype: ask(server.port, name, t,
+                                                                   source=DETOUR, timeout=8),
+                                        ["us.zoom.us", "in.zoom.us"]))
+            assert time.monotonic() - started < 2.5, "a reroute waited on the other one"
+            for reply in replies:   # the alternative is disallowed too: nothing is served
+                assert addresses(reply) == set()
+    finally:
+        server.close()
+        zone.close()

@@ -46,7 +46,7 @@ from regionguard.audit.log import AuditLog
 from regionguard.core.reload import EngineHolder
 from regionguard.dns import proxyproto
 from regionguard.dns.cache import WireCache
-from regionguard.dns.filter import AnswerFilter, audit_answer
+from regionguard.dns.filter import AnswerFilter, Outcome, audit_answer
 from regionguard.dns.forwarded import COUNTERS, ECS_MALFORMED, ClaimError, Identity, TrustedForwarders
 from regionguard.dns.miss import Answered, Miss
 from regionguard.dns.tcp import (
@@ -144,6 +144,9 @@ class DnsServer:
         self.audit = AuditLog(config.audit_path, flush_interval=config.audit_flush)
         self._groups: dict[str, str] = {}
         self._inflight: dict[CacheKey, Miss] = {}
+        # Reroute alternatives (misses without a second hop) fly apart: one joining a rerouting
+        # miss of its name could wait on a reroute back to the first name, forever.
+        self._alternatives: dict[CacheKey, Miss] = {}
         self._tasks: set[asyncio.Task] = set()
         self._udp: Any = None   # asyncio's or uvloop's datagram transport
         self._tcp: asyncio.base_events.Server | None = None
@@ -445,15 +448,16 @@ class DnsServer:
         """Have `waiter` answered with the filtered answer for `key`: it joins the miss in
         flight for the key, or a new one asks upstream. Raises UpstreamError beyond
         MAX_INFLIGHT misses (nothing is asked)."""
-        miss = self._inflight.get(key)
+        flights = self._inflight if reroutes else self._alternatives
+        miss = flights.get(key)
         if miss is not None:
             miss.waiters.append(waiter)
             return
-        if len(self._inflight) >= MAX_INFLIGHT:
+        if len(self._inflight) + len(self._alternatives) >= MAX_INFLIGHT:
             raise UpstreamError("too many queries being resolved")
         miss = Miss(self.filter, key, client, self.learned_source, reroutes)
         miss.waiters.append(waiter)
-        self._inflight[key] = miss
+        flights[key] = miss
         self.stats["upstream_queries"] += 1
         try:
             miss.exchange = self.upstreams.start(miss.query,
@@ -466,13 +470,14 @@ class DnsServer:
         the coroutine that started the miss is cancelled, the miss is abandoned (its other
         waiters get SERVFAIL, the upstream query is forgotten)."""
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        started = key not in self._inflight
+        flights = self._inflight if reroutes else self._alternatives
+        started = key not in flights
         self._resolve(key, client, fut, reroutes)
-        miss = self._inflight.get(key) if started else None
+        miss = flights.get(key) if started else None
         try:
             return await fut
         except asyncio.CancelledError:
-            if miss is not None and self._inflight.get(key) is miss:
+            if miss is not None and flights.get(key) is miss:
                 self.upstreams.abandon(miss.exchange)
                 self._complete(miss, None, UpstreamError("cancelled"))
             raise
@@ -517,14 +522,17 @@ class DnsServer:
         outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
         if result.zoom:
             audit_answer(self.audit, result, "resolver", miss.client, qname, key[2])
-        self.answers.put(key, wire, ttl, time.monotonic(), fields)
+        if miss.reroutes or result.outcome is not Outcome.REROUTE:
+            # (an alternative's own reroute, cut short, is no answer for its name's askers)
+            self.answers.put(key, wire, ttl, time.monotonic(), fields)
         return wire
 
     def _complete(self, miss: Miss, canonical: bytes | None, error: Exception | None) -> None:
         """The miss is done: every waiter gets the answer, or SERVFAIL."""
         key = miss.key
-        if self._inflight.get(key) is miss:
-            del self._inflight[key]
+        flights = self._inflight if miss.reroutes else self._alternatives
+        if flights.get(key) is miss:
+            del flights[key]
         for waiter in miss.waiters:
             if isinstance(waiter, asyncio.Future):
                 if waiter.done():
