@@ -344,3 +344,28 @@ def test_standard_input_is_read_as_pasted_text():
     found = entries(r)
     assert len(found) == 44
     assert [e["value"] for e in found if e["verdict"] == "outside"] == ["+861087833177"]
+
+
+def test_labels_name_countries_as_invitations_write_them():
+    places = label_places()
+    assert [places.country(x) for x in (
+        "US (New York)", "US (Jersey City)", "US Toll-free", "Amsterdam Netherlands", "Hong Kong SAR",
+        "Mainland China", "India / India Mumbai", "EMEA / Amsterdam Netherlands", "EMEA", "UK",
+        "South Korea", "Japan Tokyo", "(Germany)", "the us", "")] == [
+        "US", "US", "US", "NL", "HK", "CN", "IN", "NL", None, "GB", "KR", "JP", "DE", None, None]
+
+
+def test_meeting_links_whose_host_names_a_region_are_held_to_the_policy(tmp_path):
+    given = tmp_path / "links.txt"
+    given.write_text("https://us02web.zoom.us/j/85746382910\nhttps://www.zoom.com.cn/j/85746382910\n"
+                     "https://zoomgov.com/j/1605550100\nhttps://example.org/agenda\n")
+    by_value = {e["value"]: e for e in entries(invite(given, "--policy", EU_ONLY, "--json"))}
+    assert by_value["https://us02web.zoom.us/j/85746382910"]["verdict"] == "allowed"
+    assert (by_value["https://www.zoom.com.cn/j/85746382910"]["verdict"],
+            by_value["https://www.zoom.com.cn/j/85746382910"]["region"]) == ("outside", "CN")
+    assert (by_value["https://zoomgov.com/j/1605550100"]["verdict"],
+            by_value["https://zoomgov.com/j/1605550100"]["region"]) == ("outside", "US")
+    assert by_value["https://example.org/agenda"]["verdict"] == "not-zoom"
+    by_value = {e["value"]: e for e in entries(invite(given, "--policy", DEFAULT, "--json"))}
+    assert by_value["https://zoomgov.com/j/1605550100"]["verdict"] == "allowed"
+    assert by_value["https://www.zoom.com.cn/j/85746382910"]["verdict"] == "outside"   # outside China

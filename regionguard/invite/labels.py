@@ -19,6 +19,7 @@ from regionguard.core.paths import config_dir, data_dir
 from regionguard.core.safeyaml import load_yaml
 
 _WORD = re.compile(r"[^\W\d_]+(?:['.-][^\W\d_]+)*", re.UNICODE)
+_BRACKETS = re.compile(r"\([^()]*\)")
 _MAX_WORDS = 5   # the longest name looked for, in words ("Saint Vincent and the Grenadines")
 
 
@@ -31,10 +32,15 @@ class LabelPlaces:
 
     def country(self, label: str | None) -> str | None:
         """The country the label names, or None when it names none (or only a region such as
-        "EMEA"). Longer names win over the words in them ("Hong Kong" over "Kong"); a code must be
+        "EMEA"). What stands outside brackets comes first ("US (Jersey City)" is the US, not
+        Jersey); longer names win over the words in them ("Hong Kong" over "Kong"); a code must be
         written in capitals ("US", not the word "us")."""
         if not label:
             return None
+        outside = _BRACKETS.sub(" ", label)
+        return self._first(outside) or (self._first(label) if outside != label else None)
+
+    def _first(self, label: str) -> str | None:
         words = [m.group(0) for m in _WORD.finditer(label)]
         for size in range(min(_MAX_WORDS, len(words)), 0, -1):
             for start in range(len(words) - size + 1):
