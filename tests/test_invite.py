@@ -98,7 +98,7 @@ def expected_verdict(entry: dict, allowed: set[str]) -> str:
     return "allowed"   # zoomcrc.com URIs and us0Nweb.zoom.us links name no region
 
 
-ALL_FIXTURES = ("zoom-client.txt", "calendar.ics", "mail.eml", "html-only.eml")
+ALL_FIXTURES = ("zoom-client.txt", "calendar.ics", "mail.eml", "html-only.eml", "outlook-request.eml")
 
 
 # --- parsing: what is found, where, and each number's country --------------------------------
@@ -369,3 +369,30 @@ def test_meeting_links_whose_host_names_a_region_are_held_to_the_policy(tmp_path
     by_value = {e["value"]: e for e in entries(invite(given, "--policy", DEFAULT, "--json"))}
     assert by_value["https://zoomgov.com/j/1605550100"]["verdict"] == "allowed"
     assert by_value["https://www.zoom.com.cn/j/85746382910"]["verdict"] == "outside"   # outside China
+
+
+def test_an_outlook_meeting_request_is_checked_and_fixed_in_its_text_and_its_calendar(tmp_path):
+    out = tmp_path / "fixed.eml"
+    before = invite(FIXTURES / "outlook-request.eml", "--policy", EU_ONLY, "--json", "--fix", out)
+    found = entries(before)
+    parts = {e["part"] for e in found}
+    assert parts == {"part 2 (text/plain)", "part 3 (text/calendar) VEVENT 1 DESCRIPTION",
+                     "part 3 (text/calendar) VEVENT 1 LOCATION"}
+    outside = sorted(e["value"] for e in found if e["verdict"] == "outside")
+    assert outside == ["+16469313860", "+16469313860", "221.122.88.195", "221.122.88.195"]
+    raw = out.read_bytes()
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")   # CRLF, as it came
+    fixed = email.message_from_bytes(raw, policy=email.policy.default)
+    calendar = next(p for p in fixed.walk() if p.get_content_type() == "text/calendar")
+    assert calendar.get_param("method") == "REQUEST" and calendar["Content-Transfer-Encoding"] == "base64"
+    assert "MIME-Version" not in calendar
+    data = calendar.get_payload(decode=True)
+    cal = icalendar.Calendar.from_ical(data)
+    assert cal.to_ical() == data and str(cal["METHOD"]) == "REQUEST"
+    event = cal.walk("VEVENT")[0]
+    assert str(event["UID"]) == "040000008200E00074C5B7101A82E00800000000"
+    assert "221.122.88.195" not in str(event["DESCRIPTION"])
+    assert "+496938079883,,86746313244# Germany" in str(event["DESCRIPTION"])
+    after = invite(out, "--policy", EU_ONLY, "--json")
+    assert after.returncode == 0
+    assert _values(after) == [e["value"] for e in found if e["verdict"] == "allowed"]

@@ -161,7 +161,9 @@ def _print_table(results: list[FileResult]) -> None:
             rows.append((position, kind, i.text, label, _place(v), v.verdict, v.reason))
             totals[v.verdict] += 1
             disagreeing += v.label_agrees is False
-        widths = [min(max(len(row[c]) for row in rows), 40) for c in range(6)]
+        # the place is never cut; an entry or a label longer than 40 characters is
+        widths = [max(len(row[c]) for row in rows) if c in (0, 4, 5)
+                  else min(max(len(row[c]) for row in rows), 40) for c in range(6)]
         for row in rows:
             cells = [row[c][:widths[c]].ljust(widths[c]) for c in range(6)]
             print("  " + "  ".join(cells) + "  " + row[6])

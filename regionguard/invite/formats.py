@@ -274,11 +274,14 @@ def _load_mail(path: str, data: bytes) -> Document:
             calendars[number] = (cal, first, len(parts))
         else:
             parts.append(Part(where, content.replace("\r\n", "\n")))
-    return Document(path, EML, parts, problems, (msg, calendars))
+    # written back with the line ends it came with (mail on the wire: CRLF)
+    linesep = "\r\n" if b"\r\n" in data[:65536] else "\n"
+    return Document(path, EML, parts, problems, (msg, calendars, linesep))
 
 
-def _eml_fixed(source: tuple[EmailMessage, dict], parts: list[Part], texts: dict[int, str]) -> bytes:
-    msg, calendars = source
+def _eml_fixed(source: tuple[EmailMessage, dict, str], parts: list[Part],
+               texts: dict[int, str]) -> bytes:
+    msg, calendars, linesep = source
     by_where = {parts[i].where: text for i, text in texts.items()}
     for number, part in enumerate(msg.walk(), 1):
         if part.is_multipart():
@@ -291,26 +294,35 @@ def _eml_fixed(source: tuple[EmailMessage, dict], parts: list[Part], texts: dict
             if not changed:
                 continue
             _set_calendar_texts(cal, parts, changed, where)
-            _replace_content(part, cal.to_ical().decode("utf-8"))
+            _replace_content(part, cal.to_ical())   # bytes: the calendar's CRLF lines kept
         elif where in by_where:
             _replace_content(part, by_where[where])
-    return msg.as_bytes(policy=email.policy.default)
+    return msg.as_bytes(policy=email.policy.default.clone(linesep=linesep))
 
 
-def _replace_content(part: EmailMessage, text: str) -> None:
-    """New text for a part; its type, parameters (method=REQUEST...), disposition and transfer
-    encoding are kept."""
+def _replace_content(part: EmailMessage, content: str | bytes) -> None:
+    """New content for a part; its type, parameters (method=REQUEST...), disposition and
+    transfer encoding are kept. Bytes (a calendar) are kept as they are, line ends included."""
     params = {k: v for k, v in part.get_params(header="content-type")[1:] if k != "charset"}
     cte = part.get("Content-Transfer-Encoding", "").lower()
     disposition = part.get("Content-Disposition")
+    had_version = "MIME-Version" in part
     maintype, subtype = part.get_content_type().split("/")
     cte_arg = cte if cte in ("quoted-printable", "base64", "7bit", "8bit") else None
-    if cte_arg == "7bit" and not text.isascii():
-        cte_arg = "quoted-printable"
-    kwargs = {"subtype": subtype, "charset": "utf-8", "params": params}
-    if cte_arg:
-        kwargs["cte"] = cte_arg
-    part.set_content(text, **kwargs)
+    if isinstance(content, bytes):
+        params["charset"] = "utf-8"
+        if cte_arg in (None, "7bit") and not content.isascii():
+            cte_arg = "quoted-printable"
+        part.set_content(content, maintype, subtype, cte=cte_arg or "base64", params=params)
+    else:
+        if cte_arg == "7bit" and not content.isascii():
+            cte_arg = "quoted-printable"
+        kwargs = {"subtype": subtype, "charset": "utf-8", "params": params}
+        if cte_arg:
+            kwargs["cte"] = cte_arg
+        part.set_content(content, **kwargs)
     if disposition:
         del part["Content-Disposition"]
         part["Content-Disposition"] = disposition
+    if not had_version:   # set_content adds one; a body part has none
+        del part["MIME-Version"]
