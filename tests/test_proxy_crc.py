@@ -2,7 +2,7 @@
 (CRC) of a disabled region are refused by the proxy, to an allowed region's connector they pass.
 
 Real protocol peers through `regionguard run --mode wireguard` (wireguard-go in the client's
-namespace): sipp (a SIP UAC calling a SIP UAS, over UDP and over TCP, port 5060) and an H.323
+namespace), and the TCP ones also through `--mode transparent` behind an nftables redirect: sipp (a SIP UAC calling a SIP UAS, over UDP and over TCP, port 5060) and an H.323
 call set-up: a TCP connection to port 1720 carrying a Q.931 SETUP in a TPKT frame (ITU-T H.225.0
 clause 7, Q.931 clause 3.1.14), read on the far side by dpkt's H.225 parser.
 
@@ -10,6 +10,8 @@ Topology (all inside namespaces made here):
   client ns  veth 10.204.0.2/30 ── veth 10.204.0.1/30  router ns: regionguard run (WireGuard)
   wg 10.0.0.1 ──── tunnel ────────────────────────────  lo: 10.205.1.1 (a DE connector)
                                                         lo: 10.205.2.1 (an IN connector)
+  10.206.0.0/16 via the veth ── nft redirect (1720, 5060) ── regionguard run (transparent)
+                                                        lo: 10.206.1.1 (DE), 10.206.2.1 (IN)
 The policy opts Europe in (default region DE); overrides place the two connectors.
 Skips, saying why, when not root or a tool is missing.
 """
@@ -34,6 +36,8 @@ from tests.netns import netns_missing
 from tests.proxy_support import Proxy, run_in_netns, sh
 
 ALLOWED, DISABLED = "10.205.1.1", "10.205.2.1"     # a DE connector, an IN connector
+# the same two, reached through the transparent proxy (routed over the veth, not the tunnel)
+T_ALLOWED, T_DISABLED = "10.206.1.1", "10.206.2.1"
 ROUTER_IP, CLIENT_IP, CLIENT_WG = "10.204.0.1", "10.204.0.2", "10.0.0.1"
 MEETING = "85746382910"
 
@@ -52,6 +56,8 @@ POLICY = textwrap.dedent("""
     overrides:
       - {match: 10.205.1.0/24, region: DE, zoom: true, note: "a room connector in Frankfurt"}
       - {match: 10.205.2.0/24, region: IN, zoom: true, note: "a room connector in Mumbai"}
+      - {match: 10.206.1.0/24, region: DE, zoom: true, note: "a room connector in Frankfurt"}
+      - {match: 10.206.2.0/24, region: IN, zoom: true, note: "a room connector in Mumbai"}
 """)
 
 
@@ -142,11 +148,11 @@ def sipp_uas(ns: str, address: str, transport: str, workdir: Path) -> subprocess
 
 
 def sipp_call(ns: str, address: str, transport: str, workdir: Path,
-              timeout: str = "8s") -> subprocess.CompletedProcess:
+              timeout: str = "8s", source: str = CLIENT_WG) -> subprocess.CompletedProcess:
     """One call from a sipp UAC (INVITE, ACK, BYE): exit 0 when the call completed."""
     return subprocess.run(
         ["ip", "netns", "exec", ns, "sipp", "-sn", "uac", f"{address}:5060", "-s", MEETING,
-         "-i", CLIENT_WG, "-t", transport, "-m", "1", "-l", "1", "-nostdin", "-nd",
+         "-i", source, "-t", transport, "-m", "1", "-l", "1", "-nostdin", "-nd",
          "-timeout", timeout, "-timeout_error", "-max_reconnect", "0", "-d", "100"],
         capture_output=True, text=True, timeout=30, cwd=workdir)
 
@@ -183,17 +189,33 @@ def lab(tmp_path_factory):
         for ns, dev in ((router, f"rgcr{n}"), (client, f"rgcc{n}")):
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "link", "set", dev, "up")
-        for a in (ALLOWED, DISABLED):
+        connectors = (ALLOWED, DISABLED, T_ALLOWED, T_DISABLED)
+        for a in connectors:
             sh("ip", "-n", router, "addr", "add", f"{a}/32", "dev", "lo")
         policy = tmp / "policy.yaml"
         policy.write_text(POLICY)
 
-        h323 = {a: run_in_netns(router, lambda a=a: H323Listener(a)) for a in (ALLOWED, DISABLED)}
+        h323 = {a: run_in_netns(router, lambda a=a: H323Listener(a)) for a in connectors}
         cleanup += [h.stop for h in h323.values()]
-        for a in (ALLOWED, DISABLED):
-            for transport in ("u1", "t1"):
+        for a in connectors:
+            for transport in ("u1", "t1") if a in (ALLOWED, DISABLED) else ("t1",):
                 uas = sipp_uas(router, a, transport, tmp)
                 cleanup.append(lambda p=uas: stop(p))
+
+        transparent = Proxy(policy, tmp, "--mode", "transparent", listen_host=ROUTER_IP,
+                            prefix=("ip", "netns", "exec", router))
+        cleanup.append(transparent.stop)
+        redirect = tmp / "redirect.nft"
+        redirect.write_text(textwrap.dedent(f"""
+            table ip rg_crc_{n} {{
+                chain prerouting {{
+                    type nat hook prerouting priority dstnat;
+                    iifname "rgcr{n}" ip daddr 10.206.0.0/16 tcp dport {{ 1720, 5060 }} redirect to :{transparent.port}
+                }}
+            }}
+        """))
+        sh("ip", "netns", "exec", router, "nft", "-f", str(redirect))
+        sh("ip", "-n", client, "route", "add", "10.206.0.0/16", "via", ROUTER_IP)
 
         server_key, server_pub = _wg_keys()
         client_key, _ = _wg_keys()
@@ -219,7 +241,8 @@ def lab(tmp_path_factory):
         sh("ip", "-n", client, "addr", "add", f"{CLIENT_WG}/32", "dev", dev)
         sh("ip", "-n", client, "link", "set", dev, "up")
         sh("ip", "-n", client, "route", "add", "10.205.0.0/16", "dev", dev)
-        yield {"router": router, "client": client, "proxy": proxy, "h323": h323, "tmp": tmp}
+        yield {"router": router, "client": client, "proxy": proxy, "h323": h323, "tmp": tmp,
+               "transparent": transparent}
     finally:
         for fn in reversed(cleanup):
             try:
@@ -257,3 +280,22 @@ def test_a_sip_call_reaches_an_allowed_connector_and_not_a_disabled_one(lab, tra
     decided = {(d["address"], d["action"], d["service"]) for d in lab["proxy"].decisions()
                if d["port"] == 5060 and d["transport"] == proto}
     assert decided == {(ALLOWED, "allow", "crc"), (DISABLED, "block", "crc")}
+
+
+def test_transparent_mode_relays_sip_and_h323_to_the_allowed_connector_only(lab):
+    client = lab["client"]
+    answer = run_in_netns(client, lambda: h323_call(T_ALLOWED))
+    assert answer is not None and dpkt.h225.H225(answer).type == 0x5A, lab["transparent"].output()
+    assert lab["h323"][T_ALLOWED].setups == [MEETING]
+    assert run_in_netns(client, lambda: h323_call(T_DISABLED)) is None
+    assert lab["h323"][T_DISABLED].setups == []
+    ok = sipp_call(client, T_ALLOWED, "t1", lab["tmp"], source=CLIENT_IP)
+    assert ok.returncode == 0, ok.stdout[-2000:] + lab["transparent"].output()[-3000:]
+    assert f"INVITE sip:{MEETING}@{T_ALLOWED}:5060 SIP/2.0" in messages_received(lab["tmp"], T_ALLOWED, "t1")
+    refused = sipp_call(client, T_DISABLED, "t1", lab["tmp"], timeout="3s", source=CLIENT_IP)
+    assert refused.returncode != 0
+    assert "INVITE sip:" not in messages_received(lab["tmp"], T_DISABLED, "t1")
+    decided = {(d["address"], d["port"], d["action"], d["service"], d["mode"])
+               for d in lab["transparent"].decisions()}
+    assert decided == {(a, port, action, "crc", "transparent") for a, action in
+                       ((T_ALLOWED, "allow"), (T_DISABLED, "block")) for port in (1720, 5060)}
