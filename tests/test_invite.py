@@ -23,7 +23,8 @@ import icalendar
 import pytest
 
 from regionguard.cli import main
-from regionguard.invite.labels import label_places
+from regionguard.core.errors import ConfigError
+from regionguard.invite.labels import label_places, load_label_places
 from regionguard.invite.parse import CRC, DIALIN, SIP, URL, parse_invitation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -396,3 +397,21 @@ def test_an_outlook_meeting_request_is_checked_and_fixed_in_its_text_and_its_cal
     after = invite(out, "--policy", EU_ONLY, "--json")
     assert after.returncode == 0
     assert _values(after) == [e["value"] for e in found if e["verdict"] == "allowed"]
+
+
+def test_text_saved_by_windows_notepad_as_unicode_is_read(tmp_path):
+    given = tmp_path / "notepad.txt"
+    given.write_bytes("\r\n".join(["Dial by your location", "    +49 69 3807 9883 Germany",
+                                   "    +1 646 558 8656 US (New York)"]).encode("utf-16"))
+    r = invite(given, "--policy", EU_ONLY, "--json")
+    assert [(e["value"], e["line"], e["verdict"]) for e in entries(r)] == [
+        ("+496938079883", 2, "allowed"), ("+16465588656", 3, "outside")]
+
+
+def test_a_config_dir_without_the_label_names_is_a_configuration_error(tmp_path):
+    with pytest.raises(ConfigError, match="invite-labels.yaml: cannot read"):
+        load_label_places(CONFIG / "data" / "iso3166-alpha2.csv", tmp_path / "invite-labels.yaml")
+    bad = tmp_path / "bad-labels.yaml"
+    bad.write_text("aliases:\n  Atlantis: XX\n")
+    with pytest.raises(ConfigError, match=r"bad-labels.yaml:2: aliases.Atlantis: 'XX' is not an ISO"):
+        load_label_places(CONFIG / "data" / "iso3166-alpha2.csv", bad)

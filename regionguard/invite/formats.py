@@ -104,6 +104,15 @@ def load(path: str, data: bytes, kind: str | None = None) -> Document:
 
 
 def _decode(path: str, where: str, data: bytes) -> str:
+    """UTF-8 (with or without a byte-order mark), or UTF-16 with its mark (what Windows' Notepad
+    saves as "Unicode")."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16").replace("\r\n", "\n").replace("\r", "\n")
+        except UnicodeDecodeError as e:
+            raise InputError(path, f"{where + ' ' if where else ''}byte {e.start}",
+                             "not UTF-16 text, although it starts with a UTF-16 mark",
+                             "save the invitation as UTF-8") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -73,7 +73,13 @@ def load_label_places(iso_csv: Path, aliases_yaml: Path) -> LabelPlaces:
             names.setdefault(name.lower(), code)
             # "Korea, Republic of" is written "Korea"; "Taiwan, Province of China" "Taiwan"
             names.setdefault(name.split(",")[0].strip().lower(), code)
-    raw, lines = load_yaml(aliases_yaml.read_text(encoding="utf-8"), str(aliases_yaml))
+    try:
+        text = aliases_yaml.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([Problem(str(aliases_yaml), "", f"cannot read: {e.strerror or e}",
+                                   "restore the file from regionguard's config/ (its place names "
+                                   "for invitation labels), or unset REGIONGUARD_CONFIG_DIR")]) from None
+    raw, lines = load_yaml(text, str(aliases_yaml))
     aliases = raw.get("aliases") if isinstance(raw, dict) else None
     if not isinstance(aliases, dict):
         raise ConfigError([Problem(str(aliases_yaml), "aliases", "expected a mapping NAME: COUNTRY",
