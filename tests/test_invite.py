@@ -21,6 +21,8 @@ from pathlib import Path
 
 import icalendar
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from regionguard.cli import main
 from regionguard.core.errors import ConfigError
@@ -415,3 +417,19 @@ def test_a_config_dir_without_the_label_names_is_a_configuration_error(tmp_path)
     bad.write_text("aliases:\n  Atlantis: XX\n")
     with pytest.raises(ConfigError, match=r"bad-labels.yaml:2: aliases.Atlantis: 'XX' is not an ISO"):
         load_label_places(CONFIG / "data" / "iso3166-alpha2.csv", bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([
+    "+49 69 3807 9883 Germany", "+1 646 558 8656 US (New York)", "162.255.37.11 (US West)",
+    "Join by SIP", "Join by H.323", "85746382910@zoomcrc.com", "Meeting ID: 857 4638 2910",
+    "https://us02web.zoom.us/j/1", "+16465588656,,85746382910#", "833 548 0282 US Toll-free",
+    "999.1.2.3", "+", "+1", "(", "•", "a@b.cd", "sip:", "\t", ""]) | st.text(max_size=40), max_size=12))
+def test_parsing_never_fails_and_every_position_points_at_its_entry(lines):
+    text = "\n".join(lines)
+    items, problems = parse_invitation(text, label_places(), lambda host: host == "zoomcrc.com")
+    rows = text.split("\n")
+    for item in items:
+        assert rows[item.line - 1][item.column - 1:].startswith(item.text)
+    for p in problems:
+        assert rows[p.line - 1][p.column - 1:].startswith(p.text)

@@ -92,6 +92,10 @@ def _check_file(path: str, kind: str | None, checker: InvitationChecker,
     except InputError as e:
         result.fatal = e
         return result
+    except Exception as e:  # noqa: BLE001 - a reader's surprise spoils this file, not the others
+        result.fatal = InputError(path, "", f"cannot be read as {kind or 'an invitation'}: {e!r}",
+                                  "check the file (text, .ics or .eml), or give --format")
+        return result
     result.kind = doc.kind
     result.problems.extend(doc.problems)
     removals: dict[int, set[int]] = {}
