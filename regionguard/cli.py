@@ -27,10 +27,10 @@ from regionguard.exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
 _EXIT_CODES = """\
 Exit codes (all commands):
   0  success (explain: every target allowed, monitored or not Zoom's)
-  1  explain: at least one target would be blocked
+  1  explain: at least one target would be blocked; invite: an entry outside the policy
   2  usage error, or an invalid policy/configuration (the message names file, field and fix)
   3  explain: a target could not be resolved
-  4  replay, report, coverage: some input unreadable (the rest was processed)
+  4  replay, report, coverage, invite: some input unreadable (the rest was processed)
   5  data: the update or rollback failed (the data in force is unchanged)
 Other commands (run, dns, replay, report, coverage, pac) document their codes in
 `regionguard COMMAND --help`.
@@ -300,6 +300,34 @@ def _add_coverage(sub: Subparsers) -> None:
     p.set_defaults(func=coverage.cmd_coverage)
 
 
+def _add_invite(sub: Subparsers) -> None:
+    from regionguard.invite import command
+    from regionguard.invite.formats import FORMATS
+
+    p = sub.add_parser(
+        "invite", help="check meeting invitations: dial-in numbers, room connectors, SIP URIs",
+        description="Check Zoom meeting invitations (text pasted from the Zoom client, .ics "
+        "calendar files, .eml mails) against the policy: each dial-in number by its country "
+        "(disabled with its region, Zoom's rule S5), each H.323/SIP room-connector address by "
+        "the evidence for where it is (a disabled region's connectors cannot join, S4; the "
+        "label beside it is checked too), each SIP URI and meeting link by its host. Offline.",
+        epilog="Exit codes: 0 every entry allowed; 1 some entry outside the policy; 2 usage error "
+        "or invalid policy; 4 some input unreadable (the rest was checked); 5 both 1 and 4.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", metavar="FILE", help="invitation: text, .ics or .eml ('-': "
+                   "standard input)")
+    add_policy_argument(p)
+    p.add_argument("--client", metavar="IP", type=_address_arg,
+                   help="client address (selects the policy group whose rules apply)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="read every FILE as this format (default: from its name and content)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    p.add_argument("--fix", metavar="OUT", default=None,
+                   help="write the invitation with the entries outside the policy removed to OUT "
+                   "(several FILEs: OUT is a directory, one file per FILE)")
+    p.set_defaults(func=command.cmd_invite)
+
+
 def _add_data(sub: Subparsers) -> None:
     from regionguard.data import update
 
@@ -356,6 +384,7 @@ _COMMANDS: tuple[tuple[str, Callable[[Subparsers], None]], ...] = (
     ("replay", _add_replay),
     ("report", _add_report),
     ("coverage", _add_coverage),
+    ("invite", _add_invite),
     ("data", _add_data),
 )
 

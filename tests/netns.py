@@ -10,7 +10,8 @@ import subprocess
 
 # Debian package of each tool a lab may need, for the skip reason.
 _PACKAGES = {"ip": "iproute2", "nft": "nftables", "curl": "curl", "wg": "wireguard-tools",
-             "wireguard-go": "wireguard-go", "tcpdump": "tcpdump"}
+             "wireguard-go": "wireguard-go", "tcpdump": "tcpdump",
+             "sipp": "sip-tester"}
 
 
 @functools.cache

@@ -35,12 +35,12 @@ def write_policy(tmp_path):
 def test_make_addons_gives_one_fresh_addon_per_concern_in_chain_order():
     first, second = make_addons(), make_addons()
     names = [getattr(a, "name", type(a).__name__.lower()) for a in first]
-    assert names == ["regionguard", "regionguard_gateway", "regionguard_tls", "regionguard_pac",
-                     "regionguard_connections", "dnsfilter", "regionguard_metrics",
-                     "regionguard_summary"]
+    assert names == ["regionguard", "regionguard_gateway", "regionguard_tls",
+                     "regionguard_signalling", "regionguard_pac", "regionguard_connections",
+                     "dnsfilter", "regionguard_metrics", "regionguard_summary"]
     assert not {id(a) for a in first} & {id(a) for a in second}
     policy = first[0]
-    assert all(a.policy is policy for a in (*first[1:5], *first[-2:]))   # one policy addon per set
+    assert all(a.policy is policy for a in (*first[1:6], *first[-2:]))   # one policy addon per set
 
 
 def test_the_script_imports_the_packages_addons_and_edits_no_sys_path():

@@ -22,7 +22,7 @@ from tests.conftest import BIN, ROOT
 MARK = "<!-- checked: tests/test_readme.py -->"
 FILE_MARK = re.compile(r"<!-- file: ([\w.-]+) -->")   # a block that is the file the examples read
 # commands that never touch the network when given addresses and files (explain: addresses only)
-OFFLINE = {"explain", "validate", "regions", "policy", "pac", "replay", "--version"}
+OFFLINE = {"explain", "validate", "regions", "policy", "pac", "replay", "invite", "--version"}
 
 
 def checked_blocks(text: str) -> list[tuple[int, list[str]]]:

@@ -169,6 +169,10 @@ class ZoomCatalogue:
             return Classification(False, None, "not a Zoom domain or range", None)
         return Classification(True, self._service(host, rng, port, transport), why, rng)
 
+    def port_service(self, transport: str, port: int) -> str | None:
+        """The service class `ports:` gives this transport and port, if any (CRC: TCP 1720)."""
+        return self._port_services.get((transport, port))
+
     def is_governed(self, service: str | None) -> bool:
         """Does Zoom's region setting govern this class (the default scope)? Unknown: yes."""
         known = self.services.get(service or UNKNOWN_SERVICE)

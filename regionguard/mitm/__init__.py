@@ -9,6 +9,8 @@
   force (a script unloaded, broken, or not configured);
 - `gateway`: `GatewayAccess`, who may use the proxy (`gateway.clients`);
 - `tls_passthrough`: `TlsPassthrough`, which TLS connections may be intercepted (never Zoom's);
+- `signalling`: `RoomConnectorSignalling`, SIP and H.323 on the room-connector ports relayed as
+  raw TCP (mitmproxy would take a SIP request for HTTP);
 - `pac_server`: `PacServer`, the PAC file at the proxy's own address (`pac` writes it);
 - `connections`: `ConnectionEnforcer`, each connection decided (`enforce`) and pinned, or blocked;
   `verdicts` is what a verdict does to a flow, `connection_state` what is remembered on

@@ -18,13 +18,15 @@ from regionguard.mitm.gateway import GatewayAccess
 from regionguard.mitm.metrics import Metrics
 from regionguard.mitm.pac_server import PacServer
 from regionguard.mitm.policy_loader import PolicyLoader
+from regionguard.mitm.signalling import RoomConnectorSignalling
 from regionguard.mitm.tls_passthrough import TlsPassthrough
 
 
 def make_addons() -> list:
-    """A fresh set of the proxy's addons: the policy, who may connect, TLS, the PAC file,
-    connection enforcement, then DNS; the metrics endpoint and the console summary (no
-    per-connection hook) last."""
+    """A fresh set of the proxy's addons: the policy, who may connect, TLS, room-connector
+    signalling as raw TCP, the PAC file, connection enforcement, then DNS; the metrics endpoint
+    and the console summary (no per-connection hook) last."""
     policy = PolicyLoader()
-    return [policy, GatewayAccess(policy), TlsPassthrough(policy), PacServer(policy),
-            ConnectionEnforcer(policy), *dns_addons(), Metrics(policy), ConsoleSummary(policy)]
+    return [policy, GatewayAccess(policy), TlsPassthrough(policy), RoomConnectorSignalling(policy),
+            PacServer(policy), ConnectionEnforcer(policy), *dns_addons(), Metrics(policy),
+            ConsoleSummary(policy)]
