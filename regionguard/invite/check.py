@@ -90,7 +90,7 @@ class InvitationChecker:
                                         "dial-in numbers stay enabled")
         elif region is not None:
             verdict, reason = OUTSIDE, (f"a number in {country}: region {region} is not allowed "
-                                        f"({', '.join(sorted(self.enabled_crc))}), so Zoom disables "
+                                        f"({', '.join(sorted(self.policy_allowed()))}), so Zoom disables "
                                         "its dial-in numbers")
         else:
             verdict, reason = ALLOWED, (f"a number in {country}: no Zoom region serves {country}'s "
