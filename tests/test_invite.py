@@ -140,6 +140,17 @@ def test_zoom_client_text_items_with_positions_labels_and_protocols():
     assert not any(i.value.endswith("85746382910") and i.kind == DIALIN for i in items)
 
 
+def test_entries_run_together_on_one_line_each_keep_their_own_label():
+    """A label is the place beside its entry, not the rest of the line: a pasted invitation whose
+    line breaks were lost (or a hostile one) still gives each number its own country claim, and
+    reading it stays linear in its length."""
+    line = "+49 69 3807 9883 Germany +1 646 558 8656 US (New York) " * 2000
+    items, problems = parse_invitation(line, label_places())
+    assert not problems and len(items) == 4000
+    assert {(i.country, i.label) for i in items} == {("DE", "Germany"), ("US", "US (New York)")}
+    assert [i.column for i in items[:3]] == [1, 26, 56]
+
+
 def test_meeting_ids_passcodes_and_mail_addresses_are_not_entries():
     text = "Meeting ID: 857 4638 2910\nPasscode: 123456\nquestions: outreach@example.org\n" \
            "Time: Mar 8, 2021 10:00 AM\n"

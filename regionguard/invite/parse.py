@@ -86,6 +86,36 @@ class ParseProblem:
     fix: str
 
 
+# A label is a place name beside its entry ("US (New York)"), not the rest of a long line: cut at
+# the next number or link, and at a bound, so a line of many entries is read in linear time.
+_LABEL_MAX = 80
+_LABEL_END = re.compile(r"\s(?:\+\d|https?://)")
+
+
+def _label(rest: str) -> str | None:
+    rest = rest[:_LABEL_MAX]
+    end = _LABEL_END.search(rest)
+    return (rest[:end.start()] if end else rest).strip() or None
+
+
+class _Spans:
+    """Disjoint spans of the text already read, sorted: an overlap test is one bisection."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def overlaps(self, start: int, end: int) -> bool:
+        # the spans are disjoint, so only the last one starting before `end` can reach `start`
+        index = bisect.bisect_left(self.starts, end) - 1
+        return index >= 0 and self.ends[index] > start
+
+    def append(self, span: tuple[int, int]) -> None:
+        index = bisect.bisect_left(self.starts, span[0])
+        self.starts.insert(index, span[0])
+        self.ends.insert(index, span[1])
+
+
 class _Lines:
     def __init__(self, text: str) -> None:
         self.text = text
@@ -110,15 +140,14 @@ def parse_invitation(text: str, places: LabelPlaces,
     lines = _Lines(text)
     found: list[tuple[int, Item]] = []
     problems: list[ParseProblem] = []
-    taken: list[tuple[int, int]] = []   # spans already read, so an address is read once
-
-    def overlaps(start: int, end: int) -> bool:
-        return any(s < end and start < e for s, e in taken)
+    taken = _Spans()   # spans already read, so an address is read once
+    overlaps = taken.overlaps
 
     sections = _sections(text)
+    section_starts = [s for s, _ in sections]
 
     def section_at(offset: int) -> str | None:
-        index = bisect.bisect_right([s for s, _ in sections], offset) - 1
+        index = bisect.bisect_right(section_starts, offset) - 1
         return sections[index][1] if index >= 0 else None
 
     for m in _URL.finditer(text):
@@ -161,7 +190,7 @@ def parse_invitation(text: str, places: LabelPlaces,
         raw = m.group(0)
         line, col = lines.position(m.start())
         suffix = _DIAL_SUFFIX.match(text, m.end())
-        label = lines.rest_of_line(suffix.end() if suffix else m.end()).strip() or None
+        label = _label(lines.rest_of_line(suffix.end() if suffix else m.end()))
         try:
             number = phonenumbers.parse(raw, None)
         except phonenumbers.NumberParseException as e:
@@ -181,7 +210,7 @@ def parse_invitation(text: str, places: LabelPlaces,
     for m in _BARE_NUMBER.finditer(text):
         if overlaps(m.start("num"), m.end("num")):
             continue
-        label = m.group("label").strip()
+        label = _label(m.group("label")) or ""
         claimed = places.country(label)
         if claimed is None:
             continue   # a number with no country after it: a meeting ID, a passcode, a date
