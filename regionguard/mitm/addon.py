@@ -26,5 +26,7 @@ def make_addons() -> list:
     connection enforcement, then DNS; the metrics endpoint and the console summary (no
     per-connection hook) last."""
     policy = PolicyLoader()
+    connections = ConnectionEnforcer(policy)
     return [policy, GatewayAccess(policy), TlsPassthrough(policy), PacServer(policy),
-            ConnectionEnforcer(policy), *dns_addons(), Metrics(policy), ConsoleSummary(policy)]
+            connections, *dns_addons(), Metrics(policy, connections.prober),
+            ConsoleSummary(policy)]
