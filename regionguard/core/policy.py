@@ -738,7 +738,10 @@ class _Checker:
                        f"{ttl!r} is not a number of days from above 0 to 3650",
                        "write e.g. learned_ttl_days: 30")
             ttl = None
-        rtt = self.choice(ev.get("rtt"), ("evidence", "rtt"), RTT_MODES, "off")
+        raw_rtt = ev.get("rtt")
+        if raw_rtt is False:   # YAML 1.1 reads an unquoted `off` as false: it means off
+            raw_rtt = "off"
+        rtt = self.choice(raw_rtt, ("evidence", "rtt"), RTT_MODES, "off")
         if rtt != "off" and "rtt" not in precedence:
             self.error(("evidence", "rtt"), f"rtt: {rtt} measures, but `rtt` is not in "
                        "evidence.precedence, so no measurement would ever count",

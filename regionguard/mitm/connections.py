@@ -33,7 +33,7 @@ from regionguard.mitm.connection_state import (
 from regionguard.mitm.enforce import Enforcer, Verdict, plain_address
 from regionguard.mitm.policy_loader import PolicyLoader
 from regionguard.mitm.verdicts import block_response, fail_closed, mark, record
-from regionguard.probe.tcp import Prober
+from regionguard.probe.tcp import Prober, kernel_rtt_ms
 
 log = logging.getLogger("regionguard")
 
@@ -110,11 +110,27 @@ class ConnectionEnforcer:
         if start is None or setup is None or not server.peername:
             return
         try:
+            # the kernel's own timing of the SYN round trip when the socket can be reached,
+            # else mitmproxy's timestamps around its connect (which add an event-loop wake-up)
+            rtt = self._kernel_rtt(data) or (setup - start) * 1000
             client = data.client.peername[0] if data.client.peername else None
             engine.observe_rtt(plain_address(client), plain_address(server.peername[0]) or "",
-                               (setup - start) * 1000, "passive")
+                               rtt, "passive")
         except Exception:  # noqa: BLE001 - a measurement must never break a connection
             log.exception("regionguard: RTT not recorded")
+
+    def _kernel_rtt(self, data: server_hooks.ServerConnectionHookData) -> float | None:
+        """TCP_INFO of the server connection's socket, found through mitmproxy's proxyserver
+        addon (its connection handlers keep the streams). Not a public API: None whenever the
+        path is not there, and the timestamps serve."""
+        try:
+            proxyserver = ctx.master.addons.get("proxyserver")
+            handler = proxyserver.connections.get(data.client.id)
+            io = handler.transports.get(data.server) if handler is not None else None
+            sock = io.writer.get_extra_info("socket") if io is not None else None
+        except AttributeError:
+            return None
+        return kernel_rtt_ms(sock) if sock is not None else None
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         set_server_verdict(data.server, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -22,6 +23,34 @@ from typing import NamedTuple
 DEFAULT_PORTS = (443, 8801)      # Zoom's TCP ports (config/zoom.yaml: web/signalling, media)
 DEFAULT_TIMEOUT = 1.0            # seconds: past it a probe says nothing (RTTs of 1 s say nothing)
 MAX_IN_FLIGHT = 16
+
+
+# struct tcp_info (linux/tcp.h): tcpi_rtt is the kernel's smoothed RTT in µs (u32 at byte 68),
+# tcpi_min_rtt its minimum (u32 at byte 148, Linux 4.10+). Right after a connect both are the
+# SYN → SYN-ACK round trip, timed by the kernel: no event-loop wake-up inflates them.
+_TCP_INFO_LEN = 152
+_RTT_AT, _MIN_RTT_AT = 68, 148
+
+
+def kernel_rtt_ms(sock: socket.socket) -> float | None:
+    """The kernel's minimum RTT of a connected TCP socket (Linux TCP_INFO), in ms; None where
+    the kernel does not say."""
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_LEN)
+    except OSError:
+        return None
+    if len(raw) >= _MIN_RTT_AT + 4:
+        value = int.from_bytes(raw[_MIN_RTT_AT:_MIN_RTT_AT + 4], sys.byteorder)
+        if 0 < value < 0xFFFFFFFF:
+            return value / 1000
+    if len(raw) >= _RTT_AT + 4:
+        value = int.from_bytes(raw[_RTT_AT:_RTT_AT + 4], sys.byteorder)
+        if value > 0:
+            return value / 1000
+    return None
 
 
 class Sample(NamedTuple):
