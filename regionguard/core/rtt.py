@@ -28,6 +28,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import MethodType
 from typing import NamedTuple
 
 from regionguard.core.evidence import Evidence
@@ -170,7 +171,7 @@ class RttStore:
     def subscribe(self, callback: Callable[[str], None]) -> None:
         """`callback(address)` whenever an address's bound changes. Bound methods are held
         weakly (an engine replaced by a reload is not kept alive by its store)."""
-        ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else callback
+        ref = weakref.WeakMethod(callback) if isinstance(callback, MethodType) else callback
         self._listeners.append(ref)   # type: ignore[arg-type]
 
     def _notify(self, address: str) -> None:
