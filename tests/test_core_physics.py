@@ -215,19 +215,19 @@ def engine(conflicts: str = "strict", rtt: str = "passive") -> Engine:
 def test_physics_places_an_address_nothing_else_places():
     e = engine(rtt="probe")
     assert e.decide(None, None, "198.51.100.1", 8801).rule == "unknown-region"
-    assert e.wants_probe(None, "198.51.100.1")
+    assert e.wants_probe(None, None, "198.51.100.1", 8801)
     e.observe_rtt(None, "198.51.100.1", 1.0, "probe")               # memos are dropped
     d = e.decide(None, None, "198.51.100.1", 8801)
     assert (d.action, d.region, d.evidence_source) == (Action.ALLOW, "DE", "rtt")
     assert "within 100 km" in d.reason
-    assert not e.wants_probe(None, "198.51.100.1")                  # measured: never again
+    assert not e.wants_probe(None, None, "198.51.100.1", 8801)                  # measured: never again
 
 
 def test_a_claim_physics_rules_out_is_a_conflict_that_blocks_under_strict():
     strict, lenient = engine("strict"), engine("precedence")
     for e in (strict, lenient):
         assert e.decide(None, None, "198.51.100.7", 8801).region == "CN"   # the override alone
-        assert not e.wants_probe(None, "198.51.100.7")             # placed: no probe
+        assert not e.wants_probe(None, None, "198.51.100.7", 8801)             # placed: no probe
         e.observe_rtt(None, "198.51.100.7", 1.0, "passive")
     blocked = strict.decide(None, None, "198.51.100.7", 8801)
     assert (blocked.action, blocked.rule) == (Action.BLOCK, "conflict-strict")
@@ -251,9 +251,12 @@ def test_nothing_is_measured_when_the_policy_measures_nothing_or_the_site_is_unk
     off = Engine(parse_policy(POLICY.replace("rtt: passive", "rtt: off")
                               .replace("CONFLICTS", "strict")))
     assert off.rtt is None and not off.observe_rtt(None, "198.51.100.1", 1.0, "passive")
-    assert not off.wants_probe(None, "198.51.100.1")
+    assert not off.wants_probe(None, None, "198.51.100.1", 8801)
     passive = engine()
-    assert not passive.wants_probe(None, "198.51.100.1")   # passive: only probe mode probes
+    assert not passive.wants_probe(None, None, "198.51.100.1", 8801)   # only probe mode probes
+    probing = engine(rtt="probe")
+    assert probing.wants_probe(None, None, "198.51.100.1", 8801)
+    assert not probing.wants_probe(None, None, "192.0.2.1", 8801)      # not Zoom's: never
     no_site = Engine(parse_policy(POLICY.replace("CONFLICTS", "strict").replace(
         "client: {location: china, site: {city: Frankfurt}}", "client: {location: china}")),
         rtt=RttStore.in_memory())

@@ -282,15 +282,18 @@ class Engine:
             return False
         return self.rtt.observe(site, address, rtt_ms, how)
 
-    def wants_probe(self, client: str | None, address: str | None) -> bool:
-        """`evidence.rtt: probe`: whether to measure `address` before deciding it. Only an
-        address no trusted source places, never measured from this client's site."""
+    def wants_probe(self, client: str | None, host: str | None, address: str | None, port: int,
+                    transport: str = "tcp") -> bool:
+        """`evidence.rtt: probe`: whether to measure `address` before deciding this connection:
+        a governed Zoom connection to an address no trusted source places, never measured from
+        the client's site. (The decision asked here is memoised; a measurement drops it.)"""
         if self.rtt is None or address is None or self.policy.evidence.rtt != "probe":
             return False
         site = self.policy.site_for(client)
-        if site is None or self.rtt.measured(site, address) is not None:
+        if site is None or self.rtt.measured(site, embedded_ipv4(address) or address) is not None:
             return False
-        return not self.locator.locate(embedded_ipv4(address) or address).known
+        d = self.decide_safely(client, host, address, port, transport)
+        return d.zoom and d.scope == GOVERNED and d.location is not None and not d.location.known
 
     @staticmethod
     def _disallowed(rules: Rules, make, rule: str, reason: str) -> Decision:

@@ -210,7 +210,9 @@ class Locator:
                                         f"offline country fallback unavailable: {e}",
                                         "pip install iptocc"))
         if rtt is not None and policy.evidence.rtt != "off" and "rtt" in wanted:
-            per_address.append(RttSource(rtt, countries=_sole_country(catalogue)))
+            measuring = {r.site for r in (policy.rules, *policy.groups) if r.site is not None}
+            per_address.append(RttSource(rtt, countries=_sole_country(catalogue),
+                                         measuring=measuring))
         for p in problems if log_problems else ():
             log.warning("%s", p)
         return cls(static, per_address, per_host, policy.evidence, problems=problems,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -118,19 +119,38 @@ def radius_km(min_rtt_ms: float, margin_ms: float = MARGIN_MS,
     return min(one_way * speed_km_per_ms, HALF_CIRCUMFERENCE_KM)
 
 
+class Reach:
+    """The Zoom sites as seen from one measuring site: each with its distance, sorted by how
+    close it could be (distance − uncertainty). Built once per measuring site; an outcome for
+    any RTT is then a bisection and a slice, not a pass over the table."""
+
+    def __init__(self, here: ClientSite | Point | tuple[float, float],
+                 sites: Sequence[ZoomSite]) -> None:
+        point = (here[-2], here[-1]) if isinstance(here, ClientSite) else (here[0], here[1])
+        entries = sorted(((max(0.0, km - s.uncertainty_km), km, s.region, s.name), SiteDistance(s, km))
+                         for s in sites
+                         for km in (haversine_km(point, (s.latitude, s.longitude)),))
+        self._closest = [key[0] for key, _ in entries]
+        self._inside = tuple(d for _, d in entries)
+        regions: list[frozenset[str]] = [frozenset()]
+        for d in self._inside:   # the regions of the first k sites, for every k
+            last = regions[-1]
+            regions.append(last if d.site.region in last else last | {d.site.region})
+        self._regions = regions
+
+    def outcome(self, radius: float) -> Outcome:
+        k = bisect_right(self._closest, radius)
+        return Outcome(radius, self._inside[:k], self._regions[k])
+
+
 def constrain(site: ClientSite | Point | tuple[float, float], min_rtt_ms: float,
-              sites: Sequence[ZoomSite], margin_ms: float = MARGIN_MS,
+              sites: Sequence[ZoomSite] | Reach, margin_ms: float = MARGIN_MS,
               speed_km_per_ms: float = SPEED_KM_PER_MS) -> Outcome:
-    """The Zoom sites that could be inside the radius a minimum RTT from `site` allows."""
+    """The Zoom sites that could be inside the radius a minimum RTT from `site` allows, those
+    that could be closest first. `sites` may be a Reach already built for `site`."""
     radius = radius_km(min_rtt_ms, margin_ms, speed_km_per_ms)
-    here = (site[-2], site[-1]) if isinstance(site, ClientSite) else (site[0], site[1])
-    inside = []
-    for s in sites:
-        km = haversine_km(here, (s.latitude, s.longitude))
-        if km - s.uncertainty_km <= radius:
-            inside.append(SiteDistance(s, km))
-    inside.sort(key=lambda d: (d.km, d.site.region, d.site.name))
-    return Outcome(radius, tuple(inside), frozenset(d.site.region for d in inside))
+    reach = sites if isinstance(sites, Reach) else Reach(site, sites)
+    return reach.outcome(radius)
 
 
 def intersect(outcomes: Iterable[Outcome]) -> Outcome | None:
@@ -190,6 +210,7 @@ def find_city(text: str) -> tuple[City | None, list[City]]:
     return None, found
 
 
-__all__ = ["ClientSite", "City", "MARGIN_MS", "Outcome", "Point", "SPEED_KM_PER_MS", "SiteDistance",
+__all__ = ["ClientSite", "City", "MARGIN_MS", "Outcome", "Point", "Reach", "SPEED_KM_PER_MS",
+           "SiteDistance",
            "ZoomSite", "cities", "constrain", "find_city", "haversine_km", "intersect",
            "radius_km", "zoom_sites"]

@@ -26,7 +26,7 @@ import logging
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import MethodType
 from typing import NamedTuple
@@ -37,6 +37,7 @@ from regionguard.core.physics import (
     SPEED_KM_PER_MS,
     ClientSite,
     Outcome,
+    Reach,
     ZoomSite,
     constrain,
     intersect,
@@ -68,6 +69,10 @@ class Measurement(NamedTuple):
 
 
 def canonical(address: str) -> str | None:
+    """An address as sockets print it (IPv6 compressed, lower case). Dotted IPv4 from a socket
+    is already canonical: kept as it is, unparsed."""
+    if ":" not in address and address.count(".") == 3 and address.replace(".", "").isdigit():
+        return address
     try:
         return str(ipaddress.ip_address(address.partition("%")[0]))
     except ValueError:
@@ -230,7 +235,8 @@ class RttSource:
     name = SOURCE
     def __init__(self, store: RttStore, sites: Sequence[ZoomSite] | None = None,
                  countries: Callable[[str], str | None] | None = None,
-                 margin_ms: float = MARGIN_MS, speed_km_per_ms: float = SPEED_KM_PER_MS) -> None:
+                 margin_ms: float = MARGIN_MS, speed_km_per_ms: float = SPEED_KM_PER_MS,
+                 measuring: Iterable[ClientSite] = ()) -> None:
         self.store = store
         self.sites = tuple(sites) if sites is not None else zoom_sites()
         self._country = countries or (lambda region: None)
@@ -241,6 +247,15 @@ class RttSource:
         self._evidence: dict[str, tuple[tuple[Measurement, ...], Evidence]] = {}
         self._outcomes: dict[tuple, Outcome] = {}
         self.all_regions = frozenset(s.region for s in self.sites)
+        self._reaches: dict[ClientSite, Reach] = {}   # one per measuring site (few: the policy's)
+        for site in measuring:   # built now (a policy load), not at a first contact
+            self._reach(site)
+
+    def _reach(self, site: ClientSite) -> Reach:
+        reach = self._reaches.get(site)
+        if reach is None:
+            reach = self._reaches[site] = Reach(site, self.sites)
+        return reach
 
     def evidence_of(self, address: str) -> Evidence | None:
         """The evidence last given for an address (before a new measurement is looked up)."""
@@ -271,8 +286,8 @@ class RttSource:
         key = tuple((m.site, m.min_ms) for m in found)
         outcome = self._outcomes.get(key)
         if outcome is None:
-            outcome = intersect(constrain(m.site, m.min_ms, self.sites, self.margin_ms, self.speed)
-                                for m in found)
+            outcome = intersect(constrain(m.site, m.min_ms, self._reach(m.site), self.margin_ms,
+                                          self.speed) for m in found)
             assert outcome is not None
             if len(self._outcomes) >= MAX_ADDRESSES:
                 self._outcomes.clear()

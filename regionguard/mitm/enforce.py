@@ -91,12 +91,12 @@ class Enforcer:
         # evidence.rtt: probe: measure an address no trusted source places before deciding it
         self.prober = prober if engine.policy.evidence.rtt == "probe" else None
 
-    async def _probe_first(self, client: str | None, addresses, port: int) -> None:
+    async def _probe_first(self, client: str | None, host: str | None, addresses, port: int) -> None:
         """One round trip to each address that wants one (first contact, placed by no trusted
         source), all at once; the answers are kept with the learned evidence, so the decision
         that follows (and every later one) has them."""
         prober, engine = self.prober, self.engine
-        wanted = [a for a in addresses if engine.wants_probe(client, a)]
+        wanted = [a for a in addresses if engine.wants_probe(client, host, a, port)]
         if prober is None or not wanted:
             return
         samples = await asyncio.gather(*(prober.measure(a, port) for a in wanted))
@@ -131,7 +131,7 @@ class Enforcer:
             address, host = address or plain_address(host), None
         if address:
             if self.prober is not None and transport == "tcp":
-                await self._probe_first(client, (address,), port)
+                await self._probe_first(client, host, (address,), port)
             decisions = [await self._decide_claimed(client, host, address, port, transport)]
             usable = None if decisions[0].blocks else address
         else:
@@ -146,7 +146,7 @@ class Enforcer:
                 d = _resolve_failure(engine, client, host, port, transport, e)
                 return Verdict(d, None)
             if self.prober is not None and transport == "tcp":
-                await self._probe_first(client, answer.addresses, port)
+                await self._probe_first(client, host, answer.addresses, port)
             usable, decisions = engine.choose(client, host, answer.addresses, port, transport)
         first = decisions[0]
         if usable is not None:
