@@ -49,9 +49,9 @@ def add_policy_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_state_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", metavar="DIR", default=None,
-                        help="where learned evidence (Zoom names regionguard resolved) is kept, "
-                        f"shared by `run` and `dns` (default: {default_state_dir()}; "
-                        f"'{OFF}': learn nothing)")
+                        help="where learned evidence (Zoom names regionguard resolved, round "
+                        "trips measured) is kept, shared by `run`, `dns`, `probe` and `explain` "
+                        f"(default: {default_state_dir()}; '{OFF}': learn nothing)")
 
 
 def _port_arg(text: str) -> int:

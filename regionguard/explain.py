@@ -198,14 +198,14 @@ def _print_text(target: str, how: str, decisions: list[Decision], overall: Decis
                           f"{'  (' + e.note + ')' if e.note else ''}\n")
             if loc.conflict:
                 out.write(f"      CONFLICT: trusted sources disagree: {loc.summary()}\n")
+        elif d.zoom:
+            out.write("      evidence: none — no source knows this address\n")
         physics = _physics(engine, d)
         if physics is not None:
             outcome, measured = physics
             out.write("      physics (round-trip time):\n")
             for line in outcome_lines(outcome, measured):
                 out.write(f"        {line}\n")
-        elif d.zoom:
-            out.write("      evidence: none — no source knows this address\n")
         out.write(f"      why: {d.reason}\n")
     out.write("\n")
 

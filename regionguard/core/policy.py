@@ -297,6 +297,7 @@ class _Checker:
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
         self.top_site: ClientSite | None = None
+        self.site_given = False   # a bad site is reported once, not again as a missing one
 
     # reporting
     def line(self, path: tuple) -> int | None:
@@ -470,7 +471,7 @@ class _Checker:
 
         overrides = tuple(self.overrides(top.get("overrides")))
         evidence = self.evidence(top.get("evidence"))
-        if evidence.rtt != "off" and base.site is None and not any(g.site for g in groups):
+        if evidence.rtt != "off" and not self.site_given:
             self.error(("evidence", "rtt"), f"rtt: {evidence.rtt} needs to know where clients "
                        "are, and no client site is given",
                        "add `client: {site: {city: Frankfurt}}` (or {lat: .., lon: ..}) at the "
@@ -512,6 +513,7 @@ class _Checker:
         location = self.choice(client.get("location", parent_client.get("location")),
                                path + ("client", "location"), LOCATIONS, "outside-china")
         if "site" in client:
+            self.site_given = True
             site = self.site(client["site"], path + ("client", "site"))
         elif parent is not None:
             site = self.top_site
