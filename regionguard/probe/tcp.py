@@ -3,8 +3,10 @@ round trip, whichever comes back (a closed port answers as fast as an open one).
 
 Used by `regionguard probe ADDRESS...` and, under `evidence.rtt: probe`, by the proxy before it
 decides an address no trusted source places (regionguard.mitm.enforce). A probe is one
-connect, closed as soon as it is answered: no payload is ever sent. The clock is
-time.perf_counter (monotonic, sub-microsecond), not the event loop's (uvloop's ticks in ms).
+connect, closed as soon as it is answered: no payload is ever sent. A SYN-ACK's round trip is
+the kernel's own timing (TCP_INFO), which no wait for this process to be scheduled inflates; a
+RST's is time.perf_counter around the connect (monotonic, sub-microsecond; not the event loop's
+clock, whose ticks are milliseconds under uvloop).
 
 `Prober` is the proxy's: it shares one probe among concurrent first contacts with an address,
 caps the probes in flight (past the cap a connection is decided without one: never queued
@@ -69,7 +71,9 @@ async def connect_rtt(address: str, port: int, timeout: float = DEFAULT_TIMEOUT)
     start = time.perf_counter()
     try:
         await asyncio.wait_for(loop.sock_connect(sock, (address, port)), timeout)
-        return Sample(address, port, (time.perf_counter() - start) * 1000, "syn-ack")
+        elapsed = (time.perf_counter() - start) * 1000
+        # the kernel timed the SYN → SYN-ACK itself: no wait for this process to be scheduled
+        return Sample(address, port, kernel_rtt_ms(sock) or elapsed, "syn-ack")
     except ConnectionRefusedError:
         return Sample(address, port, (time.perf_counter() - start) * 1000, "rst")
     except TimeoutError:
