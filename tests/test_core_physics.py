@@ -312,3 +312,21 @@ def test_a_site_or_rtt_error_names_the_field_and_the_fix(body, field, message, f
     [problem] = e.value.problems
     assert problem.field == field and problem.file == "bad.yaml" and problem.line
     assert message in problem.message and fix in problem.fix
+
+
+def test_a_reloaded_engine_on_the_same_store_sees_new_measurements_and_the_old_is_let_go():
+    import gc
+    import weakref
+
+    store = RttStore.in_memory()
+    text = POLICY.replace("CONFLICTS", "strict")
+    old = Engine(parse_policy(text), rtt=store)
+    assert old.decide(None, None, "198.51.100.1", 8801).rule == "unknown-region"
+    new = Engine(parse_policy(text), rtt=store)       # what a policy reload builds
+    assert new.decide(None, None, "198.51.100.1", 8801).rule == "unknown-region"
+    gone = weakref.ref(old)
+    del old
+    gc.collect()
+    assert gone() is None                             # the store does not keep it alive
+    store.observe(FRANKFURT, "198.51.100.1", 1.0, "passive")
+    assert new.decide(None, None, "198.51.100.1", 8801).region == "DE"

@@ -24,6 +24,7 @@ import datetime as _dt
 import ipaddress
 import logging
 import sqlite3
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -91,6 +92,7 @@ class RttStore:
         self.by_address: dict[str, tuple[Measurement, ...]] = {}
         self._dirty: dict[tuple[ClientSite, str], Measurement] = {}
         self._listeners: list[weakref.WeakMethod | Callable[[str], None]] = []
+        self._listening = threading.Lock()
         self._flushed = 0.0
         self._data_version = -1
         self._db: sqlite3.Connection | None = None
@@ -177,17 +179,22 @@ class RttStore:
         """`callback(address)` whenever an address's bound changes. Bound methods are held
         weakly (an engine replaced by a reload is not kept alive by its store)."""
         ref = weakref.WeakMethod(callback) if isinstance(callback, MethodType) else callback
-        self._listeners.append(ref)   # type: ignore[arg-type]
+        with self._listening:   # a reload builds its engine in a worker thread
+            self._listeners.append(ref)   # type: ignore[arg-type]
 
     def _notify(self, address: str) -> None:
-        alive = []
-        for ref in self._listeners:
+        with self._listening:
+            refs = list(self._listeners)
+        called = 0
+        for ref in refs:
             fn = ref() if isinstance(ref, weakref.WeakMethod) else ref
-            if fn is None:
-                continue
-            alive.append(ref)
-            fn(address)
-        self._listeners = alive
+            if fn is not None:
+                fn(address)
+                called += 1
+        if called < len(refs):   # forget the engines a reload replaced
+            with self._listening:
+                self._listeners = [r for r in self._listeners
+                                   if not (isinstance(r, weakref.WeakMethod) and r() is None)]
 
     # --- persistence --------------------------------------------------------------------------
 
