@@ -29,7 +29,7 @@ Exit codes (all commands):
   0  success (explain: every target allowed, monitored or not Zoom's)
   1  explain: at least one target would be blocked; invite: an entry outside the policy
   2  usage error, or an invalid policy/configuration (the message names file, field and fix)
-  3  explain: a target could not be resolved
+  3  explain: a target could not be resolved; probe: an address answered no probe
   4  replay, report, coverage, invite: some input unreadable (the rest was processed)
   5  data: the update or rollback failed (the data in force is unchanged)
 Other commands (run, dns, replay, report, coverage, pac) document their codes in
@@ -49,9 +49,9 @@ def add_policy_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_state_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", metavar="DIR", default=None,
-                        help="where learned evidence (Zoom names regionguard resolved) is kept, "
-                        f"shared by `run` and `dns` (default: {default_state_dir()}; "
-                        f"'{OFF}': learn nothing)")
+                        help="where learned evidence (Zoom names regionguard resolved, round "
+                        "trips measured) is kept, shared by `run`, `dns`, `probe` and `explain` "
+                        f"(default: {default_state_dir()}; '{OFF}': learn nothing)")
 
 
 def _port_arg(text: str) -> int:
@@ -373,10 +373,35 @@ def _add_data(sub: Subparsers) -> None:
     p.set_defaults(func=update.cmd_data)
 
 
+def _add_probe(sub: Subparsers) -> None:
+    from regionguard.probe import command
+
+    p = sub.add_parser("probe", help="measure round trips to addresses: physics bounds where "
+                       "they can be", description="Send TCP connects (SYN only) to each address "
+                       "and keep the minimum round-trip time with the learned evidence; print "
+                       "the radius it allows around the client site and the Zoom sites inside. "
+                       "Run it at the client site the policy names (client.site).")
+    p.add_argument("addresses", nargs="+", metavar="ADDRESS", type=_address_arg,
+                   help="IPv4/IPv6 address")
+    add_policy_argument(p)
+    p.add_argument("--client", metavar="IP", type=_address_arg,
+                   help="a client address: its group's client.site is where this host stands")
+    p.add_argument("--port", type=_port_arg, action="append",
+                   help="TCP port to connect to (repeatable; default 443 and 8801, Zoom's)")
+    p.add_argument("--count", type=int, choices=range(1, 11), default=3, metavar="N",
+                   help="rounds of connects per port (1-10, default 3): the minimum is kept")
+    p.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS",
+                   help="how long to wait for each answer (default 1)")
+    p.add_argument("--json", action="store_true", help="one JSON object per address per line")
+    add_state_dir_argument(p)
+    p.set_defaults(func=command.cmd_probe)
+
+
 # (the commands an adder adds, the adder): explain and friends are the core's; run and pac the
 # mitmproxy front end's; dns the DNS front end's; replay, report, coverage the offline tools.
 _COMMANDS: tuple[tuple[str, Callable[[Subparsers], None]], ...] = (
     ("explain, validate, regions", _add_explain_commands),
+    ("probe", _add_probe),
     ("policy", _add_policy),
     ("run", _add_run),
     ("pac", _add_pac),

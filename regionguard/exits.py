@@ -10,10 +10,11 @@ EXIT_OK = 0        # success (explain: every target allowed, monitored or not Zo
 EXIT_BLOCKED = 1   # explain, replay: at least one target would be blocked
 EXIT_CONFIG = 2    # usage error, or an invalid policy/configuration/option
 EXIT_RESOLVE = 3   # explain: a target could not be resolved
+EXIT_NO_ANSWER = 3  # probe: some address answered no probe (nothing measured)
 EXIT_INPUT = 4     # replay, report, coverage: some input unreadable (the rest was processed)
 EXIT_LISTEN = 4    # dns: cannot listen on the address asked for
 EXIT_DATA = 5      # data update/rollback failed: the data in force is unchanged
 EXIT_INTERRUPTED = 130   # stopped with Ctrl-C (128 + SIGINT), as shells report it
 
 __all__ = ["EXIT_BLOCKED", "EXIT_CONFIG", "EXIT_DATA", "EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_LISTEN",
-           "EXIT_OK", "EXIT_RESOLVE"]
+           "EXIT_NO_ANSWER", "EXIT_OK", "EXIT_RESOLVE"]

@@ -16,9 +16,10 @@ from regionguard.core.paths import bundled_data_dir, data_dir, policy_path
 from regionguard.core.policy import ResolverSettings, Rules, load_policy, parse_hostport
 from regionguard.core.prefixes import is_address
 from regionguard.core.regions import load_catalogue
-from regionguard.core.zoom import service_classes
+from regionguard.core.zoom import embedded_ipv4, service_classes
 from regionguard.dns.resolve import NameResolver, ResolveError
 from regionguard.exits import EXIT_BLOCKED, EXIT_CONFIG, EXIT_OK, EXIT_RESOLVE
+from regionguard.probe.command import outcome_json, outcome_lines
 
 # --- explain ----------------------------------------------------------------------------------
 
@@ -105,6 +106,14 @@ def _explain(args: argparse.Namespace, learned: LearnedStore | None) -> int:
     return status
 
 
+def _physics(engine: Engine, d: Decision):
+    """The measurements of a decision's address and what physics makes of them, if any."""
+    rtt = engine.locator.rtt
+    if rtt is None or not d.address:
+        return None
+    return rtt.outcome(embedded_ipv4(d.address) or d.address)
+
+
 def _data_json() -> dict:
     """The data set the answers came from, and the date of each source."""
     directory = data_dir()
@@ -133,6 +142,15 @@ def _as_json(target: str, how: str, decisions: list[Decision], overall: Decision
                          for e in (loc.evidence if loc else ())],
             "decision": d.to_dict(),
         })
+        physics = _physics(engine, d)
+        if physics is not None:
+            outcome, measured = physics
+            addresses[-1]["rtt"] = {
+                "measurements": [{"site": m.site.name, "latitude": m.site.latitude,
+                                  "longitude": m.site.longitude, "min_ms": m.min_ms,
+                                  "samples": m.samples, "how": m.how, "first": m.first,
+                                  "last": m.last} for m in measured],
+                **outcome_json(outcome)}
     return {
         "target": target,
         "resolved_by": how,
@@ -182,6 +200,12 @@ def _print_text(target: str, how: str, decisions: list[Decision], overall: Decis
                 out.write(f"      CONFLICT: trusted sources disagree: {loc.summary()}\n")
         elif d.zoom:
             out.write("      evidence: none — no source knows this address\n")
+        physics = _physics(engine, d)
+        if physics is not None:
+            outcome, measured = physics
+            out.write("      physics (round-trip time):\n")
+            for line in outcome_lines(outcome, measured):
+                out.write(f"        {line}\n")
         out.write(f"      why: {d.reason}\n")
     out.write("\n")
 

@@ -8,7 +8,8 @@ import sys
 
 from regionguard.cli import build_parser
 
-COMMANDS = ("explain", "validate", "regions", "policy", "run", "pac", "dns", "replay", "report", "coverage", "invite", "data")
+COMMANDS = ("explain", "validate", "regions", "probe", "policy", "run", "pac", "dns", "replay",
+            "report", "coverage", "invite", "data")
 
 
 def regionguard(*args: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

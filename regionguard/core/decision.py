@@ -37,6 +37,7 @@ from regionguard.core.hostnames import normalise_host
 from regionguard.core.learned import LearnedStore
 from regionguard.core.locator import Locator
 from regionguard.core.policy import CHINA, Policy, Rules, load_policy
+from regionguard.core.rtt import RttStore
 from regionguard.core.zoom import Classification, ZoomCatalogue, embedded_ipv4
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ class Engine:
     """A policy, the locator over its evidence, and Zoom's catalogue: everything `decide` needs."""
 
     def __init__(self, policy: Policy, locator: Locator | None = None,
-                 zoom: ZoomCatalogue | None = None, *, learned: LearnedStore | None = None) -> None:
+                 zoom: ZoomCatalogue | None = None, *, learned: LearnedStore | None = None,
+                 rtt: RttStore | None = None) -> None:
         self.policy = policy
         self.zoom = zoom or ZoomCatalogue.load()
         # `learned`: what regionguard's own resolutions taught (regionguard/core/learned.py). The
@@ -140,11 +142,17 @@ class Engine:
         self.learned = learned
         if learned is not None and policy.evidence.learned_ttl_days is not None:
             learned.set_ttl(policy.evidence.learned_ttl_days)
-        self.locator = locator or Locator.for_policy(policy, self.zoom, learned=learned)
+        # Round-trip times (regionguard/core/rtt.py): kept with the learned evidence, or in
+        # memory when the front end keeps no state; None when the policy measures nothing.
+        if rtt is None and policy.evidence.rtt != "off":
+            rtt = learned.rtt if learned is not None else RttStore.in_memory()
+        self.rtt = rtt if policy.evidence.rtt != "off" else None
+        self.locator = locator or Locator.for_policy(policy, self.zoom, learned=learned,
+                                                     rtt=self.rtt)
         self._memo: dict[tuple, Decision] = {}
         self._memo_get = self._memo.get
         self._memo_size = 50_000
-        if learned is not None:
+        if learned is not None or getattr(self.locator, "rtt", None) is not None:
             # A new sighting can change any decision about its address (or block): forget
             # them when the locator forgets its own.
             self.locator.also_forget(self._memo.clear)
@@ -236,6 +244,17 @@ class Engine:
                                                    if e.places and e.confidence
                                                    >= self.policy.evidence.min_confidence}
                          if r not in rules.allowed)
+            physics = next((r for r in loc.rivals if r.startswith("rtt: ")), None)
+            if physics is not None:
+                # a claim that physics rules out: some source is wrong about this address, and
+                # strict does not pick a side
+                claims = sorted({e.region for e in loc.evidence if e.region is not None
+                                 and e.within is None and e.confidence
+                                 >= self.policy.evidence.min_confidence})
+                return make(Action.BLOCK, "conflict-strict",
+                            f"a source places it in {', '.join(claims)}, which the measured "
+                            f"round trip rules out ({physics}; evidence.conflicts: strict); "
+                            f"{where}")
             if bad:
                 return make(Action.BLOCK, "conflict-strict",
                             f"sources disagree and some place it in {', '.join(bad)}, "
@@ -249,6 +268,32 @@ class Engine:
         return self._disallowed(rules, make, "region-disallowed",
                                 f"{region} is not in the allowed set "
                                 f"({', '.join(sorted(rules.allowed))}); {where}")
+
+    # --- round-trip times (regionguard/core/rtt.py) --------------------------------------------
+
+    def observe_rtt(self, client: str | None, address: str, rtt_ms: float, how: str) -> bool:
+        """One RTT sample to `address`, measured for `client` (from its group's site). True
+        when it tightened what is known. Nothing is kept when the policy measures nothing or
+        the client's site is unknown."""
+        if self.rtt is None:
+            return False
+        site = self.policy.site_for(client)
+        if site is None:
+            return False
+        return self.rtt.observe(site, address, rtt_ms, how)
+
+    def wants_probe(self, client: str | None, host: str | None, address: str | None, port: int,
+                    transport: str = "tcp") -> bool:
+        """`evidence.rtt: probe`: whether to measure `address` before deciding this connection:
+        a governed Zoom connection to an address no trusted source places, never measured from
+        the client's site. (The decision asked here is memoised; a measurement drops it.)"""
+        if self.rtt is None or address is None or self.policy.evidence.rtt != "probe":
+            return False
+        site = self.policy.site_for(client)
+        if site is None or self.rtt.measured(site, embedded_ipv4(address) or address) is not None:
+            return False
+        d = self.decide_safely(client, host, address, port, transport)
+        return d.zoom and d.scope == GOVERNED and d.location is not None and not d.location.known
 
     @staticmethod
     def _disallowed(rules: Rules, make, rule: str, reason: str) -> Decision:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 class Evidence(NamedTuple):
     """One source's answer for one address (or hostname)."""
 
-    source: str            # precedence name: override, zoom-dc, cloud, geofeed, learned, geoip,
+    source: str            # precedence name: override, zoom-dc, rtt, cloud, geofeed, learned, geoip,
                            # hostname, fallback
     region: str | None     # Zoom region code, or None when the place has no Zoom region
     country: str | None    # ISO 3166-1 alpha-2, or None when the source knows no country
@@ -21,6 +21,9 @@ class Evidence(NamedTuple):
     confidence: float      # 0..1: how far this source is trusted for this kind of answer
     note: str = ""
     zoom: bool | None = None  # a source may also know the endpoint is (not) Zoom's
+    # physics (source `rtt`, regionguard/core/physics.py): the only regions whose Zoom sites the
+    # measured round trip can reach; a trusted claim of any other region is contradicted
+    within: frozenset[str] | None = None
 
     @property
     def places(self) -> bool:
@@ -53,6 +56,7 @@ class Evidence(NamedTuple):
             "matched": self.matched,
             "confidence": self.confidence,
             "note": self.note,
+            **({"within": sorted(self.within)} if self.within is not None else {}),
         }
 
 

@@ -41,6 +41,7 @@ from regionguard.core.evidence import Evidence
 from regionguard.core.hostnames import normalise_host
 from regionguard.core.paths import data_dir, state_dir
 from regionguard.core.prefixes import address_key
+from regionguard.core.rtt import RttStore, open_rtt
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ class LearnedStore:
         self._data_version = 0
         self._synced = 0.0
         self._newest = 0.0   # in memory: the newest sighting's time (see _now)
+        self._rtt: RttStore | None = None
         if path is not None:
             try:
                 rows = self._open_db()
@@ -247,6 +249,14 @@ class LearnedStore:
     @property
     def enabled(self) -> bool:
         return self.problem is None
+
+    @property
+    def rtt(self) -> RttStore:
+        """Round-trip-time measurements, kept beside this store (rtt.sqlite3), opened on
+        first use: only policies with `evidence.rtt` on measure anything."""
+        if self._rtt is None:
+            self._rtt = open_rtt(self.path.parent if self.path is not None else None)
+        return self._rtt
 
     def describe(self) -> str:
         where = str(self.path) if self.path is not None else "in memory"
@@ -691,6 +701,8 @@ class LearnedStore:
 
     def close(self) -> None:
         """Write what is pending and stop the background thread."""
+        if self._rtt is not None:
+            self._rtt.close()
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

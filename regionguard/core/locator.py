@@ -29,6 +29,7 @@ from regionguard.core.paths import data_dir
 from regionguard.core.policy import SOURCES, EvidenceSettings, Policy
 from regionguard.core.prefixes import address_key, merge
 from regionguard.core.regions import Catalogue
+from regionguard.core.rtt import RttSource, RttStore
 from regionguard.core.sources import (
     AwsSource,
     CloudLocations,
@@ -80,12 +81,32 @@ def _location(evidence: tuple[Evidence, ...], chosen: Evidence | None, regions, 
               minimum: float) -> Location:
     if chosen is None:
         return Location(None, None, None, evidence, False, zoom)
-    if len(regions) <= 1:
+    contradiction = _physics_rival(evidence, minimum)
+    if len(regions) <= 1 and contradiction is None:
         return Location(chosen.region, chosen.country, chosen, evidence, False, zoom)
     # Only accepted answers (at or above min_confidence) conflict, so only they are named.
-    rivals = tuple(sorted({e.place for e in evidence
-                           if e.confidence >= minimum and e.places and e.region != chosen.region}))
-    return Location(chosen.region, chosen.country, chosen, evidence, True, zoom, rivals)
+    rivals = {e.place for e in evidence
+              if e.confidence >= minimum and e.places and e.region != chosen.region}
+    if contradiction is not None:
+        rivals.add(contradiction)
+    return Location(chosen.region, chosen.country, chosen, evidence, True, zoom,
+                    tuple(sorted(rivals)))
+
+
+def _physics_rival(evidence: tuple[Evidence, ...], minimum: float) -> str | None:
+    """When a measured round trip rules out a region a trusted source claims: how a conflict
+    names it (`rtt: only DE within reach`). None when physics contradicts no claim."""
+    bound = None
+    for e in evidence:
+        if e.within is not None:
+            bound = e.within if bound is None else bound & e.within
+    if bound is None:
+        return None
+    if not any(e.region is not None and e.region not in bound and e.confidence >= minimum
+               for e in evidence):
+        return None
+    return "rtt: " + (f"only {'/'.join(sorted(bound))} within reach" if bound
+                      else "no Zoom site within reach")
 
 
 _NOTHING = _Static((), None, frozenset(), None, Location(None, None, None, (), False, None))
@@ -96,6 +117,7 @@ class Locator:
                  per_host: Sequence[HostSource], settings: EvidenceSettings | None = None,
                  memo_size: int = 200_000, problems: Sequence[Problem] = (),
                  learned: LearnedStore | None = None) -> None:
+        # (the `rtt` source is a per-address source; for_policy adds it when evidence.rtt is on)
         settings = settings or EvidenceSettings()
         rank = {name: i for i, name in enumerate(settings.precedence)}
         self._rank = rank
@@ -132,13 +154,17 @@ class Locator:
         if self.learned is not None:
             self.learned.subscribe(self._learned_changed)
             self._locate = self._locate_learned  # type: ignore[method-assign]
+        self.rtt: RttSource | None = next((s for s in self.per_address
+                                           if isinstance(s, RttSource)), None)
+        if self.rtt is not None:
+            self.rtt.store.subscribe(self._rtt_changed)
 
     # --- construction ---------------------------------------------------------------------
 
     @classmethod
     def for_policy(cls, policy: Policy, zoom: ZoomCatalogue | None = None,
                    data: Path | None = None, log_problems: bool = True,
-                   learned: LearnedStore | None = None) -> Locator:
+                   learned: LearnedStore | None = None, rtt: RttStore | None = None) -> Locator:
         """Every source the policy asks for, over the bundled data in `data` (config/data), and
         what `learned` remembers of names regionguard resolved (when the policy wants `learned`).
         Problems found are logged as warnings unless the caller shows them itself."""
@@ -183,6 +209,10 @@ class Locator:
                 problems.append(Problem("iptocc", "evidence.precedence",
                                         f"offline country fallback unavailable: {e}",
                                         "pip install iptocc"))
+        if rtt is not None and policy.evidence.rtt != "off" and "rtt" in wanted:
+            measuring = {r.site for r in (policy.rules, *policy.groups) if r.site is not None}
+            per_address.append(RttSource(rtt, countries=_sole_country(catalogue),
+                                         measuring=measuring))
         for p in problems if log_problems else ():
             log.warning("%s", p)
         return cls(static, per_address, per_host, policy.evidence, problems=problems,
@@ -369,9 +399,29 @@ class Locator:
         return ok
 
     def also_forget(self, clear: Callable[[], None]) -> None:
-        """Call `clear` whenever learned evidence changes (an engine's decision memo)."""
-        if self.learned is not None:
+        """Call `clear` whenever learned evidence or a measured bound changes (an engine's
+        decision memo)."""
+        if self.learned is not None or self.rtt is not None:
             self._also_forget.append(clear)
+
+    def _rtt_changed(self, address: str) -> None:
+        # A new or lower minimum RTT for one address: memos go only when its evidence changes.
+        rtt = self.rtt
+        if rtt is None:
+            return
+        before = rtt.evidence_of(address)
+        after = rtt.lookup(address)
+        if after is None:
+            return
+        if before is None:
+            # first measured: it changes a decision only if it places the address or rules
+            # out some region (most far servers do neither: every region is within reach)
+            if after.region is None and after.within is not None \
+                    and after.within >= rtt.all_regions:
+                return
+        elif before.region == after.region and before.within == after.within:
+            return   # a tighter radius that says the same: decisions stand (texts may lag)
+        self._learned_changed()
 
     def _learned_changed(self) -> None:
         self.clear_memo()
@@ -392,7 +442,18 @@ class Locator:
         lines += [f"{s.name}: per hostname" for s in self.per_host]
         if self.learned is not None:
             lines.append(self.learned.describe())
+        if self.rtt is not None:
+            lines.append(self.rtt.store.describe())
         return lines
+
+
+def _sole_country(catalogue: Catalogue) -> Callable[[str], str | None]:
+    """A region's country, when it has one only (a placement by physics names no country
+    otherwise)."""
+    def country(region: str) -> str | None:
+        spec = catalogue.regions.get(region)
+        return spec.countries[0] if spec is not None and len(spec.countries) == 1 else None
+    return country
 
 
 __all__ = ["Locator", "SOURCES"]

@@ -33,6 +33,7 @@ from typing import Any
 
 from regionguard.core.errors import PolicyError, Problem
 from regionguard.core.paths import data_dir
+from regionguard.core.physics import ClientSite, find_city
 from regionguard.core.prefixes import PrefixTable, is_address
 from regionguard.core.regions import Catalogue, load_catalogue
 from regionguard.core.safeyaml import MAX_BYTES, load_yaml
@@ -45,7 +46,12 @@ UNKNOWN_ACTIONS = ("block", "allow", "monitor")
 CONFLICT_MODES = ("precedence", "strict")
 # `learned` (names regionguard resolved itself, regionguard/core/learned.py) ranks by its confidence,
 # 0.75: below the operators' own range data (zoom-dc, cloud 0.9, geofeed 0.8), above GeoIP.
-SOURCES = ("override", "zoom-dc", "cloud", "geofeed", "learned", "geoip", "hostname", "fallback")
+# `rtt` (physics, regionguard/core/physics.py) ranks after Zoom's own labelled addresses: a
+# round trip can be cut short by a middlebox that answers for the server (a TCP-terminating
+# proxy), so Zoom's word on its own addresses stays first; a disagreement is a conflict either way.
+SOURCES = ("override", "zoom-dc", "rtt", "cloud", "geofeed", "learned", "geoip", "hostname",
+           "fallback")
+RTT_MODES = ("off", "passive", "probe")
 OTHER_ACTIONS = ("allow", "monitor", "block")
 BLOCK_ANSWERS = ("nxdomain", "nodata", "refused", "zero")
 CHINA = "CN"
@@ -56,12 +62,13 @@ _TOP_KEYS = ("version", "name", "description", "account", "regions", "client", "
 _KEYS = {
     "account": ("type", "default_region"),
     "regions": ("opt_in", "opt_out"),
-    "client": ("location",),
+    "client": ("location", "site"),
+    "site": ("lat", "lon", "city"),
     "actions": ("disallowed", "unknown", "exempt_services"),   # exempt_services: an error (scope)
     "scope": ("governed", "other"),
     "override": ("match", "region", "country", "zoom", "note"),
     "group": ("name", "clients", "client", "regions", "actions", "scope"),
-    "evidence": ("precedence", "conflicts", "min_confidence", "learned_ttl_days"),
+    "evidence": ("precedence", "conflicts", "min_confidence", "learned_ttl_days", "rtt"),
     "data": ("geoip", "geofeeds", "datacenters", "cloud"),
     "resolver": ("nameservers", "hosts", "timeout"),
     "reroute": ("match", "to"),
@@ -92,6 +99,7 @@ class Rules:
     governed: frozenset[str]       # service classes held to `allowed` (scope.governed)
     other_action: str              # what the rest of Zoom's traffic gets (scope.other)
     clients: tuple[str, ...] = ()
+    site: ClientSite | None = None  # where these clients (and RTTs measured for them) are
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +108,7 @@ class EvidenceSettings:
     conflicts: str = "precedence"
     min_confidence: float = 0.5
     learned_ttl_days: float | None = None   # None: the learned store's own (30 days)
+    rtt: str = "off"                        # off | passive | probe (regionguard/core/rtt.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +207,10 @@ class Policy:
                 return found
         return self.rules
 
+    def site_for(self, client: str | None) -> ClientSite | None:
+        """Where this client's connections leave from (its group's `client.site`), if known."""
+        return self.rules_for(client).site
+
     def enabled_crc_regions(self, client: str | None = None) -> frozenset[str]:
         """Regions whose Conference Room Connectors may join (the same allowed set)."""
         return self.rules_for(client).allowed
@@ -283,6 +296,8 @@ class _Checker:
         self.base = base
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
+        self.top_site: ClientSite | None = None
+        self.site_given = False   # a bad site is reported once, not again as a missing one
 
     # reporting
     def line(self, path: tuple) -> int | None:
@@ -456,6 +471,11 @@ class _Checker:
 
         overrides = tuple(self.overrides(top.get("overrides")))
         evidence = self.evidence(top.get("evidence"))
+        if evidence.rtt != "off" and not self.site_given:
+            self.error(("evidence", "rtt"), f"rtt: {evidence.rtt} needs to know where clients "
+                       "are, and no client site is given",
+                       "add `client: {site: {city: Frankfurt}}` (or {lat: .., lon: ..}) at the "
+                       "top level or in the groups whose connections are measured")
         data = self.data(top.get("data"))
         resolver = self.resolver(top.get("resolver"))
         reroute = tuple(self.reroutes(top.get("reroute")))
@@ -492,6 +512,15 @@ class _Checker:
         parent_client = inherit.get("client") if isinstance(inherit.get("client"), dict) else {}
         location = self.choice(client.get("location", parent_client.get("location")),
                                path + ("client", "location"), LOCATIONS, "outside-china")
+        if "site" in client:
+            self.site_given = True
+            site = self.site(client["site"], path + ("client", "site"))
+        elif parent is not None:
+            site = self.top_site
+        else:
+            site = None
+        if parent is None:
+            self.top_site = site
 
         regions_path = path + ("regions",) if "regions" in section or parent is None else ("regions",)
         regions_raw = section.get("regions") if "regions" in section else inherit.get("regions")
@@ -535,7 +564,46 @@ class _Checker:
         unknown = self.choice(actions.get("unknown", parent_actions.get("unknown")),
                               path + ("actions", "unknown"), UNKNOWN_ACTIONS, "block")
         governed, other = self.scope(section, path, inherit, actions)
-        return Rules(name, location, allowed, disallowed, unknown, governed, other, clients)
+        return Rules(name, location, allowed, disallowed, unknown, governed, other, clients, site)
+
+    def site(self, raw: Any, path: tuple) -> ClientSite | None:
+        """`site: {lat: 50.11, lon: 8.68}` or `site: {city: Frankfurt}` (config/data/cities.csv)."""
+        fix = "write site: {lat: 50.11, lon: 8.68} or site: {city: Frankfurt}"
+        if not isinstance(raw, dict):
+            self.error(path, f"expected a mapping, got {_kind(raw)} {_show(raw)}", fix)
+            return None
+        site = self.mapping(raw, path, _KEYS["site"])
+        if "city" in site:
+            if "lat" in site or "lon" in site:
+                self.error(path, "gives both a city and coordinates", "keep one of the two")
+                return None
+            name = self.text(site["city"], path + ("city",), "city: Frankfurt")
+            if name is None:
+                return None
+            city, candidates = find_city(name)
+            if city is None:
+                shown = "; ".join(f"{c.name}, {c.country}" for c in candidates[:5])
+                self.error(path + ("city",),
+                           f"{name!r} is " + (f"ambiguous ({shown})" if candidates
+                                              else "not in config/data/cities.csv"),
+                           ("name the country too, e.g. city: \"" + candidates[0].name + ", "
+                            + candidates[0].country + "\"") if candidates else
+                           "give the coordinates instead: site: {lat: 50.11, lon: 8.68} (the "
+                           "city table holds cities of 1,000,000+ and Zoom's site cities)")
+                return None
+            return ClientSite(f"{city.name} ({city.country})", city.latitude, city.longitude)
+        values = []
+        for key, limit in (("lat", 90), ("lon", 180)):
+            value = site.get(key)
+            if value is None:
+                self.error(path + (key,), "missing", fix)
+                return None
+            if not _is_number(value) or not -limit <= value <= limit:
+                self.error(path + (key,), f"{_show(value)} is not a number from -{limit} to "
+                           f"{limit} (degrees)", fix)
+                return None
+            values.append(float(value))
+        return ClientSite(f"{values[0]:g},{values[1]:g}", values[0], values[1])
 
     def scope(self, section: dict, path: tuple, inherit: dict, actions: dict
               ) -> tuple[frozenset[str], str]:
@@ -672,8 +740,16 @@ class _Checker:
                        f"{ttl!r} is not a number of days from above 0 to 3650",
                        "write e.g. learned_ttl_days: 30")
             ttl = None
+        raw_rtt = ev.get("rtt")
+        if raw_rtt is False:   # YAML 1.1 reads an unquoted `off` as false: it means off
+            raw_rtt = "off"
+        rtt = self.choice(raw_rtt, ("evidence", "rtt"), RTT_MODES, "off")
+        if rtt != "off" and "rtt" not in precedence:
+            self.error(("evidence", "rtt"), f"rtt: {rtt} measures, but `rtt` is not in "
+                       "evidence.precedence, so no measurement would ever count",
+                       "add rtt to evidence.precedence (after zoom-dc), or set rtt: off")
         return EvidenceSettings(precedence, conflicts, float(min_conf),
-                                None if ttl is None else float(ttl))
+                                None if ttl is None else float(ttl), rtt)
 
     def path_list(self, raw: Any, path: tuple, what: str) -> tuple[Path, ...]:
         out = []

@@ -27,6 +27,7 @@ def make_addons() -> list:
     signalling as raw TCP, the PAC file, connection enforcement, then DNS; the metrics endpoint
     and the console summary (no per-connection hook) last."""
     policy = PolicyLoader()
+    connections = ConnectionEnforcer(policy)
     return [policy, GatewayAccess(policy), TlsPassthrough(policy), RoomConnectorSignalling(policy),
-            PacServer(policy), ConnectionEnforcer(policy), *dns_addons(), Metrics(policy),
+            PacServer(policy), connections, *dns_addons(), Metrics(policy, connections.prober),
             ConsoleSummary(policy)]

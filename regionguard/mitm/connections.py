@@ -30,9 +30,10 @@ from regionguard.mitm.connection_state import (
     server_verdict,
     set_server_verdict,
 )
-from regionguard.mitm.enforce import Enforcer, Verdict
+from regionguard.mitm.enforce import Enforcer, Verdict, plain_address
 from regionguard.mitm.policy_loader import PolicyLoader
 from regionguard.mitm.verdicts import block_response, fail_closed, mark, record
+from regionguard.probe.tcp import Prober, kernel_rtt_ms
 
 log = logging.getLogger("regionguard")
 
@@ -46,6 +47,7 @@ class ConnectionEnforcer:
     def __init__(self, policy: PolicyLoader) -> None:
         self.policy = policy
         self._enforcer: Enforcer | None = None
+        self.prober = Prober()   # evidence.rtt: probe (kept across policy reloads: its counts)
         # Read on every connection, so copied here by configure(): reading ctx.options
         # deep-copies the value each time.
         self._audit_pass = False
@@ -96,6 +98,40 @@ class ConnectionEnforcer:
 
     udp_start = tcp_start
 
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """evidence.rtt (passive or probe): the connect mitmproxy just made is a round trip
+        measured for free (its SYN to its SYN-ACK): keep it. No packet is added."""
+        holder = self.policy.holder
+        engine = holder.engine if holder is not None else None
+        if engine is None or engine.rtt is None:
+            return
+        server = data.server
+        start, setup = server.timestamp_start, server.timestamp_tcp_setup
+        if start is None or setup is None or not server.peername:
+            return
+        try:
+            # the kernel's own timing of the SYN round trip when the socket can be reached,
+            # else mitmproxy's timestamps around its connect (which add an event-loop wake-up)
+            rtt = self._kernel_rtt(data) or (setup - start) * 1000
+            client = data.client.peername[0] if data.client.peername else None
+            engine.observe_rtt(plain_address(client), plain_address(server.peername[0]) or "",
+                               rtt, "passive")
+        except Exception:  # noqa: BLE001 - a measurement must never break a connection
+            log.exception("regionguard: RTT not recorded")
+
+    def _kernel_rtt(self, data: server_hooks.ServerConnectionHookData) -> float | None:
+        """TCP_INFO of the server connection's socket, found through mitmproxy's proxyserver
+        addon (its connection handlers keep the streams). Not a public API: None whenever the
+        path is not there, and the timestamps serve."""
+        try:
+            proxyserver = ctx.master.addons.get("proxyserver")
+            handler = proxyserver.connections.get(data.client.id)
+            io = handler.transports.get(data.server) if handler is not None else None
+            sock = io.writer.get_extra_info("socket") if io is not None else None
+        except AttributeError:
+            return None
+        return kernel_rtt_ms(sock) if sock is not None else None
+
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         set_server_verdict(data.server, None)
 
@@ -110,7 +146,7 @@ class ConnectionEnforcer:
         # A method, not a property: mitmproxy inspects addon attributes when loading them.
         engine = self.policy.holder.engine  # type: ignore[union-attr]
         if self._enforcer is None or self._enforcer.engine is not engine:
-            self._enforcer = Enforcer(engine)
+            self._enforcer = Enforcer(engine, prober=self.prober)
         return self._enforcer
 
     def _record(self, verdict: Verdict, client: Any, via: str) -> None:

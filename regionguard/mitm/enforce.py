@@ -11,6 +11,7 @@ connects there, nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from regionguard.core.decision import OTHER, Action, Decision, Engine
 from regionguard.core.prefixes import is_address
 from regionguard.dns.resolve import NameResolver, ResolveError
+from regionguard.probe.tcp import Prober
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +84,25 @@ def _resolve_failure(engine: Engine, client: str | None, host: str, port: int, t
 class Enforcer:
     """Decides connections for one engine and its policy's resolver."""
 
-    def __init__(self, engine: Engine, resolver: NameResolver | None = None) -> None:
+    def __init__(self, engine: Engine, resolver: NameResolver | None = None,
+                 prober: Prober | None = None) -> None:
         self.engine = engine
         self.resolver = resolver or NameResolver(engine.policy.resolver, engine.learned)
+        # evidence.rtt: probe: measure an address no trusted source places before deciding it
+        self.prober = prober if engine.policy.evidence.rtt == "probe" else None
+
+    async def _probe_first(self, client: str | None, host: str | None, addresses, port: int) -> None:
+        """One round trip to each address that wants one (first contact, placed by no trusted
+        source), all at once; the answers are kept with the learned evidence, so the decision
+        that follows (and every later one) has them."""
+        prober, engine = self.prober, self.engine
+        wanted = [a for a in addresses if engine.wants_probe(client, host, a, port)]
+        if prober is None or not wanted:
+            return
+        samples = await asyncio.gather(*(prober.measure(a, port) for a in wanted))
+        for sample in samples:
+            if sample is not None and sample.rtt_ms is not None:
+                engine.observe_rtt(client, sample.address, sample.rtt_ms, "probe")
 
     async def verdict(self, client: str | None, host: str | None, address: str | None, port: int,
                       transport: str = "tcp") -> Verdict:
@@ -112,6 +130,8 @@ class Enforcer:
         if host and is_address(host):
             address, host = address or plain_address(host), None
         if address:
+            if self.prober is not None and transport == "tcp":
+                await self._probe_first(client, host, (address,), port)
             decisions = [await self._decide_claimed(client, host, address, port, transport)]
             usable = None if decisions[0].blocks else address
         else:
@@ -125,6 +145,8 @@ class Enforcer:
             except (ResolveError, OSError) as e:
                 d = _resolve_failure(engine, client, host, port, transport, e)
                 return Verdict(d, None)
+            if self.prober is not None and transport == "tcp":
+                await self._probe_first(client, host, answer.addresses, port)
             usable, decisions = engine.choose(client, host, answer.addresses, port, transport)
         first = decisions[0]
         if usable is not None:

@@ -19,6 +19,7 @@ from regionguard.metrics.address import exposure_warning, parse_metrics_address
 from regionguard.metrics.common import FrontEndCollector
 from regionguard.metrics.endpoint import MetricsEndpoint
 from regionguard.mitm.policy_loader import PolicyLoader
+from regionguard.probe.tcp import Prober
 
 log = logging.getLogger("regionguard")
 
@@ -26,8 +27,9 @@ log = logging.getLogger("regionguard")
 class Metrics:
     name = "regionguard_metrics"
 
-    def __init__(self, policy: PolicyLoader) -> None:
+    def __init__(self, policy: PolicyLoader, prober: Prober | None = None) -> None:
         self.policy = policy
+        self.prober = prober   # evidence.rtt: probe's (the connections addon's)
         self.endpoint: MetricsEndpoint | None = None
         self._master: Any = None
         self._running = False
@@ -62,6 +64,8 @@ class Metrics:
         registry = CollectorRegistry(auto_describe=False)
         policy = self.policy
         registry.register(FrontEndCollector(lambda: policy.holder, lambda: policy.audit))
+        if self.prober is not None:
+            registry.register(RttCollector(self.prober, lambda: policy.holder))
         endpoint = MetricsEndpoint(address, registry, self.not_ready)
         try:
             endpoint.start()
@@ -93,3 +97,32 @@ class Metrics:
         if down:
             return f"proxy listener not up: {', '.join(down)}"
         return None
+
+
+class RttCollector:
+    """Round-trip-time evidence: probes the proxy made (evidence.rtt: probe) and addresses
+    measured. Read at scrape time from the prober's plain counters."""
+
+    def __init__(self, prober: Prober, holder: Any) -> None:
+        self._prober = prober
+        self._holder = holder
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        probes = CounterMetricFamily("regionguard_rtt_probes",
+                                     "TCP connects made to measure a round trip before a first "
+                                     "decision (answered or not), and first contacts decided "
+                                     "without one because too many probes were in flight",
+                                     labels=["result"])
+        p = self._prober
+        probes.add_metric(["answered"], p.answered)
+        probes.add_metric(["unanswered"], p.sent - p.answered)
+        probes.add_metric(["skipped"], p.skipped)
+        yield probes
+        holder = self._holder()
+        store = holder.engine.rtt if holder is not None else None
+        measured = GaugeMetricFamily("regionguard_rtt_addresses",
+                                     "Addresses with a measured minimum round-trip time")
+        measured.add_metric([], len(store.by_address) if store is not None else 0)
+        yield measured

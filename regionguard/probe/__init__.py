@@ -1,0 +1,1 @@
+"""Round-trip-time measurement: TCP connects to an address (regionguard probe, evidence.rtt: probe)."""
