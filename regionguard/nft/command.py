@@ -69,8 +69,9 @@ def _once(holder: EngineHolder, options: Options, args: argparse.Namespace) -> i
     compiled_in = time.monotonic() - started
     document = compiled.document()
     if args.print:
-        json.dump(document, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        # one command a line: a diff of two prints shows what changed, set by set
+        sys.stdout.write('{"nftables": [\n' + ",\n".join(json.dumps(c) for c in
+                                                         document["nftables"]) + "\n]}\n")
         print("\n".join(compiled.summary()), file=sys.stderr)
         return EXIT_OK
     apply.run_batch(document, check_only=bool(args.check))

@@ -50,7 +50,7 @@ TRANSPORTS = ("tcp", "udp")
 
 _V4_BASE = 0xFFFF_0000_0000                    # where IPv4 sits among the keys (address_key)
 _V4_END = _V4_BASE + (1 << 32)                 # one past the IPv4 band
-_NAT64 = 0x0064_FF9B_0000_0000_0000_0000       # 64:ff9b::/96 (RFC 6052)
+_NAT64 = 0x0064_FF9B << 96                     # 64:ff9b::/96 (RFC 6052)
 _NAT64_END = _NAT64 + (1 << 32)
 _COMPAT_END = 1 << 32                          # ::/96, IPv4-compatible: never on the wire
 _SPACE_END = 1 << 128

@@ -1,0 +1,177 @@
+"""The nftables compiler (regionguard/nft/ruleset.py), without root: the table it builds holds
+exactly the engine's decisions for bare addresses, touches no other table, and a learned
+placement changes elements only. The kernel itself is driven in tests/test_nft_netns.py."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from regionguard.core.decision import Engine
+from regionguard.core.learned import LearnedStore
+from regionguard.core.policy import load_policy
+from regionguard.nft.ruleset import TABLE, Options, compile_ruleset, port_classes
+from tests.nft_support import (
+    DE4,
+    DEFAULT_CLIENT4,
+    DEFAULT_CLIENT6,
+    LAB_CLIENT4,
+    LAB_CLIENT6,
+    POLICY,
+    SG4,
+    SG6,
+    UNKNOWN4,
+    US4,
+    kernel_blocks,
+    key_text,
+    sample_destinations,
+)
+
+CLIENTS = (DEFAULT_CLIENT4, LAB_CLIENT4, DEFAULT_CLIENT6, LAB_CLIENT6, "10.9.2.77", "192.0.2.1")
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("nft") / "policy.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(policy_file):
+    return Engine(load_policy(policy_file))
+
+
+@pytest.fixture(scope="module")
+def compiled(engine):
+    return compile_ruleset(engine)
+
+
+def test_the_table_holds_the_engines_decision_for_random_addresses_ports_and_clients(engine,
+                                                                                      compiled):
+    rng = random.Random(9)
+    destinations = sample_destinations(compiled, engine, rng, 3000)
+    for address, port, transport in destinations:
+        client = rng.choice(CLIENTS)
+        if (":" in client) != (":" in address):
+            continue   # a packet's addresses are of one family
+        expected = engine.decide(client, None, address, port, transport).blocks
+        assert kernel_blocks(compiled, client, address, port, transport) == expected, \
+            (client, address, port, transport, engine.decide(client, None, address, port,
+                                                              transport).reason)
+
+
+def test_the_lab_servers_are_decided_per_group(compiled):
+    for client in (DEFAULT_CLIENT4, LAB_CLIENT4):
+        assert not kernel_blocks(compiled, client, US4, 8801, "udp")
+        assert kernel_blocks(compiled, client, UNKNOWN4, 8801, "udp")
+    assert kernel_blocks(compiled, DEFAULT_CLIENT4, SG4, 8801, "udp")      # SG: not for default
+    assert kernel_blocks(compiled, DEFAULT_CLIENT4, SG4, 443, "tcp")
+    assert not kernel_blocks(compiled, LAB_CLIENT4, SG4, 8801, "udp")      # the lab opts SG in
+    assert kernel_blocks(compiled, LAB_CLIENT4, DE4, 8801, "udp")          # ... and not DE
+    assert not kernel_blocks(compiled, DEFAULT_CLIENT4, DE4, 8801, "udp")
+    assert kernel_blocks(compiled, DEFAULT_CLIENT6, SG6, 8805, "udp")
+    assert not kernel_blocks(compiled, LAB_CLIENT6, SG6, 8805, "udp")
+    # not Zoom's: never blocked
+    assert not kernel_blocks(compiled, DEFAULT_CLIENT4, "192.0.2.99", 8801, "udp")
+
+
+def test_nat64_addresses_are_decided_as_the_ipv4_address_they_embed(engine, compiled):
+    nat64 = "64:ff9b::" + SG4
+    assert engine.decide(DEFAULT_CLIENT6, None, nat64, 8801, "udp").blocks
+    assert kernel_blocks(compiled, DEFAULT_CLIENT6, nat64, 8801, "udp")
+    assert not kernel_blocks(compiled, DEFAULT_CLIENT6, "64:ff9b::" + US4, 8801, "udp")
+
+
+def test_sets_are_named_by_group_and_deciding_rule_and_counted(compiled):
+    names = {s.name for s in compiled.sets}
+    assert {"default_region_disallowed_v4", "lab_region_disallowed_v4",
+            "default_unknown_region_v4", "default_region_disallowed_v6"} <= names
+    rules = [c["add"]["rule"] for c in compiled.commands() if "rule" in c.get("add", {})]
+    blocking = [r for r in rules if any("drop" in e for e in r["expr"])]
+    assert len(blocking) == len(compiled.sets)
+    assert all(any("counter" in e for e in r["expr"]) for r in blocking)
+
+
+def test_the_document_is_one_batch_that_replaces_only_table_inet_regionguard(compiled):
+    commands = compiled.document()["nftables"]
+    assert commands[0] == {"add": {"table": {"family": "inet", "name": TABLE}}}
+    assert commands[1] == {"delete": {"table": {"family": "inet", "name": TABLE}}}
+    for command in commands[2:]:
+        (verb, body), = command.items()
+        (kind, spec), = body.items()
+        assert verb == "add"
+        assert spec["family"] == "inet"
+        assert spec.get("table", spec.get("name")) == TABLE
+
+
+def test_reject_and_log_and_the_output_hook(engine):
+    compiled = compile_ruleset(engine, Options(hook="output", verdict="reject", log_prefix="rg "))
+    commands = compiled.commands()
+    base = next(c["add"]["chain"] for c in commands if c["add"].get("chain", {}).get("hook"))
+    assert base["hook"] == "output"
+    rules = [c["add"]["rule"] for c in commands if "rule" in c["add"]]
+    verdicts = [e for r in rules for e in r["expr"] if "reject" in e]
+    assert {"reject": {"type": "tcp reset"}} in verdicts and {"reject": None} in verdicts
+    assert all(any(e == {"log": {"prefix": "rg "}} for e in r["expr"])
+               for r in rules if any("reject" in e for e in r["expr"]))
+
+
+def test_every_port_belongs_to_exactly_one_class_per_transport(engine):
+    classes = port_classes(engine.zoom)
+    for transport in ("tcp", "udp"):
+        listed = [c.ports for c in classes if c.transport == transport and c.ports is not None]
+        every = [p for ports in listed for p in ports]
+        assert len(every) == len(set(every))
+        assert sum(c.ports is None for c in classes if c.transport == transport) == 1
+
+
+def test_a_learned_placement_is_an_element_update_not_a_new_table(policy_file):
+    store = LearnedStore.in_memory()
+    engine = Engine(load_policy(policy_file), learned=store)
+    before = compile_ruleset(engine)
+    unknown = next(s for s in before.sets if s.name == "default_unknown_region_v4")
+    target = key_text(unknown.elements[len(unknown.elements) // 2].start)
+    assert engine.decide(DEFAULT_CLIENT4, None, target, 8801, "udp").rule == "unknown-region"
+    assert store.observe("zoomxx1mmr.fra.zoom.us", [target], "test") == 1   # fra: DE, allowed
+    after = compile_ruleset(engine)
+    assert not engine.decide(DEFAULT_CLIENT4, None, target, 8801, "udp").blocks
+    assert not kernel_blocks(after, DEFAULT_CLIENT4, target, 8801, "udp")
+    assert after.structure() == before.structure()
+    updates = after.element_updates(before)
+    assert updates and all(next(iter(next(iter(c.values())))) == "element" for c in updates)
+    assert any("delete" in c for c in updates)
+
+
+def test_print_needs_no_root_and_apply_without_it_says_so(policy_file):
+    # CAP_NET_ADMIN taken away from a real process (setpriv --bounding-set): root without it
+    # is as powerless over nftables as any user
+    base = ["setpriv", "--bounding-set", "-net_admin", sys.executable, "-m", "regionguard",
+            "nft", "--policy", str(policy_file), "--state-dir", "off"]
+    shown = subprocess.run([*base, "--print"], capture_output=True, text=True, timeout=120)
+    if "setpriv" in shown.stderr and shown.returncode != 0:
+        pytest.skip(f"setpriv cannot drop a capability here: {shown.stderr.strip()}")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["nftables"][0] == {"add": {"table": {"family": "inet", "name": TABLE}}}
+    assert "set default_region_disallowed_v4:" in shown.stderr
+    refused = subprocess.run([*base, "--apply"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 6
+    assert "needs root (CAP_NET_ADMIN)" in refused.stderr
+    assert "--print" in refused.stderr
+
+
+def test_a_missing_nft_names_the_debian_package(policy_file, tmp_path):
+    # PATH holds only a directory without nft: the message says what to install
+    env = {"PATH": str(tmp_path), "PYTHONPATH": ":".join(sys.path)}
+    r = subprocess.run([sys.executable, "-m", "regionguard", "nft", "--check", "--policy",
+                        str(policy_file), "--state-dir", "off"], capture_output=True, text=True,
+                       timeout=120, env=env)
+    if "needs root" in r.stderr:
+        pytest.skip("not root: the check for nft comes after the one for root")
+    assert r.returncode == 6, r.stderr
+    assert "install the Debian package nftables" in r.stderr
