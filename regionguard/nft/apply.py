@@ -72,8 +72,9 @@ def delete_table(*, netns: str | None = None) -> None:
 
 
 def list_table(*, netns: str | None = None) -> dict | None:
-    """nft's JSON listing of table inet regionguard; None when there is none."""
-    result = _run([nft_binary(), "-j", "list", "table", FAMILY, TABLE], None, netns)
+    """nft's JSON listing of table inet regionguard, terse (no set elements: its counters are
+    what is read); None when there is none."""
+    result = _run([nft_binary(), "-j", "-t", "list", "table", FAMILY, TABLE], None, netns)
     if result.returncode != 0:
         if "No such file" in result.stderr:
             return None
