@@ -8,7 +8,8 @@ import sys
 
 from regionguard.cli import build_parser
 
-COMMANDS = ("explain", "validate", "regions", "policy", "run", "pac", "dns", "replay", "report", "coverage", "data")
+COMMANDS = ("explain", "validate", "regions", "policy", "run", "pac", "dns", "replay", "report",
+            "coverage", "data", "nft")
 
 
 def regionguard(*args: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

@@ -14,6 +14,7 @@ import pytest
 from regionguard.core.decision import Engine
 from regionguard.core.learned import LearnedStore
 from regionguard.core.policy import load_policy
+from regionguard.exits import EXIT_NFT
 from regionguard.nft.ruleset import TABLE, Options, compile_ruleset, port_classes
 from tests.nft_support import (
     DE4,
@@ -160,7 +161,7 @@ def test_print_needs_no_root_and_apply_without_it_says_so(policy_file):
     assert document["nftables"][0] == {"add": {"table": {"family": "inet", "name": TABLE}}}
     assert "set default_region_disallowed_v4:" in shown.stderr
     refused = subprocess.run([*base, "--apply"], capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 6
+    assert refused.returncode == EXIT_NFT
     assert "needs root (CAP_NET_ADMIN)" in refused.stderr
     assert "--print" in refused.stderr
 
@@ -173,5 +174,5 @@ def test_a_missing_nft_names_the_debian_package(policy_file, tmp_path):
                        timeout=120, env=env)
     if "needs root" in r.stderr:
         pytest.skip("not root: the check for nft comes after the one for root")
-    assert r.returncode == 6, r.stderr
+    assert r.returncode == EXIT_NFT, r.stderr
     assert "install the Debian package nftables" in r.stderr

@@ -54,6 +54,7 @@ _NAT64 = 0x0064_FF9B << 96                     # 64:ff9b::/96 (RFC 6052)
 _NAT64_END = _NAT64 + (1 << 32)
 _COMPAT_END = 1 << 32                          # ::/96, IPv4-compatible: never on the wire
 _SPACE_END = 1 << 128
+_ANY_BLOCKED = {"ipv4": "blocked_anywhere_v4", "ipv6": "blocked_anywhere_v6"}
 
 
 class PortClass(NamedTuple):
@@ -182,6 +183,11 @@ class Compiled:
         return f"clients_{index}_{'v4' if fam == 'ipv4' else 'v6'}"
 
     def _all_sets(self) -> Iterator[tuple[str, str, Any, list, str]]:
+        for fam in ("ipv4", "ipv6"):
+            ranges = _coalesce((e.start, e.end) for s in self.sets if s.family == fam
+                               for e in s.elements)
+            yield (_ANY_BLOCKED[fam], fam, f"{fam}_addr", [_address(fam, a, b) for a, b in ranges],
+                   "every destination blocked for some client group: the others pass at once")
         for i, (group, clients) in enumerate(self.groups[:-1]):
             for fam in ("ipv4", "ipv6"):
                 ivs = [iv for iv in clients if _family(iv[0]) == fam]
@@ -204,7 +210,11 @@ class Compiled:
                          for i in range(len(self.groups))]
 
     def _rules(self) -> list[dict]:
-        rules = []
+        # A packet to an address no group is blocked from passes after one lookup, not one per
+        # set of its group (accept ends this table's chain only: other tables still see it).
+        rules = [_rule(BASE_CHAIN, [_match(_payload(proto, "daddr"), "@" + _ANY_BLOCKED[fam], "!="),
+                                    {"accept": None}], "not blocked for any group")
+                 for fam, proto in (("ipv4", "ip"), ("ipv6", "ip6"))]
         last = len(self.groups) - 1
         for i, (group, _) in enumerate(self.groups[:-1]):
             for fam, proto in (("ipv4", "ip"), ("ipv6", "ip6")):
