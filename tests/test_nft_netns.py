@@ -24,11 +24,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from regionguard.core.decision import Engine
+from regionguard.core.learned import LearnedStore
 from regionguard.core.policy import load_policy
 from regionguard.nft import apply
 from regionguard.nft.ruleset import compile_ruleset
@@ -55,6 +57,7 @@ pytestmark = pytest.mark.skipif(netns_missing("nft") is not None,
 
 PORTS = (443, 80, 8801, 8810, 3478, 5060, 1720, 22, 5000, 60000)   # every port class
 TCP_PORTS = (443, 8801)
+METRICS_PORT = 9477          # in the gateway namespace, which has no other listener
 _IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)     # linux/in.h
 _IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)  # linux/in6.h
 
@@ -319,18 +322,24 @@ def test_the_kernel_agrees_with_the_engine_on_sampled_destinations(lab):
 # --- reloads under traffic ----------------------------------------------------------------------
 
 
-def test_a_policy_reload_swaps_atomically_under_traffic(lab):
-    """`--watch` in the gateway; DE (allowed) is taken out of the policy while sequence-numbered
-    packets flow to a DE and a US server. After the swap not one DE packet passes, before it
-    none is lost; no US packet is lost at all."""
+def test_watch_learns_by_element_updates_and_swaps_a_reload_atomically_under_traffic(lab):
+    """`--watch` in the gateway. First a learned placement (written to the state directory, as
+    `regionguard dns` would) moves the unknown-region server into DE: element updates, not a new
+    table. Then DE (allowed) is taken out of the policy while sequence-numbered packets flow to a
+    DE and a US server: after the swap not one DE packet passes, before it none is lost; no US
+    packet is lost at all."""
     gateway = lab["gateway"]
     policy = lab["workdir"] / "watched.yaml"
     policy.write_text(POLICY)
+    state = lab["workdir"] / "state"
+    state.mkdir()
     watcher = subprocess.Popen(["ip", "netns", "exec", gateway, sys.executable, "-m",
                                 "regionguard", "nft", "--watch", "--interval", "0.2",
-                                "--policy", str(policy), "--state-dir", "off"],
+                                "--policy", str(policy), "--state-dir", str(state),
+                                "--metrics", f"127.0.0.1:{METRICS_PORT}"],
                                stderr=subprocess.PIPE, text=True)
     loads: list[float] = []
+    updates: list[float] = []
     lines: list[str] = []
 
     def follow() -> None:
@@ -338,14 +347,37 @@ def test_a_policy_reload_swaps_atomically_under_traffic(lab):
             lines.append(line)
             if "table loaded" in line:
                 loads.append(time.monotonic())
+            if "element updates applied" in line:
+                updates.append(time.monotonic())
+
+    def wait_for(what: list, n: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(what) < n and time.monotonic() < deadline and watcher.poll() is None:
+            time.sleep(0.05)
+        assert len(what) == n, "".join(lines)
 
     reader = threading.Thread(target=follow, daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 60
-        while not loads and time.monotonic() < deadline and watcher.poll() is None:
-            time.sleep(0.05)
-        assert loads, "".join(lines)
+        wait_for(loads, 1)
+        probes = {(DEFAULT_CLIENT4, UNKNOWN4, 8801): False, (LAB_CLIENT4, UNKNOWN4, 8801): False}
+        assert dict(zip(probes, udp_verdicts(lab, list(probes)), strict=True)) == probes
+        store = LearnedStore.open(state)
+        assert store.observe("zoomxx1mmr.fra.zoom.us", [UNKNOWN4], "test") == 1   # fra: DE
+        store.flush()
+        store.close()
+        wait_for(updates, 1)
+        probes = {(DEFAULT_CLIENT4, UNKNOWN4, 8801): True, (LAB_CLIENT4, UNKNOWN4, 8801): False}
+        assert dict(zip(probes, udp_verdicts(lab, list(probes)), strict=True)) == probes
+        assert len(loads) == 1    # no new table for it
+        metrics = run_in_netns(gateway, lambda: urllib.request.urlopen(
+            f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).read().decode())
+        assert 'regionguard_nft_loads_total{kind="elements"} 1.0' in metrics
+        assert "regionguard_nft_loaded 1.0" in metrics
+        blocked = [line for line in metrics.splitlines() if line.startswith(
+            'regionguard_nft_blocked_packets_total{group="default",rule="unknown-region",'
+            'set="default_unknown_region_v4"}')]
+        assert blocked and float(blocked[0].split()[-1]) >= 1, metrics
         stop = threading.Event()
         sent: list[tuple[str, int]] = []
 
@@ -365,10 +397,7 @@ def test_a_policy_reload_swaps_atomically_under_traffic(lab):
         sender.start()
         time.sleep(0.5)
         policy.write_text(POLICY.replace("opt_in: [US, DE]", "opt_in: [US]"))
-        deadline = time.monotonic() + 60
-        while len(loads) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(loads) == 2, "".join(lines)
+        wait_for(loads, 2)
         time.sleep(0.5)          # traffic well after the swap
         stop.set()
         sender.join(10)
