@@ -176,3 +176,35 @@ def test_a_missing_nft_names_the_debian_package(policy_file, tmp_path):
         pytest.skip("not root: the check for nft comes after the one for root")
     assert r.returncode == EXIT_NFT, r.stderr
     assert "install the Debian package nftables" in r.stderr
+
+
+def test_geoip_networks_inside_a_zoom_range_are_cut_where_the_database_changes(tmp_path, engine):
+    """A GeoIP database (confidence 0.6, above min_confidence) places parts of a Zoom range the
+    other sources leave unknown: the table follows the database's networks exactly."""
+    from tests.test_core_locator import make_mmdb
+
+    zoom_range = next(iv for iv in engine.zoom.ranges.intervals()
+                      if iv[1] - iv[0] >= 1023 and key_text(iv[0]).count(".") == 3
+                      and engine.decide(DEFAULT_CLIENT4, None, key_text(iv[0]), 8801,
+                                        "udp").rule == "unknown-region")
+    start = zoom_range[0]
+    jp = f"{key_text(start)}/23"                     # the first 512 addresses: Japan
+    de = f"{key_text(start + 768)}/28"               # 16 addresses further on: Germany
+    make_mmdb(tmp_path / "geo.mmdb", {jp: "JP", de: "DE"})
+    policy = tmp_path / "geo.yaml"
+    policy.write_text(POLICY + "data: {geoip: [geo.mmdb]}\n")
+    geo_engine = Engine(load_policy(policy))
+    compiled = compile_ruleset(geo_engine)
+    rng = random.Random(5)
+    addresses = [start, start + 511, start + 512, start + 767, start + 768, start + 783,
+                 start + 784] + [rng.randint(start, start + 1023) for _ in range(300)]
+    verdicts = set()
+    for key in addresses:
+        address = key_text(key)
+        for client in (DEFAULT_CLIENT4, LAB_CLIENT4):
+            decision = geo_engine.decide(client, None, address, 8801, "udp")
+            verdicts.add(decision.rule)
+            assert kernel_blocks(compiled, client, address, 8801, "udp") == decision.blocks, \
+                (client, address, decision.reason)
+    # the database did change decisions: DE is allowed for the default group, JP for nobody
+    assert {"region-allowed", "region-disallowed", "unknown-region"} <= verdicts

@@ -392,35 +392,31 @@ def destination_pieces(engine: Engine) -> list[tuple[int, int]]:
 
 
 def _split_per_address(engine: Engine, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """Cut a piece further where a per-address source (GeoIP) changes its answer: each answer
-    names the network it holds for. A source whose answers never reach min_confidence cannot
-    change a decision; one that does but names no network cannot be compiled."""
+    """Cut a piece further where a per-address source (GeoIP) may change its answer: at the
+    edges of the database's networks (GeoIPSource.span). A source whose answers never reach
+    min_confidence cannot change a decision; one that can and has no networks to show cannot
+    be compiled."""
     minimum = engine.policy.evidence.min_confidence
     deciding = [s for s in engine.locator.per_address
                 if getattr(s, "_confidence", 1.0) >= minimum]
+    for source in deciding:
+        if not hasattr(source, "span"):
+            raise ValueError(f"evidence source {source.name!r} decides addresses one by one "
+                             "(its confidence reaches evidence.min_confidence) and shows no "
+                             "networks, so it cannot be compiled to nftables: raise "
+                             "evidence.min_confidence above it or leave it out of "
+                             "evidence.precedence")
     if not deciding:
         yield start, end
         return
-    for source in deciding:
-        if source.name != "geoip":
-            raise ValueError(f"evidence source {source.name!r} decides addresses one by one "
-                             "(its confidence reaches evidence.min_confidence) and names no "
-                             "network, so it cannot be compiled to nftables: raise "
-                             "evidence.min_confidence above it or leave it out of "
-                             "evidence.precedence")
     at = start
     while at <= end:
         nxt = end + 1
         for source in deciding:
-            ev = source.lookup(_text(at))
-            if ev is not None and "/" in ev.matched:
-                _, last = network_range(ev.matched)
-                nxt = min(nxt, last + 1)
-            else:   # no answer here: step to the next address the database might know
-                nxt = min(nxt, at + 1)
+            _, last = network_range(source.span(_text(at)))
+            nxt = min(nxt, last + 1)
         yield at, nxt - 1
         at = nxt
-
 
 def _probe_client(clients: list[tuple[int, int]]) -> str | None:
     """An address of the group (None for the top level: Policy.rules_for(None) is it)."""

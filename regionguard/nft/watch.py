@@ -72,6 +72,9 @@ class Watcher:
         except (apply.NftError, ValueError) as e:
             self.failures += 1
             log.error("regionguard nft: the ruleset in force stays: %s", e)
+        except Exception:  # noqa: BLE001 - a bug must not end the watch: the table in force stays
+            self.failures += 1
+            log.exception("regionguard nft: compiling failed; the ruleset in force stays")
 
     def _update_elements(self, generation: int) -> None:
         compiled = compile_ruleset(self.holder.engine, self.options)
