@@ -159,6 +159,11 @@ def main() -> int:
                 medians = [statistics.median(r[key] for r in results[side]) for side in sides]
                 print(f"{key:16}" + "".join(f"{m:14.3f}" for m in medians)
                       + f"{medians[-1] / medians[0]:14.3f}")
+            # the spread says how far a ratio can be trusted on a busy machine
+            print("rounds (min-max): " + "; ".join(
+                f"{key} {side}: " + "-".join(f"{f(r[key] for r in results[side]):.3g}"
+                                             for f in (min, max))
+                for key in ("tcp_gbps", "udp_gbps", "small_udp_kpps") for side in sides))
         finally:
             if iperf_server is not None:
                 iperf_server.terminate()
