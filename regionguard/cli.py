@@ -381,6 +381,9 @@ def _add_nft(sub: Subparsers) -> None:
                    help="the base chain's priority (default 0, filter)")
     p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                    help="--watch: how often to look for changes (default 1)")
+    p.add_argument("--learned-every", type=float, default=5.0, metavar="SECONDS",
+                   help="--watch: apply learned placements at most this often (default 5; each "
+                   "application recompiles the table, a second or two of CPU)")
     p.add_argument("--metrics", metavar="HOST:PORT", default=None,
                    help="--watch: serve Prometheus /metrics (the table's counters), /healthz and "
                    "/readyz on HOST:PORT (PORT alone: 127.0.0.1)")

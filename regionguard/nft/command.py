@@ -32,6 +32,10 @@ def cmd_nft(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"regionguard nft: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if not 0 < args.interval <= 3600 or not 0 <= args.learned_every <= 86400:
+        print("regionguard nft: --interval: above 0 and at most 3600 seconds; --learned-every: "
+              "0 to 86400 seconds", file=sys.stderr)
+        return EXIT_CONFIG
     if args.log_prefix is not None and not 0 < len(args.log_prefix) <= 127:
         print("regionguard nft: --log-prefix: 1 to 127 characters", file=sys.stderr)
         return EXIT_CONFIG
@@ -85,7 +89,8 @@ def _once(holder: EngineHolder, options: Options, args: argparse.Namespace) -> i
 
 def _watch(holder: EngineHolder, options: Options, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    watcher = Watcher(holder, options, say=lambda m: print(m, file=sys.stderr, flush=True))
+    watcher = Watcher(holder, options, say=lambda m: print(m, file=sys.stderr, flush=True),
+                      learned_every=args.learned_every)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -28,8 +28,12 @@ log = logging.getLogger(__name__)
 
 class Watcher:
     def __init__(self, holder: EngineHolder, options: Options, *, netns: str | None = None,
-                 say: Callable[[str], None] = log.info) -> None:
+                 say: Callable[[str], None] = log.info, learned_every: float = 5.0) -> None:
         self.holder = holder
+        # a recompile costs a second or two of CPU: learned changes, which a busy DNS filter
+        # makes all the time, are applied at most this often (policy and data changes at once)
+        self.learned_every = learned_every
+        self._learned_at = float("-inf")
         self.options = options
         self.netns = netns
         self.say = say
@@ -67,7 +71,9 @@ class Watcher:
                 self.load()
                 return
             generation = self.learned.generation if self.learned is not None else 0
-            if generation != self._generation:
+            if (generation != self._generation
+                    and time.monotonic() - self._learned_at >= self.learned_every):
+                self._learned_at = time.monotonic()
                 self._update_elements(generation)
         except (apply.NftError, ValueError) as e:
             self.failures += 1
