@@ -423,16 +423,44 @@ def test_watch_learns_by_element_updates_and_swaps_a_reload_atomically_under_tra
 # --- the workstation --------------------------------------------------------------------------
 
 
-def test_a_workstation_output_hook_drops_its_own_udp_to_a_disallowed_server(lab):
+def test_a_workstation_output_hook_fails_closed_then_drops_its_own_udp_to_disallowed(lab):
+    """`--watch --hook output` on the client itself, started before its policy is valid: every
+    Zoom address is blocked until the policy loads; then only the disallowed ones are."""
     client = lab["client"]
-    nft(lab, client, "--apply", "--hook", "output")
+    policy = lab["workdir"] / "workstation.yaml"
+    policy.write_text(POLICY.replace("default_region: US", "default_region: Atlantis"))
+    watcher = subprocess.Popen(["ip", "netns", "exec", client, sys.executable, "-m",
+                                "regionguard", "nft", "--watch", "--hook", "output",
+                                "--interval", "0.2", "--policy", str(policy), "--state-dir",
+                                "off"], stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watcher.stderr), daemon=True)
+    reader.start()
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 60
+        while not any(text in line for line in lines) and time.monotonic() < deadline \
+                and watcher.poll() is None:
+            time.sleep(0.05)
+        assert any(text in line for line in lines), "".join(lines)
+
     try:
+        wait_for("failing closed")
+        assert "Atlantis" in "".join(lines)             # the policy's problem is shown
+        # Zoom's published ranges, every port (the lab servers are Zoom's only by the policy's
+        # overrides, which cannot be read while it is invalid)
+        assert udp_probe(lab, DEFAULT_CLIENT4, "15.220.80.1", 443) == [None]
+        assert udp_probe(lab, DEFAULT_CLIENT4, "15.220.81.7", 5000) == [None]
+        assert passes(lab, DEFAULT_CLIENT4, "192.0.2.1", 8801)    # not Zoom's: untouched
+        policy.write_text(POLICY)
+        wait_for("table loaded")
         sent = udp_probe(lab, DEFAULT_CLIENT4, SG4, 8801, count=3)
         assert sent == [None, None, None]     # the application is told: EPERM
         assert blocked_packets(client)["default_region_disallowed_v4"] == 3
         assert passes(lab, DEFAULT_CLIENT4, US4)
-        assert passes(lab, DEFAULT_CLIENT4, "192.0.2.1", 8801)    # not Zoom's: untouched
     finally:
+        watcher.terminate()
+        watcher.wait(10)
         nft(lab, client, "--delete")
     assert apply.list_table(netns=client) is None
     # the gateway's table was never touched by the workstation's load and delete

@@ -15,7 +15,13 @@ from regionguard.core.decision import Engine
 from regionguard.core.learned import LearnedStore
 from regionguard.core.policy import load_policy
 from regionguard.exits import EXIT_NFT
-from regionguard.nft.ruleset import TABLE, Options, compile_ruleset, port_classes
+from regionguard.nft.ruleset import (
+    TABLE,
+    Options,
+    compile_ruleset,
+    fail_closed_ruleset,
+    port_classes,
+)
 from tests.nft_support import (
     DE4,
     DEFAULT_CLIENT4,
@@ -208,3 +214,17 @@ def test_geoip_networks_inside_a_zoom_range_are_cut_where_the_database_changes(t
                 (client, address, decision.reason)
     # the database did change decisions: DE is allowed for the default group, JP for nobody
     assert {"region-allowed", "region-disallowed", "unknown-region"} <= verdicts
+
+
+def test_without_a_policy_every_zoom_address_is_blocked_for_everyone(engine):
+    closed = fail_closed_ruleset(engine.zoom)
+    rng = random.Random(3)
+    ranges = list(engine.zoom.ranges.intervals())
+    for _ in range(500):
+        start, end, _ = rng.choice(ranges)
+        address = key_text(rng.randint(start, end))
+        client = DEFAULT_CLIENT6 if ":" in address else rng.choice((DEFAULT_CLIENT4, LAB_CLIENT4))
+        assert kernel_blocks(closed, client, address, rng.randint(0, 65535),
+                             rng.choice(("tcp", "udp")))
+    assert kernel_blocks(closed, DEFAULT_CLIENT6, "64:ff9b::" + key_text(ranges[0][0]), 1, "udp")
+    assert not kernel_blocks(closed, DEFAULT_CLIENT4, "192.0.2.1", 8801, "udp")

@@ -16,12 +16,13 @@ import threading
 import time
 
 from regionguard.core.errors import ConfigError
-from regionguard.core.learned import open_state
+from regionguard.core.learned import LearnedStore, open_state
 from regionguard.core.paths import policy_path
 from regionguard.core.reload import EngineHolder
+from regionguard.core.zoom import ZoomCatalogue
 from regionguard.exits import EXIT_CONFIG, EXIT_NFT, EXIT_OK
 from regionguard.nft import apply
-from regionguard.nft.ruleset import Options, compile_ruleset
+from regionguard.nft.ruleset import Options, compile_ruleset, fail_closed_ruleset
 from regionguard.nft.watch import Watcher
 
 
@@ -52,9 +53,9 @@ def cmd_nft(args: argparse.Namespace) -> int:
             apply.nft_binary()
         learned = open_state(args.state_dir)
         try:
-            holder = EngineHolder(policy_path(args.policy), learned=learned)
             if args.watch:
-                return _watch(holder, options, args)
+                return _watch(learned, options, args)
+            holder = EngineHolder(policy_path(args.policy), learned=learned)
             return _once(holder, options, args)
         finally:
             if learned is not None:
@@ -65,6 +66,28 @@ def cmd_nft(args: argparse.Namespace) -> int:
     except ValueError as e:   # the evidence cannot be compiled (see ruleset._split_per_address)
         print(f"regionguard nft: {e}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _first_policy(learned: LearnedStore | None, options: Options, args: argparse.Namespace,
+                  stop: threading.Event) -> EngineHolder | None:
+    """The policy's engine, once it loads. Until then Zoom is blocked (fail closed): every
+    client, every Zoom address, every port; the policy file is tried again each interval.
+    None when stopped first."""
+    path = policy_path(args.policy)
+    closed = False
+    while True:
+        try:
+            return EngineHolder(path, learned=learned)
+        except ConfigError as e:
+            if not closed:
+                apply.run_batch(fail_closed_ruleset(ZoomCatalogue.load(), options).document())
+                closed = True
+                print(f"regionguard nft: the policy cannot be loaded:\n{e}\nregionguard nft: "
+                      "failing closed: every Zoom address is blocked for every client until "
+                      f"{path} loads (tried every {args.interval:g} s)", file=sys.stderr,
+                      flush=True)
+        if stop.wait(args.interval):
+            return None
 
 
 def _once(holder: EngineHolder, options: Options, args: argparse.Namespace) -> int:
@@ -87,13 +110,16 @@ def _once(holder: EngineHolder, options: Options, args: argparse.Namespace) -> i
     return EXIT_OK
 
 
-def _watch(holder: EngineHolder, options: Options, args: argparse.Namespace) -> int:
+def _watch(learned: LearnedStore | None, options: Options, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    watcher = Watcher(holder, options, say=lambda m: print(m, file=sys.stderr, flush=True),
-                      learned_every=args.learned_every)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    holder = _first_policy(learned, options, args, stop)
+    if holder is None:
+        return EXIT_CONFIG
+    watcher = Watcher(holder, options, say=lambda m: print(m, file=sys.stderr, flush=True),
+                      learned_every=args.learned_every)
     endpoint = None
     if args.metrics:
         from regionguard.metrics.address import parse_metrics_address

@@ -316,6 +316,30 @@ def _check_unique_names(sets: list[BlockSet]) -> None:
         seen[s.name] = s
 
 
+FAIL_CLOSED_GROUP = "everyone"
+FAIL_CLOSED_RULE = "no-policy-loaded"
+
+
+def fail_closed_ruleset(zoom: ZoomCatalogue, options: Options | None = None,
+                        overrides: Iterable[str] = ()) -> Compiled:
+    """The table for when no policy can be loaded: every client blocked from every Zoom address
+    (Zoom's published ranges, their NAT64 images, and `overrides`: network prefixes a policy
+    declared Zoom's, if one is known), on every TCP and UDP port. Fail closed."""
+    ranges = [(s, e) for s, e, _ in zoom.ranges.intervals()]
+    ranges += [network_range(o) for o in overrides]
+    ranges = _coalesce(r for r in ranges if not _never_on_wire(r[0]))
+    ranges = _coalesce(ranges + [(_NAT64 + s - _V4_BASE, _NAT64 + e - _V4_BASE)
+                                 for s, e in ranges if _family(s) == "ipv4"])
+    sets = []
+    for fam, tag in (("ipv4", "v4"), ("ipv6", "v6")):
+        elements = [Element(s, e, transport, 0, 65535) for s, e in ranges if _family(s) == fam
+                    for transport in TRANSPORTS]
+        if elements:
+            sets.append(BlockSet(f"{FAIL_CLOSED_GROUP}_{_ident(FAIL_CLOSED_RULE)}_{tag}", fam,
+                                 FAIL_CLOSED_GROUP, FAIL_CLOSED_RULE, sorted(elements)))
+    return Compiled(options or Options(), "none", [(FAIL_CLOSED_GROUP, [])], sets)
+
+
 def port_classes(zoom: ZoomCatalogue) -> list[PortClass]:
     """Every transport's ports, cut where the catalogue's class of a bare address may change:
     the port table's services, each web port, and the rest."""
@@ -498,4 +522,5 @@ def _rule(chain: str, expr: list[dict], comment: str) -> dict:
 
 
 __all__ = ["BASE_CHAIN", "FAMILY", "HOOKS", "TABLE", "VERDICTS", "Compiled", "Options",
-           "client_groups", "compile_ruleset", "destination_pieces", "port_classes"]
+           "client_groups", "compile_ruleset", "destination_pieces", "fail_closed_ruleset",
+           "port_classes"]
