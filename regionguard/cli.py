@@ -369,7 +369,8 @@ def _add_nft(sub: Subparsers) -> None:
                       help="remove table inet regionguard, and nothing else (root)")
     what.add_argument("--watch", action="store_true",
                       help="load, then keep the table current until stopped: policy and data "
-                      "changes replace it, learned placements update its elements (root)")
+                      "changes replace it, learned placements update its elements; until the "
+                      "policy first loads, every Zoom range is blocked (fail closed) (root)")
     p.add_argument("--hook", choices=HOOKS, default="forward",
                    help="forward: on a gateway, for the clients it routes (default); output: on "
                    "a workstation, for its own traffic")

@@ -18,7 +18,8 @@ bare address. It is computed by that engine, never re-implemented:
 - NAT64. An address in 64:ff9b::/96 embeds an IPv4 one and is decided as that address (as the
   engine does), so the IPv6 sets hold the images of the IPv4 pieces there.
 
-One table of its own, `inet regionguard`: a base chain on the chosen hook sends each client
+One table of its own, `inet regionguard`: a base chain on the chosen hook first lets through
+what no group is blocked from (one lookup in `blocked_anywhere_v4/v6`), then sends each client
 group to its chain (`goto`), whose rules drop (or reject) a transport and port class to a named
 interval set of destinations, one set per group, port class and deciding rule (so the counters
 say why: region-disallowed, unknown-region, cn-tunnel-removed, ...). `monitor` is let through,
