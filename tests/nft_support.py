@@ -3,6 +3,7 @@ a reading of a compiled ruleset as the kernel reads it, to compare with Engine.d
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import random
 
@@ -47,9 +48,30 @@ def kernel_blocks(compiled: Compiled, client: str, address: str, port: int,
             group = name
             break
     family = "ipv4" if ":" not in address else "ipv6"
-    return any(e.start <= dest <= e.end and e.transport == transport and e.low <= port <= e.high
-               for s in compiled.sets if s.group == group and s.family == family
-               for e in s.elements)
+    edges, covering = _index(compiled, group, family)
+    i = bisect.bisect_right(edges, dest) - 1
+    return i >= 0 and any(t == transport and lo <= port <= hi for t, lo, hi in covering[i])
+
+
+_INDEXES: dict[tuple[int, str, str], tuple[Compiled, tuple[list[int], list[list]]]] = {}
+
+
+def _index(compiled: Compiled, group: str, family: str) -> tuple[list[int], list[list]]:
+    """The group's elements of one family cut into elementary address intervals, each with
+    the (transport, low port, high port) that hold there: a lookup is one bisect."""
+    key = (id(compiled), group, family)
+    found = _INDEXES.get(key)
+    if found is not None and found[0] is compiled:
+        return found[1]
+    elements = [e for s in compiled.sets if s.group == group and s.family == family
+                for e in s.elements]
+    edges = sorted({k for e in elements for k in (e.start, e.end + 1)})
+    covering: list[list] = [[] for _ in edges]
+    for e in elements:
+        for i in range(bisect.bisect_left(edges, e.start), bisect.bisect_left(edges, e.end + 1)):
+            covering[i].append((e.transport, e.low, e.high))
+    _INDEXES[key] = (compiled, (edges, covering))   # the object kept: its id stays its own
+    return edges, covering
 
 
 def key_text(key: int) -> str:

@@ -228,3 +228,49 @@ def test_without_a_policy_every_zoom_address_is_blocked_for_everyone(engine):
                              rng.choice(("tcp", "udp")))
     assert kernel_blocks(closed, DEFAULT_CLIENT6, "64:ff9b::" + key_text(ranges[0][0]), 1, "udp")
     assert not kernel_blocks(closed, DEFAULT_CLIENT4, "192.0.2.1", 8801, "udp")
+
+
+def test_a_policy_using_every_kind_of_rule_is_compiled_exactly(tmp_path, engine):
+    """Overrides inside Zoom's ranges (not Zoom's, CN, SG), nested client groups (the longest
+    prefix wins), a China office, scope.other: block, unknown: monitor, reroute: the table still
+    equals Engine.decide wherever it is sampled."""
+    v4 = [key_text(s) for s, e, _ in engine.zoom.ranges.intervals()
+          if e - s >= 255 and key_text(s).count(".") == 3][:3]
+    policy = tmp_path / "every.yaml"
+    policy.write_text(f"""\
+version: 1
+account: {{default_region: US}}
+regions: {{opt_out: [SG]}}
+actions: {{unknown: monitor}}
+scope: {{other: block}}
+overrides:
+  - {{match: "{v4[0]}/28", zoom: false}}
+  - {{match: "{v4[1]}/25", region: CN}}
+  - {{match: "{v4[2]}/26", region: SG}}
+groups:
+  - {{name: china-office, clients: [10.20.0.0/16], client: {{location: china}},
+      regions: {{opt_in: [CN, US]}}, actions: {{unknown: block}}}}
+  - {{name: eu, clients: [10.30.0.0/16], regions: {{opt_in: [DE]}},
+      actions: {{disallowed: reroute}}}}
+  - {{name: eu-lab, clients: [10.30.5.0/24], regions: {{opt_in: [SG, DE]}}}}
+""")
+    every = Engine(load_policy(policy))
+    compiled = compile_ruleset(every)
+    assert [g for g, _ in compiled.groups] == ["china-office", "eu", "eu-lab", "default"]
+    clients = ("10.20.1.1", "10.30.1.1", "10.30.5.9", "10.40.0.1")
+    rng = random.Random(11)
+    rules = set()
+    for address, port, transport in sample_destinations(compiled, every, rng, 3000):
+        if ":" in address:
+            continue
+        client = rng.choice(clients)
+        decision = every.decide(client, None, address, port, transport)
+        rules.add((decision.group, decision.rule, decision.action))
+        assert kernel_blocks(compiled, client, address, port, transport) == decision.blocks, \
+            (client, address, port, transport, decision.reason)
+    actions = {action for _, _, action in rules}
+    assert {"block", "reroute", "monitor", "allow"} <= {str(a) for a in actions}
+    # the override that says `zoom: false`: not Zoom's, so never blocked
+    for client in clients:
+        assert every.decide(client, None, v4[0], 8801, "udp").rule == "not-zoom"
+        assert not kernel_blocks(compiled, client, v4[0], 8801, "udp")

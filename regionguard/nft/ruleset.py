@@ -387,10 +387,12 @@ def client_groups(engine: Engine) -> list[tuple[str, list[tuple[int, int]]]]:
 
 
 def destination_pieces(engine: Engine) -> list[tuple[int, int]]:
-    """Zoom's candidate destinations (published ranges, network overrides) cut wherever any
-    evidence source's answer may change."""
+    """Zoom's candidate destinations (published ranges, network overrides saying `zoom: true`)
+    cut wherever any evidence source's answer may change."""
     candidates = [(s, e) for s, e, _ in engine.zoom.ranges.intervals()]
-    candidates += [network_range(o.match) for o in engine.policy.overrides if o.is_network]
+    # an override makes an address Zoom's only with `zoom: true` (a region alone does not)
+    candidates += [network_range(o.match) for o in engine.policy.overrides
+                   if o.is_network and o.zoom]
     candidates = _coalesce(candidates)
     cuts: set[int] = {_V4_BASE, _V4_END, _NAT64, _NAT64_END, _COMPAT_END}
     locator = engine.locator
