@@ -465,3 +465,37 @@ def test_a_workstation_output_hook_fails_closed_then_drops_its_own_udp_to_disall
     assert apply.list_table(netns=client) is None
     # the gateway's table was never touched by the workstation's load and delete
     assert apply.list_table(netns=lab["gateway"]) is not None
+
+
+def test_reject_answers_the_client_at_once_instead_of_leaving_it_waiting(lab):
+    nft(lab, lab["gateway"], "--apply", "--verdict", "reject")
+
+    def try_both() -> tuple[str, str]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((DEFAULT_CLIENT4, 0))
+            s.settimeout(5)
+            try:
+                s.connect((SG4, 443))
+                tcp = "connected"
+            except ConnectionRefusedError:
+                tcp = "refused"          # the gateway's TCP reset
+            except OSError as e:
+                tcp = f"other: {e}"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((DEFAULT_CLIENT4, 0))
+            u.connect((SG4, 8801))
+            u.settimeout(5)
+            u.send(b"rg-reject")
+            try:
+                u.recv(100)
+                udp = "answered"
+            except ConnectionRefusedError:
+                udp = "refused"          # the gateway's ICMP port unreachable
+            except OSError as e:
+                udp = f"other: {e}"
+        return tcp, udp
+
+    started = time.monotonic()
+    assert run_in_netns(lab["client"], try_both) == ("refused", "refused")
+    assert time.monotonic() - started < 4       # told, not timed out
+    assert passes(lab, DEFAULT_CLIENT4, US4)
