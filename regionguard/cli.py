@@ -32,6 +32,7 @@ Exit codes (all commands):
   3  explain: a target could not be resolved; probe: an address answered no probe
   4  replay, report, coverage, invite: some input unreadable (the rest was processed)
   5  data: the update or rollback failed (the data in force is unchanged)
+  6  nft: not root, nft not installed, or the kernel refused the ruleset (nothing changed)
 Other commands (run, dns, replay, report, coverage, pac) document their codes in
 `regionguard COMMAND --help`.
 """
@@ -397,6 +398,55 @@ def _add_probe(sub: Subparsers) -> None:
     p.set_defaults(func=command.cmd_probe)
 
 
+def _add_nft(sub: Subparsers) -> None:
+    from regionguard.nft import command
+    from regionguard.nft.ruleset import HOOKS, VERDICTS
+
+    p = sub.add_parser(
+        "nft", help="enforce in the kernel: compile the policy to an nftables table",
+        description="Compile the policy and its evidence into table inet regionguard: the "
+        "Zoom destinations each client group is blocked from (by address, transport and "
+        "port, as the proxy and the DNS filter decide a bare address), dropped in the kernel. "
+        "Covers what no proxy sees, e.g. Zoom's UDP media. The table is replaced in one "
+        "transaction; no other table is touched.",
+        epilog="Exit codes: 0 done; 2 invalid policy or options; 6 nft could not do it (not "
+        "root, nft not installed, or the kernel refused the ruleset: nothing changed).")
+    add_policy_argument(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--print", action="store_true",
+                      help="print the ruleset (nft JSON, as `nft -j -f` reads it) on standard "
+                      "output and a summary on standard error; needs no root")
+    what.add_argument("--check", action="store_true", help="have nft check the ruleset "
+                      "(nft -c): nothing is loaded (root)")
+    what.add_argument("--apply", action="store_true", help="load the ruleset, replacing table "
+                      "inet regionguard in one transaction (root)")
+    what.add_argument("--delete", action="store_true",
+                      help="remove table inet regionguard, and nothing else (root)")
+    what.add_argument("--watch", action="store_true",
+                      help="load, then keep the table current until stopped: policy and data "
+                      "changes replace it, learned placements update its elements; until the "
+                      "policy first loads, every Zoom range is blocked (fail closed) (root)")
+    p.add_argument("--hook", choices=HOOKS, default="forward",
+                   help="forward: on a gateway, for the clients it routes (default); output: on "
+                   "a workstation, for its own traffic")
+    p.add_argument("--verdict", choices=VERDICTS, default="drop",
+                   help="drop (default), or reject: TCP reset, ICMP port unreachable for UDP")
+    p.add_argument("--log-prefix", metavar="TEXT", default=None,
+                   help="also log each blocked packet to the kernel log with this prefix")
+    p.add_argument("--priority", type=int, default=0, metavar="N",
+                   help="the base chain's priority (default 0, filter)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                   help="--watch: how often to look for changes (default 1)")
+    p.add_argument("--learned-every", type=float, default=5.0, metavar="SECONDS",
+                   help="--watch: apply learned placements at most this often (default 5; each "
+                   "application recompiles the table, a second or two of CPU)")
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="--watch: serve Prometheus /metrics (the table's counters), /healthz and "
+                   "/readyz on HOST:PORT (PORT alone: 127.0.0.1)")
+    add_state_dir_argument(p)
+    p.set_defaults(func=command.cmd_nft)
+
+
 # (the commands an adder adds, the adder): explain and friends are the core's; run and pac the
 # mitmproxy front end's; dns the DNS front end's; replay, report, coverage the offline tools.
 _COMMANDS: tuple[tuple[str, Callable[[Subparsers], None]], ...] = (
@@ -411,6 +461,7 @@ _COMMANDS: tuple[tuple[str, Callable[[Subparsers], None]], ...] = (
     ("coverage", _add_coverage),
     ("invite", _add_invite),
     ("data", _add_data),
+    ("nft", _add_nft),
 )
 
 

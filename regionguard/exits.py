@@ -14,7 +14,8 @@ EXIT_NO_ANSWER = 3  # probe: some address answered no probe (nothing measured)
 EXIT_INPUT = 4     # replay, report, coverage: some input unreadable (the rest was processed)
 EXIT_LISTEN = 4    # dns: cannot listen on the address asked for
 EXIT_DATA = 5      # data update/rollback failed: the data in force is unchanged
+EXIT_NFT = 6       # nft: not root, nft not installed, or the kernel refused the ruleset (unchanged)
 EXIT_INTERRUPTED = 130   # stopped with Ctrl-C (128 + SIGINT), as shells report it
 
 __all__ = ["EXIT_BLOCKED", "EXIT_CONFIG", "EXIT_DATA", "EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_LISTEN",
-           "EXIT_NO_ANSWER", "EXIT_OK", "EXIT_RESOLVE"]
+           "EXIT_NFT", "EXIT_NO_ANSWER", "EXIT_OK", "EXIT_RESOLVE"]

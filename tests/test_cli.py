@@ -9,7 +9,7 @@ import sys
 from regionguard.cli import build_parser
 
 COMMANDS = ("explain", "validate", "regions", "probe", "policy", "run", "pac", "dns", "replay",
-            "report", "coverage", "invite", "data")
+            "report", "coverage", "invite", "data", "nft")
 
 
 def regionguard(*args: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

@@ -282,6 +282,13 @@ class GeoIPSource:
                         self._confidence,
                         "" if model.country.iso_code else "registered country only")
 
+    def span(self, address: str) -> str:
+        """The database's network (CIDR) that holds `address`, whether it has an answer there or
+        not: every address in it gets the same answer from this source (the nft compiler cuts
+        Zoom's ranges along these). geoip2 gives no such call; its maxminddb reader does."""
+        _, length = self._reader._db_reader.get_with_prefix_len(address)
+        return str(ipaddress.ip_network(f"{address}/{length}", strict=False))
+
     def close(self) -> None:
         self._reader.close()
 
