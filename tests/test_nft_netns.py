@@ -499,3 +499,47 @@ def test_reject_answers_the_client_at_once_instead_of_leaving_it_waiting(lab):
     assert run_in_netns(lab["client"], try_both) == ("refused", "refused")
     assert time.monotonic() - started < 4       # told, not timed out
     assert passes(lab, DEFAULT_CLIENT4, US4)
+
+
+def test_watch_follows_round_trip_measurements_by_element_updates(lab):
+    """With `evidence.rtt` on, what the proxy or `regionguard probe` measures (written to the
+    shared state directory) reaches the kernel as element updates: a Zoom address no other
+    evidence places, 0.8 ms from the policy's Frankfurt site, is DE: it opens for the group that
+    allows DE and stays shut for the one that does not."""
+    from regionguard.core.physics import ClientSite
+    from regionguard.core.rtt import RttStore
+
+    gateway = lab["gateway"]
+    policy = lab["workdir"] / "rtt.yaml"
+    policy.write_text(POLICY.replace("version: 1\n", "version: 1\nclient: {site: {lat: 50.11, "
+                                     "lon: 8.68}}\nevidence: {rtt: probe}\n", 1))
+    state = lab["workdir"] / "rtt-state"
+    state.mkdir()
+    watcher = subprocess.Popen(["ip", "netns", "exec", gateway, sys.executable, "-m",
+                                "regionguard", "nft", "--watch", "--interval", "0.2",
+                                "--learned-every", "0", "--policy", str(policy),
+                                "--state-dir", str(state)], stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watcher.stderr), daemon=True)
+    reader.start()
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 60
+        while not any(text in line for line in lines) and time.monotonic() < deadline \
+                and watcher.poll() is None:
+            time.sleep(0.05)
+        assert any(text in line for line in lines), "".join(lines)
+
+    try:
+        wait_for("table loaded")
+        probes = [(DEFAULT_CLIENT4, UNKNOWN4, 8801), (LAB_CLIENT4, UNKNOWN4, 8801)]
+        assert udp_verdicts(lab, probes) == [False, False]       # unknown region: blocked
+        store = RttStore(state / "rtt.sqlite3")
+        assert store.observe(ClientSite("50.11,8.68", 50.11, 8.68), UNKNOWN4, 0.8, "probe")
+        store.close()
+        wait_for("element updates applied")
+        assert udp_verdicts(lab, probes) == [True, False]        # DE: the default group's only
+        assert sum("table loaded" in line for line in lines) == 1
+    finally:
+        watcher.terminate()
+        watcher.wait(10)

@@ -14,6 +14,7 @@ import pytest
 from regionguard.core.decision import Engine
 from regionguard.core.learned import LearnedStore
 from regionguard.core.policy import load_policy
+from regionguard.core.prefixes import address_key
 from regionguard.exits import EXIT_NFT
 from regionguard.nft.ruleset import (
     TABLE,
@@ -274,3 +275,33 @@ groups:
     for client in clients:
         assert every.decide(client, None, v4[0], 8801, "udp").rule == "not-zoom"
         assert not kernel_blocks(compiled, client, v4[0], 8801, "udp")
+
+
+def test_round_trip_measurements_are_compiled_address_by_address(tmp_path):
+    """With `evidence.rtt` on, a measured address is placed (or contradicted) by physics, one
+    address at a time: the table cuts Zoom's ranges at each measured address, so the kernel
+    follows the engine there and around it, and a new measurement is an element update."""
+    from regionguard.core.rtt import RttStore
+
+    policy = tmp_path / "rtt.yaml"
+    policy.write_text(POLICY.replace("version: 1\n", "version: 1\nclient: {site: {city: Frankfurt}}\n"
+                                     "evidence: {rtt: probe}\n", 1))
+    store = RttStore.in_memory()
+    engine = Engine(load_policy(policy), rtt=store)
+    before = compile_ruleset(engine)
+    unknown = next(s for s in before.sets if s.name == "default_unknown_region_v4")
+    element = unknown.elements[len(unknown.elements) // 2]
+    target = key_text((element.start + element.end) // 2)
+    assert engine.decide(DEFAULT_CLIENT4, None, target, 8801, "udp").rule == "unknown-region"
+    site = engine.policy.site_for(DEFAULT_CLIENT4)
+    assert store.observe(site, target, 0.8, "probe")   # 0.8 ms from Frankfurt: DE, allowed here
+    after = compile_ruleset(engine)
+    assert after.structure() == before.structure() and after.element_updates(before)
+    for key in (address_key(target) - 1, address_key(target), address_key(target) + 1):
+        address = key_text(key)
+        for client in (DEFAULT_CLIENT4, LAB_CLIENT4):   # DE: allowed for one group, not the other
+            decision = engine.decide(client, None, address, 8801, "udp")
+            assert kernel_blocks(after, client, address, 8801, "udp") == decision.blocks, \
+                (client, address, decision.reason)
+    assert engine.decide(DEFAULT_CLIENT4, None, target, 8801, "udp").region == "DE"
+    assert engine.decide(LAB_CLIENT4, None, target, 8801, "udp").blocks

@@ -95,6 +95,7 @@ class RttStore:
         self._listening = threading.Lock()
         self._flushed = 0.0
         self._data_version = -1
+        self.generation = 0   # moves whenever an address's bound changes (readers compare it)
         self._db: sqlite3.Connection | None = None
         if path is not None:
             try:
@@ -183,6 +184,7 @@ class RttStore:
             self._listeners.append(ref)   # type: ignore[arg-type]
 
     def _notify(self, address: str) -> None:
+        self.generation += 1
         with self._listening:
             refs = list(self._listeners)
         called = 0
@@ -263,6 +265,11 @@ class RttSource:
         if reach is None:
             reach = self._reaches[site] = Reach(site, self.sites)
         return reach
+
+    def points(self) -> list[str]:
+        """The measured addresses: the only ones this source says anything about (so an
+        address-by-address compiler, such as `regionguard nft`, can cut its ranges there)."""
+        return list(self.store.by_address)
 
     def evidence_of(self, address: str) -> Evidence | None:
         """The evidence last given for an address (before a new measurement is looked up)."""

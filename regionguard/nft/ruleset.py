@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from regionguard.core.decision import Engine
-from regionguard.core.prefixes import network_range
+from regionguard.core.prefixes import address_key, network_range
 from regionguard.core.zoom import ZoomCatalogue
 
 FAMILY = "inet"
@@ -408,6 +408,11 @@ def destination_pieces(engine: Engine) -> list[tuple[int, int]]:
         for start in list(store.spread):
             _, length = block_of(start)
             cuts.update((start, block_end(start, length) + 1))
+    for source in locator.per_address:   # sources that speak of single addresses (RTT)
+        if hasattr(source, "points"):
+            for address in source.points():
+                key = address_key(address)
+                cuts.update((key, key + 1))
     edges = sorted(cuts)
     pieces = []
     for s, e in candidates:
@@ -425,7 +430,8 @@ def _split_per_address(engine: Engine, start: int, end: int) -> Iterator[tuple[i
     be compiled."""
     minimum = engine.policy.evidence.min_confidence
     deciding = [s for s in engine.locator.per_address
-                if getattr(s, "_confidence", 1.0) >= minimum]
+                if getattr(s, "_confidence", 1.0) >= minimum
+                and not hasattr(s, "points")]   # cut at their points already
     for source in deciding:
         if not hasattr(source, "span"):
             raise ValueError(f"evidence source {source.name!r} decides addresses one by one "

@@ -39,7 +39,7 @@ class Watcher:
         self.say = say
         self.loaded: Compiled | None = None
         self._engine = None
-        self._generation = -1
+        self._generation: tuple[int, int] = (-1, -1)
         self.full_loads = 0
         self.element_updates = 0
         self.failures = 0
@@ -49,10 +49,20 @@ class Watcher:
     def learned(self) -> LearnedStore | None:
         return self.holder.learned
 
+    def _evidence_generation(self) -> tuple[int, int]:
+        """Where the learned placements and the round-trip measurements stand; reads what the
+        proxy and `regionguard probe` measured since (their store is a file they share)."""
+        learned = self.learned
+        rtt = self.holder.engine.rtt
+        if rtt is not None:
+            rtt.flush()
+        return (learned.generation if learned is not None else 0,
+                rtt.generation if rtt is not None else 0)
+
     def load(self) -> None:
         """Compile the engine in force and load it whole."""
         engine = self.holder.engine
-        generation = self.learned.generation if self.learned is not None else 0
+        generation = self._evidence_generation()
         started = time.monotonic()
         compiled = compile_ruleset(engine, self.options)
         apply.run_batch(compiled.document(), netns=self.netns)
@@ -70,7 +80,7 @@ class Watcher:
             if self.holder.engine is not self._engine:
                 self.load()
                 return
-            generation = self.learned.generation if self.learned is not None else 0
+            generation = self._evidence_generation()
             if (generation != self._generation
                     and time.monotonic() - self._learned_at >= self.learned_every):
                 self._learned_at = time.monotonic()
@@ -82,7 +92,7 @@ class Watcher:
             self.failures += 1
             log.exception("regionguard nft: compiling failed; the ruleset in force stays")
 
-    def _update_elements(self, generation: int) -> None:
+    def _update_elements(self, generation: tuple[int, int]) -> None:
         compiled = compile_ruleset(self.holder.engine, self.options)
         old = self.loaded
         if old is None or compiled.structure() != old.structure():
