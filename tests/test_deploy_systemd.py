@@ -4,6 +4,7 @@ expanded as systemd would, start the real front ends, which serve with the polic
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -17,7 +18,8 @@ from tests.dns_support import BIN
 
 UNITS = DEPLOY / "systemd"
 INSTALLED = "/opt/regionguard/bin/regionguard"   # where the README installs it
-SERVICES = ("regionguard-proxy.service", "regionguard-dns.service", "regionguard-data-update.service")
+SERVICES = ("regionguard-proxy.service", "regionguard-dns.service", "regionguard-data-update.service",
+            "regionguard-nft.service")
 TIMER = "regionguard-data-update.timer"
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (Debian: systemd)")
@@ -151,8 +153,10 @@ def test_each_service_is_sandboxed_as_current_network_daemons_are(tmp_path, unit
                       ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6 AF_NETLINK"),
                       ("StateDirectory", "regionguard")]:
         assert one(path, key) == want, f"{unit}: {key}"
-    # Only the DNS filter holds a capability, and only the one to bind port 53.
-    caps = "CAP_NET_BIND_SERVICE" if unit == "regionguard-dns.service" else ""
+    # Only the DNS filter holds a capability, the one to bind port 53, and the kernel table's
+    # keeper the one to change the firewall.
+    caps = {"regionguard-dns.service": "CAP_NET_BIND_SERVICE",
+            "regionguard-nft.service": "CAP_NET_ADMIN"}.get(unit, "")
     assert one(path, "CapabilityBoundingSet") == caps
     assert one(path, "AmbientCapabilities") == caps
     # Learned evidence and data updates go to the one state directory the three units share.
@@ -196,6 +200,31 @@ def test_the_proxy_unit_command_line_serves_with_the_policy(tmp_path):
     argv = exec_start(UNITS / "regionguard-proxy.service")
     assert argv[0] == INSTALLED
     check_proxy_serves(argv[1:], tmp_path, DEPLOY.parent / "config" / "policy.yaml")
+
+
+def test_the_nft_unit_command_line_compiles_the_policy_it_watches(tmp_path):
+    """The unit's command, with --print in place of --watch (which needs root and a kernel to
+    load into), compiles the shipped policy: the same options, the same table; the hook comes
+    from its Environment= line, and a workstation's drop-in makes it `output`."""
+    argv = exec_start(UNITS / "regionguard-nft.service")
+    assert argv[:3] == [INSTALLED, "nft", "--watch"]
+    assert argv[argv.index("--hook") + 1] == "forward"
+    assert argv[argv.index("--state-dir") + 1] == "/var/lib/regionguard"
+    for hook in ("forward", "output"):
+        argv = exec_start(UNITS / "regionguard-nft.service", {"REGIONGUARD_NFT_HOOK": hook})
+        printed = map_paths(["nft", "--print", *argv[3:]], tmp_path,
+                            DEPLOY.parent / "config" / "policy.yaml")
+        done = subprocess.run([str(BIN / "regionguard"), *printed], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        hooks = [chain["hook"] for command in json.loads(done.stdout)["nftables"]
+                 for chain in [command.get("add", {}).get("chain", {})] if "hook" in chain]
+        assert hooks == [hook]
+    # An invalid policy does not stop the unit: --watch blocks every Zoom range until an edit
+    # loads (tests/test_nft_netns.py). Only bad options (exit 2) do; the rest restart slowly.
+    path = UNITS / "regionguard-nft.service"
+    assert one(path, "Restart") == "on-failure" and one(path, "RestartPreventExitStatus") == "2"
+    assert float(one(path, "RestartSec").removesuffix("s")) * 5 > 10
 
 
 def test_extra_arguments_from_a_drop_in_reach_the_command():
