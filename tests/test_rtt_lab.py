@@ -182,15 +182,17 @@ def test_probe_measures_real_round_trips_and_physics_places_only_the_near_server
     assert claimed["decision"]["rule"] == "conflict-strict"
     assert "rtt: only DE within reach" in claimed["decision"]["reason"]
     assert claimed["addresses"][0]["conflict"] is True
-    # the same measurement under `precedence`: physics decides (it ranks above geofeeds), and
-    # the conflict is still shown
+    # the same measurement under `precedence`: the geofeed ranks above physics (a middlebox
+    # could have answered the probe), so its claim decides, and the conflict is shown
     lenient = explain(lab, _policy(lab, rtt="probe", conflicts="precedence"), state,
                       "claimed.zoom.us")
-    assert (lenient["decision"]["action"], lenient["addresses"][0]["region"]) == ("allow", "DE")
+    assert (lenient["decision"]["action"], lenient["addresses"][0]["region"]) == ("allow", "CN")
     assert lenient["addresses"][0]["conflict"] is True
-    # and without RTT evidence the claim stands unchallenged: CN is allowed for these clients
+    assert "rtt: only DE within reach" in lenient["decision"]["reason"]
+    # and without RTT evidence the claim stands unchallenged: CN, no conflict
     off = explain(lab, _policy(lab, rtt="off"), state, "claimed.zoom.us")
     assert (off["decision"]["action"], off["addresses"][0]["region"]) == ("allow", "CN")
+    assert off["addresses"][0]["conflict"] is False
 
     text = regionguard(lab, "explain", CLAIMED_CN, "--host", "claimed.zoom.us", "--policy",
                        str(strict), "--state-dir", str(state))

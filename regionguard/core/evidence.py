@@ -11,7 +11,7 @@ from typing import NamedTuple
 class Evidence(NamedTuple):
     """One source's answer for one address (or hostname)."""
 
-    source: str            # precedence name: override, zoom-dc, rtt, cloud, geofeed, learned, geoip,
+    source: str            # precedence name: override, zoom-dc, cloud, geofeed, rtt, learned, geoip,
                            # hostname, fallback
     region: str | None     # Zoom region code, or None when the place has no Zoom region
     country: str | None    # ISO 3166-1 alpha-2, or None when the source knows no country

@@ -46,10 +46,13 @@ UNKNOWN_ACTIONS = ("block", "allow", "monitor")
 CONFLICT_MODES = ("precedence", "strict")
 # `learned` (names regionguard resolved itself, regionguard/core/learned.py) ranks by its confidence,
 # 0.75: below the operators' own range data (zoom-dc, cloud 0.9, geofeed 0.8), above GeoIP.
-# `rtt` (physics, regionguard/core/physics.py) ranks after Zoom's own labelled addresses: a
-# round trip can be cut short by a middlebox that answers for the server (a TCP-terminating
-# proxy), so Zoom's word on its own addresses stays first; a disagreement is a conflict either way.
-SOURCES = ("override", "zoom-dc", "rtt", "cloud", "geofeed", "learned", "geoip", "hostname",
+# `rtt` (physics, regionguard/core/physics.py) ranks after the range data (zoom-dc, cloud,
+# geofeed): a round trip is cut short by any middlebox that answers for the server (a
+# TCP-terminating proxy or firewall near the clients makes every address look near, so in the
+# clients' own, allowed, region). Ranked first, that one box would place all of Zoom in reach;
+# ranked here, it places only what no range data places, and a disagreement with the range data
+# is a conflict either way (blocking under `conflicts: strict`).
+SOURCES = ("override", "zoom-dc", "cloud", "geofeed", "rtt", "learned", "geoip", "hostname",
            "fallback")
 RTT_MODES = ("off", "passive", "probe")
 OTHER_ACTIONS = ("allow", "monitor", "block")
@@ -747,7 +750,7 @@ class _Checker:
         if rtt != "off" and "rtt" not in precedence:
             self.error(("evidence", "rtt"), f"rtt: {rtt} measures, but `rtt` is not in "
                        "evidence.precedence, so no measurement would ever count",
-                       "add rtt to evidence.precedence (after zoom-dc), or set rtt: off")
+                       "add rtt to evidence.precedence (after geofeed), or set rtt: off")
         return EvidenceSettings(precedence, conflicts, float(min_conf),
                                 None if ttl is None else float(ttl), rtt)
 
