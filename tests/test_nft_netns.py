@@ -256,6 +256,28 @@ def udp_verdicts(lab, probes: list[tuple[str, str, int]]) -> list[bool]:
 # --- the gateway ------------------------------------------------------------------------------
 
 
+class Watch:
+    """`regionguard nft --watch ARGS` running in namespace `ns`, its standard error followed."""
+
+    def __init__(self, ns: str, *args: str) -> None:
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m",
+                                      "regionguard", "nft", "--watch", "--interval", "0.2", *args],
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True).start()
+
+    def wait_for(self, text: str) -> None:
+        deadline = time.monotonic() + 60
+        while not any(text in line for line in self.lines) and time.monotonic() < deadline \
+                and self.proc.poll() is None:
+            time.sleep(0.05)
+        assert any(text in line for line in self.lines), "".join(self.lines)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def test_udp_media_and_tcp_443_to_a_disallowed_server_are_dropped_and_counted(lab):
     before = blocked_packets(lab["gateway"])
     # allowed traffic passes (US for everyone); a Zoom address of unknown region is blocked
@@ -429,21 +451,8 @@ def test_a_workstation_output_hook_fails_closed_then_drops_its_own_udp_to_disall
     client = lab["client"]
     policy = lab["workdir"] / "workstation.yaml"
     policy.write_text(POLICY.replace("default_region: US", "default_region: Atlantis"))
-    watcher = subprocess.Popen(["ip", "netns", "exec", client, sys.executable, "-m",
-                                "regionguard", "nft", "--watch", "--hook", "output",
-                                "--interval", "0.2", "--policy", str(policy), "--state-dir",
-                                "off"], stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(watcher.stderr), daemon=True)
-    reader.start()
-
-    def wait_for(text: str) -> None:
-        deadline = time.monotonic() + 60
-        while not any(text in line for line in lines) and time.monotonic() < deadline \
-                and watcher.poll() is None:
-            time.sleep(0.05)
-        assert any(text in line for line in lines), "".join(lines)
-
+    watch = Watch(client, "--hook", "output", "--policy", str(policy), "--state-dir", "off")
+    lines, wait_for = watch.lines, watch.wait_for
     try:
         wait_for("failing closed")
         assert "Atlantis" in "".join(lines)             # the policy's problem is shown
@@ -459,8 +468,7 @@ def test_a_workstation_output_hook_fails_closed_then_drops_its_own_udp_to_disall
         assert blocked_packets(client)["default_region_disallowed_v4"] == 3
         assert passes(lab, DEFAULT_CLIENT4, US4)
     finally:
-        watcher.terminate()
-        watcher.wait(10)
+        watch.stop()
         nft(lab, client, "--delete")
     assert apply.list_table(netns=client) is None
     # the gateway's table was never touched by the workstation's load and delete
@@ -515,21 +523,9 @@ def test_watch_follows_round_trip_measurements_by_element_updates(lab):
                                      "lon: 8.68}}\nevidence: {rtt: probe}\n", 1))
     state = lab["workdir"] / "rtt-state"
     state.mkdir()
-    watcher = subprocess.Popen(["ip", "netns", "exec", gateway, sys.executable, "-m",
-                                "regionguard", "nft", "--watch", "--interval", "0.2",
-                                "--learned-every", "0", "--policy", str(policy),
-                                "--state-dir", str(state)], stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(watcher.stderr), daemon=True)
-    reader.start()
-
-    def wait_for(text: str) -> None:
-        deadline = time.monotonic() + 60
-        while not any(text in line for line in lines) and time.monotonic() < deadline \
-                and watcher.poll() is None:
-            time.sleep(0.05)
-        assert any(text in line for line in lines), "".join(lines)
-
+    watch = Watch(gateway, "--learned-every", "0", "--policy", str(policy), "--state-dir",
+                  str(state))
+    lines, wait_for = watch.lines, watch.wait_for
     try:
         wait_for("table loaded")
         probes = [(DEFAULT_CLIENT4, UNKNOWN4, 8801), (LAB_CLIENT4, UNKNOWN4, 8801)]
@@ -541,5 +537,4 @@ def test_watch_follows_round_trip_measurements_by_element_updates(lab):
         assert udp_verdicts(lab, probes) == [True, False]        # DE: the default group's only
         assert sum("table loaded" in line for line in lines) == 1
     finally:
-        watcher.terminate()
-        watcher.wait(10)
+        watch.stop()
