@@ -191,6 +191,22 @@ def test_stores_sharing_a_file_read_each_others_measurements_at_their_next_flush
     probe.close()
 
 
+def test_a_learned_stores_own_poll_brings_in_what_another_process_measured(tmp_path):
+    """A long-running front end (`regionguard dns`) never measures: its learned store's
+    background tick reads the round trips a proxy or `regionguard probe` wrote meanwhile."""
+    from regionguard.core.learned import LearnedStore
+
+    dns = LearnedStore.open(tmp_path)
+    told: list[str] = []
+    dns.rtt.subscribe(told.append)
+    probe = RttStore(tmp_path / "rtt.sqlite3")
+    probe.observe(FRANKFURT, "192.0.2.7", 1.5, "probe")
+    probe.close()
+    dns.flush()   # one tick of its background thread
+    assert dns.rtt.measured(FRANKFURT, "192.0.2.7").min_ms == 1.5 and told == ["192.0.2.7"]
+    dns.close()
+
+
 # --- in the engine ------------------------------------------------------------------------------
 
 POLICY = """

@@ -659,6 +659,12 @@ class LearnedStore:
             except BaseException:
                 db.execute("ROLLBACK") if db.in_transaction else None
                 raise
+        rtt = self._rtt
+        if rtt is not None:
+            # the round trips kept beside this store: ours written, those other processes
+            # (a proxy, `regionguard probe`) measured read, so a long-running DNS filter or
+            # nft watcher sees them without a restart
+            rtt.flush()
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:   # another process wrote: read what it wrote
             self._data_version = version

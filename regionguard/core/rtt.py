@@ -205,7 +205,10 @@ class RttStore:
         if self._db is None:
             return
         self._flushed = self.clock()
-        rows, self._dirty = list(self._dirty.values()), {}
+        # swapped first, read after: a measurement another thread adds meanwhile goes into the
+        # dict taken (and is written) or into the new one (written next time), never lost
+        dirty, self._dirty = self._dirty, {}
+        rows = list(dirty.values())
         try:
             if rows:
                 self._db.executemany(
