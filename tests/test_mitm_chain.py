@@ -37,10 +37,40 @@ def test_make_addons_gives_one_fresh_addon_per_concern_in_chain_order():
     names = [getattr(a, "name", type(a).__name__.lower()) for a in first]
     assert names == ["regionguard", "regionguard_gateway", "regionguard_tls",
                      "regionguard_signalling", "regionguard_pac", "regionguard_connections",
-                     "dnsfilter", "regionguard_metrics", "regionguard_summary"]
+                     "dnsfilter", "regionguard_metrics", "regionguard_summary",
+                     "regionguard_relay_memory"]
     assert not {id(a) for a in first} & {id(a) for a in second}
     policy = first[0]
-    assert all(a.policy is policy for a in (*first[1:6], *first[-2:]))   # one policy addon per set
+    assert all(a.policy is policy for a in (*first[1:6], *first[-3:-1]))   # one policy addon per set
+
+
+def test_a_relayed_flow_keeps_only_its_last_message_unless_flows_are_saved(tmp_path):
+    """A gateway relays hours of media: mitmproxy would keep every datagram of a flow until it
+    ends. After each message only the last stays (what mitmproxy's display reads), unless flows
+    are being saved (-w), which needs them all."""
+    from mitmproxy.addons.save import Save
+    from mitmproxy.tcp import TCPMessage
+    from mitmproxy.test import taddons, tflow
+    from mitmproxy.udp import UDPMessage
+
+    from regionguard.mitm.relay_memory import RelayMemory
+
+    trim = RelayMemory()
+    with taddons.context(trim, Save()) as tctx:
+        for make, message, hook in ((tflow.ttcpflow, TCPMessage, trim.tcp_message),
+                                    (tflow.tudpflow, UDPMessage, trim.udp_message)):
+            flow = make()
+            for i in range(1000):
+                flow.messages.append(message(i % 2 == 0, b"x" * 1200))
+                hook(flow)
+                assert len(flow.messages) == 1
+            assert flow.messages[0].content == b"x" * 1200 and not flow.messages[0].from_client
+        tctx.configure(trim, save_stream_file=str(tmp_path / "flows.mitm"))
+        flow = tflow.ttcpflow()
+        before = len(flow.messages)
+        flow.messages.append(TCPMessage(True, b"kept"))
+        trim.tcp_message(flow)
+        assert len(flow.messages) == before + 1
 
 
 def test_the_script_imports_the_packages_addons_and_edits_no_sys_path():

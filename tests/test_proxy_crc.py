@@ -225,7 +225,7 @@ def lab(tmp_path_factory):
                       prefix=("ip", "netns", "exec", router))
         cleanup.append(proxy.stop)
 
-        dev = "rgwg0"
+        dev = f"rgwc{os.getpid() % 100000}"   # its UAPI socket (/var/run/wireguard) is not per namespace
         env = {**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
         wg = subprocess.Popen(["ip", "netns", "exec", client, "wireguard-go", "-f", dev],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

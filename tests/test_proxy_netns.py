@@ -175,7 +175,7 @@ def test_wireguard_mode_covers_tcp_and_udp_8801_media(lab):
     wg_port = 51820   # the router namespace is new: nothing else listens there
     proxy = _start_proxy(lab, "--mode", f"wireguard:{conf}@{wg_port}")
 
-    client, dev = lab["client"], "rgwg0"
+    client, dev = lab["client"], f"rgwg{os.getpid() % 100000}"   # its UAPI socket is not per namespace
     env = {**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
     wg = subprocess.Popen(["ip", "netns", "exec", client, "wireguard-go", "-f", dev],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

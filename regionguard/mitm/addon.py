@@ -18,6 +18,7 @@ from regionguard.mitm.gateway import GatewayAccess
 from regionguard.mitm.metrics import Metrics
 from regionguard.mitm.pac_server import PacServer
 from regionguard.mitm.policy_loader import PolicyLoader
+from regionguard.mitm.relay_memory import RelayMemory
 from regionguard.mitm.signalling import RoomConnectorSignalling
 from regionguard.mitm.tls_passthrough import TlsPassthrough
 
@@ -25,9 +26,9 @@ from regionguard.mitm.tls_passthrough import TlsPassthrough
 def make_addons() -> list:
     """A fresh set of the proxy's addons: the policy, who may connect, TLS, room-connector
     signalling as raw TCP, the PAC file, connection enforcement, then DNS; the metrics endpoint
-    and the console summary (no per-connection hook) last."""
+    and the console summary (no per-connection hook), and the relayed flows' memory, last."""
     policy = PolicyLoader()
     connections = ConnectionEnforcer(policy)
     return [policy, GatewayAccess(policy), TlsPassthrough(policy), RoomConnectorSignalling(policy),
             PacServer(policy), connections, *dns_addons(), Metrics(policy, connections.prober),
-            ConsoleSummary(policy)]
+            ConsoleSummary(policy), RelayMemory()]
