@@ -194,15 +194,23 @@ class Compiled:
                 ivs = [iv for iv in clients if _family(iv[0]) == fam]
                 yield (self._client_set(i, fam), fam, f"{fam}_addr",
                        [_address(fam, s, e) for s, e in ivs], f"clients of group {group}")
+        kind = {fam: [f"{fam}_addr", "inet_proto", "inet_service"] for fam in ("ipv4", "ipv6")}
+        for i, (group, _) in enumerate(self.groups):
+            for fam in ("ipv4", "ipv6"):   # the addresses of the group's sets
+                ranges = _coalesce((e.start, e.end) for s in self.sets
+                                   if s.group == group and s.family == fam for e in s.elements)
+                yield (self._group_blocked_set(i, fam), fam, f"{fam}_addr",
+                       [_address(fam, a, b) for a, b in ranges],
+                       f"destinations group {group} is blocked from on some port: the rest pass")
         for s in self.sets:
-            items = [{"concat": [_address(s.family, e.start, e.end), e.transport,
-                                 e.low if e.low == e.high else {"range": [e.low, e.high]}]}
-                     for e in s.elements]
-            yield s.name, s.family, [f"{s.family}_addr", "inet_proto", "inet_service"], items, \
-                s.comment
+            yield s.name, s.family, kind[s.family], \
+                [_element_item(s.family, e) for e in s.elements], s.comment
 
     def _group_chain(self, index: int) -> str:
         return f"group_{index}"
+
+    def _group_blocked_set(self, index: int, fam: str) -> str:
+        return f"group_{index}_blocked_{'v4' if fam == 'ipv4' else 'v6'}"
 
     def _chains(self) -> list[dict]:
         base = {**_table(), "name": BASE_CHAIN, "type": "filter", "hook": self.options.hook,
@@ -225,10 +233,18 @@ class Compiled:
         rules.append(_rule(BASE_CHAIN, [{"goto": {"target": self._group_chain(last)}}],
                            f"every other client: group {self.groups[last][0]}"))
         chain_of = {g: self._group_chain(i) for i, (g, _) in enumerate(self.groups)}
+        # In a group's chain, a destination the group is blocked from on no port passes after
+        # one address lookup; only the others go on to the sets of (address, transport, port)
+        # that say whether and why (and count). Without it every allowed packet met one
+        # concatenated lookup per set of its group.
+        for i, (group, _) in enumerate(self.groups):
+            for fam, proto in (("ipv4", "ip"), ("ipv6", "ip6")):
+                rules.append(_rule(self._group_chain(i), [
+                    _match(_payload(proto, "daddr"), "@" + self._group_blocked_set(i, fam), "!="),
+                    {"accept": None}], f"not blocked for group {group}"))
         for s in self.sets:
             proto = "ip" if s.family == "ipv4" else "ip6"
-            key = {"concat": [_payload(proto, "daddr"), {"meta": {"key": "l4proto"}},
-                              _payload("th", "dport")]}
+            key = _destination_key(proto)
             tail = [{"counter": {"packets": 0, "bytes": 0}}]
             if self.options.log_prefix:
                 tail.append({"log": {"prefix": self.options.log_prefix}})
@@ -243,6 +259,17 @@ class Compiled:
             rules.append(_rule(chain_of[s.group], [_match(key, "@" + s.name), *tail,
                                                    {"reject": None}], s.name))
         return rules
+
+
+def _destination_key(proto: str) -> dict:
+    """daddr . l4proto . dport: what a block set's elements are matched against."""
+    return {"concat": [_payload(proto, "daddr"), {"meta": {"key": "l4proto"}},
+                       _payload("th", "dport")]}
+
+
+def _element_item(fam: str, e: Element) -> dict:
+    return {"concat": [_address(fam, e.start, e.end), e.transport,
+                       e.low if e.low == e.high else {"range": [e.low, e.high]}]}
 
 
 # --- compiling --------------------------------------------------------------------------------
