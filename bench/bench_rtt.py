@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_lookup import per_call_ns  # noqa: E402 - the same timing as the lookup bench
+
 from regionguard import Engine, parse_policy  # noqa: E402
 from regionguard.core.physics import ClientSite, Reach, constrain, zoom_sites  # noqa: E402
 from regionguard.core.rtt import RttStore  # noqa: E402
@@ -47,17 +49,6 @@ def policy(rtt: str, placed: str | None = None):
     """`placed`: a prefix an override puts in DE (the same answer RTT evidence gives)."""
     extra = f", {{match: {placed}, region: DE, zoom: true}}" if placed else ""
     return parse_policy(POLICY.replace("RTT", rtt).replace("OVERRIDE", extra))
-
-
-def per_call_ns(fn, items: list, batch: int = 1000) -> float:
-    samples = []
-    for i in range(0, len(items) - batch + 1, batch):
-        chunk = items[i:i + batch]
-        t0 = time.perf_counter_ns()
-        for x in chunk:
-            fn(x)
-        samples.append((time.perf_counter_ns() - t0) / batch)
-    return statistics.median(samples)
 
 
 def addresses(n: int, base: int) -> list[str]:
