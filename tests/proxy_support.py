@@ -220,6 +220,18 @@ def run_in_netns(ns: str, fn, timeout: float = 120.0):
     return result.get("value")
 
 
+def tear_down_lab(cleanup: list, *namespaces: str) -> None:
+    """Undo a namespace lab: its cleanup steps, last first (each tried whatever the others
+    did), then its namespaces."""
+    for fn in reversed(cleanup):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - tear everything down regardless
+            pass
+    for ns in namespaces:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:

@@ -33,7 +33,7 @@ import pytest
 
 from regionguard.mitm.run import stop
 from tests.netns import netns_missing
-from tests.proxy_support import Proxy, run_in_netns, sh
+from tests.proxy_support import Proxy, run_in_netns, sh, tear_down_lab
 
 ALLOWED, DISABLED = "10.205.1.1", "10.205.2.1"     # a DE connector, an IN connector
 # the same two, reached through the transparent proxy (routed over the veth, not the tunnel)
@@ -244,13 +244,7 @@ def lab(tmp_path_factory):
         yield {"router": router, "client": client, "proxy": proxy, "h323": h323, "tmp": tmp,
                "transparent": transparent}
     finally:
-        for fn in reversed(cleanup):
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - tear everything down regardless
-                pass
-        subprocess.run(["ip", "netns", "del", client], capture_output=True)
-        subprocess.run(["ip", "netns", "del", router], capture_output=True)
+        tear_down_lab(cleanup, client, router)
 
 
 def test_h323_setup_reaches_an_allowed_connector_and_not_a_disabled_one(lab):

@@ -30,6 +30,7 @@ from tests.proxy_support import (
     run_in_netns,
     sh,
     status_of,
+    tear_down_lab,
 )
 
 DE, IN = "10.201.1.1", "10.201.2.1"
@@ -79,13 +80,7 @@ def lab(tmp_path):
                "client_dev": f"rgc{n}", "policy": policy, "cert": cert, "tmp": tmp_path,
                "cleanup": cleanup}
     finally:
-        for fn in reversed(cleanup):
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - tear everything down regardless
-                pass
-        subprocess.run(["ip", "netns", "del", client], capture_output=True)
-        subprocess.run(["ip", "netns", "del", router], capture_output=True)
+        tear_down_lab(cleanup, client, router)
 
 
 def _curl_in(ns: str, *args: str) -> subprocess.CompletedProcess:
