@@ -124,3 +124,93 @@ def test_placeholders_match_only_what_they_stand_for():
     assert not pattern(["a … c"]).fullmatch("a b d\n")
     assert not pattern(["a", "b"]).fullmatch("a\n")
     assert not pattern(["a"]).fullmatch("a\nextra\n")
+
+
+NOT_CHECKED = re.compile(r"<!-- not checked: \S.* -->")
+
+
+def fenced_blocks(text: str) -> list[tuple[int, str, list[str]]]:
+    """(line number of the opening fence, the line before it, the block's lines) of each
+    fenced block."""
+    lines = text.splitlines()
+    blocks, start = [], None
+    for i, line in enumerate(lines):
+        if not line.startswith("```"):
+            continue
+        if start is None:
+            start = i
+        else:
+            blocks.append((start + 1, lines[start - 1].strip() if start else "", lines[start + 1:i]))
+            start = None
+    return blocks
+
+
+def test_every_example_with_output_is_checked_or_says_why_not():
+    # a block that shows a prompt (`$ command`) shows what the command prints: it is either run
+    # here, or its marker says why it cannot be (a measurement, a benchmark)
+    unmarked = [n for n, before, block in fenced_blocks(README)
+                if any(line.startswith("$ ") for line in block)
+                and before != MARK and not NOT_CHECKED.fullmatch(before)]
+    assert not unmarked, (f"README.md lines {unmarked}: a block with `$` commands needs {MARK} or "
+                          "<!-- not checked: WHY --> on the line before it")
+
+
+def readme_commands(text: str) -> list[tuple[int, list[str]]]:
+    """(line, argv after `regionguard`) of every regionguard command line in a fenced block:
+    continuation lines joined; comments, pipes and redirections cut; synopses (`[--opt ...]`)
+    left out, they show the grammar rather than a command."""
+    found = []
+    for n, _before, block in fenced_blocks(text):
+        joined: list[tuple[int, str]] = []
+        for k, line in enumerate(block):
+            if joined and joined[-1][1].endswith("\\"):
+                joined[-1] = (joined[-1][0], joined[-1][1][:-1] + " " + line.strip())
+            else:
+                joined.append((n + 1 + k, line.strip()))
+        prompted = any(line.startswith("$ ") for _, line in joined)   # the rest is output
+        for line_no, line in joined:
+            if prompted and not line.startswith("$ "):
+                continue
+            m = re.match(r"^(?:\$ |sudo )?(?:\S*/)?regionguard (.*)$", line)
+            if m is None or re.search(r"\[-", m.group(1)):
+                continue
+            command = re.sub(r"\s+#.*$", "", m.group(1))
+            command = re.split(r"\s(?:\||>|2>&1|2>|&&|;|&)(?:\s|$)", command)[0]
+            found.append((line_no, shlex.split(command)))
+    return found
+
+
+def test_every_command_in_the_readme_is_one_the_program_takes():
+    # an option renamed or removed fails here, also for the commands no test can run (root,
+    # network, long-running)
+    import contextlib
+    import io
+
+    from regionguard.cli import build_parser
+
+    commands = readme_commands(README)
+    assert len(commands) >= 30
+    parser = build_parser()
+    wrong = []
+    for line, argv in commands:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                _, extra = parser.parse_known_args(argv)
+        except SystemExit as e:
+            if e.code:
+                wrong.append(f"README.md:{line}: regionguard {shlex.join(argv)}: {err.getvalue().strip()}")
+            continue
+        if extra and argv[0] != "run":   # run passes what it does not know on to mitmdump
+            wrong.append(f"README.md:{line}: regionguard {shlex.join(argv)}: not taken: {extra}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_command_check_can_fail():
+    parser_input = "```sh\nregionguard dns --no-such-option\nregionguard explain 192.0.2.1 \\\n  --json\n```\n"
+    assert readme_commands(parser_input) == [(2, ["dns", "--no-such-option"]),
+                                             (3, ["explain", "192.0.2.1", "--json"])]
+    assert readme_commands("```\n$ regionguard --version\nregionguard 0.1\n```\n") == [(2, ["--version"])]
+    bad = "text\n```\n$ regionguard regions\n```\n"
+    assert [n for n, before, block in fenced_blocks(bad)
+            if any(x.startswith("$ ") for x in block) and before != MARK] == [2]
