@@ -112,3 +112,20 @@ class Mirror:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def dated_set(root: Path, aws_date: str, zoom_ranges_date: str) -> Path:
+    """A data set in force under `root` (REGIONGUARD_DATA_DIR), installed as `regionguard data
+    update` installs one, holding the bundled files but dated: AWS's createDate `aws_date`,
+    Zoom's ranges fetched on `zoom_ranges_date` (YYYY-MM-DD). Returns the set's directory."""
+    import re
+
+    from regionguard.core import datasets
+    from regionguard.data.update import install
+
+    files = {name: (BUNDLED / name).read_bytes() for name in datasets.FILES}
+    files[datasets.AWS], n = re.subn(rb'"createDate"\s*:\s*"[^"]*"',
+                                     f'"createDate": "{aws_date}-00-00-00"'.encode(),
+                                     files[datasets.AWS], count=1)
+    assert n == 1
+    return install(root, files, {"format": 1, "dates": {"zoom-ranges": zoom_ranges_date}})
