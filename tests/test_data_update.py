@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -103,6 +104,17 @@ def test_a_good_update_is_in_force_and_shown_with_its_dates(tmp_path):
                                capture_output=True, text=True, env=env_for(data), timeout=120)
     assert validated.returncode == 0 and "data: updated set" in validated.stdout
     assert f"zoom-ranges {time.strftime('%Y-%m-%d', time.gmtime())}" in validated.stdout
+
+
+def test_a_download_without_content_length_shows_the_bytes_received(tmp_path):
+    data = tmp_path / "data"
+    with Mirror(V2) as mirror:
+        mirror.faults[AWS_NAME] = "no-length"
+        run = update(data, mirror, "--progress", "always")
+    assert run.returncode == EXIT_OK, run.stderr
+    size = len(V2[AWS_NAME]) / 1e6
+    assert re.search(rf"ip-ranges\.json +{size:.1f} MB received", run.stderr), run.stderr
+    assert (data / in_force(data) / "aws-ip-ranges.json").read_bytes() == V2[AWS_NAME]
 
 
 def _shrunk(files: dict[str, bytes], name: str = AWS_NAME, keep: float = 0.5) -> dict[str, bytes]:

@@ -124,7 +124,8 @@ def _fetch_one(client: Any, f: Fetch, retries: int, show_progress: bool) -> byte
                         continue          # the server's trouble: may pass
                     break                 # 404, 403...: asking again will not help
                 total = int(response.headers.get("content-length") or 0)
-                bar = ProgressBar(total, f.file_name) if show_progress and total else None
+                # no Content-Length (chunked, or up to the close): the bytes received so far
+                bar = ProgressBar(total or None, f.file_name) if show_progress else None
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk
