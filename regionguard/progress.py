@@ -1,4 +1,5 @@
-"""A progress bar on stderr for long reads (replay, report): bytes read of the bytes there are.
+"""A progress bar on stderr for long reads (replay, report, data update): bytes read of the bytes
+there are; when how many is not known (a download without Content-Length), the bytes read so far.
 
 Shown only when asked, or when stderr is a terminal and the input is large; redrawn at most a few
 times a second, so it costs nothing measurable on the hot path.
@@ -24,15 +25,17 @@ def wanted(mode: str, total_bytes: int, stream: TextIO | None = None) -> bool:
 
 
 class ProgressBar:
-    def __init__(self, total_bytes: int, label: str = "", stream: TextIO | None = None,
+    def __init__(self, total_bytes: int | None, label: str = "", stream: TextIO | None = None,
                  width: int = 30, interval: float = 0.2) -> None:
-        self.total = max(total_bytes, 1)
+        """total_bytes None: unknown, only the bytes received are shown."""
+        self.total = None if total_bytes is None else max(total_bytes, 1)
         self.label = label
         self.stream = stream or sys.stderr
         self.width = width
         self.interval = interval
         self.done_before = 0          # bytes of the files already finished
         self._last = 0.0
+        self._done = 0                # bytes drawn or to draw last
 
     def start_file(self, label: str) -> None:
         self.label = label
@@ -42,13 +45,18 @@ class ProgressBar:
 
     def update(self, position: int) -> None:
         """Bytes read so far in the current file."""
+        self._done = self.done_before + position
         now = time.monotonic()
         if now - self._last < self.interval:
             return
         self._last = now
-        self._draw(self.done_before + position)
+        self._draw(self._done)
 
     def _draw(self, done: int) -> None:
+        if self.total is None:
+            self.stream.write(f"\r{self.label[-40:]:<40} {done / 1e6:8.1f} MB received")
+            self.stream.flush()
+            return
         frac = min(done / self.total, 1.0)
         filled = int(frac * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
@@ -57,6 +65,6 @@ class ProgressBar:
         self.stream.flush()
 
     def close(self) -> None:
-        self._draw(self.total)
+        self._draw(self._done if self.total is None else self.total)
         self.stream.write("\n")
         self.stream.flush()

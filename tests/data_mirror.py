@@ -53,7 +53,8 @@ def bundled_files() -> dict[str, bytes]:
 class Mirror:
     """An HTTP server on 127.0.0.1 serving `files` at /<name>. `faults`: name → "truncate"
     (Content-Length says the whole file, half is sent, then the connection closes), "html"
-    (200 with an HTML error page), "slow" (nothing for `slow_seconds`), "404"."""
+    (200 with an HTML error page), "slow" (nothing for `slow_seconds`), "404", "no-length"
+    (the whole file with no Content-Length: its end is the connection's close, as HTTP/1.0)."""
 
     def __init__(self, files: dict[str, bytes], slow_seconds: float = 5.0) -> None:
         self.files = dict(files)
@@ -81,7 +82,8 @@ class Mirror:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html" if fault == "html"
                                  else "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
+                if fault != "no-length":
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 try:
                     if fault == "truncate":
@@ -112,3 +114,20 @@ class Mirror:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def dated_set(root: Path, aws_date: str, zoom_ranges_date: str) -> Path:
+    """A data set in force under `root` (REGIONGUARD_DATA_DIR), installed as `regionguard data
+    update` installs one, holding the bundled files but dated: AWS's createDate `aws_date`,
+    Zoom's ranges fetched on `zoom_ranges_date` (YYYY-MM-DD). Returns the set's directory."""
+    import re
+
+    from regionguard.core import datasets
+    from regionguard.data.update import install
+
+    files = {name: (BUNDLED / name).read_bytes() for name in datasets.FILES}
+    files[datasets.AWS], n = re.subn(rb'"createDate"\s*:\s*"[^"]*"',
+                                     f'"createDate": "{aws_date}-00-00-00"'.encode(),
+                                     files[datasets.AWS], count=1)
+    assert n == 1
+    return install(root, files, {"format": 1, "dates": {"zoom-ranges": zoom_ranges_date}})

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -105,10 +106,38 @@ def test_a_good_update_is_in_force_and_shown_with_its_dates(tmp_path):
     assert f"zoom-ranges {time.strftime('%Y-%m-%d', time.gmtime())}" in validated.stdout
 
 
-def _shrunk(files: dict[str, bytes]) -> dict[str, bytes]:
-    doc = json.loads(files[AWS_NAME])
-    doc["prefixes"] = doc["prefixes"][: len(doc["prefixes"]) // 2]
-    return dict(files, **{AWS_NAME: json.dumps(doc).encode()})
+def test_a_download_without_content_length_shows_the_bytes_received(tmp_path):
+    data = tmp_path / "data"
+    with Mirror(V2) as mirror:
+        mirror.faults[AWS_NAME] = "no-length"
+        run = update(data, mirror, "--progress", "always")
+    assert run.returncode == EXIT_OK, run.stderr
+    size = len(V2[AWS_NAME]) / 1e6
+    assert re.search(rf"ip-ranges\.json +{size:.1f} MB received", run.stderr), run.stderr
+    assert (data / in_force(data) / "aws-ip-ranges.json").read_bytes() == V2[AWS_NAME]
+
+
+def _shrunk(files: dict[str, bytes], name: str = AWS_NAME, keep: float = 0.5) -> dict[str, bytes]:
+    """`files` with `name` cut to its first `keep` of entries (AWS's prefixes, or a Zoom file's
+    lines); still a well-formed file, served with a 200."""
+    if name == AWS_NAME:
+        doc = json.loads(files[name])
+        doc["prefixes"] = doc["prefixes"][: int(len(doc["prefixes"]) * keep)]
+        return dict(files, **{name: json.dumps(doc).encode()})
+    lines = files[name].splitlines(keepends=True)
+    return dict(files, **{name: b"".join(lines[: int(len(lines) * keep)])})
+
+
+def zoom_total(files: dict[str, bytes]) -> int:
+    return len({line for name, body in files.items() if name.startswith("Zoom")
+                for line in body.split()})
+
+
+def test_one_zoom_file_is_a_small_part_of_the_zoom_total():
+    """Why the shrink check is per file: ZoomMeetings.txt emptied, or halved, leaves the total of
+    Zoom's prefixes within the default --max-shrink (0.2)."""
+    assert zoom_total(V1) * 0.8 < zoom_total(_shrunk(V1, "ZoomMeetings.txt", 0)) < zoom_total(V1)
+    assert len(V1["ZoomMeetings.txt"].split()) > 10
 
 
 @pytest.mark.parametrize("fault, file, says", [
@@ -119,6 +148,8 @@ def _shrunk(files: dict[str, bytes]) -> dict[str, bytes]:
     ("slow", ORACLE_NAME, "timed out"),
     ("404", "ZoomPhone.txt", "HTTP 404"),
     ("shrunk", AWS_NAME, "--force"),
+    ("emptied", "ZoomMeetings.txt", "ZoomMeetings.txt: no entries at all"),
+    ("shrunk", "ZoomMeetings.txt", "ZoomMeetings.txt: "),
 ])
 def test_a_failed_update_leaves_the_data_in_force(tmp_path, fault, file, says):
     data = tmp_path / "data"
@@ -126,13 +157,16 @@ def test_a_failed_update_leaves_the_data_in_force(tmp_path, fault, file, says):
         assert update(data, mirror).returncode == EXIT_OK
     before = in_force(data)
     assert region_of(data) == "DE"
-    with Mirror(_shrunk(V2) if fault == "shrunk" else V2, slow_seconds=3) as mirror:
-        if fault != "shrunk":
+    served = {"shrunk": _shrunk(V2, file), "emptied": _shrunk(V2, file, 0)}.get(fault, V2)
+    with Mirror(served, slow_seconds=3) as mirror:
+        if fault not in ("shrunk", "emptied"):
             mirror.faults[file] = fault
         started = time.monotonic()
         run = update(data, mirror, "--timeout", "1", "--retries", "1")
     assert run.returncode == EXIT_DATA, run.stdout + run.stderr
     assert "the data in force is unchanged" in run.stderr and says in run.stderr
+    if fault in ("shrunk", "emptied"):
+        assert "--force" in run.stderr
     assert time.monotonic() - started < 60
     assert in_force(data) == before
     assert len(list((data / "sets").iterdir())) == 1          # nothing half-written left behind
@@ -146,6 +180,27 @@ def test_a_shrunken_source_is_accepted_with_force(tmp_path):
     with Mirror(_shrunk(V2)) as mirror:
         run = update(data, mirror, "--force")
     assert run.returncode == EXIT_OK, run.stderr
+
+
+def test_a_set_whose_manifest_has_no_per_file_counts_is_compared_by_its_rows(tmp_path):
+    """A set written before manifests counted each Zoom file: the rows its zoom-ranges.csv
+    attributes to each file stand in (never more than the file held), so an emptied file is
+    still refused; with --force it is accepted, and its count (0) recorded from then on."""
+    data = tmp_path / "data"
+    with Mirror(V1) as mirror:
+        assert update(data, mirror).returncode == EXIT_OK
+    manifest_path = data / in_force(data) / datasets.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["zoom_files"]["ZoomMeetings.txt"] == len(V1["ZoomMeetings.txt"].split())
+    del manifest["zoom_files"]
+    manifest_path.write_text(json.dumps(manifest))
+    with Mirror(_shrunk(V1, "ZoomMeetings.txt", 0)) as mirror:
+        refused = update(data, mirror)
+        assert refused.returncode == EXIT_DATA and "ZoomMeetings.txt: no entries" in refused.stderr
+        forced = update(data, mirror, "--force")
+    assert forced.returncode == EXIT_OK, forced.stderr
+    manifest = json.loads((data / in_force(data) / datasets.MANIFEST).read_text())
+    assert manifest["zoom_files"]["ZoomMeetings.txt"] == 0
 
 
 def test_the_zoom_tables_cloud_rows_follow_the_clouds(tmp_path):

@@ -5,6 +5,7 @@ expanded as systemd would, start the real front ends, which serve with the polic
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.data_mirror import Mirror, bundled_files
 from tests.deploy_support import DEPLOY, check_dns_serves, check_proxy_serves, map_paths
 from tests.dns_support import BIN
 
@@ -56,18 +58,29 @@ def one(path: Path, key: str) -> str:
     return found[0]
 
 
-def exec_start(path: Path, overrides: dict[str, str] | None = None) -> list[str]:
-    """ExecStart= as systemd runs it: specifiers replaced, ${VAR} substituted within a word,
-    a lone $VAR split on white space (nothing when empty), from the unit's Environment=."""
+def expand(text: str, specifiers: dict[str, str] = SPECIFIERS) -> str:
+    for spec, value in specifiers.items():
+        text = text.replace(spec, value)
+    return text
+
+
+def unit_environment(path: Path, specifiers: dict[str, str] = SPECIFIERS) -> dict[str, str]:
+    """The unit's Environment= assignments, specifiers replaced (as systemd does)."""
     env: dict[str, str] = {}
     for assignment in values(path, "Environment"):
         for word in shlex.split(assignment):
             name, _, value = word.partition("=")
-            env[name] = value
+            env[name] = expand(value, specifiers)
+    return env
+
+
+def exec_start(path: Path, overrides: dict[str, str] | None = None,
+               specifiers: dict[str, str] = SPECIFIERS) -> list[str]:
+    """ExecStart= as systemd runs it: specifiers replaced, ${VAR} substituted within a word,
+    a lone $VAR split on white space (nothing when empty), from the unit's Environment=."""
+    env = unit_environment(path, specifiers)
     env.update(overrides or {})
-    line = one(path, "ExecStart")
-    for spec, value in SPECIFIERS.items():
-        line = line.replace(spec, value)
+    line = expand(one(path, "ExecStart"), specifiers)
     argv = []
     for word in shlex.split(line):
         lone = re.fullmatch(r"\$(\w+)", word)
@@ -159,9 +172,11 @@ def test_each_service_is_sandboxed_as_current_network_daemons_are(tmp_path, unit
             "regionguard-nft.service": "CAP_NET_ADMIN"}.get(unit, "")
     assert one(path, "CapabilityBoundingSet") == caps
     assert one(path, "AmbientCapabilities") == caps
-    # Learned evidence and data updates go to the one state directory the three units share.
+    # Learned evidence and data updates go to the one state directory the units share.
     argv = exec_start(path)
-    assert argv[argv.index("--state-dir") + 1] == "/var/lib/regionguard"
+    if unit != "regionguard-data-update.service":   # it learns nothing: no --state-dir
+        assert argv[argv.index("--state-dir") + 1] == "/var/lib/regionguard"
+    assert unit_environment(path)["REGIONGUARD_DATA_DIR"] == "/var/lib/regionguard/data"
     # systemd 252 gives a dynamic user no $HOME, and regionguard cannot start without one
     # (seen under a booted systemd: deploy/systemd/try-in-nspawn.sh)
     assert "HOME=%S/regionguard" in values(path, "Environment")
@@ -186,7 +201,66 @@ def test_the_timer_runs_data_update_daily_and_catches_up():
     assert one(timer, "Persistent") == "true"
     assert one(timer, "WantedBy") == "timers.target"
     argv = exec_start(UNITS / "regionguard-data-update.service")
-    assert argv == [INSTALLED, "data", "update", "--state-dir", "/var/lib/regionguard"]
+    assert argv == [INSTALLED, "data", "update"]
+
+
+@pytest.mark.parametrize("unit", SERVICES)
+def test_each_units_command_line_is_one_the_cli_accepts(unit, capsys):
+    """Every ExecStart=, expanded as systemd would, parses with regionguard's own argparse
+    (an option the command does not have is exit 2 at every start, whatever the unit says)."""
+    from regionguard.cli import build_parser
+
+    for overrides in ({}, {"REGIONGUARD_PROXY_ARGS": "--mode wireguard",
+                           "REGIONGUARD_DNS_ARGS": "--upstream 192.0.2.53:53",
+                           "REGIONGUARD_NFT_ARGS": "--verdict reject",
+                           "REGIONGUARD_DATA_UPDATE_ARGS": "--mirror-base http://127.0.0.1:9"}):
+        argv = exec_start(UNITS / unit, overrides)
+        assert argv[0] == INSTALLED
+        try:
+            args, extra = build_parser().parse_known_args(argv[1:])
+        except SystemExit:
+            pytest.fail(f"{unit}: {shlex.join(argv)}: {capsys.readouterr().err}")
+        assert not extra or getattr(args, "accepts_extra", False), f"{unit}: unrecognized {extra}"
+
+
+def service_environment(path: Path, specifiers: dict[str, str]) -> dict[str, str]:
+    """The environment systemd starts the unit's command in: its Environment= lines, and
+    $STATE_DIRECTORY and friends for its StateDirectory= (systemd.exec(5)), created as systemd
+    would; none of this test run's own state or data directories."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HOME", "XDG_STATE_HOME", "STATE_DIRECTORY", "REGIONGUARD_DATA_DIR")}
+    env.update(unit_environment(path, specifiers))
+    for key, variable, spec in (("StateDirectory", "STATE_DIRECTORY", "%S"),
+                                ("LogsDirectory", "LOGS_DIRECTORY", "%L")):
+        for name in values(path, key):
+            directory = Path(specifiers[spec]) / name
+            directory.mkdir(parents=True, exist_ok=True)
+            env[variable] = str(directory)
+    return env
+
+
+def test_the_data_update_unit_installs_data_where_the_other_units_read_it(tmp_path):
+    """The timer's service, run as systemd would (its command line and environment, /var/lib
+    and /var/log under tmp_path) against a mirror on 127.0.0.1, exits 0; then the proxy, the
+    DNS filter and the kernel table's units, in their own environments, see that set in force."""
+    specifiers = {"%S": str(tmp_path / "var/lib"), "%L": str(tmp_path / "var/log"), "%%": "%"}
+    unit = UNITS / "regionguard-data-update.service"
+    with Mirror(bundled_files()) as mirror:
+        argv = exec_start(unit, {"REGIONGUARD_DATA_UPDATE_ARGS":
+                                 f"--mirror-base {mirror.base} --progress never"}, specifiers)
+        done = subprocess.run([str(BIN / "regionguard"), *argv[1:]], capture_output=True,
+                              text=True, timeout=120, env=service_environment(unit, specifiers))
+    assert done.returncode == 0, done.stdout + done.stderr
+    sets = tmp_path / "var/lib/regionguard/data/sets"
+    installed = [d for d in sets.iterdir() if not d.name.startswith(".")]
+    assert len(installed) == 1
+    for reader in ("regionguard-proxy.service", "regionguard-dns.service",
+                   "regionguard-nft.service"):
+        status = subprocess.run([str(BIN / "regionguard"), "data", "status"], capture_output=True,
+                                text=True, timeout=60,
+                                env=service_environment(UNITS / reader, specifiers))
+        assert status.returncode == 0, status.stderr
+        assert f"data: updated set {installed[0]}" in status.stdout, (reader, status.stdout)
 
 
 def test_the_dns_unit_command_line_serves_with_the_policy(tmp_path):

@@ -6,18 +6,22 @@ host name or address ever becomes a label; /healthz and /readyz say what they pr
 from __future__ import annotations
 
 import asyncio
+import datetime
 import subprocess
 import time
 
 import httpx
 import pytest
 from dns_support import BIN, POLICY, DnsProcess, ZoneServer, addresses, ask
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from regionguard.core.reload import EngineHolder
 from regionguard.dns.metrics import endpoint
 from regionguard.dns.server import Config, DnsServer
 from regionguard.metrics.address import exposure_warning, parse_metrics_address
+from regionguard.metrics.common import FrontEndCollector
+from tests.data_mirror import dated_set
 from tests.ports import free_port
 
 DEFAULT, DETOUR = "127.0.0.1", "127.0.0.4"
@@ -100,6 +104,63 @@ def test_queries_cache_decisions_and_upstream_latency_are_counted(served):
     ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.text == "ready\n"
     assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=10).status_code == 404
+
+
+def test_every_datasets_date_age_and_staleness_is_exported(tmp_path, monkeypatch):
+    """A data set in force whose Zoom ranges were fetched long ago and whose AWS file is from
+    today: every dataset the start-up warning knows has a date and an age (Zoom's ranges
+    too, which no locator source reads), the old one is stale and the fresh one is not, and the
+    threshold is exported; the same series the warning names in the log."""
+    today = datetime.datetime.now(datetime.UTC).date()
+    dated_set(tmp_path / "data", today.isoformat(), "2020-01-01")
+    monkeypatch.setenv("REGIONGUARD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("REGIONGUARD_DATA_MAX_AGE_DAYS")   # the default threshold (conftest: 0)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    port = free_port()
+    server = DnsProcess(policy, ["127.0.0.1:9"], "--metrics", f"127.0.0.1:{port}",
+                        "--state-dir", "off")
+    try:
+        samples = scrape(port)
+        log = "".join(server.log)
+    finally:
+        server.close()
+    assert {dict(ls)["dataset"] for n, ls in samples if n == "regionguard_dataset_age_seconds"} \
+        == {"zoom-datacenters.csv", "aws-ip-ranges.json", "oracle-public_ip_ranges.json",
+            "zoom-ranges.csv"}
+    zoom_ranges = {"source": "zoom-ranges", "dataset": "zoom-ranges.csv"}
+    aws = {"source": "cloud", "dataset": "aws-ip-ranges.json"}
+    assert value(samples, "regionguard_dataset_date_seconds", **zoom_ranges) == datetime.datetime(
+        2020, 1, 1, tzinfo=datetime.UTC).timestamp()
+    assert value(samples, "regionguard_dataset_age_seconds", **zoom_ranges) > 5 * 365 * 86400
+    assert value(samples, "regionguard_dataset_stale", **zoom_ranges) == 1
+    assert "zoom-ranges data is" in log                               # and the warning says so
+    assert value(samples, "regionguard_dataset_age_seconds", **aws) < 86400
+    assert value(samples, "regionguard_dataset_stale", **aws) == 0
+    assert "aws data is" not in log
+    assert value(samples, "regionguard_dataset_max_age_seconds") == 90 * 86400   # the default
+    # zoom-datacenters.csv's newest row says nothing of its freshness: no staleness for it
+    assert not any(n == "regionguard_dataset_stale" and dict(ls)["dataset"] == "zoom-datacenters.csv"
+                   for n, ls in samples)
+
+
+@pytest.mark.parametrize("max_days, stale", [("0", 0), ("36500", 0), ("1", 1)])
+def test_the_staleness_threshold_comes_from_the_environment(tmp_path, monkeypatch, max_days, stale):
+    """REGIONGUARD_DATA_MAX_AGE_DAYS sets the threshold the gauge reports (0: never stale)."""
+    dated_set(tmp_path / "data", "2026-01-01", "2020-01-01")
+    monkeypatch.setenv("REGIONGUARD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("REGIONGUARD_DATA_MAX_AGE_DAYS", max_days)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    holder = EngineHolder(policy)
+    registry = CollectorRegistry()
+    registry.register(FrontEndCollector(lambda: holder, lambda: None))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in
+               text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples}
+    assert value(samples, "regionguard_dataset_max_age_seconds") == float(max_days) * 86400
+    assert value(samples, "regionguard_dataset_stale", source="zoom-ranges",
+                 dataset="zoom-ranges.csv") == stale
 
 
 def test_reroutes_and_client_groups_are_labelled_by_the_policys_group_names(served):

@@ -5,6 +5,7 @@ listener is up; a bad --metrics or one on the proxy's port is exit 2 with the fi
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import textwrap
@@ -15,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import BIN, free_port
+from tests.data_mirror import dated_set
 from tests.proxy_support import Proxy, curl, origins_on_one_port, status_of
 
 DE, IN = "127.0.1.1", "127.0.2.1"
@@ -61,7 +63,11 @@ def proxy(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY % free_port())
     port = free_port()
-    started = Proxy(policy, tmp_path, "--metrics", f"127.0.0.1:{port}")
+    # the data in force: the bundled files, AWS's dated today, Zoom's ranges fetched long ago
+    dated_set(tmp_path / "data", datetime.datetime.now(datetime.UTC).date().isoformat(), "2020-01-01")
+    started = Proxy(policy, tmp_path, "--metrics", f"127.0.0.1:{port}",
+                    env={"REGIONGUARD_DATA_DIR": str(tmp_path / "data"),
+                         "REGIONGUARD_DATA_MAX_AGE_DAYS": "90"})
     started.metrics = port
     # the endpoint starts in the `running` hook, which may come a moment after "listening at"
     assert _wait(lambda: _healthy(port, started.proc), 30), started.output()
@@ -108,6 +114,11 @@ def test_decisions_through_the_proxy_are_counted_with_their_labels(proxy, web):
     assert total(samples, "regionguard_policy_reloads_total", result="ok") == 0
     assert any(n == "regionguard_policy_info" for n, _ in samples)
     assert any(n == "regionguard_dataset_age_seconds" for n, _ in samples)
+    # every dataset's staleness against the threshold: Zoom's old ranges are, AWS's are not
+    assert total(samples, "regionguard_dataset_stale", dataset="zoom-ranges.csv") == 1
+    assert total(samples, "regionguard_dataset_stale", dataset="aws-ip-ranges.json") == 0
+    assert total(samples, "regionguard_dataset_age_seconds", dataset="zoom-ranges.csv") > 5 * 365 * 86400
+    assert total(samples, "regionguard_dataset_max_age_seconds") == 90 * 86400
     assert httpx.get(f"http://127.0.0.1:{proxy.metrics}/healthz", timeout=10).status_code == 200
     assert httpx.get(f"http://127.0.0.1:{proxy.metrics}/readyz", timeout=10).status_code == 200
 

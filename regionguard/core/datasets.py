@@ -122,6 +122,16 @@ def _newest_row_date(path: Path) -> str | None:
     return max((d for d in dates if d), default=None)
 
 
+# The dated sources of a set, by the names the start-up warning and `data status` use, and the
+# file each is read from (the metrics label their series with both).
+SOURCE_FILES = {"aws": AWS, "oracle": ORACLE, "zoom-ranges": ZOOM_RANGES,
+                "zoom-datacenters": DATACENTERS}
+# The sources whose age is checked against the threshold. Not zoom-datacenters: its labels come
+# from meeting invitations collected over years, so its newest row says nothing about whether it
+# is up to date.
+AGED_SOURCES = ("aws", "oracle", "zoom-ranges")
+
+
 def dataset_dates(directory: Path) -> dict[str, str | None]:
     """Source → the date of its data (YYYY-MM-DD), as the files themselves say. For an updated
     set, the Zoom range files carry no date: the day they were fetched is theirs."""
@@ -133,6 +143,11 @@ def dataset_dates(directory: Path) -> dict[str, str | None]:
         "zoom-ranges": recorded.get("zoom-ranges") or _newest_row_date(directory / ZOOM_RANGES),
         "zoom-datacenters": _newest_row_date(directory / DATACENTERS),
     }
+
+
+def is_old(date: _dt.date, today: _dt.date, max_days: float) -> bool:
+    """Whether data of `date` is past the threshold on `today` (never when it is 0 or less)."""
+    return max_days > 0 and (today - date).days > max_days
 
 
 def describe_set(directory: Path, bundled: Path) -> str:
@@ -159,23 +174,23 @@ def max_age_days() -> float:
 
 def stale_sources(directory: Path, today: _dt.date | None = None,
                   max_days: float | None = None) -> list[str]:
-    """One message per source whose data is older than the threshold (none when it is 0).
-    The zoom-datacenters date is left out: its labels come from meeting invitations collected
-    over years, so its newest row says nothing about whether it is up to date."""
+    """One message per source of AGED_SOURCES whose data is older than the threshold (none when
+    it is 0)."""
     max_days = max_age_days() if max_days is None else max_days
     if max_days <= 0:
         return []
     today = today or _dt.datetime.now(_dt.UTC).date()
     out = []
     for source, date in dataset_dates(directory).items():
-        if source == "zoom-datacenters" or not date:
+        if source not in AGED_SOURCES or not date:
             continue
         age = (today - _dt.date.fromisoformat(date)).days
-        if age > max_days:
+        if is_old(_dt.date.fromisoformat(date), today, max_days):
             out.append(f"{source} data is {age} days old ({date}; threshold {max_days:g} days, "
                        f"{MAX_AGE_ENV}): run `regionguard data update`")
     return out
 
 
-__all__ = ["FILES", "MANIFEST", "active_set", "check_set", "dataset_dates", "describe_set",
-           "max_age_days", "read_manifest", "set_stamp", "stale_sources"]
+__all__ = ["AGED_SOURCES", "FILES", "MANIFEST", "SOURCE_FILES", "active_set", "check_set",
+           "dataset_dates", "describe_set", "is_old", "max_age_days", "read_manifest", "set_stamp",
+           "stale_sources"]

@@ -124,7 +124,8 @@ def _fetch_one(client: Any, f: Fetch, retries: int, show_progress: bool) -> byte
                         continue          # the server's trouble: may pass
                     break                 # 404, 403...: asking again will not help
                 total = int(response.headers.get("content-length") or 0)
-                bar = ProgressBar(total, f.file_name) if show_progress and total else None
+                # no Content-Length (chunked, or up to the close): the bytes received so far
+                bar = ProgressBar(total or None, f.file_name) if show_progress else None
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk
@@ -250,8 +251,13 @@ def zoom_ranges_rows(files: list[tuple[str, list]], date: str) -> list[list[str]
     return [seen[k] for k in sorted(seen)]
 
 
+ZOOM_FILE_COUNTS = "zoom_files"   # manifest key: Zoom range file name -> prefixes it held
+
+
 def counts_of(directory: Path) -> dict[str, int]:
-    """Entries per fetched source in a set, for the shrink check."""
+    """Entries per fetched source in a set, for the shrink check: "aws", "oracle", "zoom" (the
+    distinct prefixes of zoom-ranges.csv), and one per Zoom range file ("ZoomMeetings.txt"), so
+    that one file emptied cannot hide in the total of all of them."""
     out = {}
     with contextlib.suppress(OSError, UpdateError):
         out["aws"] = check_aws((directory / AWS).read_bytes())[0]
@@ -259,12 +265,39 @@ def counts_of(directory: Path) -> dict[str, int]:
         out["oracle"] = check_oracle((directory / ORACLE).read_bytes())[0]
     with contextlib.suppress(OSError):
         out["zoom"] = max(len((directory / ZOOM_RANGES).read_text(encoding="utf-8").splitlines()) - 1, 0)
+    out.update(_zoom_file_counts(directory))
+    return out
+
+
+def _zoom_file_counts(directory: Path) -> dict[str, int]:
+    """Prefixes per Zoom range file: as the manifest recorded them; for a set written before
+    manifests held them, the rows zoom-ranges.csv attributes to each file, a lower bound (a
+    prefix two files list is attributed to one), so comparing against it never refuses a file
+    that did not shrink. The bundled snapshot's rows name no Zoom file: nothing to compare."""
+    import csv
+
+    recorded = (datasets.read_manifest(directory) or {}).get(ZOOM_FILE_COUNTS)
+    if isinstance(recorded, dict):
+        return {name: n for name, n in recorded.items() if isinstance(n, int)}
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError, csv.Error), \
+            open(directory / ZOOM_RANGES, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            source = row.get("source") or ""
+            if source.startswith("Zoom") and source.endswith(".txt"):
+                out[source] = out.get(source, 0) + 1
     return out
 
 
 def check_shrink(old: dict[str, int], new: dict[str, int], max_shrink: float) -> None:
+    """Refuse a source (or a Zoom range file) that lost more than `max_shrink` of its entries,
+    or that is empty now and was not: sources only the old or the new set knows are not compared."""
     for source, count in new.items():
         before = old.get(source, 0)
+        if before and count == 0:
+            raise UpdateError(
+                f"{source}: no entries at all, down from {before} in the data in force: an "
+                "emptied or wrong file? Check the source, then run again with --force to accept it")
         if before and count < before * (1 - max_shrink):
             raise UpdateError(
                 f"{source}: {count} entries, down from {before} in the data in force "
@@ -386,9 +419,10 @@ def update(root: Path, fetches: list[Fetch], *, timeout: float, retries: int, fo
         if not rows:
             raise UpdateError("Zoom's range files hold no prefix at all")
         new_counts = {"aws": aws_count, "oracle": oracle_count, "zoom": len(rows)}
+        file_counts = {name: len(networks) for name, networks in zoom_files}
         old_counts = counts_of(data_dir())
         if not force:
-            check_shrink(old_counts, new_counts, max_shrink)
+            check_shrink(old_counts, {**new_counts, **file_counts}, max_shrink)
         bundled = bundled_data_dir()
         files = {name: (bundled / name).read_bytes() for name in FILES}
         files[AWS], files[ORACLE] = raw["aws"], raw["oracle"]
@@ -398,6 +432,7 @@ def update(root: Path, fetches: list[Fetch], *, timeout: float, retries: int, fo
         files[DATACENTERS] = _datacenters(files, rows, zoom_files)
         manifest = {"format": 1, "fetched": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                     "sources": {f.key: f.url for f in fetches}, "counts": new_counts,
+                    ZOOM_FILE_COUNTS: file_counts,
                     "dates": {"zoom-ranges": today}}
         final = install(root, files, manifest)
         size = sum(len(b) for b in raw.values())
@@ -405,7 +440,9 @@ def update(root: Path, fetches: list[Fetch], *, timeout: float, retries: int, fo
               f"checked and installed in {time.monotonic() - started - fetched_in:.2f} s "
               f"(total {time.monotonic() - started:.2f} s)", file=out)
         print(f"  {AWS}: {aws_count} prefixes; {ORACLE}: {oracle_count} CIDRs; {ZOOM_RANGES}: "
-              f"{len(rows)} prefixes (before: {old_counts})", file=out)
+              f"{len(rows)} prefixes (before: "
+              + ", ".join(f"{k} {old_counts[k]}" for k in ("aws", "oracle", "zoom") if k in old_counts)
+              + ")", file=out)
         print(f"  in force: {final}", file=out)
         return final
 

@@ -1,6 +1,7 @@
 """What both front ends count, read when Prometheus scrapes: decisions (from the audit log's
-Counters), audit lines, policy reloads and the version in force, the evidence sources' dataset
-dates, and the learned-evidence store's size.
+Counters), audit lines, policy reloads and the version in force, the dataset dates and ages of
+every evidence source, whether each is stale and the threshold, and the learned-evidence store's
+size.
 
 Label values all come from bounded sets: actions, rules, regions and services are the policy's
 and config/'s; scopes are two; client groups are the policy's names; sources and datasets are
@@ -12,12 +13,14 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from regionguard.audit.log import AuditLog
+from regionguard.core import datasets, paths
 from regionguard.core.decision import Engine
 from regionguard.core.reload import EngineHolder
 
@@ -44,12 +47,28 @@ def _epoch(date: str | None) -> float | None:
     return _dt.datetime(day.year, day.month, day.day, tzinfo=_dt.UTC).timestamp()
 
 
+_SOURCE_OF_FILE = {file: source for source, file in datasets.SOURCE_FILES.items()}
+
+
 def dataset_dates(engine: Engine) -> dict[tuple[str, str], float]:
-    """(source, dataset file) → the newest date its evidence carries, as a Unix time: the bundled
-    files' own dates (AWS createDate, Oracle last_updated_timestamp, the rows' provenance dates
-    in zoom-datacenters.csv, a GeoIP database's build time)."""
+    """(source, dataset file) → the date of its data, as a Unix time. For the files a data set
+    holds (core.datasets.SOURCE_FILES), the date core.datasets reads from them, the one the
+    start-up warning and `data status` show: AWS createDate, Oracle last_updated_timestamp, the
+    newest row of the Zoom tables, the fetch day of an updated set's Zoom ranges. The source
+    label is the locator's name for the source reading the file ("cloud", "zoom-dc"); Zoom's
+    ranges, which no locator source reads, are "zoom-ranges". Other evidence (a geofeed, a GeoIP
+    database, or a file that states no date of its own): the newest date its evidence carries."""
     locator = engine.locator
     dates: dict[tuple[str, str], float] = {}
+    by_directory: dict[Path, dict[str, str | None]] = {}
+
+    def file_date(path: Path) -> str | None:
+        source = _SOURCE_OF_FILE.get(path.name)
+        if source is None:
+            return None
+        if path.parent not in by_directory:
+            by_directory[path.parent] = datasets.dataset_dates(path.parent)
+        return by_directory[path.parent].get(source)
 
     def note(source: str, dataset: str, date: str | None) -> None:
         when = _epoch(date)
@@ -60,13 +79,23 @@ def dataset_dates(engine: Engine) -> dict[tuple[str, str], float]:
         path = getattr(source, "path", None)
         if path is None:
             continue   # the policy's overrides: no dataset date
+        if (date := file_date(path)) is not None:
+            note(source.name, path.name, date)
+            continue
         for evidence in source.table.arrays()[2]:
             note(source.name, path.name, evidence.date)
     for source in (*locator.per_address, *locator.per_host):
         path = getattr(source, "path", None)
-        date = getattr(source, "date", None)
+        date = file_date(path) if path is not None else None
+        date = date or getattr(source, "date", None)
         if path is not None and isinstance(date, str):
             note(source.name, path.name, date)
+    # the set's files no locator source reads: Zoom's ranges (what makes an address Zoom's)
+    read = {dataset for _source, dataset in dates}
+    for directory in by_directory or [paths.data_dir()]:
+        for source, file in datasets.SOURCE_FILES.items():
+            if file not in read:
+                note(source, file, file_date(directory / file))
     return dates
 
 
@@ -82,6 +111,7 @@ class FrontEndCollector(Collector):
         self._clock = clock
         self._dates_for: Any = None   # the engine whose dataset dates are remembered
         self._dates: dict[tuple[str, str], float] = {}
+        self._max_age_days = datasets.max_age_days()   # read once: it warns on a bad value
 
     def collect(self) -> Iterator[Any]:
         holder = self._holder()
@@ -151,12 +181,26 @@ class FrontEndCollector(Collector):
         age = GaugeMetricFamily("regionguard_dataset_age_seconds",
                                 "Age of each evidence source's dataset (now - its date)",
                                 labels=["source", "dataset"])
+        stale = GaugeMetricFamily("regionguard_dataset_stale",
+                                  "1 when the dataset is older than the threshold "
+                                  f"(regionguard_dataset_max_age_seconds, {datasets.MAX_AGE_ENV}): "
+                                  "run `regionguard data update`; for the sources the start-up "
+                                  "warning checks", labels=["source", "dataset"])
         now = self._clock()
+        today = _dt.datetime.fromtimestamp(now, _dt.UTC).date()
+        aged = {datasets.SOURCE_FILES[s] for s in datasets.AGED_SOURCES}
         for (source, dataset), when in sorted(self._dates.items()):
             date.add_metric([source, dataset], when)
             age.add_metric([source, dataset], round(now - when))
-        yield date
-        yield age
+            if dataset in aged:
+                day = _dt.datetime.fromtimestamp(when, _dt.UTC).date()
+                stale.add_metric([source, dataset],
+                                 1 if datasets.is_old(day, today, self._max_age_days) else 0)
+        threshold = GaugeMetricFamily("regionguard_dataset_max_age_seconds",
+                                      "Age past which a dataset counts as stale "
+                                      f"({datasets.MAX_AGE_ENV}; 0: never)")
+        threshold.add_metric([], max(self._max_age_days, 0) * 86400)
+        yield from (date, age, stale, threshold)
 
     @staticmethod
     def _learned(holder: EngineHolder) -> Iterator[Any]:
