@@ -432,7 +432,7 @@ class DnsServer:
 
     # --- the miss path: one for every query, whoever waits ---
 
-    def _resolve(self, key: CacheKey, client: str, waiter: Waiter | asyncio.Future,
+    def _resolve(self, key: CacheKey, client: str | None, waiter: Waiter | asyncio.Future,
                  reroutes: bool = True) -> None:
         """Have `waiter` answered with the filtered answer for `key`: it joins the miss in
         flight for the key, or a new one asks upstream. Raises UpstreamError beyond
@@ -454,7 +454,7 @@ class DnsServer:
         except Exception as e:  # noqa: BLE001 - never leave the key in flight
             self._complete(miss, None, e)
 
-    async def _resolved(self, key: CacheKey, client: str, reroutes: bool = True) -> bytes:
+    async def _resolved(self, key: CacheKey, client: str | None, reroutes: bool = True) -> bytes:
         """`_resolve` for a coroutine: the filtered answer's bytes; raises UpstreamError. When
         the coroutine that started the miss is cancelled, the miss is abandoned (its other
         waiters get SERVFAIL, the upstream query is forgotten)."""
