@@ -61,8 +61,9 @@ class Reroute(NamedTuple):
 
 
 class Miss:
-    """A cache miss for `key`, asked by `client`. `waiters` and `exchange` are the driver's:
-    whoever waits for the answer, and the upstream exchange under way."""
+    """A miss for `key`, asked by `client`: the server's cache miss, or the answer mitmproxy's
+    upstream gave the addon. `waiters` and `exchange` are the server's: whoever waits for the
+    answer, and the upstream exchange under way."""
 
     __slots__ = ("filter", "key", "client", "source", "reroutes", "query", "asked", "cut_short",
                  "waiters", "exchange", "_rerouting")

@@ -223,7 +223,7 @@ class DnsFilter:
             return None
         miss = Miss(flt, key, client, RESOLVER_SOURCE, reroutes=False,
                     asked=dns.message.make_query(name, rdtype))
-        return miss.received_message(answer).wire
+        return miss.received_message(answer).wire   # Answered: no second hop
 
 
 def _key_of(query: dns.message.Message) -> CacheKey:
