@@ -96,6 +96,35 @@ def test_an_alternative_is_not_rerouted_again(flt):
     assert isinstance(step, Answered) and step.result.outcome is Outcome.BLOCKED
 
 
+def test_an_alternatives_own_reroute_is_blocked_and_marked_not_to_be_cached(flt):
+    """us.zoom.us, asked as another name's alternative, would reroute again: cut short, it is
+    the block answer, and no answer for us.zoom.us's own askers (their miss reroutes)."""
+    alternative = Miss(flt, key_for("us.zoom.us", group="detour"), "127.0.0.4", "test",
+                       reroutes=False)
+    alternative.received(upstream_answer(alternative))
+    assert alternative.cut_short
+    own = Miss(flt, key_for("us.zoom.us", group="detour"), "127.0.0.4", "test")
+    assert isinstance(own.received(upstream_answer(own)), Reroute) and not own.cut_short
+
+
+def test_an_alternative_that_is_itself_blocked_counts_as_none(tmp_path):
+    """With the block answer 0.0.0.0, an alternative blocked for the client answers 0.0.0.0:
+    that is no alternative, fresh or cached (bytes alone), so the answer is blocked."""
+    path = tmp_path / "zero.yaml"
+    path.write_text(POLICY.replace("to: de.zoom.us", "to: us.zoom.us")
+                    + "dns: {block_answer: zero}\n")
+    zero = AnswerFilter(Engine(load_policy(path)))
+    miss = Miss(zero, key_for("in.zoom.us", group="detour"), "127.0.0.4", "test")
+    step = miss.received(upstream_answer(miss))
+    assert step == Reroute(key_for("us.zoom.us", group="detour"))
+    alternative = Miss(zero, step.key, "127.0.0.4", "test", reroutes=False)
+    found = alternative.received(upstream_answer(alternative))
+    assert isinstance(found, Answered) and addresses(found.wire) == {"0.0.0.0"}
+    done = miss.rerouted(found.wire)
+    assert done.result.outcome is Outcome.BLOCKED and addresses(done.wire) == {"0.0.0.0"}
+    assert dns.message.from_wire(done.wire).question[0].name.to_text() == "in.zoom.us."
+
+
 def test_an_answer_nobody_can_read_is_an_upstream_error(flt):
     miss = Miss(flt, key_for("de.zoom.us"), "127.0.0.1", "test")
     garbage = upstream_answer(miss)[:12] + b"\x02de\x04zoom\x02us\x00\x00\x01\x00\x01\xff\xff"

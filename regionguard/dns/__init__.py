@@ -3,10 +3,13 @@ mitmproxy DNS addon (regionguard.mitm.dns_filter) shares. Layered, each module o
 
 - `wire`: DNS messages as bytes: parse a plain query, scan an answer's records, cut records,
   build the server's own messages (upstream queries, SERVFAIL, error replies); CacheKey.
+- `parsed`: the same for what wire leaves to dnspython: a parsed query's CacheKey, a cached
+  answer re-addressed to it.
 - `cache`: the byte-bounded caches of finished messages whose TTLs count down.
 - `filter`: the one answer filter (dnspython messages or wire scans), the reroute answer and the
   answer's audit record, used by the server and the mitmproxy addon alike.
-- `miss`: one cache miss as logic with no I/O (what to ask upstream, what the answer is).
+- `miss`: one miss as logic with no I/O (what to ask upstream, what the answer is, the reroute),
+  driven by the server and by the mitmproxy addon alike.
 - `upstream`: the upstream client (UDP, TCP on truncation, failover, one shared timeout) behind
   a small transport seam.
 - `server`: the sockets: UDP and TCP fronts, the two caches, the one miss path driving `Miss`.
@@ -20,6 +23,7 @@ mitmproxy DNS addon (regionguard.mitm.dns_filter) shares. Layered, each module o
 - `metrics`: `--metrics`: the server's Prometheus families, read from its tallies at scrape
   time, its readiness and its endpoint (regionguard.metrics).
 
-Imports go one way: cli -> server -> miss -> filter -> wire; server -> upstream, cache, tcp,
-forwarded -> proxyproto, wire; cli -> metrics -> server.
+Imports go one way: cli -> server -> miss -> filter -> wire; server -> parsed -> wire;
+server -> upstream, cache, tcp, forwarded -> proxyproto, wire; cli -> metrics -> server; the
+mitmproxy addon -> miss, parsed.
 """

@@ -60,6 +60,7 @@ A, AAAA = dns.rdatatype.A, dns.rdatatype.AAAA
 CNAME, SOA, DNAME = dns.rdatatype.CNAME, dns.rdatatype.SOA, dns.rdatatype.DNAME
 HTTPS, SVCB = dns.rdatatype.HTTPS, dns.rdatatype.SVCB
 ADDRESS_TYPES = (A, AAAA)
+_UNSPECIFIED = ("0.0.0.0", "::")   # the `zero` block answer's addresses
 _V4_BASE = 0xFFFF_0000_0000   # IPv4's place among prefix keys (prefixes.address_key)
 HINT_KEYS = (svcb.ParamKey.IPV4HINT, svcb.ParamKey.IPV6HINT)
 BLOCK_TTL = 60              # how long clients may cache a block answer (and our synthesized SOA)
@@ -157,7 +158,7 @@ class Outcome(StrEnum):
     REROUTE = "reroute"       # to be answered with the policy's alternative (`reroute_to`)
 
 
-_CHANGED = frozenset({Outcome.FILTERED, Outcome.BLOCKED, Outcome.REROUTE})
+CHANGED = frozenset({Outcome.FILTERED, Outcome.BLOCKED, Outcome.REROUTE})   # the answer was changed
 
 
 class FilterResult:
@@ -190,7 +191,7 @@ class FilterResult:
 
     @property
     def changed(self) -> bool:
-        return self.outcome in _CHANGED
+        return self.outcome in CHANGED
 
     def audited(self) -> tuple[Decision, str | None] | None:
         """The decision that stands for this answer in the audit log — the first that dropped
@@ -626,18 +627,23 @@ class AnswerFilter:
     def reroute_response(self, query: dns.message.Message,
                          target: dns.message.Message) -> dns.message.Message | None:
         """Answer `query` with the (already filtered) addresses that `target` — the response
-        for the reroute alternative — holds for the type asked. None when it holds none."""
+        for the reroute alternative — holds for the type asked. None when it holds none.
+
+        An alternative itself blocked or rerouted holds none: a reroute leaves no address of the
+        type asked (see `filter`), and the only block answer with addresses, `zero`'s, holds the
+        unspecified 0.0.0.0 / ::, which is nowhere to send a client whoever wrote it. So the bytes
+        alone tell, fresh or from the server's answer cache."""
         q = query.question[0]
         found = [rrset for rrset in target.answer if rrset.rdtype == q.rdtype]
-        if not found:
+        rdatas = [rd for s in found for rd in s if getattr(rd, "address", None) not in _UNSPECIFIED]
+        if not rdatas:
             return None
         r = dns.message.make_response(query)
         r.flags |= dns.flags.RA
         rrset = dns.rrset.RRset(q.name, q.rdclass, q.rdtype)
         rrset.update_ttl(min(s.ttl for s in found))
-        for s in found:
-            for rd in s:
-                rrset.add(rd)
+        for rd in rdatas:
+            rrset.add(rd)
         r.answer.append(rrset)
         return r
 
@@ -646,7 +652,8 @@ class AnswerFilter:
                        target: dns.message.Message | None) -> dns.message.Message:
         """The answer to `query` for a REROUTE `result`: the addresses of `target` (the reroute
         alternative's answer, filtered for the same client; None when there is none) for the
-        type asked, else the block answer, with `result.outcome` then BLOCKED."""
+        type asked, else the block answer, with `result.outcome` then BLOCKED (an alternative
+        itself blocked or rerouted counts as none: see reroute_response)."""
         made = self.reroute_response(query, target) if target is not None else None
         if made is not None and made.rcode() == dns.rcode.NOERROR and made.answer:
             return made

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from regionguard.dns.filter import CHANGED
 from regionguard.dns.forwarded import (
     ECS_MALFORMED,
     ECS_UNTRUSTED,
@@ -28,7 +29,6 @@ from regionguard.dns.upstream import LATENCY_BUCKETS
 from regionguard.metrics.common import FrontEndCollector, copied
 from regionguard.metrics.endpoint import MetricsEndpoint
 
-FILTERED = ("filtered", "blocked", "reroute")   # the outcomes that changed an answer
 # What a peer said about the client behind it (dns.forwarded's counters), as (kind, result).
 CLAIMS = {FORWARDED_PROXY: ("proxy", "believed"), FORWARDED_ECS: ("ecs", "believed"),
           PROXY_UNTRUSTED: ("proxy", "untrusted"), ECS_UNTRUSTED: ("ecs", "untrusted"),
@@ -72,7 +72,7 @@ class DnsCollector(Collector):
         yield by_outcome
         yield counter("regionguard_dns_filtered_answers", "Answers the filter changed "
                       "(addresses dropped, blocked or rerouted)",
-                      sum(n for o, n in outcomes.items() if o in FILTERED))
+                      sum(n for o, n in outcomes.items() if o in CHANGED))
         for key, doc in (("servfail", "SERVFAIL replies"), ("formerr", "FORMERR replies"),
                          ("refused", "REFUSED replies (clients gateway.clients keeps out)")):
             yield counter(f"regionguard_dns_{key}", doc, stats.get(key, 0))

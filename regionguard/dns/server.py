@@ -32,9 +32,8 @@ import struct
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
-import dns.exception
 import dns.flags
 import dns.message
 import dns.opcode
@@ -49,6 +48,7 @@ from regionguard.dns.cache import WireCache
 from regionguard.dns.filter import AnswerFilter, Outcome, audit_answer
 from regionguard.dns.forwarded import COUNTERS, ECS_MALFORMED, ClaimError, Identity, TrustedForwarders
 from regionguard.dns.miss import Answered, Miss
+from regionguard.dns.parsed import for_client, query_key
 from regionguard.dns.tcp import (
     TCP_IDLE_TIMEOUT,
     TCP_MAX_CONNECTIONS,
@@ -59,9 +59,9 @@ from regionguard.dns.tcp import (
 from regionguard.dns.upstream import Upstreams
 from regionguard.dns.wire import (
     FORMERR,
+    MAX_UDP_REPLY,
     NOTIMP,
     REFUSED,
-    UPSTREAM_PAYLOAD,
     CacheKey,
     Query,
     UpstreamError,
@@ -77,7 +77,6 @@ from regionguard.dns.wire import (
 
 log = logging.getLogger(__name__)
 
-MAX_UDP_REPLY = 4096           # never answer over UDP with more than this, whatever is asked
 MAX_QUERY = 4096               # a bigger UDP query is junk: read at most this many bytes
 MAX_INFLIGHT = 2048            # misses being resolved at once; beyond that, SERVFAIL at once
 UDP_RCVBUF = 4 * 1024 * 1024
@@ -156,7 +155,7 @@ class DnsServer:
         self.forwarders = TrustedForwarders(config.trusted_forwarders)
         self.stats = {"queries": 0, "formerr": 0, "servfail": 0, "upstream_queries": 0,
                       "refused": 0, **dict.fromkeys(COUNTERS, 0)}
-        self.answer_outcomes: dict[str, int] = {}   # upstream answers by filter outcome (metrics)
+        self.answer_outcomes: dict[Outcome, int] = {}   # upstream answers by filter outcome (metrics)
         self.learned_source = "dns-filter upstream " + ", ".join(
             f"{h}:{p}" for h, p in config.upstreams)
 
@@ -378,10 +377,8 @@ class DnsServer:
             if self.client_group(client) == _REFUSED:
                 return self.refused(data)
             return await self._answer(data, client, udp)
-        except Exception:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
-            log.exception("regionguard dns: failed to answer a query from %s", client)
-            self.stats["servfail"] += 1
-            return error_reply(data, dns.rcode.SERVFAIL)
+        except Exception as e:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
+            return self._failed(data, client, e)
 
     async def _answer(self, data: bytes, client: str, udp: bool) -> bytes | None:
         pq = parse_query(data)
@@ -394,15 +391,12 @@ class DnsServer:
             try:
                 canonical = await self._resolved(key, client)
             except UpstreamError as e:
-                log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), e)
-                self.stats["servfail"] += 1
-                return servfail(data, 16 + len(pq.qname), False)   # a plain query: no OPT
-        reply = readdressed(pq, canonical)
-        if udp:
-            if len(reply) > min(pq.payload, MAX_UDP_REPLY):
-                return await self._answer_parsed(data, client, udp)   # dnspython truncates it
-            now = time.monotonic()
-            self.replies.put((group, data[2:]), reply, self.answers.ttl_left(key, now), now)
+                return self._plain_failed(data, pq, client, e)
+        if not udp:
+            return readdressed(pq, canonical)
+        reply = self._udp_reply(data, pq, group, key, canonical)
+        if reply is None:
+            return await self._answer_parsed(data, client, udp)   # dnspython truncates it
         return reply
 
     async def _answer_parsed(self, data: bytes, client: str, udp: bool) -> bytes | None:
@@ -421,21 +415,16 @@ class DnsServer:
             self.stats["formerr"] += 1
             return error_reply(data, FORMERR)
         group = self.client_group(client)
-        q = query.question[0]
-        qname = cast(bytes, q.name.canonicalize().to_wire())   # bytes: no file given
-        key = CacheKey(group, qname, q.rdtype, q.rdclass,
-                       bool(query.ednsflags & dns.flags.DO), bool(query.flags & dns.flags.CD),
-                       query.edns >= 0)
+        key = query_key(group, query)
         wire = self.answers.get(key, time.monotonic())
         if wire is None:
             try:
                 wire = await self._resolved(key, client)
             except UpstreamError as e:
-                log.warning("regionguard dns: %s %s: SERVFAIL: %s", q.name,
-                            dns.rdatatype.to_text(q.rdtype), e)
-                self.stats["servfail"] += 1
-                return servfail(data, question_end(data), query.edns >= 0)
-        reply = self._for_client(query, dns.message.from_wire(wire), udp)
+                q = query.question[0]
+                return self._failed(data, client, e, f"{q.name} {dns.rdatatype.to_text(q.rdtype)}",
+                                    question_end(data), query.edns >= 0)
+        reply = for_client(query, dns.message.from_wire(wire), udp)
         if udp and reply is not None:
             now = time.monotonic()
             self.replies.put((group, data[2:]), reply, self.answers.ttl_left(key, now), now)
@@ -443,7 +432,7 @@ class DnsServer:
 
     # --- the miss path: one for every query, whoever waits ---
 
-    def _resolve(self, key: CacheKey, client: str, waiter: Waiter | asyncio.Future,
+    def _resolve(self, key: CacheKey, client: str | None, waiter: Waiter | asyncio.Future,
                  reroutes: bool = True) -> None:
         """Have `waiter` answered with the filtered answer for `key`: it joins the miss in
         flight for the key, or a new one asks upstream. Raises UpstreamError beyond
@@ -465,7 +454,7 @@ class DnsServer:
         except Exception as e:  # noqa: BLE001 - never leave the key in flight
             self._complete(miss, None, e)
 
-    async def _resolved(self, key: CacheKey, client: str, reroutes: bool = True) -> bytes:
+    async def _resolved(self, key: CacheKey, client: str | None, reroutes: bool = True) -> bytes:
         """`_resolve` for a coroutine: the filtered answer's bytes; raises UpstreamError. When
         the coroutine that started the miss is cancelled, the miss is abandoned (its other
         waiters get SERVFAIL, the upstream query is forgotten)."""
@@ -515,15 +504,15 @@ class DnsServer:
         self._complete(miss, canonical, None)
 
     def _store(self, miss: Miss, answered: Answered) -> bytes:
-        """Audit a Zoom answer, and cache it under the miss's key; its bytes."""
+        """Audit a Zoom answer (not a reroute's alternative: see miss.py), and cache it under
+        the miss's key; its bytes."""
         wire, ttl, fields, result, qname = answered   # unpacked: compiled, fields are getattr
         key = miss.key
         outcomes = self.answer_outcomes
         outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
-        if result.zoom:
-            audit_answer(self.audit, result, "resolver", miss.client, qname, key[2])
-        if miss.reroutes or result.outcome is not Outcome.REROUTE:
-            # (an alternative's own reroute, cut short, is no answer for its name's askers)
+        if result.zoom and miss.reroutes:
+            audit_answer(self.audit, result, "resolver", miss.client, qname, key.qtype)
+        if not miss.cut_short:   # an alternative's own reroute is no answer for its name's askers
             self.answers.put(key, wire, ttl, time.monotonic(), fields)
         return wire
 
@@ -554,13 +543,13 @@ class DnsServer:
 
     # --- replies ---
 
-    def _reply_udp(self, waiter: Waiter, canonical: bytes) -> None:
-        """The canonical answer, re-addressed: the client's ID, RD bit and question spelling
-        (as `_answer`); cached for the hit path and sent."""
-        data, pq, group, key, addr, transport, client = waiter
+    def _udp_reply(self, data: bytes, pq: Query, group: str, key: CacheKey,
+                   canonical: bytes) -> bytes | None:
+        """The canonical answer re-addressed to a plain UDP query (the client's ID, RD bit and
+        question spelling), cached for the hit path; None when it is too big for the client's
+        buffer (the caller goes the dnspython way, which truncates it)."""
         if len(canonical) > MAX_UDP_REPLY or len(canonical) > pq.payload:
-            self.spawn(self._general_udp(data, addr, transport, client))   # dnspython truncates it
-            return
+            return None
         reply = readdressed(pq, canonical)
         entry = self.answers.entry(key)
         if entry is not None and entry.wire is canonical and asked_alike(pq, canonical):
@@ -572,21 +561,39 @@ class DnsServer:
             # the reply has the canonical answer's layout and TTLs: its TTL fields are known
             left, fields = self.answers.ttl_left_and_fields(key, canonical, now)
             self.replies.put((group, data[2:]), reply, left, now, fields)
-        if not transport.is_closing():
+        return reply
+
+    def _reply_udp(self, waiter: Waiter, canonical: bytes) -> None:
+        """`_udp_reply`, sent (a reply too big goes the dnspython way, as a task)."""
+        data, pq, group, key, addr, transport, client = waiter
+        reply = self._udp_reply(data, pq, group, key, canonical)
+        if reply is None:
+            self.spawn(self._general_udp(data, addr, transport, client))
+        elif not transport.is_closing():
             transport.sendto(reply, addr)
+
+    def _failed(self, data: bytes, client: str, error: BaseException, question: str = "",
+                end: int = 0, edns: bool = False) -> bytes | None:
+        """SERVFAIL for a query that could not be answered, counted and logged. An upstream's
+        failure is logged with the `question` (its text) and echoes it (it ends at `end`; an
+        OPT when the query had `edns`); anything else is a bug: logged with its traceback,
+        answered with the header alone."""
+        self.stats["servfail"] += 1
+        if isinstance(error, UpstreamError) and end:
+            log.warning("regionguard dns: %s: SERVFAIL: %s", question, error)
+            return servfail(data, end, edns)
+        log.error("regionguard dns: failed to answer a query from %s", client, exc_info=error)
+        return error_reply(data, dns.rcode.SERVFAIL)
+
+    def _plain_failed(self, data: bytes, pq: Query, client: str,
+                      error: BaseException) -> bytes | None:
+        """`_failed` for a plain query (wire.parse_query's: no OPT to echo)."""
+        return self._failed(data, client, error, wire_name(pq.qname), 16 + len(pq.qname))
 
     def _udp_failed(self, data: bytes, pq: Query, addr: Any, transport: Any, client: str,
                     error: BaseException) -> None:
-        """SERVFAIL for a plain UDP query, as `answer` and `_answer` give it."""
-        reply: bytes | None
-        self.stats["servfail"] += 1
-        if isinstance(error, UpstreamError):
-            log.warning("regionguard dns: %s: SERVFAIL: %s", wire_name(pq.qname), error)
-            reply = servfail(data, 16 + len(pq.qname), False)
-        else:
-            log.error("regionguard dns: failed to answer a query from %s", client,
-                      exc_info=error)
-            reply = error_reply(data, dns.rcode.SERVFAIL)
+        """SERVFAIL for a plain UDP query, sent."""
+        reply = self._plain_failed(data, pq, client, error)
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
 
@@ -595,30 +602,10 @@ class DnsServer:
         """`handle_udp` for a query already counted: the dnspython path."""
         try:
             reply = await self._answer_parsed(data, client, True)
-        except Exception:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
-            log.exception("regionguard dns: failed to answer a query from %s", client)
-            self.stats["servfail"] += 1
-            reply = error_reply(data, dns.rcode.SERVFAIL)
+        except Exception as e:  # noqa: BLE001 - keep serving; SERVFAIL reveals no address
+            reply = self._failed(data, client, e)
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
-
-    def _for_client(self, query: dns.message.Message, found: dns.message.Message,
-                    udp: bool) -> bytes:
-        """`found` (a cached, filtered response) re-addressed to this query: its ID, its question
-        (and spelling), its EDNS, and truncated to its UDP buffer size."""
-        r = dns.message.make_response(query, our_payload=UPSTREAM_PAYLOAD)
-        r.flags |= dns.flags.RA | (found.flags & (dns.flags.AD | dns.flags.AA))
-        r.set_rcode(found.rcode())
-        r.answer, r.authority, r.additional = found.answer, found.authority, found.additional
-        if not udp:
-            return r.to_wire(max_size=65535)
-        limit = max(512, min(query.payload, MAX_UDP_REPLY)) if query.edns >= 0 else 512
-        try:
-            return r.to_wire(max_size=limit)
-        except dns.exception.TooBig:
-            r.answer, r.authority, r.additional = [], [], []
-            r.flags |= dns.flags.TC
-            return r.to_wire()
 
     # --- TCP ---
 

@@ -393,6 +393,7 @@ RD_BIT: Final = 0x0100
 CD_BIT: Final = 0x0010
 UPSTREAM_PAYLOAD = 1232        # EDNS0 buffer size we advertise upstream (DNS flag day 2020)
 SERVFAIL, REFUSED, FORMERR, NOTIMP = 2, 5, 1, 4
+MAX_UDP_REPLY = 4096           # never answer over UDP with more than this, whatever is asked
 
 
 class CacheKey(NamedTuple):

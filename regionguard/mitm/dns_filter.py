@@ -4,7 +4,8 @@ WireGuard, local and DNS modes, gets the same filtering as `regionguard dns`.
     mitmdump --mode dns@5353 -s addons/dns_filter.py --set regionguard_policy=config/policy.yaml
 
 (addons/regionguard_addon.py includes this addon; with it, the `regionguard_policy` and audit options
-are the proxy addon's.) The filtering itself is regionguard.dns.filter, shared with the server.
+are the proxy addon's.) What happens to an answer is regionguard.dns.miss's `Miss`, the server's
+own: the learned store, the filter (regionguard.dns.filter) and the reroute.
 - `dns_request`: with no usable policy, a query for a Zoom name is refused (fail closed);
 - `dns_response`: the answer is filtered for the asking client (its group by source address):
   every address in every section, whatever the rcode; a `reroute` is resolved with the policy's
@@ -31,18 +32,16 @@ from regionguard.audit.log import AuditLog
 from regionguard.core.errors import ConfigError
 from regionguard.core.paths import default_policy_path
 from regionguard.core.reload import EngineHolder
-from regionguard.dns.filter import (
-    AnswerFilter,
-    FilterResult,
-    Outcome,
-    ZoomBytes,
-    addresses_of,
-    audit_answer,
-)
+from regionguard.dns.filter import AnswerFilter, ZoomBytes, addresses_of, audit_answer
+from regionguard.dns.miss import Miss, Reroute
+from regionguard.dns.parsed import query_key
 from regionguard.dns.resolve import NameResolver
+from regionguard.dns.wire import CacheKey, wire_name
 
 log = logging.getLogger("regionguard.dns")
 CHECK_EVERY = 1.0   # seconds between looks at the policy option and file (standalone addon)
+UPSTREAM_SOURCE = "dns-filter upstream (mitmproxy dns mode)"   # learned store: who answered
+RESOLVER_SOURCE = "dns-filter resolver (reroute alternative)"
 
 
 class DnsFilter:
@@ -198,38 +197,42 @@ class DnsFilter:
             readable_query = False
         peer = getattr(flow.client_conn, "peername", None)
         client = peer[0] if peer else None
-        learned = flt.engine.learned
-        if learned is not None:   # the answer mitmproxy's upstream gave, before it is filtered
-            learned.observe_message(response, "dns-filter upstream (mitmproxy dns mode)")
-        result = flt.filter(client, query, response)
-        message = result.message
-        if result.changed and not readable_query:
+        # The server's Miss decides here too: the learned store, the filter and the reroute.
+        miss = Miss(flt, _key_of(query), client, UPSTREAM_SOURCE, asked=query)
+        step = miss.received_message(response)
+        if not readable_query and (isinstance(step, Reroute) or step.result.changed):
             flow.response = flow.request.fail(dns.rcode.SERVFAIL)   # nothing to rebuild it for
             return
-        if result.outcome is Outcome.REROUTE:
-            message = await self._reroute(flt, client, query, result)
+        if isinstance(step, Reroute):
+            step = miss.rerouted(await self._alternative(flt, client, step.key))
+        result = step.result
         if result.zoom and query.question:
-            q = query.question[0]
-            audit_answer(self._audit(), result, "mitmproxy", client,
-                         q.name.to_text(omit_final_dot=True), q.rdtype)
+            audit_answer(self._audit(), result, "mitmproxy", client, step.qname,
+                         query.question[0].rdtype)
         if result.changed:
-            message.id = query.id
-            flow.response = mdns.DNSMessage.unpack(message.to_wire())
+            flow.response = mdns.DNSMessage.unpack(step.wire)
 
-    async def _reroute(self, flt: AnswerFilter, client: str | None, query: dns.message.Message,
-                       result: FilterResult) -> dns.message.Message:
-        """Ask for the policy's alternative with the type asked (the policy's resolver), filter
-        that answer for the same client; AnswerFilter.reroute_answer makes the answer, as for
-        `regionguard dns`. An alternative itself blocked or to be rerouted counts as none."""
-        q = query.question[0]
-        target = result.reroute_to or ""
-        alt = await self._resolver_for(flt.engine).aquery(target, q.rdtype)
-        found = None
-        if alt is not None:
-            filtered = flt.filter(client, dns.message.make_query(target, q.rdtype), alt)
-            if filtered.outcome not in (Outcome.BLOCKED, Outcome.REROUTE):
-                found = filtered.message
-        return flt.reroute_answer(query, result, found)
+    async def _alternative(self, flt: AnswerFilter, client: str | None,
+                           key: CacheKey) -> bytes | None:
+        """The policy's alternative (`key`: its name, the type asked) asked of the policy's
+        resolver and filtered for the same client, as the server's alternative miss does (no
+        second hop, no audit record of its own); None when the resolver has no answer."""
+        name, rdtype = wire_name(key.qname), key.qtype
+        answer = await self._resolver_for(flt.engine).aquery(name, rdtype)
+        if answer is None:
+            return None
+        miss = Miss(flt, key, client, RESOLVER_SOURCE, reroutes=False,
+                    asked=dns.message.make_query(name, rdtype))
+        return miss.received_message(answer).wire   # Answered: no second hop
+
+
+def _key_of(query: dns.message.Message) -> CacheKey:
+    """The Miss key of the flow's query (the group is the server's cache's: unused here). A
+    message without a question gets a key naming the root: without a question nothing is
+    rerouted nor audited."""
+    if query.question:
+        return query_key("", query)
+    return CacheKey("", b"\x00", 0, 0, False, False, False)
 
 
 def _record_might_be_zoom(rr: Any, is_zoom: Any, proof: ZoomBytes) -> bool:
