@@ -39,3 +39,14 @@ def test_a_front_end_whose_dependency_is_missing_is_named_and_the_rest_still_wor
     assert "replay unavailable" in r.stderr and "report unavailable" in r.stderr
     r = regionguard("replay", "x.har", block=("dpkt",))
     assert r.returncode == 2 and "invalid choice: 'replay'" in r.stderr
+
+
+def test_the_help_lists_every_exit_code_of_exits_py_with_its_meaning():
+    from regionguard import exits
+
+    codes = {getattr(exits, name) for name in exits.__all__ if name.startswith("EXIT_")}
+    text = build_parser().format_help()
+    listed = text.split("Exit codes (all commands):\n", 1)[1].splitlines()
+    assert {code for code, _ in exits.MEANINGS} == codes   # no code without a meaning
+    for code, meaning in exits.MEANINGS:
+        assert any(line.split(None, 1) == [str(code), meaning] for line in listed), (code, text)

@@ -35,7 +35,7 @@ from regionguard.core.errors import ConfigError
 from regionguard.core.paths import default_policy_path
 from regionguard.core.policy import load_policy, parse_hostport
 from regionguard.core.prefixes import is_address
-from regionguard.exits import EXIT_CONFIG
+from regionguard.exits import EXIT_CONFIG, EXIT_OK
 from regionguard.metrics.address import parse_metrics_address
 from regionguard.mitm.options import PREFIX, OptionProblem, parse_sets, parse_value
 
@@ -375,4 +375,4 @@ def cmd_run(args: argparse.Namespace) -> int:
             stop(child)
     if isinstance(result, int):
         return result
-    return 0 if result is None else EXIT_CONFIG
+    return EXIT_OK if result is None else EXIT_CONFIG
