@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from regionguard.cli import build_parser
+from regionguard.exits import EXIT_CONFIG
 
 COMMANDS = ("explain", "validate", "regions", "probe", "policy", "run", "pac", "dns", "replay",
             "report", "coverage", "invite", "data", "nft")
@@ -50,3 +53,15 @@ def test_the_help_lists_every_exit_code_of_exits_py_with_its_meaning():
     assert {code for code, _ in exits.MEANINGS} == codes   # no code without a meaning
     for code, meaning in exits.MEANINGS:
         assert any(line.split(None, 1) == [str(code), meaning] for line in listed), (code, text)
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["--listen-port", "nonsense"], "invalid int value: 'nonsense'"),
+    (["--mode", "nonsense"], "Invalid proxy mode specification: nonsense"),
+])
+def test_run_with_an_option_mitmproxy_cannot_read_is_a_usage_error(option, message):
+    # mitmproxy's own entry point would end with 1; its message stays, the status is ours
+    r = regionguard("run", "--listen-host", "127.0.0.1", "--listen-port", "0", *option)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert message in r.stderr

@@ -238,6 +238,7 @@ def run_mitmdump(argv: list[str], policy: Path) -> int | str | None:
     from mitmproxy.tools import cmdline, dump, main
 
     module = load_addon_module()
+    running = False   # past mitmproxy's reading of the options
 
     class EnforcingMaster(dump.DumpMaster):
         def __init__(self, opts, *a, **kw) -> None:
@@ -246,6 +247,8 @@ def run_mitmdump(argv: list[str], policy: Path) -> int | str | None:
             self.addons.add(*self.regionguard_addons)
 
         async def run(self) -> None:
+            nonlocal running
+            running = True
             addon = self.addons.get("regionguard")
             if addon is None:
                 problem = "the regionguard addon is not loaded"
@@ -270,7 +273,14 @@ def run_mitmdump(argv: list[str], policy: Path) -> int | str | None:
             return {"save_stream_filter": v, "readfile_filter": v, "dumper_filter": v}
         return {}
 
-    main.run(EnforcingMaster, cmdline.mitmdump, argv, extra)
+    try:
+        main.run(EnforcingMaster, cmdline.mitmdump, argv, extra)
+    except SystemExit as e:
+        # mitmproxy ends with 1 for an option it cannot read (argparse's usage error, its own
+        # OptionsError), its message already printed: a usage error, as every command reports it
+        if not running and e.code == 1:
+            raise SystemExit(EXIT_CONFIG) from None
+        raise
     return None
 
 
