@@ -118,7 +118,9 @@ def _add_policy(sub: Subparsers) -> None:
                            description="Print the bundled example policy NAME on standard output; "
                            f"without NAME (or with --list), list the examples. Exit {EXIT_CONFIG}: no such "
                            "example.")
-    e.add_argument("name", nargs="?", metavar="NAME", help="the example's name, e.g. eu-only")
+    e.add_argument("name", nargs="?", metavar="NAME",
+                   help="the example's name, e.g. eu-only; `default`: the policy used when none "
+                   "is given")
     e.add_argument("--list", action="store_true", help="list the bundled examples")
     e.set_defaults(func=policy_examples.cmd_policy_example)
 
