@@ -20,6 +20,7 @@ from regionguard import __version__, exits
 from regionguard.core.errors import ConfigError
 from regionguard.core.learned import OFF, default_state_dir
 from regionguard.core.paths import default_policy_path
+from regionguard.core.policy import parse_hostport
 from regionguard.core.prefixes import is_address
 from regionguard.exits import (
     EXIT_BLOCKED,
@@ -64,6 +65,19 @@ def _port_arg(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
     return int(text)
+
+
+DNS_PORT = 5353   # `regionguard dns`'s port when none is given (53 needs root)
+
+
+def _dns_listen_arg(text: str) -> str:
+    """An address without a port gets DNS_PORT, as the default does; anything else is passed on
+    as given, for the DNS command to check (and to name in its error)."""
+    parsed = parse_hostport(text, DNS_PORT)
+    host = parsed[0] if parsed else ""
+    if parsed is None or parsed[1] != DNS_PORT or not (is_address(host) or host == "localhost"):
+        return text
+    return f"[{host}]:{DNS_PORT}" if ":" in host else f"{host}:{DNS_PORT}"
 
 
 def _address_arg(text: str) -> str:
@@ -139,9 +153,9 @@ def _add_run(sub: Subparsers) -> None:
                    help=f"policy YAML file (default: {default_policy_path()})")
     p.add_argument("--audit", metavar="FILE", default=None,
                    help="audit log, one JSON line per decision (= --set regionguard_audit=FILE)")
-    p.add_argument("--dns", metavar="HOST:PORT", default=None,
+    p.add_argument("--dns", metavar="HOST:PORT", default=None, type=_dns_listen_arg,
                    help="also run the filtering DNS server (`regionguard dns`) on HOST:PORT "
-                   "beside the proxy, stopped with it")
+                   f"beside the proxy, stopped with it (an address alone: port {DNS_PORT})")
     p.add_argument("--metrics", metavar="HOST:PORT", default=None,
                    help="serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, a port of "
                    "their own (= --set regionguard_metrics=HOST:PORT; default: off; PORT alone: "
@@ -180,8 +194,10 @@ def _add_dns(sub: Subparsers) -> None:
                        f"Exit codes: {EXIT_OK} stopped, {EXIT_CONFIG} invalid policy or options, "
                        f"{EXIT_LISTEN} cannot listen.")
     add_policy_argument(p)
-    p.add_argument("--listen", "-l", default="127.0.0.1:5353", metavar="HOST:PORT",
-                   help="address to serve on, UDP and TCP (default 127.0.0.1:5353; port 0: any)")
+    p.add_argument("--listen", "-l", default=f"127.0.0.1:{DNS_PORT}", metavar="HOST:PORT",
+                   type=_dns_listen_arg,
+                   help=f"address to serve on, UDP and TCP (default 127.0.0.1:{DNS_PORT}; an "
+                   f"address alone: port {DNS_PORT}; port 0: any)")
     p.add_argument("--upstream", "-u", action="append", metavar="HOST:PORT",
                    help="upstream resolver, repeatable, tried in order (default: the policy's "
                    "resolver.nameservers, else /etc/resolv.conf)")

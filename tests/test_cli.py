@@ -5,6 +5,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -65,3 +66,34 @@ def test_run_with_an_option_mitmproxy_cannot_read_is_a_usage_error(option, messa
     r = regionguard("run", "--listen-host", "127.0.0.1", "--listen-port", "0", *option)
     assert r.returncode == EXIT_CONFIG, r.stderr
     assert message in r.stderr
+
+
+@pytest.mark.parametrize(("given", "used"), [
+    ("127.0.0.1", "127.0.0.1:5353"), ("::1", "[::1]:5353"), ("[::1]", "[::1]:5353"),
+    ("localhost", "localhost:5353"), ("127.0.0.1:53", "127.0.0.1:53"), ("127.0.0.1:0", "127.0.0.1:0"),
+    ("nonsense", "nonsense"),   # passed on as given: `regionguard dns` names it in its error
+])
+def test_a_dns_address_without_a_port_gets_the_default_s_port(given, used):
+    parser = build_parser()
+    assert parser.parse_args(["dns"]).listen == "127.0.0.1:5353"
+    assert parser.parse_args(["dns", "--listen", given]).listen == used
+    assert parser.parse_args(["run", "--dns", given]).dns == used
+
+
+def test_regionguard_dns_listen_with_an_address_alone_serves_on_5353_as_its_help_says(tmp_path):
+    help_text = " ".join(regionguard("dns", "--help").stdout.split())
+    assert "default 127.0.0.1:5353; an address alone: port 5353" in help_text
+    script = "import sys\nfrom regionguard.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    proc = subprocess.Popen([sys.executable, "-c", script, "dns", "--listen", "127.0.0.1",
+                             "--upstream", "127.0.0.1:9", "--state-dir", "off"],
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    hung = threading.Timer(60, proc.kill)   # a server that never says where it listens
+    hung.start()
+    try:
+        # listening, or not (5353 taken): either way the line names the address it used
+        line = next((x for x in proc.stderr if "listening on" in x or "cannot listen" in x), "")
+    finally:
+        hung.cancel()
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "127.0.0.1:5353" in line, line
