@@ -14,7 +14,7 @@ import pytest
 from dns_support import BIN, POLICY, DnsProcess, ZoneServer, addresses, ask
 from prometheus_client.parser import text_string_to_metric_families
 
-from regionguard.core.reload import EngineHolder
+from regionguard.async_reload import AsyncEngineHolder
 from regionguard.dns.metrics import endpoint
 from regionguard.dns.server import Config, DnsServer
 from regionguard.metrics.address import exposure_warning, parse_metrics_address
@@ -170,7 +170,7 @@ def test_readyz_is_503_until_the_dns_listener_is_up(tmp_path):
     port = free_port()
 
     async def check() -> None:
-        server = DnsServer(EngineHolder(policy), Config(("127.0.0.1", 0), (("127.0.0.1", 9),),
+        server = DnsServer(AsyncEngineHolder(policy), Config(("127.0.0.1", 0), (("127.0.0.1", 9),),
                                                         1.0, 1 << 20))
         served = endpoint(server, ("127.0.0.1", port))
         served.start()
