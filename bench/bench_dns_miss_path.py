@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_dns import zone_addresses  # noqa: E402
 
 from regionguard import _compiled  # noqa: E402
-from regionguard.core.reload import EngineHolder  # noqa: E402
+from regionguard.async_reload import AsyncEngineHolder  # noqa: E402
 from regionguard.dns.cli import Config  # noqa: E402
 from regionguard.dns.server import DnsServer, _ServerProtocol  # noqa: E402
 from regionguard.dns.upstream import UpstreamSocket  # noqa: E402
@@ -85,7 +85,7 @@ async def run(n: int, audit: Path | None, profile: bool, learned: bool = False) 
             from regionguard.core.learned import LearnedStore
 
             store = LearnedStore.open(Path(tmp) / "state")
-        server = DnsServer(EngineHolder(policy, store), Config(("127.0.0.1", 0), (UPSTREAM,), 3.0,
+        server = DnsServer(AsyncEngineHolder(policy, store), Config(("127.0.0.1", 0), (UPSTREAM,), 3.0,
                                                         64 << 20, str(audit) if audit else None))
         front, clients = _ServerProtocol(server), _KeptTransport()
         front.transport = clients

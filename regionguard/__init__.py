@@ -1,5 +1,8 @@
 """regionguard: enforce a Zoom data-center region policy on the client side.
 
+The pure core (regions, policy, evidence, the Engine) is regionguard.core; the front ends over it
+are dns, mitm and nft, the offline tools replay, report and explain, and cli.py the command line.
+
 Public API::
 
     engine = regionguard.Engine.from_policy_file("config/policy.yaml")

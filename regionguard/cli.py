@@ -16,26 +16,32 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from regionguard import __version__
+from regionguard import __version__, exits
 from regionguard.core.errors import ConfigError
 from regionguard.core.learned import OFF, default_state_dir
 from regionguard.core.paths import default_policy_path
+from regionguard.core.policy import parse_hostport
 from regionguard.core.prefixes import is_address
-from regionguard.exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+from regionguard.exits import (
+    EXIT_BLOCKED,
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_LISTEN,
+    EXIT_NFT,
+    EXIT_OK,
+)
 
-# Shown under `regionguard --help`.
-_EXIT_CODES = """\
-Exit codes (all commands):
-  0  success (explain: every target allowed, monitored or not Zoom's)
-  1  explain: at least one target would be blocked; invite: an entry outside the policy
-  2  usage error, or an invalid policy/configuration (the message names file, field and fix)
-  3  explain: a target could not be resolved; probe: an address answered no probe
-  4  replay, report, coverage, invite: some input unreadable (the rest was processed)
-  5  data: the update or rollback failed (the data in force is unchanged)
-  6  nft: not root, nft not installed, or the kernel refused the ruleset (nothing changed)
-Other commands (run, dns, replay, report, coverage, pac) document their codes in
-`regionguard COMMAND --help`.
-"""
+
+def _exit_codes() -> str:
+    """The exit codes of every command, from regionguard.exits: shown under `regionguard --help`."""
+    width = max(len(str(code)) for code, _ in exits.MEANINGS)
+    lines = [f"  {code:>{width}}  {meaning}" for code, meaning in exits.MEANINGS]
+    return ("Exit codes (all commands):\n" + "\n".join(lines) + "\n"
+            "Other commands (run, dns, replay, report, coverage, pac) document their codes in\n"
+            "`regionguard COMMAND --help`.\n")
+
 
 Subparsers = argparse._SubParsersAction
 
@@ -59,6 +65,19 @@ def _port_arg(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
     return int(text)
+
+
+DNS_PORT = 5353   # `regionguard dns`'s port when none is given (53 needs root)
+
+
+def _dns_listen_arg(text: str) -> str:
+    """An address without a port gets DNS_PORT, as the default does; anything else is passed on
+    as given, for the DNS command to check (and to name in its error)."""
+    parsed = parse_hostport(text, DNS_PORT)
+    host = parsed[0] if parsed else ""
+    if parsed is None or parsed[1] != DNS_PORT or not (is_address(host) or host == "localhost"):
+        return text
+    return f"[{host}]:{DNS_PORT}" if ":" in host else f"{host}:{DNS_PORT}"
 
 
 def _address_arg(text: str) -> str:
@@ -91,7 +110,7 @@ def _add_explain_commands(sub: Subparsers) -> None:
     add_state_dir_argument(p)
     p.set_defaults(func=explain.cmd_explain)
 
-    v = sub.add_parser("validate", help="check a policy file; exit 0 if valid, 2 if not")
+    v = sub.add_parser("validate", help=f"check a policy file; exit {EXIT_OK} if valid, {EXIT_CONFIG} if not")
     v.add_argument("files", nargs="+", metavar="FILE")
     v.set_defaults(func=explain.cmd_validate)
 
@@ -111,9 +130,11 @@ def _add_policy(sub: Subparsers) -> None:
     actions.required = True
     e = actions.add_parser("example", help="print a bundled example policy (none named: list them)",
                            description="Print the bundled example policy NAME on standard output; "
-                           "without NAME (or with --list), list the examples. Exit 2: no such "
+                           f"without NAME (or with --list), list the examples. Exit {EXIT_CONFIG}: no such "
                            "example.")
-    e.add_argument("name", nargs="?", metavar="NAME", help="the example's name, e.g. eu-only")
+    e.add_argument("name", nargs="?", metavar="NAME",
+                   help="the example's name, e.g. eu-only; `default`: the policy used when none "
+                   "is given")
     e.add_argument("--list", action="store_true", help="list the bundled examples")
     e.set_defaults(func=policy_examples.cmd_policy_example)
 
@@ -132,9 +153,9 @@ def _add_run(sub: Subparsers) -> None:
                    help=f"policy YAML file (default: {default_policy_path()})")
     p.add_argument("--audit", metavar="FILE", default=None,
                    help="audit log, one JSON line per decision (= --set regionguard_audit=FILE)")
-    p.add_argument("--dns", metavar="HOST:PORT", default=None,
+    p.add_argument("--dns", metavar="HOST:PORT", default=None, type=_dns_listen_arg,
                    help="also run the filtering DNS server (`regionguard dns`) on HOST:PORT "
-                   "beside the proxy, stopped with it")
+                   f"beside the proxy, stopped with it (an address alone: port {DNS_PORT})")
     p.add_argument("--metrics", metavar="HOST:PORT", default=None,
                    help="serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, a port of "
                    "their own (= --set regionguard_metrics=HOST:PORT; default: off; PORT alone: "
@@ -170,10 +191,13 @@ def _add_dns(sub: Subparsers) -> None:
     p = sub.add_parser("dns", help="DNS server (UDP+TCP) that filters Zoom answers by region",
                        description="Forward DNS queries to upstream resolvers and drop every "
                        "address of a Zoom name whose region the policy does not allow. "
-                       "Exit codes: 0 stopped, 2 invalid policy or options, 4 cannot listen.")
+                       f"Exit codes: {EXIT_OK} stopped, {EXIT_CONFIG} invalid policy or options, "
+                       f"{EXIT_LISTEN} cannot listen.")
     add_policy_argument(p)
-    p.add_argument("--listen", "-l", default="127.0.0.1:5353", metavar="HOST:PORT",
-                   help="address to serve on, UDP and TCP (default 127.0.0.1:5353; port 0: any)")
+    p.add_argument("--listen", "-l", default=f"127.0.0.1:{DNS_PORT}", metavar="HOST:PORT",
+                   type=_dns_listen_arg,
+                   help=f"address to serve on, UDP and TCP (default 127.0.0.1:{DNS_PORT}; an "
+                   f"address alone: port {DNS_PORT}; port 0: any)")
     p.add_argument("--upstream", "-u", action="append", metavar="HOST:PORT",
                    help="upstream resolver, repeatable, tried in order (default: the policy's "
                    "resolver.nameservers, else /etc/resolv.conf)")
@@ -239,8 +263,10 @@ def _add_replay(sub: Subparsers) -> None:
         "packet captures (.pcap, .pcapng: one connection per TCP/UDP flow, SNI from the "
         "ClientHello; their DNS answers are learned evidence for the run). "
         "Never opens a network connection.",
-        epilog="Exit codes: 0 compliant; 1 something would be blocked (--fail-on); 2 usage error "
-        "or invalid policy; 4 some input unreadable (the rest was replayed); 5 both 1 and 4.",
+        epilog=f"Exit codes: {EXIT_OK} compliant; {EXIT_BLOCKED} something would be blocked "
+        f"(--fail-on); {EXIT_CONFIG} usage error or invalid policy; {EXIT_INPUT} some input "
+        f"unreadable (the rest was replayed); {EXIT_BLOCKED | EXIT_INPUT} both {EXIT_BLOCKED} and "
+        f"{EXIT_INPUT}.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="FILE",
                    help=".mitm, .har, audit .jsonl(.gz), .pcap or .pcapng")
@@ -250,8 +276,8 @@ def _add_replay(sub: Subparsers) -> None:
     p.add_argument("--client", metavar="IP", default=None,
                    help="client address for records that carry none (HAR): selects the policy group")
     p.add_argument("--fail-on", type=fail_on, default=DEFAULT_FAIL_ON, metavar="ACTIONS",
-                   help="comma-separated actions that fail the replay (exit 1): block, reroute, "
-                   "monitor (a monitored connection that enforcement would block), or none "
+                   help=f"comma-separated actions that fail the replay (exit {EXIT_BLOCKED}): block, "
+                   "reroute, monitor (a monitored connection that enforcement would block), or none "
                    "(default: block,reroute)")
     p.add_argument("--all", action="store_true", help="also list connections that are not Zoom's")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -269,7 +295,8 @@ def _add_report(sub: Subparsers) -> None:
         description="Summarise regionguard audit logs (JSON lines, plain or .gz, rotated files "
         "too) in the terminal; optionally write a self-contained HTML report with charts and a "
         "world map, or the charts alone as PNG. Logs are read as a stream (bounded memory).",
-        epilog="Exit codes: 0 done; 2 usage error or unwritable output; 4 some input unreadable "
+        epilog=f"Exit codes: {EXIT_OK} done; {EXIT_CONFIG} usage error or unwritable output; "
+        f"{EXIT_INPUT} some input unreadable "
         "(the rest is in the report).")
     p.add_argument("files", nargs="+", metavar="AUDIT.jsonl")
     p.add_argument("--html", metavar="OUT", help="write a self-contained HTML report to OUT")
@@ -292,7 +319,8 @@ def _add_coverage(sub: Subparsers) -> None:
         "places at its min_confidence, by source and by region (exact, address-weighted); with "
         "session files (captures, flow files, HAR, audit logs), the share of their Zoom "
         "connections that were decided, by rule. Offline.",
-        epilog="Exit codes: 0 done; 2 usage error or invalid policy; 4 some session input "
+        epilog=f"Exit codes: {EXIT_OK} done; {EXIT_CONFIG} usage error or invalid policy; "
+        f"{EXIT_INPUT} some session input "
         "unreadable (the rest was counted).")
     p.add_argument("files", nargs="*", metavar="CAPTURE_OR_LOG",
                    help="sessions to replay: .pcap, .pcapng, .mitm, .har, audit .jsonl(.gz)")
@@ -312,8 +340,9 @@ def _add_invite(sub: Subparsers) -> None:
         "(disabled with its region, Zoom's rule S5), each H.323/SIP room-connector address by "
         "the evidence for where it is (a disabled region's connectors cannot join, S4; the "
         "label beside it is checked too), each SIP URI and meeting link by its host. Offline.",
-        epilog="Exit codes: 0 every entry allowed; 1 some entry outside the policy; 2 usage error "
-        "or invalid policy; 4 some input unreadable (the rest was checked); 5 both 1 and 4.",
+        epilog=f"Exit codes: {EXIT_OK} every entry allowed; {EXIT_BLOCKED} some entry outside the "
+        f"policy; {EXIT_CONFIG} usage error or invalid policy; {EXIT_INPUT} some input unreadable "
+        f"(the rest was checked); {EXIT_BLOCKED | EXIT_INPUT} both {EXIT_BLOCKED} and {EXIT_INPUT}.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="FILE", help="invitation: text, .ics or .eml ('-': "
                    "standard input)")
@@ -336,7 +365,8 @@ def _add_data(sub: Subparsers) -> None:
                        description="Fetch fresh copies of the public data regionguard ships, check "
                        "them, and install them atomically beside the previous set (kept for "
                        "rollback). Running `run` and `dns` switch to a new set without a restart. "
-                       "Exit codes: 0 done, 5 failed (the data in force is unchanged).")
+                       f"Exit codes: {EXIT_OK} done, {EXIT_DATA} failed (the data in force is "
+                       "unchanged).")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     u = actions.add_parser("update", help="fetch, check and install a new data set",
@@ -409,7 +439,8 @@ def _add_nft(sub: Subparsers) -> None:
         "port, as the proxy and the DNS filter decide a bare address), dropped in the kernel. "
         "Covers what no proxy sees, e.g. Zoom's UDP media. The table is replaced in one "
         "transaction; no other table is touched.",
-        epilog="Exit codes: 0 done; 2 invalid policy or options; 6 nft could not do it (not "
+        epilog=f"Exit codes: {EXIT_OK} done; {EXIT_CONFIG} invalid policy or options; {EXIT_NFT} nft "
+        "could not do it (not "
         "root, nft not installed, or the kernel refused the ruleset: nothing changed).")
     add_policy_argument(p)
     what = p.add_mutually_exclusive_group(required=True)
@@ -470,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="regionguard",
         description="Verify and enforce a Zoom data-center region policy.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_EXIT_CODES,
+        epilog=_exit_codes(),
     )
     parser.add_argument("--version", action="version", version=f"regionguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -3,6 +3,8 @@
 After `pip install .` there is no `config/examples/` directory to copy from: the files sit in the
 package (the wheel's `_bundled_config`, or `config/` in a checkout; `core.paths.config_dir()`
 finds either). This prints one, so `regionguard policy example eu-only > my.yaml` works anywhere.
+`default` is the policy every command uses when given none (config/policy.yaml), so it can be
+read, and started from, too.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from regionguard.core.paths import config_dir
+from regionguard.core.paths import config_dir, default_policy_path
 from regionguard.exits import EXIT_CONFIG, EXIT_OK
+
+DEFAULT = "default"   # the default policy, listed first
 
 
 def examples_dir() -> Path:
@@ -20,8 +24,13 @@ def examples_dir() -> Path:
 
 
 def example_names() -> list[str]:
-    """The bundled examples' names (file names without `.yaml`), sorted."""
-    return sorted(p.stem for p in examples_dir().glob("*.yaml"))
+    """The bundled examples' names: `default`, then the files of examples/ without `.yaml`,
+    sorted."""
+    return [DEFAULT] + sorted(p.stem for p in examples_dir().glob("*.yaml") if p.stem != DEFAULT)
+
+
+def example_path(name: str) -> Path:
+    return default_policy_path() if name == DEFAULT else examples_dir() / f"{name}.yaml"
 
 
 def _summary(path: Path) -> str:
@@ -40,7 +49,7 @@ def cmd_policy_example(args: argparse.Namespace) -> int:
     names = example_names()
     if args.list or not args.name:
         for name in names:
-            print(f"{name:<16} {_summary(examples_dir() / f'{name}.yaml')}")
+            print(f"{name:<16} {_summary(example_path(name))}")
         return EXIT_OK
     name = args.name.removesuffix(".yaml")
     if name not in names:
@@ -48,8 +57,8 @@ def cmd_policy_example(args: argparse.Namespace) -> int:
               f"    fix: choose one of {', '.join(names)} (`regionguard policy example --list`)",
               file=sys.stderr)
         return EXIT_CONFIG
-    sys.stdout.write((examples_dir() / f"{name}.yaml").read_text(encoding="utf-8"))
+    sys.stdout.write(example_path(name).read_text(encoding="utf-8"))
     return EXIT_OK
 
 
-__all__ = ["cmd_policy_example", "example_names", "examples_dir"]
+__all__ = ["DEFAULT", "cmd_policy_example", "example_names", "example_path", "examples_dir"]

@@ -23,7 +23,7 @@ def test_policy_example_lists_and_prints_the_bundled_examples(tmp_path):
     assert "eu-only" in shipped
     for listing in (run("policy", "example"), run("policy", "example", "--list")):
         assert listing.returncode == 0, listing.stderr
-        assert [line.split()[0] for line in listing.stdout.splitlines()] == shipped
+        assert [line.split()[0] for line in listing.stdout.splitlines()] == ["default", *shipped]
     for name in shipped:
         r = run("policy", "example", name)
         assert r.returncode == 0, r.stderr
@@ -33,6 +33,20 @@ def test_policy_example_lists_and_prints_the_bundled_examples(tmp_path):
         saved.write_text(r.stdout)
         v = run("validate", str(saved))
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_policy_example_default_prints_the_policy_used_when_none_is_given(tmp_path):
+    # after a plain `pip install .` there is no config/ to read it from
+    listing = run("policy", "example").stdout.splitlines()
+    assert listing[0].split()[0] == "default" and "default policy" in listing[0]
+    r = run("policy", "example", "default")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (CONFIG / "policy.yaml").read_text()
+    assert run("policy", "example", "default.yaml").stdout == r.stdout
+    saved = tmp_path / "mine.yaml"
+    saved.write_text(r.stdout)
+    v = run("validate", str(saved))
+    assert v.returncode == 0, v.stdout + v.stderr
 
 
 def test_policy_example_with_an_unknown_name_says_which_exist():

@@ -1,8 +1,6 @@
 """A changed policy file is picked up; an invalid one never replaces the running policy."""
 
-import asyncio
 import os
-import threading
 
 from regionguard.core import reload
 from regionguard.core.reload import EngineHolder
@@ -68,39 +66,3 @@ def test_a_crash_while_loading_keeps_the_old_policy_and_the_watching(write_polic
     _change(path, POLICY.replace("[US]", "[US, NL]"), 2)
     assert holder.check() is None and holder.engine is not running    # still watching
     assert "NL" in holder.engine.policy.rules.allowed
-
-
-def test_check_async_reads_the_policy_in_a_worker_thread_and_swaps_on_the_loop(write_policy, monkeypatch):
-    path = write_policy(POLICY)
-    holder = EngineHolder(path)
-    threads = []
-    real = reload.load_policy
-
-    def recording(p):
-        threads.append(threading.current_thread())
-        return real(p)
-
-    monkeypatch.setattr(reload, "load_policy", recording)
-
-    async def main():
-        running = holder.engine
-        _change(path, POLICY.replace("[US]", "[US, DE]"), 1)
-        pending = asyncio.ensure_future(holder.check_async())
-        await asyncio.sleep(0)
-        assert holder.engine is running          # the loop is free while the file is read
-        assert await holder.check_async() is None   # a second check while one runs: no-op
-        assert await pending is None
-        assert holder.engine is not running and "DE" in holder.engine.policy.rules.allowed
-        _change(path, "version: 1\n", 2)     # invalid: the error comes back, the engine stays
-        kept = holder.engine
-        error = await holder.check_async()
-        assert error is not None and "default_region" in str(error) and holder.engine is kept
-        # check_soon(), for hooks that cannot wait: started in the background
-        _change(path, POLICY.replace("[US]", "[US, NL]"), 3)
-        holder.check_soon()
-        assert holder.engine is kept
-        await holder._background
-        assert "NL" in holder.engine.policy.rules.allowed
-
-    asyncio.run(main())
-    assert threads and threading.main_thread() not in threads

@@ -19,8 +19,8 @@ from dns_support import POLICY, zone_answer
 from mitmproxy import dns as mdns
 from mitmproxy.test import taddons, tflow
 
+from regionguard.async_reload import AsyncEngineHolder as EngineHolder
 from regionguard.core.learned import LearnedStore
-from regionguard.core.reload import EngineHolder
 from regionguard.mitm import dns_filter as dns_filter_addon
 
 ADDON = dns_filter_addon

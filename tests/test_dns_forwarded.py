@@ -24,7 +24,7 @@ from dns_support import POLICY, ZoneServer, addresses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from regionguard.core.reload import EngineHolder
+from regionguard.async_reload import AsyncEngineHolder as EngineHolder
 from regionguard.dns import forwarded, proxyproto
 from regionguard.dns.cli import Config
 from regionguard.dns.server import DnsServer

@@ -23,7 +23,7 @@ import dns.rdatatype
 import pytest
 from dns_support import POLICY, ZoneServer, addresses
 
-from regionguard.core.reload import EngineHolder
+from regionguard.async_reload import AsyncEngineHolder as EngineHolder
 from regionguard.dns import server as dnsserver
 from regionguard.dns.cli import Config
 from regionguard.dns.server import DnsServer

@@ -60,6 +60,9 @@ def test_dev_without_python_suggests_installs_that_exist_on_debian_12(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "none was found" in r.stderr
+    # ... and says where it looked: PATH, pyenv's and uv's directories
+    looked = r.stderr.splitlines()[0]
+    assert f"{empty}/versions" in looked and f"{tmp_path}/.local/share/uv/python" in looked
     # Debian 12 has no python3.12 package: the hint names what works there.
     assert "apt-get install python3.12" not in r.stderr
     assert "uv python install 3.12" in r.stderr and "pyenv install 3.12" in r.stderr

@@ -1,7 +1,8 @@
 """The package's layering, checked from its sources (issue 17).
 
-- the core (regionguard.core) loads without mitmproxy and without asyncio, and imports nothing of
-  the package outside itself;
+- the core (regionguard.core) loads without mitmproxy and without asyncio, names neither (nor
+  prometheus_client) in any import of its sources, inside functions included, and imports
+  nothing of the package outside itself;
 - no import cycle among regionguard's modules, imports inside functions included (a lazy
   import that closes a loop is still a loop: it only hides it until run time);
 - only `regionguard.__main__` imports the command line, regionguard.cli;
@@ -151,6 +152,31 @@ def core_loads_without(root: Path) -> list[str]:
     return [m for m in FORBIDDEN_IN_CORE if m in loaded]
 
 
+def core_naming_forbidden(root: Path) -> list[str]:
+    """Imports of a forbidden library anywhere in a core module's source, inside functions and
+    under `if TYPE_CHECKING` included, as "module -> library": loading the core proves only what
+    runs at import time; a lazy import waits for its first call."""
+    modules = module_files(root)
+    found = set()
+    for name, path in modules.items():
+        if name != f"{PACKAGE}.core" and not name.startswith(f"{PACKAGE}.core."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [node.module or ""]
+            elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                  and isinstance(node.args[0].value, str)
+                  and (getattr(node.func, "attr", None) == "import_module"
+                       or getattr(node.func, "id", None) in ("import_module", "__import__"))):
+                targets = [node.args[0].value]
+            found |= {f"{name} -> {t.split('.')[0]}" for t in targets
+                      if t.split(".")[0] in FORBIDDEN_IN_CORE}
+    return sorted(found)
+
+
 def wheel_top_level_packages(pyproject: Path) -> list[str]:
     """The top-level names the wheel installs: its packages and its force-included targets."""
     wheel = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["hatch"]["build"]["targets"]["wheel"]
@@ -165,6 +191,10 @@ def wheel_top_level_packages(pyproject: Path) -> list[str]:
 
 def test_the_core_imports_neither_mitmproxy_nor_asyncio():
     assert core_loads_without(ROOT) == []
+
+
+def test_no_core_module_names_a_front_end_library_even_inside_a_function():
+    assert core_naming_forbidden(ROOT) == []
 
 
 def test_the_core_imports_nothing_of_the_package_above_it():
@@ -206,6 +236,17 @@ def _append(path: Path, text: str) -> None:
 def test_a_core_module_that_loads_a_front_end_library_is_caught(tree, forbidden):
     _append(tree / PACKAGE / "core" / "hostnames.py", f"\nimport {forbidden}  # noqa\n")
     assert core_loads_without(tree) == [forbidden]
+
+
+@pytest.mark.parametrize("statement", ["import asyncio", "from mitmproxy import ctx",
+                                       "import prometheus_client.core",
+                                       'importlib.import_module("asyncio")'])
+def test_a_lazy_import_of_a_front_end_library_in_the_core_is_caught(tree, statement):
+    # the shape core/reload.py had: asyncio imported inside check_async(), after loading
+    _append(tree / PACKAGE / "core" / "reload.py", f"\n\ndef _f():\n    {statement}  # noqa\n")
+    assert core_loads_without(tree) == []          # invisible to a load ...
+    library = statement.split('"')[1] if '"' in statement else statement.split()[1].split(".")[0]
+    assert core_naming_forbidden(tree) == [f"regionguard.core.reload -> {library}"]   # ... seen here
 
 
 def test_a_core_module_reaching_up_to_a_front_end_is_caught(tree):

@@ -16,6 +16,7 @@ from dns_support import BIN, POLICY, DnsProcess, ZoneServer, addresses, ask
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from regionguard.async_reload import AsyncEngineHolder
 from regionguard.core.reload import EngineHolder
 from regionguard.dns.metrics import endpoint
 from regionguard.dns.server import Config, DnsServer
@@ -231,7 +232,7 @@ def test_readyz_is_503_until_the_dns_listener_is_up(tmp_path):
     port = free_port()
 
     async def check() -> None:
-        server = DnsServer(EngineHolder(policy), Config(("127.0.0.1", 0), (("127.0.0.1", 9),),
+        server = DnsServer(AsyncEngineHolder(policy), Config(("127.0.0.1", 0), (("127.0.0.1", 9),),
                                                         1.0, 1 << 20))
         served = endpoint(server, ("127.0.0.1", port))
         served.start()

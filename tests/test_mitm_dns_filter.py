@@ -22,7 +22,7 @@ from dns_support import POLICY, ZoneServer, addresses, zone_answer
 from mitmproxy import dns as mdns
 from mitmproxy.test import taddons, tflow
 
-from regionguard.core.reload import EngineHolder
+from regionguard.async_reload import AsyncEngineHolder as EngineHolder
 from regionguard.dns.server import Config, DnsServer
 from regionguard.mitm.dns_filter import DnsFilter
 from regionguard.mitm.policy_loader import PolicyLoader

@@ -47,6 +47,11 @@ def _reading_time(path) -> float:
     return time.monotonic() - started
 
 
+def _swapped_in(log: list[str]) -> str:
+    """The console lines saying a new policy went into force."""
+    return "".join(line for line in log if " reloaded (" in line)
+
+
 def _assert_no_long_gap(answered: list[float], reading: float) -> None:
     gaps = [b - a for a, b in zip(answered, answered[1:], strict=False)]
     # on the loop, the read stalled every answer for its whole length: `reading` seconds
@@ -114,6 +119,11 @@ def test_the_server_keeps_watching_after_a_reload_that_crashed(tmp_path):
         assert server.proc.poll() is None
         log = "".join(server.log)
         assert "not reloaded" in log and "nested more than" in log and "Traceback" not in log
+        # the console says a policy went in as it says one was refused (as the proxy's does)
+        deadline = time.monotonic() + 10
+        while not _swapped_in(server.log) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"policy {policy} reloaded" in _swapped_in(server.log), "".join(server.log)
         reloads = [json.loads(line) for line in audit.read_text().splitlines()
                    if '"policy-reload"' in line]
         assert [r["ok"] for r in reloads] == [False, True], reloads

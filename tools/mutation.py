@@ -1,5 +1,5 @@
 """Mutation check of the fail-closed core (issue 18): how many deliberately broken versions of
-regionguard/core/decision.py, dnsfilter.py and enforce.py the in-process tests notice.
+regionguard/core/decision.py, dns/filter.py and mitm/enforce.py the in-process tests notice.
 
     python tools/mutation.py                 # run (bounded by --minutes), then print the table
     python tools/mutation.py --report        # print the table of the last run only

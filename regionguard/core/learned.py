@@ -365,8 +365,9 @@ class LearnedStore:
         return total
 
     def observe_scan(self, records: Iterable, source: str) -> int:
-        """Observe a scanned wire answer (dnscache.Record: section, owner, rdtype, value): the
-        DNS filter's miss path, so a name without a site code costs one memoised look-up."""
+        """Observe a scanned wire answer (regionguard.dns.wire.Record: section, owner, rdtype,
+        value): the DNS filter's miss path, so a name without a site code costs one memoised
+        look-up."""
         if self.problem is not None:
             return 0
         site_of = self._sites.site_of

@@ -5,11 +5,9 @@ Front ends hold an EngineHolder and read `.engine` per decision (an atomic attri
 valid, swapped in. An invalid file never replaces a running policy: the error is returned and
 logged, naming the file and field.
 
-Front ends running an event loop (the proxy addon, `regionguard dns`) call `check_async()`
-instead: reading a policy and building its Engine take from milliseconds to seconds (a big
-policy, a slow disk, GeoIP databases), and on the loop that would stall every connection and
-every DNS answer meanwhile. The parse and build run in a worker thread; the swap, one attribute
-assignment, happens back on the loop.
+Front ends running an event loop (the proxy addon, `regionguard dns`) hold the subclass in
+regionguard.async_reload instead, whose `check_async()` reads the policy in a worker thread: the
+core itself knows no event loop.
 
 A reload that fails in any way, an unexpected exception included, keeps the running policy and
 leaves the holder watching: the next change of the file is loaded as usual.
@@ -26,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from regionguard.core import datasets, sources
 from regionguard.core.decision import Engine
@@ -35,15 +32,15 @@ from regionguard.core.learned import LearnedStore
 from regionguard.core.paths import bundled_data_dir, data_dir, data_root
 from regionguard.core.policy import load_policy
 
-if TYPE_CHECKING:
-    import asyncio
-
 log = logging.getLogger(__name__)
 
 _Stamp = tuple[int, int, int] | None
 
 
 class EngineHolder:
+    # where reloads are reported; regionguard.async_reload's holder reports on a logger of its own
+    _log = log
+
     def __init__(self, path: str | Path, learned: LearnedStore | None = None) -> None:
         self.path = Path(path)
         self.learned = learned   # learned evidence, shared by every engine this holder makes
@@ -55,8 +52,6 @@ class EngineHolder:
         self.reloads_ok = 0       # policies swapped in after the first (for metrics)
         self.reloads_failed = 0   # changes that did not load: the running policy stayed
         _report_data()
-        self._background: asyncio.Task | None = None   # check_soon()'s, while one runs
-        self._busy = False                              # a check_async() is parsing
 
     def _stat(self) -> _Stamp:
         try:
@@ -84,45 +79,6 @@ class EngineHolder:
             return self._gone()
         return self._apply(self._build())
 
-    async def check_async(self) -> ConfigError | None:
-        """check(), with the parse and build in a worker thread so the event loop keeps serving.
-        A call while one is in progress returns None at once; a change it would have seen is seen
-        by the next call (two parses in flight could finish out of order)."""
-        if self._busy:
-            return None
-        changed, stamp = self._changed()
-        if not changed:
-            return None
-        if stamp is None:
-            return self._gone()
-        import asyncio  # here, not at the top: the core loads without an event loop's library
-
-        self._busy = True
-        try:
-            result = await asyncio.to_thread(self._build)
-        finally:
-            self._busy = False
-        return self._apply(result)
-
-    def check_soon(self) -> None:
-        """Start check_async() in the background when called on an event loop (a hook that must
-        not wait), else check() at once. At most one check runs at a time."""
-        import asyncio  # as in check_async
-
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.check()
-            return
-        if self._background is None or self._background.done():
-            self._background = loop.create_task(self._check_logged())
-
-    async def _check_logged(self) -> None:
-        try:
-            await self.check_async()
-        except Exception:  # noqa: BLE001 - _build() catches everything; belt and braces
-            log.exception("regionguard: policy check of %s failed", self.path)
-
     def reload(self) -> ConfigError | None:
         """Load the file now, changed or not."""
         self._stamp = self._stat()
@@ -142,7 +98,7 @@ class EngineHolder:
         except OSError as e:
             return _error(f"{self.path}: cannot load data: {e}")
         except Exception as e:  # noqa: BLE001 - a bug here must not end the reloads
-            log.debug("regionguard: loading %s failed", self.path, exc_info=True)
+            self._log.debug("regionguard: loading %s failed", self.path, exc_info=True)
             return _error(f"{self.path}: cannot load the policy: {type(e).__name__}: {e} "
                           "(unexpected: please report it as a bug in regionguard)")
 
@@ -153,11 +109,11 @@ class EngineHolder:
         self.engine = result
         self.last_error = None
         self.reloads_ok += 1
-        log.info("regionguard: policy %s reloaded (%s → %s)", self.path, old, result.policy.version_id)
+        self._log.info("regionguard: policy %s reloaded (%s → %s)", self.path, old, result.policy.version_id)
         if self._data_changed:
             self._data_changed = False
             _forget_old_sets()
-            log.info("regionguard: data reloaded: %s",
+            self._log.info("regionguard: data reloaded: %s",
                      datasets.describe_set(data_dir(), bundled_data_dir()))
         return None
 
@@ -170,7 +126,7 @@ class EngineHolder:
         """Record and log why the running policy stays in force."""
         self.last_error = error
         self.reloads_failed += 1
-        log.error("regionguard: policy %s not reloaded, the running policy %s stays in force:\n%s",
+        self._log.error("regionguard: policy %s not reloaded, the running policy %s stays in force:\n%s",
                   self.path, self.engine.policy.version_id, error)
         return error
 

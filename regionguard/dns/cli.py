@@ -21,15 +21,15 @@ from pathlib import Path
 import dns.resolver
 
 from regionguard import _compiled
+from regionguard.async_reload import AsyncEngineHolder as EngineHolder
 from regionguard.audit.log import check_audit_path
 from regionguard.core.errors import ConfigError, Problem
 from regionguard.core.learned import open_state
 from regionguard.core.paths import policy_path
 from regionguard.core.policy import parse_hostport
 from regionguard.core.prefixes import is_address
-from regionguard.core.reload import EngineHolder
 from regionguard.dns.server import Config, DnsServer
-from regionguard.exits import EXIT_LISTEN
+from regionguard.exits import EXIT_LISTEN, EXIT_OK
 from regionguard.metrics.address import exposure_warning, parse_metrics_address
 
 
@@ -302,7 +302,7 @@ async def _serve(server: DnsServer, holder: EngineHolder, config: Config,
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.close()
-    return 0
+    return EXIT_OK
 
 
 def audit_line(path: str | None) -> str:

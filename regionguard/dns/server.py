@@ -40,9 +40,9 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
+from regionguard.async_reload import AsyncEngineHolder as EngineHolder
 from regionguard.audit.line import reload_record
 from regionguard.audit.log import AuditLog
-from regionguard.core.reload import EngineHolder
 from regionguard.dns import proxyproto
 from regionguard.dns.cache import WireCache
 from regionguard.dns.filter import AnswerFilter, Outcome, audit_answer

@@ -20,5 +20,7 @@
   `running` to `done`;
 - `console_summary`: `ConsoleSummary`, a console line every few seconds counting the decisions
   (allowed, blocked, ...), so a user sees allowed traffic flow without a line per connection;
+- `relay_memory`: `RelayMemory`, a relayed TCP or UDP flow keeps only its last message (mitmproxy
+  would hold a gateway's media for the flow's whole life), unless flows are saved;
 - `run`: `regionguard run`.
 """

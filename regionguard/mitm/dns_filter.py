@@ -28,10 +28,10 @@ import dns.rdatatype
 from mitmproxy import ctx
 from mitmproxy import dns as mdns
 
+from regionguard.async_reload import AsyncEngineHolder as EngineHolder
 from regionguard.audit.log import AuditLog
 from regionguard.core.errors import ConfigError
 from regionguard.core.paths import default_policy_path
-from regionguard.core.reload import EngineHolder
 from regionguard.dns.filter import AnswerFilter, ZoomBytes, addresses_of, audit_answer
 from regionguard.dns.miss import Miss, Reroute
 from regionguard.dns.parsed import query_key

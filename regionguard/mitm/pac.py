@@ -17,6 +17,7 @@ from pathlib import Path
 from regionguard.core.errors import ConfigError
 from regionguard.core.policy import Override, load_policy, parse_hostport
 from regionguard.core.zoom import ZoomCatalogue
+from regionguard.exits import EXIT_CONFIG, EXIT_OK
 
 _TEMPLATE = """\
 // regionguard PAC: Zoom's domains and address ranges through the region-enforcing proxy,
@@ -79,7 +80,7 @@ def cmd_pac(args: argparse.Namespace) -> int:
     if parsed is None:
         print(f"regionguard pac: --proxy {args.proxy!r} is not HOST:PORT (e.g. 127.0.0.1:8080)",
               file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     host, port = parsed
     proxy = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     overrides = ()
@@ -88,7 +89,7 @@ def cmd_pac(args: argparse.Namespace) -> int:
             overrides = load_policy(args.policy).overrides
         except ConfigError as e:
             print(f"regionguard pac: invalid policy:\n{e}", file=sys.stderr)
-            return 2
+            return EXIT_CONFIG
     text = pac_text(ZoomCatalogue.load(), proxy, overrides)
     if args.output == "-":
         sys.stdout.write(text)
@@ -97,5 +98,5 @@ def cmd_pac(args: argparse.Namespace) -> int:
             Path(args.output).write_text(text, encoding="utf-8")
         except OSError as e:
             print(f"regionguard pac: cannot write {args.output}: {e}", file=sys.stderr)
-            return 2
-    return 0
+            return EXIT_CONFIG
+    return EXIT_OK

@@ -16,12 +16,12 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
+from regionguard.async_reload import AsyncEngineHolder
 from regionguard.audit.line import reload_record
 from regionguard.audit.log import AuditLog, check_audit_path
 from regionguard.core.errors import ConfigError
 from regionguard.core.learned import open_state
 from regionguard.core.paths import default_policy_path
-from regionguard.core.reload import EngineHolder
 from regionguard.mitm.options import OPTIONS, PREFIX, OptionProblem, check_values, parse_value
 from regionguard.mitm.zoom_guard import GUARD_NAME, ZoomGuard
 
@@ -43,7 +43,7 @@ class PolicyLoader:
     name = "regionguard"
 
     def __init__(self) -> None:
-        self.holder: EngineHolder | None = None
+        self.holder: AsyncEngineHolder | None = None
         self.audit = AuditLog(None)
         self.configured_once = False
         self._running = False
@@ -161,7 +161,7 @@ class PolicyLoader:
                 self._learned.close()
             self._learned = open_state(opts.regionguard_state_dir or None) or False
         try:
-            holder = EngineHolder(path, self._learned or None)
+            holder = AsyncEngineHolder(path, self._learned or None)
         except ConfigError as e:
             raise exceptions.OptionsError(f"regionguard_policy: invalid policy:\n{e}") from None
         except OSError as e:

@@ -35,7 +35,7 @@ from regionguard.core.errors import ConfigError
 from regionguard.core.paths import default_policy_path
 from regionguard.core.policy import load_policy, parse_hostport
 from regionguard.core.prefixes import is_address
-from regionguard.exits import EXIT_CONFIG
+from regionguard.exits import EXIT_CONFIG, EXIT_OK
 from regionguard.metrics.address import parse_metrics_address
 from regionguard.mitm.options import PREFIX, OptionProblem, parse_sets, parse_value
 
@@ -238,6 +238,7 @@ def run_mitmdump(argv: list[str], policy: Path) -> int | str | None:
     from mitmproxy.tools import cmdline, dump, main
 
     module = load_addon_module()
+    running = False   # past mitmproxy's reading of the options
 
     class EnforcingMaster(dump.DumpMaster):
         def __init__(self, opts, *a, **kw) -> None:
@@ -246,6 +247,8 @@ def run_mitmdump(argv: list[str], policy: Path) -> int | str | None:
             self.addons.add(*self.regionguard_addons)
 
         async def run(self) -> None:
+            nonlocal running
+            running = True
             addon = self.addons.get("regionguard")
             if addon is None:
                 problem = "the regionguard addon is not loaded"
@@ -270,7 +273,14 @@ def run_mitmdump(argv: list[str], policy: Path) -> int | str | None:
             return {"save_stream_filter": v, "readfile_filter": v, "dumper_filter": v}
         return {}
 
-    main.run(EnforcingMaster, cmdline.mitmdump, argv, extra)
+    try:
+        main.run(EnforcingMaster, cmdline.mitmdump, argv, extra)
+    except SystemExit as e:
+        # mitmproxy ends with 1 for an option it cannot read (argparse's usage error, its own
+        # OptionsError), its message already printed: a usage error, as every command reports it
+        if not running and e.code == 1:
+            raise SystemExit(EXIT_CONFIG) from None
+        raise
     return None
 
 
@@ -375,4 +385,4 @@ def cmd_run(args: argparse.Namespace) -> int:
             stop(child)
     if isinstance(result, int):
         return result
-    return 0 if result is None else EXIT_CONFIG
+    return EXIT_OK if result is None else EXIT_CONFIG

@@ -39,7 +39,7 @@ from typing import Any
 from regionguard.core.decision import Action, Decision, Engine
 from regionguard.core.paths import default_policy_path, policy_path
 from regionguard.core.policy import Policy, load_policy
-from regionguard.exits import EXIT_BLOCKED, EXIT_CONFIG, EXIT_INPUT
+from regionguard.exits import EXIT_BLOCKED, EXIT_CONFIG, EXIT_INPUT, EXIT_OK
 from regionguard.progress import ProgressBar, wanted
 from regionguard.replay.flows import Connection, InputProblem, ObserveDns, read_connections
 
@@ -106,7 +106,7 @@ class ReplayResult:
 
     @property
     def exit_code(self) -> int:
-        return (EXIT_BLOCKED if self.failing else 0) | (EXIT_INPUT if self.problem_count else 0)
+        return (EXIT_BLOCKED if self.failing else EXIT_OK) | (EXIT_INPUT if self.problem_count else EXIT_OK)
 
     def sorted_rows(self, include_pass: bool = False) -> list[Row]:
         rows = [r for r in self.rows.values() if include_pass or r.decision.zoom]
