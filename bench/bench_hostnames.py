@@ -60,16 +60,10 @@ def main() -> int:
     if args.one_round:
         one_round(min(args.one_round, 1_000_000))
         return 0
+    if args.build is None:
+        ap.error("give --build DIR: a checkout compiled with core.hostnames in its MODULES")
     n, rounds = min(args.n, 1_000_000), min(args.rounds, 50)
     figures: dict[str, list[float]] = {"compiled": [], "source": []}
-    if args.build is None:   # as ./dev bench runs it: this checkout's matcher alone
-        for _ in range(rounds):
-            kind, ns = measure(ROOT, n)
-            figures[kind].append(ns)
-        print(f"bench_hostnames: {n} new names x {rounds} rounds: "
-              f"{statistics.median(figures['source'] or figures['compiled']):.0f} ns per name "
-              "(match + normalise); --build DIR compares a build that compiles it")
-        return 0
     for _ in range(rounds):
         for checkout in (args.build.resolve(), ROOT):
             kind, ns = measure(checkout, n)
