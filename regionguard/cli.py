@@ -22,6 +22,7 @@ from regionguard.core.learned import OFF, default_state_dir
 from regionguard.core.paths import default_policy_path
 from regionguard.core.policy import parse_hostport
 from regionguard.core.prefixes import is_address
+from regionguard.dns import DEFAULT_PORT as DNS_PORT
 from regionguard.exits import (
     EXIT_BLOCKED,
     EXIT_CONFIG,
@@ -65,9 +66,6 @@ def _port_arg(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
     return int(text)
-
-
-DNS_PORT = 5353   # `regionguard dns`'s port when none is given (53 needs root)
 
 
 def _dns_listen_arg(text: str) -> str:

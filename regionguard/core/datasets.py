@@ -184,10 +184,10 @@ def stale_sources(directory: Path, today: _dt.date | None = None,
     for source, date in dataset_dates(directory).items():
         if source not in AGED_SOURCES or not date:
             continue
-        age = (today - _dt.date.fromisoformat(date)).days
-        if is_old(_dt.date.fromisoformat(date), today, max_days):
-            out.append(f"{source} data is {age} days old ({date}; threshold {max_days:g} days, "
-                       f"{MAX_AGE_ENV}): run `regionguard data update`")
+        day = _dt.date.fromisoformat(date)
+        if is_old(day, today, max_days):
+            out.append(f"{source} data is {(today - day).days} days old ({date}; threshold "
+                       f"{max_days:g} days, {MAX_AGE_ENV}): run `regionguard data update`")
     return out
 
 

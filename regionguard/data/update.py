@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import datetime as _dt
 import hashlib
+import io
 import ipaddress
 import json
 import os
@@ -274,8 +276,6 @@ def _zoom_file_counts(directory: Path) -> dict[str, int]:
     manifests held them, the rows zoom-ranges.csv attributes to each file, a lower bound (a
     prefix two files list is attributed to one), so comparing against it never refuses a file
     that did not shrink. The bundled snapshot's rows name no Zoom file: nothing to compare."""
-    import csv
-
     recorded = (datasets.read_manifest(directory) or {}).get(ZOOM_FILE_COUNTS)
     if isinstance(recorded, dict):
         return {name: n for name, n in recorded.items() if isinstance(n, int)}
@@ -464,9 +464,6 @@ def _url(fetches: list[Fetch], key: str) -> str:
 
 
 def _warn_unknown_locations(files: dict[str, bytes], groups: set[str], regions: set[str]) -> None:
-    import csv
-    import io
-
     known = {(r["cloud"].upper(), r["location"]) for r in
              csv.DictReader(io.StringIO(files[datasets.CLOUD_REGIONS].decode("utf-8")))}
     new = sorted(({("AWS", g) for g in groups} | {("OCI", r) for r in regions}) - known)

@@ -27,3 +27,5 @@ Imports go one way: cli -> server -> miss -> filter -> wire; server -> parsed ->
 server -> upstream, cache, tcp, forwarded -> proxyproto, wire; cli -> metrics -> server; the
 mitmproxy addon -> miss, parsed.
 """
+
+DEFAULT_PORT = 5353   # `regionguard dns`'s port when none is given (53 needs root)

@@ -28,6 +28,7 @@ from regionguard.core.learned import open_state
 from regionguard.core.paths import policy_path
 from regionguard.core.policy import parse_hostport
 from regionguard.core.prefixes import is_address
+from regionguard.dns import DEFAULT_PORT
 from regionguard.dns.server import Config, DnsServer
 from regionguard.exits import EXIT_LISTEN, EXIT_OK
 from regionguard.metrics.address import exposure_warning, parse_metrics_address
@@ -66,9 +67,9 @@ def system_upstreams() -> tuple[tuple[str, int], ...]:
 def _parse_listen(text: str) -> tuple[str, int] | None:
     """HOST:PORT, where port 0 (any free port, for tests and benchmarks) is allowed too."""
     if text.endswith(":0"):
-        hp = parse_hostport(text[:-2] + ":53", 53)
+        hp = parse_hostport(text[:-2] + ":53", DEFAULT_PORT)
         return (hp[0], 0) if hp else None
-    return parse_hostport(text, 53)
+    return parse_hostport(text, DEFAULT_PORT)
 
 
 def build_config(args: argparse.Namespace, holder: EngineHolder) -> Config:

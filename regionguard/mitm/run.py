@@ -35,6 +35,7 @@ from regionguard.core.errors import ConfigError
 from regionguard.core.paths import default_policy_path
 from regionguard.core.policy import load_policy, parse_hostport
 from regionguard.core.prefixes import is_address
+from regionguard.dns import DEFAULT_PORT as DNS_PORT
 from regionguard.exits import EXIT_CONFIG, EXIT_OK
 from regionguard.metrics.address import parse_metrics_address
 from regionguard.mitm.options import PREFIX, OptionProblem, parse_sets, parse_value
@@ -164,7 +165,7 @@ def _check_metrics(text: str, option: str, extra: list[str], dns: str | None,
     """A metrics address: HOST:PORT, and a port of its own (not the proxy's, not --dns's, not
     the proxy's metrics'). Beyond loopback, the endpoint warns when it starts."""
     taken = {_listen_port(extra): "proxy's"}
-    dns_address = parse_hostport(dns, 53) if dns else None
+    dns_address = parse_hostport(dns, DNS_PORT) if dns else None
     if dns_address is not None:
         taken[dns_address[1]] = "DNS server's (--dns)"
     if proxy_metrics:
@@ -300,7 +301,7 @@ def start_dns(policy: Path, nameservers: tuple[tuple[str, int], ...], listen: st
     resolver name servers (the policy is already loaded)."""
     if importlib.util.find_spec("regionguard.dns.server") is None:
         raise DnsStartError("--dns needs the DNS front end (regionguard.dns.server), which is not installed")
-    hostport = parse_hostport(listen, 53)
+    hostport = parse_hostport(listen, DNS_PORT)
     if hostport is None or not is_address(hostport[0]):
         raise DnsStartError(f"--dns {listen!r} is not ADDRESS:PORT (e.g. 127.0.0.1:5353)")
     exe = shutil.which("regionguard")
