@@ -221,12 +221,14 @@ def test_a_full_file_system_is_reported_at_the_first_loss_then_with_a_count_then
     caplog.set_level(logging.INFO, logger="regionguard.audit")
     filler = fill(tiny_fs)
     log = AuditLog(tiny_fs / "audit.jsonl", report_every=0.3)
-    for _ in range(100):         # ~1.2 s of lost lines: four or five reports, each with its count
+    started = time.monotonic()
+    for _ in range(100):         # ≥ 1.2 s of lost lines: a report every 0.3 s, each with its count
         log.record(DECISION)
         time.sleep(0.012)
+    elapsed = time.monotonic() - started   # longer on a busy machine: so many more reports
     reports = [r.getMessage() for r in caplog.records if "line(s) lost so far" in r.getMessage()]
     counts = [int(re.search(r"(\d+) line\(s\) lost so far", m).group(1)) for m in reports]
-    assert 2 <= len(reports) <= 6, reports          # not one per line, not just once
+    assert 2 <= len(reports) <= 2 + elapsed / 0.3, (elapsed, reports)   # not one per line, not once
     assert counts[0] == 1 and counts == sorted(counts) and "No space left" in reports[0]
     assert log.counters.audit_failures == 100 and log.counters.snapshot()["audit_failures"] == 100
     filler.unlink()
