@@ -160,7 +160,7 @@ def test_the_timeout_is_shared_and_every_upstream_is_named_in_the_error():
     net = FakeNet()   # both silent
 
     async def main():
-        ups = client(net, A, B, timeout=0.4)
+        ups = client(net, A, B, timeout=2)
         started = time.monotonic()
         try:
             with pytest.raises(UpstreamError) as failed:
@@ -170,7 +170,7 @@ def test_the_timeout_is_shared_and_every_upstream_is_named_in_the_error():
         return time.monotonic() - started, str(failed.value)
 
     elapsed, error = run(main())
-    assert 0.35 <= elapsed < 1.5                      # the whole timeout, not twice it
+    assert 1.8 <= elapsed < 3.5                       # the whole timeout, not twice it (4 s)
     assert error == "192.0.2.1:53: TimeoutError; 192.0.2.2:53: TimeoutError"
     assert (net.asked(A), net.asked(B)) == (1, 1)
 
@@ -194,7 +194,7 @@ def test_a_failed_send_or_an_unreachable_server_goes_to_the_next_upstream_at_onc
 
     data, elapsed = run(main())
     assert dns.message.from_wire(data).answer[0][0].address == "198.51.100.12"
-    assert elapsed < 0.5
+    assert elapsed < 1.0      # at once: waiting on either would take a share of the 5 s
 
 
 def test_an_icmp_error_fails_the_waiting_query_over_to_the_next_upstream():

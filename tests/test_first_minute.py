@@ -32,9 +32,10 @@ def test_explain_with_a_dead_name_server_stops_at_the_lifetime_it_reports():
     assert r.returncode == 3, r.stderr
     reported = re.search(r"lifetime expired after ([\d.]+) seconds", r.stderr)
     assert reported, r.stderr
-    # A bound on behaviour, not a benchmark: the reported lifetime plus the interpreter's
-    # start-up, well below a second lifetime (A, then AAAA, each waited the full one).
-    assert took < float(reported.group(1)) + 2.0, (took, r.stderr)
+    # A bound on behaviour, not a benchmark: waiting the full lifetime twice (A, then AAAA, each
+    # for the whole of it) takes longer than two lifetimes whatever the start-up costs; one
+    # lifetime leaves the start-up (a few seconds under coverage on a busy machine) room.
+    assert took < 2 * float(reported.group(1)), (took, r.stderr)
 
 
 # --- ./dev ------------------------------------------------------------------------------------

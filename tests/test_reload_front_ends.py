@@ -56,7 +56,8 @@ def _assert_no_long_gap(answered: list[float], reading: float) -> None:
     gaps = [b - a for a, b in zip(answered, answered[1:], strict=False)]
     # on the loop, the read stalled every answer for its whole length: `reading` seconds
     assert reading > 1.0, f"the big policy reads in {reading:.2f}s here: make it bigger"
-    assert max(gaps) < reading / 3, (f"an answer waited {max(gaps):.2f}s while the policy "
+    # (the swap itself stalls one answer a little: a fifth of `reading` here, more when busy)
+    assert max(gaps) < reading / 2, (f"an answer waited {max(gaps):.2f}s while the policy "
                                      f"was read (reading takes {reading:.2f}s)")
 
 
@@ -110,7 +111,10 @@ def test_the_server_keeps_watching_after_a_reload_that_crashed(tmp_path):
         deep = tmp_path / "deep.yaml"
         deep.write_text("version: 1\nx: " + "[" * 900 + "]" * 900 + "\n")
         deep.replace(policy)
-        time.sleep(5)     # two reload periods: the bad file has been read
+        deadline = time.monotonic() + 30
+        while "not reloaded" not in "".join(server.log):    # the bad file has been read
+            assert time.monotonic() < deadline, "".join(server.log)
+            time.sleep(0.1)
         assert addresses(ask(server.port, "multi.zoom.us")) == DE_ONLY   # the old policy holds
         good = tmp_path / "good.yaml"
         good.write_text(POLICY.replace("regions: {opt_in: [DE]}", "regions: {opt_in: [DE, US]}", 1))
