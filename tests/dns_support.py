@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -433,7 +434,10 @@ class MitmDns:
     def __init__(self, script: str, upstream: int, policy: Path, *extra: str) -> None:
         from tests.ports import free_port
         self.port = free_port()
+        # its own mitmproxy conf dir: a ~/.mitmproxy/config.yaml never changes what is tested
+        self._confdir = tempfile.TemporaryDirectory(prefix="rg-mitmconf-")
         cmd = [str(BIN / "mitmdump"), "-q", "--set", "listen_host=127.0.0.1",
+               "--set", f"confdir={self._confdir.name}",
                "--mode", f"reverse:dns://127.0.0.1:{upstream}@{self.port}",
                "-s", str(ROOT / "addons" / script), "--set", f"regionguard_policy={policy}", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -457,6 +461,7 @@ class MitmDns:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate(timeout=15)
+        self._confdir.cleanup()
         return out or ""
 
 

@@ -250,7 +250,7 @@ def test_mitmproxys_dns_mode_learns_too(tmp_path, zone):
            "--mode", f"reverse:dns://{zone.address}@{port}",
            "-s", str(dns_support.ROOT / "addons" / "regionguard_addon.py"),
            "--set", f"regionguard_policy={policy_for(tmp_path, zone)}",
-           "--set", f"regionguard_state_dir={state}"]
+           "--set", f"regionguard_state_dir={state}", "--set", f"confdir={tmp_path / 'conf'}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90

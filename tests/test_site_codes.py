@@ -27,7 +27,6 @@ from tests.conftest import CONFIG, ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DATA = CONFIG / "data"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 INPUTS = ROOT / "tools" / "data-inputs"
 CRC = INPUTS / "zoom_crc_h323_ips_by_location.csv"
 CAT = load_catalogue()
@@ -43,15 +42,13 @@ SITE_CODES = read_csv(DATA / "site-codes.csv")
 
 
 def crc_labels() -> list[tuple[str, str, str]]:
-    """(ip, true region, where from) for every CRC row in the fixture and, if present, shared."""
-    paths = [CRC]
-    if (SHARED / "zoom_crc_h323_ips_by_location.csv").is_file():
-        paths.append(SHARED / "zoom_crc_h323_ips_by_location.csv")
+    """(ip, true region, where from) for every CRC row of the repository's copy (pinned by its
+    SHA-256 below): never a file beside the checkout, which would make the cases differ between a
+    developer's machine and CI."""
     labels = {}
-    for path in paths:
-        for row in read_csv(path):
-            region = CAT.region_for_country(row["country_iso2"])
-            labels[(row["ip"], region)] = f"{path.name}: {row['label_in_zoom_invitation']}"
+    for row in read_csv(CRC):
+        region = CAT.region_for_country(row["country_iso2"])
+        labels[(row["ip"], region)] = f"{CRC.name}: {row['label_in_zoom_invitation']}"
     return [(ip, region, why) for (ip, region), why in sorted(labels.items())]
 
 
