@@ -13,7 +13,6 @@ import csv
 import ipaddress
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -53,13 +52,15 @@ def bundled_files() -> dict[str, bytes]:
 class Mirror:
     """An HTTP server on 127.0.0.1 serving `files` at /<name>. `faults`: name → "truncate"
     (Content-Length says the whole file, half is sent, then the connection closes), "html"
-    (200 with an HTML error page), "slow" (nothing for `slow_seconds`), "404", "no-length"
-    (the whole file with no Content-Length: its end is the connection's close, as HTTP/1.0)."""
+    (200 with an HTML error page), "slow" (nothing for `slow_seconds`, or until `release` is
+    set), "404", "no-length" (the whole file with no Content-Length: its end is the connection's
+    close, as HTTP/1.0)."""
 
     def __init__(self, files: dict[str, bytes], slow_seconds: float = 5.0) -> None:
         self.files = dict(files)
         self.faults: dict[str, str] = {}
         self.slow_seconds = slow_seconds
+        self.release = threading.Event()   # ends every "slow" wait at once (a test's own signal)
         self.requests: list[str] = []
         mirror = self
 
@@ -76,7 +77,7 @@ class Mirror:
                     self.send_error(404)
                     return
                 if fault == "slow":
-                    time.sleep(mirror.slow_seconds)
+                    mirror.release.wait(mirror.slow_seconds)
                 if fault == "html":
                     body = HTML_ERROR
                 self.send_response(200)
@@ -106,6 +107,7 @@ class Mirror:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def close(self) -> None:
+        self.release.set()   # no handler left waiting out a long slow_seconds
         self.server.shutdown()
         self.server.server_close()
 

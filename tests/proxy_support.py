@@ -302,13 +302,18 @@ class Proxy:
             return self._wait_lines(lambda lines: len(lines) >= count, timeout)
         return self._settled(timeout)
 
-    def decisions(self, count: int | None = None, timeout: float = 60.0) -> list[dict]:
-        """The decision lines (not events such as policy reloads); `count` as in audit_lines."""
-        if count is not None:
-            lines = self._wait_lines(lambda lines: len(_decisions(lines)) >= count, timeout)
-        else:
-            lines = self._settled(timeout)
-        return _decisions(lines)
+    def decisions(self, count: int | None = None, timeout: float = 60.0,
+                  until=None) -> list[dict]:
+        """The decision lines (not events such as policy reloads), once there are at least
+        `count` of them, or once `until(decisions)` holds (bounded: the caller's assertion says
+        what is missing). One is needed: a log unchanged for SETTLE seconds may still lack the
+        last line when its writer thread is held up on a busy machine."""
+        if until is None:
+            assert count is not None, "decisions() needs a count or an until"
+
+            def until(decided: list[dict]) -> bool:
+                return len(decided) >= count
+        return _decisions(self._wait_lines(lambda lines: until(_decisions(lines)), timeout))
 
     def _read_audit(self) -> list[dict]:
         if not self.audit.exists():

@@ -366,7 +366,8 @@ def test_a_sources_file_replaces_the_official_list(tmp_path):
 
 def test_one_update_at_a_time(tmp_path):
     data = tmp_path / "data"
-    with Mirror(V2, slow_seconds=4) as mirror:
+    # the first holds the lock until the second has been turned away (not for a fixed 4 s)
+    with Mirror(V2, slow_seconds=60) as mirror:
         mirror.faults[AWS_NAME] = "slow"
         first = subprocess.Popen([str(BIN / "regionguard"), "data", "update", "--mirror-base",
                                   mirror.base, "--progress", "never"], env=env_for(data),
@@ -376,6 +377,7 @@ def test_one_update_at_a_time(tmp_path):
             while AWS_NAME not in mirror.requests and time.monotonic() < deadline:
                 time.sleep(0.05)                              # the first holds the lock now
             second = update(data, mirror)
+            mirror.release.set()
             assert second.returncode == EXIT_DATA and "another" in second.stderr
             assert first.wait(timeout=60) == EXIT_OK, first.stderr.read()
         finally:

@@ -288,6 +288,8 @@ def test_a_trusted_forwarders_malformed_claim_is_never_guessed_around(resolver):
     broken = proxyproto.SIGNATURE + b"\x22\x11\x00\x0c" + bytes(12)   # unknown command
     assert udp(port, broken + multi(), FORWARDER, timeout=1.0) is None
     assert udp(port, proxied(US_OFFICE)[:20], FORWARDER, timeout=1.0) is None
+    # one socket reads datagrams in order: once this is answered, both drops have been counted
+    assert got(udp(port, multi(), FORWARDER)) == {DE}
     assert resolver.stats["proxy_malformed"] == 2
     bad_header = proxyproto.SIGNATURE + b"\x21\x31\x00\x0c" + bytes(12)   # AF_UNIX
     assert tcp(port, bad_header, [multi()], FORWARDER) == [None]          # closed, unanswered
@@ -325,6 +327,8 @@ def test_what_peers_claimed_is_exported_as_metrics(resolver):
     assert got(udp(port, proxied(US_OFFICE, multi()), FORWARDER)) == {DE, US}
     assert got(udp(port, proxied(US_OFFICE, multi()), UNTRUSTED)) == {DE}
     assert udp(port, proxied(US_OFFICE)[:20], FORWARDER, timeout=1.0) is None
+    # one socket reads datagrams in order: once this is answered, the drop has been counted
+    assert got(udp(port, multi(), FORWARDER)) == {DE}
     registry = CollectorRegistry()
     registry.register(DnsCollector(resolver.server))
     text = generate_latest(registry).decode()

@@ -175,7 +175,11 @@ def test_per_client_bound_refuses_when_all_that_clients_connections_are_busy(sta
         busy = [connect(port, "127.0.4.1") for _ in range(2)]
         for i, s in enumerate(busy):
             send_query(s, f"busy{i}.zoom.us")
-        time.sleep(0.3)
+        # both busy only once the server has read their queries: wait until they reach upstream
+        deadline = time.monotonic() + 10
+        while not all(dead.count(f"busy{i}.zoom.us") for i in range(2)):
+            assert time.monotonic() < deadline, "the two queries never reached the upstream"
+            time.sleep(0.02)
         third = connect(port, "127.0.4.1")
         t0 = time.monotonic()
         assert closed_within(third, 2) and time.monotonic() - t0 < 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 
 import dns.asyncquery
@@ -21,7 +22,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
-from dns_support import POLICY, ZoneServer, addresses
+from dns_support import POLICY, ZoneServer, addresses, zone_answer
 
 from regionguard.async_reload import AsyncEngineHolder as EngineHolder
 from regionguard.dns import server as dnsserver
@@ -61,6 +62,25 @@ async def ask(server: DnsServer, name: str, rdtype: str = "A", tcp: bool = False
     if tcp:
         return await dns.asyncquery.tcp(q, "127.0.0.1", port=port, timeout=timeout)
     return await dns.asyncquery.udp(q, "127.0.0.1", port=port, timeout=timeout)
+
+
+def held(zone: ZoneServer) -> threading.Event:
+    """The zone's answers wait (at most 30 s) until the returned event is set: the test says when
+    its queries are in flight, instead of a delay a busy machine may outlast."""
+    release = threading.Event()
+
+    def answer(query: dns.message.Message, transport: str) -> bytes:
+        release.wait(30)
+        return zone_answer(query).to_wire()
+    zone.answer = answer
+    return release
+
+
+async def until(condition, what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
 
 
 def servfails(caplog) -> str:
@@ -241,22 +261,34 @@ def test_a_cancelled_query_leaves_nothing_behind(tmp_path):
     """The asker goes away (its task cancelled, as at shutdown) while the upstream is slow: a query
     waiting for the same answer gets SERVFAIL rather than hanging, nothing stays in flight or
     pending upstream, and the name can be asked again."""
-    with zones(ZoneServer(delay=2)) as (zone,):
+    with zones(ZoneServer()) as (zone,):
+        release = held(zone)
+
         async def main():
-            async with resolver(tmp_path, [zone.address], timeout=8) as server:
+            async with resolver(tmp_path, [zone.address], timeout=20) as server:
                 wire = dns.message.make_query("de.zoom.us", "A").to_wire()
                 first = asyncio.create_task(server.answer(wire, "127.0.0.1", udp=False))
-                await asyncio.sleep(0.3)
+                await until(lambda: zone.count("de.zoom.us") == 1, "the first never went upstream")
                 second = asyncio.create_task(server.answer(wire, "127.0.0.1", udp=False))
-                await asyncio.sleep(0.3)
+                miss = next(iter(server._inflight.values()))
+                await until(lambda: len(miss.waiters) == 2, "the second never joined the first")
                 assert len(server._inflight) == 1            # the second waits for the first
                 first.cancel()
                 reply = await asyncio.wait_for(second, 5.0)   # SERVFAIL, not a hang
                 assert_servfail(dns.message.from_wire(reply), "de.zoom.us")
                 assert first.cancelled()
                 assert not server._inflight
-                assert not server.upstreams._sockets[("127.0.0.1", zone.port)].pending
-                await asyncio.sleep(2)                       # the abandoned answer arrives: ignored
+                proto = server.upstreams._sockets[("127.0.0.1", zone.port)]
+                assert not proto.pending
+                arrived = asyncio.Event()                    # set once the resolver reads an answer
+                heard = proto.datagram_received
+
+                def hear(data, addr):
+                    heard(data, addr)
+                    arrived.set()
+                proto.datagram_received = hear
+                release.set()
+                await asyncio.wait_for(arrived.wait(), 10)   # the abandoned answer arrives: ignored
                 assert addresses(await ask(server, "de.zoom.us")) == {"198.51.100.10"}
                 assert zone.count("de.zoom.us") == 2
         asyncio.run(main())
@@ -350,9 +382,11 @@ def test_beyond_the_in_flight_limit_servfail_at_once(tmp_path, monkeypatch, tcp)
     """With at most 2 misses being resolved, a third distinct one is SERVFAIL at once (before the
     two are answered) and never asked upstream; once they are done, new misses go through."""
     monkeypatch.setattr(dnsserver, "MAX_INFLIGHT", 2)
-    with zones(ZoneServer(delay=1)) as (zone,):
+    with zones(ZoneServer()) as (zone,):
+        release = held(zone)
+
         async def main():
-            async with resolver(tmp_path, [zone.address], timeout=8) as server:
+            async with resolver(tmp_path, [zone.address], timeout=20) as server:
                 done: list[str] = []
 
                 async def timed(name):
@@ -362,10 +396,11 @@ def test_beyond_the_in_flight_limit_servfail_at_once(tmp_path, monkeypatch, tcp)
 
                 a = asyncio.create_task(timed("de.zoom.us"))
                 b = asyncio.create_task(timed("multi.zoom.us"))
-                await asyncio.sleep(0.3)
+                await until(lambda: len(server._inflight) == 2, "the two never were in flight")
                 c = await timed("in.zoom.us")
                 assert_servfail(c, "in.zoom.us")
                 assert done == ["in.zoom.us"]                # before either of the others
+                release.set()                                # only now may they be answered
                 assert addresses(await a) == {"198.51.100.10"}
                 assert addresses(await b) == {"198.51.100.11"}
                 assert zone.count("in.zoom.us") == 0
