@@ -259,7 +259,9 @@ def test_one_replica_killed_under_load(lab):
     print(f"\ndnsdist failover: {TOTAL} queries at {RATE:.0f}/s, replica killed at "
           f"{KILL_AT:.0f} s: answered {answered}, failed {len(failed)} {kinds}, "
           f"last failure {recovered:.2f} s after the kill, none after")
-    assert not [t for t, _ in failed if t < 0], f"failures before the kill: {failed[:5]}"
+    # a query sent just before the kill may be in the dying replica's hands: only those sent
+    # well before it (0.5 s: far beyond a loopback answer's time) must all have been answered
+    assert not [t for t, _ in failed if t < -0.5], f"failures before the kill: {failed[:5]}"
     assert "wrong" not in kinds, "a client got another group's answer"
     assert len(failed) <= 0.15 * TOTAL, f"{len(failed)} of {TOTAL} failed"
     assert recovered < 5.0, f"still failing {recovered:.2f} s after the kill"
