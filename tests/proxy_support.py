@@ -315,6 +315,15 @@ class Proxy:
                 return len(decided) >= count
         return _decisions(self._wait_lines(lambda lines: until(_decisions(lines)), timeout))
 
+    def seen(self, fields: tuple[str, ...], expected: set[tuple], keep=lambda d: True,
+             timeout: float = 60.0) -> set[tuple]:
+        """The decisions (those `keep` accepts) as tuples of `fields`, once every tuple of
+        `expected` is among them (bounded): the caller compares, so an extra one still shows."""
+        def project(decided: list[dict]) -> set[tuple]:
+            return {tuple(d[f] for f in fields) for d in decided if keep(d)}
+        return project(self.decisions(until=lambda decided: expected <= project(decided),
+                                      timeout=timeout))
+
     def _read_audit(self) -> list[dict]:
         if not self.audit.exists():
             return []

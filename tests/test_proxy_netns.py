@@ -201,11 +201,8 @@ def test_wireguard_mode_covers_tcp_and_udp_8801_media(lab):
     assert denied.returncode != 0 and origins[IN].connections == before
 
     expected = {("udp", DE, "allow"), ("udp", IN, "block"), ("tcp", DE, "allow"), ("tcp", IN, "block")}
-
-    def seen_in(decided: list[dict]) -> set[tuple]:
-        return {(d["transport"], d["address"], d["action"]) for d in decided}
-    lines = proxy.decisions(until=lambda decided: expected <= seen_in(decided))   # the count varies
-    assert expected <= seen_in(lines)
+    assert expected <= proxy.seen(("transport", "address", "action"), expected)  # the count varies
+    lines = proxy.decisions(len(expected))
     assert all(d["mode"] == "wireguard" for d in lines)
     udp_de = next(d for d in lines if d["transport"] == "udp" and d["address"] == DE)
     assert udp_de["service"] == "meeting" and udp_de["port"] == 8801
