@@ -13,7 +13,9 @@ import asyncio
 import sqlite3
 
 import dns.message
+import dns.name
 import dns.rcode
+import dns.rrset
 import pytest
 from dns_support import POLICY, zone_answer
 from mitmproxy import dns as mdns
@@ -157,3 +159,35 @@ def test_an_answer_that_cannot_be_read_is_taken_for_zooms(policy):
     f.response.answers.append(_Unreadable())
     _run(addon, policy, f)
     assert f.response.response_code == dns.rcode.SERVFAIL and not f.response.answers
+
+
+def _with_dotted_label(f, address: str):
+    """The flow's answer, with a record mitmproxy reads but cannot pack again: its owner name
+    holds a label with a dot in it (as a mutated upstream answer can), so `packed` raises."""
+    query = dns.message.from_wire(f.request.packed)
+    answer = zone_answer(query)
+    name = dns.name.Name((b"p77", b"plain", b"example.", b"net", b""))
+    answer.answer.append(dns.rrset.from_text(name, 60, "IN", "A", address))
+    f.response = mdns.DNSMessage.unpack(answer.to_wire())
+    with pytest.raises(ValueError):
+        _ = f.response.packed
+    return f
+
+
+def test_an_answer_mitmproxy_cannot_pack_with_a_zoom_address_is_servfail(policy, caplog):
+    """An address of Zoom's (US, not allowed) under a name mitmproxy cannot pack again: the answer
+    cannot be read, it might be Zoom's, so SERVFAIL, said in a warning, not a traceback."""
+    f = _with_dotted_label(flow("p77.plain.example.net"), "203.0.113.77")
+    _run(ADDON.DnsFilter(), policy, f)
+    assert f.response.response_code == dns.rcode.SERVFAIL and not f.response.answers
+    assert "cannot be read" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_an_answer_mitmproxy_cannot_pack_with_nothing_of_zooms_is_left_alone(policy, caplog):
+    """The same broken name with a documentation address: nothing of Zoom's, so the addon leaves
+    it to mitmproxy as it came, and logs no failure of its own."""
+    f = _with_dotted_label(flow("p77.plain.example.net"), "192.0.2.77")
+    before = list(f.response.answers)
+    _run(ADDON.DnsFilter(), policy, f)
+    assert f.response.answers == before
+    assert "filtering failed" not in caplog.text and "Traceback" not in caplog.text

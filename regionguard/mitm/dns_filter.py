@@ -179,9 +179,10 @@ class DnsFilter:
             if self._points_at_zoom(flow):
                 flow.response = flow.request.fail(dns.rcode.REFUSED)
             return
-        wire = flow.response.packed   # exactly what mitmproxy will send the client
         try:
-            response = dns.message.from_wire(wire)
+            # Exactly what mitmproxy will send the client. mitmproxy reads names it cannot pack
+            # again (a label holding a dot): such an answer cannot be read either.
+            response = dns.message.from_wire(flow.response.packed)
         except Exception:  # noqa: BLE001 - dnspython raises many kinds for what it cannot read
             if self._points_at_zoom(flow):
                 log.warning("regionguard dns: an answer that cannot be read and might be Zoom's: "
